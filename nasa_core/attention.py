@@ -1,0 +1,197 @@
+"""NASA attention: Z = softmax(Q K+^T / sqrt(d)) V+  -  sum_i c_i * softmax(Q K-_i^T / sqrt(d)) V-_i.
+
+Pure torch, no ComfyUI. Tensors use the layout ComfyUI's attention functions use:
+q is (B, Lq, H*D); k and v are (B or 1, Lk, H*D). The paper's equation (9) is the
+single-negative case c = alpha.
+
+Two implementations live here and tests hold them equal:
+
+* :func:`reference_nasa_attention` - the formula written out with an explicit softmax,
+  computed in float64. Slow and obvious; for tests only.
+* :func:`nasa_attention` / :func:`steer` - what runs at sample time. ``steer`` takes the
+  positive output Z+ that the host already computed (so a host attention backend or a
+  previously installed attention replacement keeps producing Z+), and subtracts the
+  negative terms only on the rows that are steered.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+Rows = Union[None, slice, torch.Tensor, Sequence[int]]
+AttentionFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class NegativeTerm:
+    """One negative prompt already projected by the layer: Z- = softmax(Q k^T/sqrt(d)) v.
+
+    ``coef`` is the weight the term is subtracted with (alpha for a single negative).
+    ``mask`` is an optional key mask for the negative: bool (True = attend) or additive
+    float, of shape (B or 1, Lk).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    coef: float
+    mask: Optional[torch.Tensor] = None
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, what: str) -> None:
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"NASA attention: {what}: q, k, v must be (batch, tokens, channels); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if heads <= 0 or q.shape[-1] % heads != 0:
+        raise ValueError(f"NASA attention: {what}: {q.shape[-1]} query channels do not split into {heads} heads")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"NASA attention: {what}: key width {k.shape[-1]} differs from query width {q.shape[-1]}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"NASA attention: {what}: {k.shape[1]} keys but {v.shape[1]} values")
+    if k.shape[1] == 0:
+        raise ValueError(f"NASA attention: {what}: no key tokens (empty prompt?)")
+    if k.shape[0] not in (1, q.shape[0]) or v.shape[0] != k.shape[0]:
+        raise ValueError(f"NASA attention: {what}: key/value batch {k.shape[0]}/{v.shape[0]} does not match "
+                         f"query batch {q.shape[0]} (must be 1 or equal)")
+
+
+def _additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
+    """(B or 1, Lk) bool/float key mask -> additive (B, 1, 1, Lk) float mask."""
+    if mask is None:
+        return None
+    mask = mask.to(device)
+    if mask.ndim != 2:
+        raise ValueError(f"NASA attention: key mask must be (batch, tokens), got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        add = torch.zeros(mask.shape, dtype=dtype, device=device)
+        add = add.masked_fill(~mask, float("-inf"))
+    else:
+        add = mask.to(dtype)
+    return add.expand(batch, -1)[:, None, None, :]
+
+
+def reference_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V per head, written out; float64 math, output in q's dtype."""
+    _check_qkv(q, k, v, heads, "reference")
+    b, lq, c = q.shape
+    d = c // heads
+    k = k.expand(b, -1, -1)
+    v = v.expand(b, -1, -1)
+    qh = q.double().reshape(b, lq, heads, d).transpose(1, 2)
+    kh = k.double().reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    vh = v.double().reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
+    add = _additive_mask(mask, b, torch.float64, q.device)
+    if add is not None:
+        scores = scores + add
+    probs = torch.softmax(scores, dim=-1)
+    out = probs @ vh
+    return out.transpose(1, 2).reshape(b, lq, c).to(q.dtype)
+
+
+def reference_nasa_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm], heads: int,
+                             pos_mask: Optional[torch.Tensor] = None, steer_rows: Rows = None) -> torch.Tensor:
+    """Equations (7)-(9) of the paper, generalised to several negatives: the obvious way."""
+    z = reference_attention(q, k_pos, v_pos, heads, pos_mask).double()
+    rows = _row_index(steer_rows, q.shape[0], q.device)
+    for term in negatives:
+        z_neg = reference_attention(q, term.k, term.v, heads, term.mask).double()
+        delta = torch.zeros_like(z)
+        delta[rows] = term.coef * z_neg[rows]
+        z = z - delta
+    return z.to(q.dtype)
+
+
+def attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Default attention backend: torch SDPA. (B, Lq, H*D) in, (B, Lq, H*D) out."""
+    b, lq, c = q.shape
+    d = c // heads
+    k = k.expand(b, -1, -1)
+    v = v.expand(b, -1, -1)
+    qh = q.reshape(b, lq, heads, d).transpose(1, 2)
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    vh = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    add = _additive_mask(mask, b, q.dtype, q.device)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=add)
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
+def _row_index(rows: Rows, batch: int, device) -> Union[slice, torch.Tensor]:
+    if rows is None:
+        return slice(None)
+    if isinstance(rows, slice):
+        return rows
+    rows = torch.as_tensor(rows, device=device)
+    if rows.dtype == torch.bool:
+        if rows.shape != (batch,):
+            raise ValueError(f"NASA attention: boolean row selection has shape {tuple(rows.shape)}, batch is {batch}")
+        return rows.nonzero().flatten()
+    return rows.long().flatten()
+
+
+def _is_all_rows(rows: Union[slice, torch.Tensor], batch: int) -> bool:
+    if isinstance(rows, slice):
+        return range(batch)[rows] == range(batch)
+    return rows.numel() == batch and bool((rows == torch.arange(batch, device=rows.device)).all())
+
+
+def _as_slice(rows: torch.Tensor) -> Union[slice, torch.Tensor]:
+    """A run of consecutive row indices becomes a slice, so q[rows] is a view, not a copy."""
+    if rows.numel() == 0:
+        return rows
+    first = int(rows[0])
+    if bool((rows == torch.arange(first, first + rows.numel(), device=rows.device)).all()):
+        return slice(first, first + rows.numel())
+    return rows
+
+
+def _rows_of(t: torch.Tensor, rows) -> torch.Tensor:
+    """Select rows of a key/value/mask tensor that may have batch 1 (shared by every row)."""
+    return t if t.shape[0] == 1 else t[rows]
+
+
+def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm], heads: int,
+          steer_rows: Rows = None, attention_fn: AttentionFn = attention) -> torch.Tensor:
+    """Z+ - sum_i coef_i * Z-_i on the steered rows; Z+ is returned untouched where nothing is steered.
+
+    ``attention_fn(q, k, v, heads, mask=None)`` computes each Z-; pass the host's backend
+    so the negative attention runs on the same kernel as the positive one.
+    """
+    active = [t for t in negatives if t.coef != 0.0]
+    if not active:
+        return z_pos
+    batch = q.shape[0]
+    rows = _row_index(steer_rows, batch, q.device)
+    if isinstance(rows, torch.Tensor):
+        if rows.numel() == 0:
+            return z_pos
+        rows = _as_slice(rows)
+    all_rows = _is_all_rows(rows, batch)
+    q_rows = q if all_rows else q[rows]
+    delta = None
+    for term in active:
+        k = term.k if all_rows else _rows_of(term.k, rows)
+        v = term.v if all_rows else _rows_of(term.v, rows)
+        mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
+        _check_qkv(q_rows, k, v, heads, "negative")
+        z_neg = attention_fn(q_rows, k, v, heads, mask=mask)
+        contrib = z_neg * term.coef
+        delta = contrib if delta is None else delta + contrib
+    delta = delta.to(z_pos.dtype)
+    if all_rows:
+        return z_pos - delta
+    out = z_pos.clone()
+    out[rows] = z_pos[rows] - delta
+    return out
+
+
+def nasa_attention(q, k_pos, v_pos, k_neg, v_neg, heads: int, alpha: float,
+                   pos_mask: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None,
+                   steer_rows: Rows = None, attention_fn: AttentionFn = attention) -> torch.Tensor:
+    """The paper's NASA layer for one negative: Z+ - alpha * Z-, only on ``steer_rows``."""
+    _check_qkv(q, k_pos, v_pos, heads, "positive")
+    z_pos = attention_fn(q, k_pos, v_pos, heads, mask=pos_mask)
+    return steer(z_pos, q, [NegativeTerm(k_neg, v_neg, float(alpha), neg_mask)], heads, steer_rows, attention_fn)
