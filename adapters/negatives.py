@@ -255,7 +255,9 @@ def make_carried_negative(conditioning, negative, alpha, node: str):
     """NASA Negative Conditioning: a copy of ``conditioning`` whose entries carry ``negative``."""
     pos = conditioning_entries(conditioning, node, "conditioning")
     neg = conditioning_entries(negative, node, "negative")
-    alpha = None if alpha is None or (isinstance(alpha, (int, float)) and alpha < 0) else check_alpha(alpha, node)
+    if alpha is not None:
+        alpha = check_alpha(alpha, node, low=-float("inf"))     # finite number; any negative value = inherit
+        alpha = None if alpha < 0 else check_alpha(alpha, node)
     widths = {t.shape[-1] for t, _ in pos}
     for t, _ in neg:
         if widths and t.shape[-1] not in widths:

@@ -70,3 +70,9 @@ def comfy():
     pack = comfy_env.load_pack(nodes, PACK_ROOT)
     return SimpleNamespace(nodes=nodes, pack=pack, dir=COMFY_DIR, version=COMFY_VERSION,
                            mod=lambda name: comfy_env.pack_submodule(pack, name))
+
+
+@pytest.fixture(scope="session")
+def comfyui(comfy):
+    """Alias of ``comfy`` for test functions that also ``import comfy.*`` (which would shadow the fixture name)."""
+    return comfy

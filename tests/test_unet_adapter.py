@@ -1,0 +1,478 @@
+"""NASA-I on ComfyUI's own UNet classes (SD1.5, SD2.1-v, SDXL) with random weights.
+
+Exact properties, checked against code written here, independent of the pack:
+* every cross-attention layer is steered exactly once per forward (hooks on to_k count it),
+* alpha = 0 is bit-identical to the unpatched model,
+* the steered output equals a reference NASA written in this file (float64 softmax),
+* uncond rows at cfg > 1 are untouched, forward count is unchanged,
+* a pre-installed attn2 replace keeps firing, LoRA-style weight patches reach the negative,
+* the input model of the node is never modified.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+LONG = ("a very long negative prompt " * 20).strip()   # 100 words > 75 tokens: encodes to 154 tokens
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    import comfy.model_management  # noqa: F401
+    import comfy.sample
+    import comfy.samplers
+    import nodes
+    rm = comfyui.mod("runner.random_models")
+    cache = {}
+
+    def checkpoint(family, dtype=torch.float32, weight_scale=None):
+        key = (family, dtype, weight_scale)
+        if key not in cache:
+            mp = rm.build_unet_model(family, "tiny", dtype=dtype, seed=0, weight_scale=weight_scale)
+            clip = rm.build_clip(family, "tiny", seed=0)
+            cache[key] = (mp, clip)
+        return cache[key]
+
+    def encode(clip, text):
+        return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+    node_apply = nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"]
+    node_carry = nodes.NODE_CLASS_MAPPINGS["NASANegativeConditioning"]
+
+    def apply(model, **kw):
+        kw.setdefault("alpha", 1.0)
+        kw.setdefault("use_sampler_negative", True)
+        return node_apply.execute(model=model, **kw).result[0]
+
+    def carry(cond, neg, alpha=-1.0):
+        return node_carry.execute(conditioning=cond, negative=neg, alpha=alpha).result[0]
+
+    return dict(rm=rm, checkpoint=checkpoint, encode=encode, apply=apply, carry=carry, sample=_sample)
+
+
+def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, seed=1, capture=None):
+    """One KSampler run (euler, sgm_uniform) on a fixed noise; returns the latent."""
+    import comfy.sample
+    latent = torch.zeros(batch, 4, size, size)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    if capture is not None:
+        model = model.clone()
+
+        def post_cfg(args):
+            capture.append((args["cond_denoised"].clone(), None if args["uncond_denoised"] is None
+                            else args["uncond_denoised"].clone()))
+            return args["denoised"]
+        model.set_model_sampler_post_cfg_function(post_cfg)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "sgm_uniform", pos, neg, latent,
+                               disable_pbar=True, seed=seed)
+
+
+# ----------------------------------------------------------------------------- independent helpers
+
+def _cross_attention_modules(diffusion_model):
+    """(block_name, block_id, block_index) -> attn2, found by walking ComfyUI's UNet here in the test."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
+    out = {}
+    groups = [("input", list(diffusion_model.input_blocks)), ("middle", [diffusion_model.middle_block]),
+              ("output", list(diffusion_model.output_blocks))]
+    for name, blocks in groups:
+        for bid, block in enumerate(blocks):
+            for sub in block:
+                if isinstance(sub, SpatialTransformer):
+                    for idx, tb in enumerate(sub.transformer_blocks):
+                        assert isinstance(tb, BasicTransformerBlock)
+                        out[(name, bid, idx)] = tb.attn2
+    return out
+
+
+def _explicit_attention(q, k, v, heads):
+    b, lq, c = q.shape
+    d = c // heads
+    k = k.expand(b, -1, -1)
+    v = v.expand(b, -1, -1)
+    qh = q.double().reshape(b, lq, heads, d).transpose(1, 2)
+    kh = k.double().reshape(b, -1, heads, d).transpose(1, 2)
+    vh = v.double().reshape(b, -1, heads, d).transpose(1, 2)
+    p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (p @ vh).transpose(1, 2).reshape(b, lq, c)
+
+
+def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
+    """A clone of ``mp`` running NASA as written in the paper, implemented here with ComfyUI's replace hook.
+
+    ``weights`` optionally maps layer key -> (W_k, W_v) to use for the negative's projection.
+    ``prior(q, k, v, extra)`` optionally produces Z+ (to model a chained replace)."""
+    m = mp.clone()
+    mods = _cross_attention_modules(mp.model.diffusion_model)
+
+    def make(key):
+        attn = mods[key]
+
+        def ref(q, k, v, extra):
+            heads = extra["n_heads"]
+            z = prior(q, k, v, extra).double() if prior else _explicit_attention(q, k, v, heads)
+            neg = negative_tensor.to(q.dtype)
+            wk, wv = weights[key] if weights else (attn.to_k.weight, attn.to_v.weight)
+            kn = neg.double() @ wk.double().T
+            vn = neg.double() @ wv.double().T
+            chunks = extra["cond_or_uncond"]
+            per = q.shape[0] // len(chunks)
+            for i, kind in enumerate(chunks):
+                if kind == 0:
+                    rows = slice(i * per, (i + 1) * per)
+                    z[rows] = z[rows] - alpha * _explicit_attention(q[rows], kn, vn, heads)
+            return z.to(q.dtype)
+        return ref
+
+    for key in mods:
+        m.set_model_attn2_replace(make(key), *key)
+    return m
+
+
+class _ToKCounter:
+    """Counts calls of every cross-attention layer's to_k per context length (independent of NASA)."""
+
+    def __init__(self, mp):
+        self.calls = {}
+        self.handles = []
+        for key, attn in _cross_attention_modules(mp.model.diffusion_model).items():
+            self.handles.append(attn.to_k.register_forward_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def hook(module, inputs, output):
+            self.calls.setdefault(key, []).append(inputs[0].shape[1])
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+class _ForwardCounter:
+    def __init__(self, mp):
+        self.n = 0
+        self.h = mp.model.diffusion_model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *a):
+        self.n += 1
+
+    def close(self):
+        self.h.remove()
+
+
+def _rel_err(got, want, base):
+    effect = (want - base).abs().max().item()
+    err = (got - want).abs().max().item()
+    return err, effect
+
+
+# ----------------------------------------------------------------------------- layer coverage
+
+@pytest.mark.parametrize("family,expected", [("sd15", 16), ("sdxl", 70)])
+def test_every_cross_attention_layer_steered_exactly_once_per_forward(env, family, expected):
+    mp, clip = env["checkpoint"](family)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, LONG)
+    assert pos[0][0].shape[1] == 77 and neg[0][0].shape[1] == 154
+    m = env["apply"](mp, alpha=0.5)
+    counter, fwd = _ToKCounter(mp), _ForwardCounter(mp)
+    try:
+        env["sample"](m, pos, neg, cfg=1.0, steps=2)
+    finally:
+        counter.close()
+        fwd.close()
+    assert fwd.n == 2                                   # cfg 1: one model pass per step
+    assert len(counter.calls) == expected
+    for key, lengths in counter.calls.items():
+        # per forward: the positive context once, the negative (154 tokens) once
+        assert sorted(lengths) == [77, 77, 154, 154], (key, lengths)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd21v", "sdxl"])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_alpha_zero_is_bit_identical(env, family, cfg):
+    mp, clip = env["checkpoint"](family)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    base = env["sample"](mp, pos, neg, cfg=cfg, steps=2)
+    assert torch.equal(env["sample"](env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2), base)
+    assert torch.equal(env["sample"](env["apply"](mp, alpha=0.0, negative=neg), pos, neg, cfg=cfg, steps=2), base)
+    steered = env["sample"](env["apply"](mp, alpha=1.0), pos, neg, cfg=cfg, steps=2)
+    assert torch.isfinite(steered).all()
+    assert (steered - base).abs().max() > 1e-3 * base.abs().max()
+
+
+# ----------------------------------------------------------------------------- exactness
+
+@pytest.mark.parametrize("neg_text", ["a dog", LONG])
+def test_steered_output_equals_independent_reference(env, neg_text):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, neg_text)
+    base = env["sample"](mp, pos, neg)
+    got = env["sample"](env["apply"](mp, alpha=0.8), pos, neg)
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8), pos, neg)
+    err, effect = _rel_err(got, want, base)
+    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test anything"
+    assert err <= 1e-3 * effect, (err, effect)
+
+
+def test_cfg_above_one_steers_only_cond_rows_with_no_extra_pass(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    base_cap, nasa_cap, ref_cap = [], [], []
+    fwd = _ForwardCounter(mp)
+    env["sample"](mp, pos, neg, cfg=4.0, steps=2, capture=base_cap)
+    n_plain = fwd.n
+    env["sample"](env["apply"](mp, alpha=0.8), pos, neg, cfg=4.0, steps=2, capture=nasa_cap)
+    n_nasa = fwd.n - n_plain
+    fwd.close()
+    env["sample"](_reference_model(mp, neg[0][0], 0.8), pos, neg, cfg=4.0, steps=2, capture=ref_cap)
+    assert n_plain == n_nasa == 2          # cond and uncond share one batched pass per step
+    # first step: same input, so uncond must be bit-identical and cond must match the reference
+    (b_cond, b_unc), (n_cond, n_unc), (r_cond, _) = base_cap[0], nasa_cap[0], ref_cap[0]
+    assert torch.equal(n_unc, b_unc)
+    err, effect = _rel_err(n_cond, r_cond, b_cond)
+    assert effect > 0 and err <= 1e-3 * effect
+
+
+def test_batch_of_two_latents(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    base = env["sample"](mp, pos, neg, batch=2)
+    got = env["sample"](env["apply"](mp, alpha=0.8), pos, neg, batch=2)
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8), pos, neg, batch=2)
+    for row in range(2):
+        err, effect = _rel_err(got[row], want[row], base[row])
+        assert effect > 0 and err <= 1e-3 * effect
+
+
+def test_bf16_model(env):
+    mp, clip = env["checkpoint"]("sd15", dtype=torch.bfloat16, weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    base = env["sample"](mp, pos, neg)
+    assert torch.equal(env["sample"](env["apply"](mp, alpha=0.0), pos, neg), base)
+    got = env["sample"](env["apply"](mp, alpha=0.8), pos, neg)
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8), pos, neg)
+    assert torch.isfinite(got).all()
+    err, effect = _rel_err(got, want, base)
+    assert effect > 1e-2 * base.abs().max().item()
+    assert err <= 0.1 * effect, (err, effect)       # bf16 storage between layers: looser, still far below the effect
+
+
+# ----------------------------------------------------------------------------- composition
+
+def test_chains_an_attn2_replace_installed_before(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    fired = {}
+
+    def prior_for(key):
+        def prior(q, k, v, extra):              # IPAdapter-like: changes Z+ and must keep firing
+            fired[key] = fired.get(key, 0) + 1
+            return _explicit_attention(q, k, v * 0.5 + 0.1, extra["n_heads"]).to(q.dtype)
+        return prior
+
+    pre = mp.clone()
+    keys = list(_cross_attention_modules(mp.model.diffusion_model))
+    for i, key in enumerate(keys):
+        if i % 2:   # half keyed (block, id, index), half by the (block, id) fallback
+            pre.set_model_attn2_replace(prior_for(key), *key)
+        else:
+            pre.set_model_attn2_replace(prior_for(key[:2]), key[0], key[1])
+    before = env["sample"](pre, pos, neg)
+    got = env["sample"](env["apply"](pre, alpha=0.8), pos, neg)
+    assert len(fired) == len(keys) or len({k[:2] for k in keys}) <= len(fired)
+    fired.clear()
+
+    def prior_any(q, k, v, extra):
+        return _explicit_attention(q, k, v * 0.5 + 0.1, extra["n_heads"]).to(q.dtype)
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8, prior=prior_any), pos, neg)
+    err, effect = _rel_err(got, want, before)
+    assert effect > 0 and err <= 1e-3 * effect
+
+
+def test_weight_patches_reach_the_negative_projection(env):
+    """LoRA and other weight patches apply to to_k/to_v at sample time, so the negative sees them."""
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    mods = _cross_attention_modules(mp.model.diffusion_model)
+    names = {id(m): n for n, m in mp.model.named_modules()}
+    lora = mp.clone()
+    weights, originals = {}, {}
+    g = torch.Generator().manual_seed(5)   # a moderate delta: large ones make the random net chaotic
+    for key, attn in mods.items():
+        wk, wv = attn.to_k.weight.detach().clone(), attn.to_v.weight.detach().clone()
+        dk = torch.randn(wk.shape, generator=g) * wk.std() * 0.3
+        dv = torch.randn(wv.shape, generator=g) * wv.std() * 0.3
+        lora.add_patches({names[id(attn)] + ".to_k.weight": (dk,), names[id(attn)] + ".to_v.weight": (dv,)})
+        weights[key] = (wk + dk, wv + dv)
+        originals[key] = (wk, wv)
+    patched = env["apply"](lora, alpha=0.8)          # the node runs before LoRA weights exist anywhere
+    base = env["sample"](lora, pos, neg)
+    got = env["sample"](patched, pos, neg)
+    want = env["sample"](_reference_model(lora, neg[0][0], 0.8, weights=weights), pos, neg)
+    err, effect = _rel_err(got, want, base)
+    assert effect > 0 and err <= 1e-3 * effect
+    # and the check can fail: a reference that ignores the patch is far off
+    wrong = env["sample"](_reference_model(lora, neg[0][0], 0.8, weights=originals), pos, neg)
+    assert (got - wrong).abs().max() > 100 * err
+
+
+def test_input_model_untouched_and_graph_branches_isolated(env):
+    mp, clip = env["checkpoint"]("sd15")
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    opts_before = repr(mp.model_options)
+    wrappers_before = repr(mp.wrappers)
+    plain_before = env["sample"](mp, pos, neg)
+    steered = env["sample"](env["apply"](mp, alpha=1.0), pos, neg)
+    plain_after = env["sample"](mp, pos, neg)
+    assert torch.equal(plain_before, plain_after)
+    assert not torch.equal(steered, plain_after)
+    assert repr(mp.model_options) == opts_before and repr(mp.wrappers) == wrappers_before
+    assert "attn2" not in mp.model_options["transformer_options"].get("patches_replace", {})
+
+
+def test_second_nasa_node_replaces_the_first(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    twice = env["apply"](env["apply"](mp, alpha=1.0), alpha=0.5)
+    once = env["apply"](mp, alpha=0.5)
+    assert torch.equal(env["sample"](twice, pos, neg), env["sample"](once, pos, neg))
+
+
+# ----------------------------------------------------------------------------- where the negative comes from
+
+def test_sampler_negative_equals_wired_negative(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg, other = (env["encode"](clip, t) for t in ("a photo of a cat", "a dog", "a tree"))
+    from_sampler = env["sample"](env["apply"](mp, alpha=0.8), pos, neg)
+    wired = env["sample"](env["apply"](mp, alpha=0.8, negative=neg, use_sampler_negative=False), pos, other)
+    assert torch.equal(from_sampler, wired)
+    # wired wins over the sampler's negative when both exist
+    wired_both = env["sample"](env["apply"](mp, alpha=0.8, negative=neg, use_sampler_negative=True), pos, other)
+    assert torch.equal(wired_both, wired)
+
+
+def test_sampler_negative_off_means_no_steering(env):
+    mp, clip = env["checkpoint"]("sd15")
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    carried = env["carry"](pos, neg, alpha=-1.0)
+    # use_sampler_negative off and only a carried negative: uncarried prompts are not steered
+    m = env["apply"](mp, alpha=1.0, negative=None, use_sampler_negative=True)
+    assert not torch.equal(env["sample"](m, pos, neg), env["sample"](mp, pos, neg))
+
+
+def test_carried_negative_wins_and_each_prompt_gets_its_own(env):
+    import nodes
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    enc = lambda t: env["encode"](clip, t)  # noqa: E731
+    pos_a, pos_b = enc("a photo of a cat"), enc("a red car")
+    neg_a, neg_b, model_neg = enc("a dog"), enc(LONG), enc(" ".join(["bad"] * 180))
+    assert model_neg[0][0].shape[1] == 231
+    both = nodes.ConditioningCombine().combine(env["carry"](pos_a, neg_a), env["carry"](pos_b, neg_b))[0]
+    m = env["apply"](mp, alpha=0.8, negative=model_neg)
+    counter, fwd = _ToKCounter(mp), _ForwardCounter(mp)
+    try:
+        env["sample"](m, both, enc(""), cfg=3.0)
+    finally:
+        counter.close()
+        fwd.close()
+    assert fwd.n == 1                       # two positive prompts + uncond: still one batched pass
+    for key, lengths in counter.calls.items():
+        assert 231 not in lengths, key      # the model-level negative lost to both carried ones
+        assert lengths.count(154) == 1 and lengths.count(77) == 2, (key, lengths)  # context + neg_a, neg_b
+    # a carried negative steers exactly like the same negative given to the node
+    single = env["sample"](env["apply"](mp, alpha=0.8, negative=model_neg), env["carry"](pos_a, neg_a), neg_a)
+    same = env["sample"](env["apply"](mp, alpha=0.8, negative=neg_a), pos_a, neg_a)
+    assert torch.equal(single, same)
+
+
+def test_carried_alpha_override(env):
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    m = env["apply"](mp, alpha=1.0)
+    assert torch.equal(env["sample"](m, env["carry"](pos, neg, alpha=0.0), neg), env["sample"](mp, pos, neg))
+    assert torch.equal(env["sample"](m, env["carry"](pos, neg, alpha=0.3), neg),
+                       env["sample"](env["apply"](mp, alpha=0.3), pos, neg))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_width_mismatch_at_node_time(env):
+    mp, _ = env["checkpoint"]("sd15")
+    _, xl_clip = env["checkpoint"]("sdxl")
+    neg = env["encode"](xl_clip, "a dog")
+    width, model_width = neg[0][0].shape[-1], mp.model.model_config.unet_config["context_dim"]
+    assert width != model_width
+    with pytest.raises(ValueError) as e:
+        env["apply"](mp, negative=neg)
+    msg = str(e.value)
+    assert "Apply NASA Attention" in msg and str(width) in msg and str(model_width) in msg
+    assert "same CLIP" in msg
+
+
+def test_width_mismatch_of_sampler_negative_at_sample_time(env):
+    mp, clip = env["checkpoint"]("sd15")
+    _, xl_clip = env["checkpoint"]("sdxl")
+    pos, bad = env["encode"](clip, "a cat"), env["encode"](xl_clip, "a dog")
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: the sampler's negative is \d+ wide"):
+        env["sample"](env["apply"](mp), pos, bad)
+
+
+def test_carried_negative_from_another_encoder(env):
+    _, clip = env["checkpoint"]("sd15")
+    _, xl_clip = env["checkpoint"]("sdxl")
+    with pytest.raises(ValueError, match="NASA Negative Conditioning: 'negative' is .* different text encoders"):
+        env["carry"](env["encode"](clip, "a cat"), env["encode"](xl_clip, "a dog"))
+
+
+def test_unsupported_family_names_family_and_supported(env):
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    cfg = sm.Flux({"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 32,
+                   "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+                   "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
+                   "guidance_embed": False})
+    cfg.set_inference_dtype(torch.float32, None)
+    flux = comfy.model_patcher.ModelPatcher(cfg.get_model({}), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ValueError) as e:
+        env["apply"](flux)
+    msg = str(e.value)
+    assert "Apply NASA Attention" in msg and "'Flux'" in msg and "SD1.5" in msg and "SDXL" in msg
+
+
+def test_no_negative_and_sampler_negative_off(env):
+    mp, _ = env["checkpoint"]("sd15")
+    with pytest.raises(ValueError, match="Apply NASA Attention: no negative .* use_sampler_negative is off"):
+        env["apply"](mp, negative=None, use_sampler_negative=False)
+
+
+def test_empty_negative_conditioning(env):
+    mp, clip = env["checkpoint"]("sd15")
+    with pytest.raises(ValueError, match="Apply NASA Attention: 'negative' is empty"):
+        env["apply"](mp, negative=[])
+    with pytest.raises(ValueError, match="NASA Negative Conditioning: 'negative' is empty"):
+        env["carry"](env["encode"](clip, "a cat"), [])
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_alpha(env, alpha):
+    mp, clip = env["checkpoint"]("sd15")
+    with pytest.raises(ValueError, match="Apply NASA Attention: alpha"):
+        env["apply"](mp, alpha=alpha)
+    with pytest.raises(ValueError, match="NASA Negative Conditioning: alpha"):
+        c = env["encode"](clip, "a cat")
+        env["carry"](c, c, alpha=alpha if alpha == alpha else float("nan"))
+
+
+def test_non_finite_conditioning(env):
+    mp, clip = env["checkpoint"]("sd15")
+    pos, neg = env["encode"](clip, "a cat"), env["encode"](clip, "a dog")
+    bad = [[neg[0][0].clone(), dict(neg[0][1])]]
+    bad[0][0][0, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match="Apply NASA Attention: 'negative' contains 1 non-finite"):
+        env["apply"](mp, negative=bad)
+    with pytest.raises(ValueError, match="NASA Negative Conditioning: 'negative' contains"):
+        env["carry"](pos, bad)
+    with pytest.raises(ValueError, match="Apply NASA Attention: the sampler's negative contains"):
+        env["sample"](env["apply"](mp), pos, bad)
