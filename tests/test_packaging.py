@@ -1,0 +1,58 @@
+"""The pack as ComfyUI, the Comfy Registry and ComfyUI-Manager see it."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parent.parent
+
+
+def test_pyproject_parses_with_comfyuis_own_config_parser(comfyui):
+    from comfy_config import config_parser
+    cfg = config_parser.extract_node_configuration(str(PACK))
+    assert cfg.project.name and "comfyui" not in cfg.project.name.lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", cfg.project.version)
+    assert cfg.project.license.file == "LICENSE" and (PACK / "LICENSE").is_file()
+    assert cfg.project.urls.repository.startswith("https://")
+    assert cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name and cfg.tool_comfy.icon
+    assert cfg.project.supported_comfyui_version.startswith(">=")
+    assert cfg.project.supported_comfyui_version.removeprefix(">=") <= comfyui.version
+
+
+def test_requirements_do_not_reinstall_what_comfyui_brings():
+    lines = [ln.split("#")[0].strip() for ln in (PACK / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~\[ ]", ln)[0].lower() for ln in lines if ln}
+    assert not names & {"torch", "torchvision", "torchaudio", "numpy", "safetensors", "transformers", "comfyui"}
+
+
+def test_nodes_registered_by_comfy_entrypoint_only(comfyui):
+    import nodes
+    for node_id in ("NASAApplyAttention", "NASANegativeConditioning"):
+        assert node_id in nodes.NODE_CLASS_MAPPINGS
+    assert not hasattr(comfyui.pack, "NODE_CLASS_MAPPINGS")   # it would make ComfyUI ignore comfy_entrypoint
+
+
+def test_every_input_and_output_has_a_tooltip(comfyui):
+    import nodes
+    for node_id, display, category in (("NASAApplyAttention", "Apply NASA Attention", "model_patches/nasa"),
+                                       ("NASANegativeConditioning", "NASA Negative Conditioning", "conditioning/nasa")):
+        schema = nodes.NODE_CLASS_MAPPINGS[node_id].define_schema()
+        assert schema.display_name == display and schema.category == category and schema.description
+        for item in list(schema.inputs) + list(schema.outputs):
+            assert item.tooltip and len(item.tooltip) > 20, (node_id, getattr(item, "id", item))
+        info = nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+        assert info["required"] or info["optional"]
+
+
+def test_layout_and_import_rules():
+    for folder in ("nodes", "nasa_core", "adapters", "workflows", "tests"):
+        assert (PACK / folder).is_dir(), folder
+    # nasa_core never imports ComfyUI; nodes never reach into comfy internals (adapters do)
+    for f in (PACK / "nodes").glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in {"comfy_api", "__future__", "typing"}, (f.name, node.module)
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] not in {"comfy", "nodes"} for a in node.names), f.name
