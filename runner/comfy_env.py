@@ -44,7 +44,7 @@ def find_comfyui(pack_dir: Path = PACK_ROOT) -> tuple[Optional[Path], str]:
     pack_dir = Path(pack_dir).resolve()
     if pack_dir.parent.name == "custom_nodes" and is_comfyui_dir(pack_dir.parent.parent):
         return pack_dir.parent.parent, f"installed in {pack_dir.parent}"
-    tried.append(f"{pack_dir.parent.parent} (pack is not inside ComfyUI/custom_nodes)"
+    tried.append(f"the pack's location ({pack_dir} is not inside a ComfyUI/custom_nodes folder)"
                  if pack_dir.parent.name != "custom_nodes" else f"{pack_dir.parent.parent} (not a ComfyUI checkout)")
     home = Path("~/ComfyUI").expanduser()
     if is_comfyui_dir(home):

@@ -1,0 +1,486 @@
+"""Random-weight Stable Diffusion models built from ComfyUI's own classes.
+
+These are real ComfyUI objects - a :class:`comfy.model_patcher.ModelPatcher` around
+``comfy.model_base.BaseModel``/``SDXL`` with ComfyUI's ``SD15``/``SD20``/``SDXL`` model configs, a
+:class:`comfy.sd.CLIP` with the real CLIP tokenizer and a :class:`comfy.sd.VAE` - whose weights are
+drawn from a seeded random generator instead of being read from a checkpoint file. They serve
+
+* the pack's tests, which need SD1.5, SD2.1 and SDXL UNets with the true block structure, and
+* the headless runner's ``--random-weights`` smoke mode, which swaps every ``CheckpointLoaderSimple``
+  of a workflow for :func:`random_checkpoint_node_class`'s node, so a workflow runs end to end
+  without downloading a checkpoint.
+
+Two sizes exist. ``"tiny"`` keeps every family's real structure (levels, ResBlocks, transformer
+depths, so SD1.5/SD2.1 have 16 cross-attention layers and SDXL 70) with narrow widths; ``"full"``
+uses the published configurations (SD1.5, SD2.1 512-base / 768-v, SDXL base 1.0) and the real
+text-encoder configs, for benchmarks::
+
+    family  size  model_channels  heads                context  adm   UNet params  text enc.
+    sd15    tiny  32              8 (ComfyUI's SD15)   64       -     8.6M         CLIP-L 64 wide, 3 layers
+    sd21*   tiny  32              8 channels each      64       -     8.6M         CLIP-H 64 wide, 3 layers
+    sdxl    tiny  32              8 channels each      32+32    1568  23.6M        CLIP-L + CLIP-G 32 wide
+    sd15    full  320             8                    768      -     859.5M       CLIP-L
+    sd21*   full  320             64 channels each     1024     -     865.9M       OpenCLIP-H
+    sdxl    full  320             64 channels each     768+1280 2816  2567.5M      CLIP-L + OpenCLIP-bigG
+
+(sd21* = sd21 and sd21v, which differ only in the prediction type.)
+
+A tiny UNet forward takes a few hundredths of a second on a 16x16 or 32x32 latent on a CPU. The
+VAE (:func:`build_vae`) is ComfyUI's AutoencoderKL: 4 latent channels, 8x scale; tiny has 1M
+parameters, full the SD VAE's 83.7M.
+
+Weight initialisation (:func:`init_random_weights`) keeps activations O(1) through the network:
+linear and convolution weights are N(0, 1/fan_in), biases 0, normalisation layers weight 1 and bias
+0, embeddings N(0, 1). No layer is zero-initialised (the original recipe zeroes the UNet's output
+projections, which would hide every effect a test looks for), so the text path visibly moves the
+UNet output. The weights depend only on the seed and the parameter's name, not on the device or
+the order of construction.
+
+Importing this module imports nothing from ComfyUI; every function does so on first use, after the
+caller has brought ComfyUI up (see :mod:`.comfy_env`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import torch
+
+FAMILIES = ("sd15", "sd21", "sd21v", "sdxl")
+"""sd15 = SD1.5; sd21 = SD2.1 512-base (eps prediction); sd21v = SD2.1 768-v (v prediction); sdxl = SDXL base."""
+SIZES = ("tiny", "full")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""Weight dtypes offered by the node, by name. The builders also accept torch.float16."""
+RANDOM_CHECKPOINT_NODE_ID = "NASA_RandomWeightCheckpoint"
+
+# ---------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------
+
+# The UNet structure of each family, as ComfyUI's model detection reads it from real checkpoints.
+# transformer_depth has one entry per input ResBlock, transformer_depth_output one per output ResBlock
+# (ComfyUI pops the latter from the end, so its first entries belong to the highest resolution).
+_SD_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "use_checkpoint": False,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
+    "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+_SDXL_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "use_checkpoint": False,
+    "use_spatial_transformer": True, "legacy": False, "num_classes": "sequential",
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_linear_in_transformer": True,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+_UNET_STRUCTURE = {
+    "sd15": {**_SD_UNET, "use_linear_in_transformer": False},
+    "sd21": {**_SD_UNET, "use_linear_in_transformer": True},
+    "sdxl": _SDXL_UNET,
+}
+
+# Width of each family and size. context_dim is not listed: it is the text encoders' output width.
+# Attention heads: SD1.5 always has 8 heads (ComfyUI's SD15 config), SD2.x and SDXL have 64-channel
+# heads; the tiny models keep SD1.5's 8 heads and shrink the head width of the others.
+_UNET_WIDTH = {
+    ("sd15", "full"): {"model_channels": 320},
+    ("sd21", "full"): {"model_channels": 320},
+    ("sdxl", "full"): {"model_channels": 320},
+    ("sd15", "tiny"): {"model_channels": 32},
+    ("sd21", "tiny"): {"model_channels": 32, "num_head_channels": 8},
+    ("sdxl", "tiny"): {"model_channels": 32, "num_head_channels": 8},
+}
+
+# Text encoders: ComfyUI's model_name of each encoder and the overrides of its JSON config
+# (comfy/sd1_clip.py reads model_options["<model_name>_model_config"]). The UNet's context_dim is
+# the sum of the hidden sizes; SDXL's pooled output is CLIP-G's hidden size (ComfyUI's text
+# projection is hidden_size x hidden_size), so adm_in_channels = that + 6 x 256 size embeddings.
+_TINY_TEXT = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4,
+              "num_hidden_layers": 3, "projection_dim": 64}
+# Tiny widths differ per family, as the real ones do (SD1.5 768, SD2.x 1024, SDXL 768+1280), so a
+# negative encoded for the wrong family is a real width mismatch in tests too.
+_TINY_TEXT_BY_ENCODER = {
+    ("sd15", "clip_l"): _TINY_TEXT,
+    ("sd21", "clip_h"): {**_TINY_TEXT, "hidden_size": 48, "intermediate_size": 192, "projection_dim": 48},
+    ("sdxl", "clip_l"): {**_TINY_TEXT, "hidden_size": 32, "intermediate_size": 128, "num_attention_heads": 2,
+                         "projection_dim": 32},
+    ("sdxl", "clip_g"): _TINY_TEXT,
+}
+_TEXT_ENCODERS = {
+    # family base: (model names, hidden sizes of the published encoders)
+    "sd15": (("clip_l",), {"clip_l": 768}),
+    "sd21": (("clip_h",), {"clip_h": 1024}),
+    "sdxl": (("clip_l", "clip_g"), {"clip_l": 768, "clip_g": 1280}),
+}
+SDXL_SIZE_EMBEDDINGS = 6 * 256
+"""Width of the six size/crop embeddings SDXL's encode_adm appends to the pooled text output."""
+
+# The VAE: ComfyUI's AutoencoderKL. Four levels = 8x down/upscaling of a 4-channel latent.
+# ComfyUI's VAE blocks use GroupNorm(32, ...), so every width must be a multiple of 32.
+_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                 "attn_resolutions": [], "dropout": 0.0}
+_VAE_SIZE = {
+    "tiny": {"ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1},
+    "full": {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2},
+}
+
+# SD2.x v-prediction: ComfyUI's SD20.model_type() calls a checkpoint v-prediction when this LayerNorm
+# bias has a standard deviation above 0.09. The sd21v model gets such a bias (std 0.1), so that
+# its weights, saved and reloaded by ComfyUI, are detected as v-prediction again.
+_V_PRED_MARKER_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+_V_PRED_MARKER_STD = 0.1
+
+
+_BUILD_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _base_family(family: str) -> str:
+    return "sd21" if family == "sd21v" else family
+
+
+def _check(family: Optional[str], size: str, dtype: torch.dtype) -> None:
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    if dtype not in _BUILD_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; expected one of {_BUILD_DTYPES}")
+
+
+def text_encoder_configs(family: str, size: str = "tiny") -> dict:
+    """``{model_name: config overrides}`` of the family's text encoders (empty dicts for "full")."""
+    _check(family, size, torch.float32)
+    names, _ = _TEXT_ENCODERS[_base_family(family)]
+    if size == "full":
+        return {name: {} for name in names}
+    return {name: dict(_TINY_TEXT_BY_ENCODER[(_base_family(family), name)]) for name in names}
+
+
+def _text_widths(family: str, size: str) -> dict:
+    names, full = _TEXT_ENCODERS[_base_family(family)]
+    configs = text_encoder_configs(family, size)
+    return {name: configs[name].get("hidden_size", full[name]) for name in names}
+
+
+def unet_config(family: str, size: str = "tiny") -> dict:
+    """The UNet configuration (ComfyUI's ``unet_config`` keys, before the model class adds its
+    ``unet_extra_config``) of a family and size, with context and adm widths matching
+    :func:`build_clip` of the same family and size."""
+    _check(family, size, torch.float32)
+    base = _base_family(family)
+    config = dict(_UNET_STRUCTURE[base])
+    config["model_channels"] = _UNET_WIDTH[(base, size)]["model_channels"]
+    widths = _text_widths(family, size)
+    config["context_dim"] = sum(widths.values())
+    if base == "sdxl":
+        config["adm_in_channels"] = widths["clip_g"] + SDXL_SIZE_EMBEDDINGS
+    return config
+
+
+def _model_config_class(family: str):
+    import comfy.supported_models as sm
+    return {"sd15": sm.SD15, "sd21": sm.SD20, "sdxl": sm.SDXL}[_base_family(family)]
+
+
+def model_config(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32):
+    """ComfyUI's model config object (``SD15``, ``SD20`` or ``SDXL``) for a family and size, with
+    the inference dtype set the way ComfyUI's checkpoint loader sets it."""
+    import comfy.model_management as mm
+    _check(family, size, dtype)
+    config = _model_config_class(family)(unet_config(family, size))
+    # The class's unet_extra_config (heads, attention precision) is in config.unet_config now;
+    # tiny models override the head width.
+    head = {k: v for k, v in _UNET_WIDTH[(_base_family(family), size)].items() if k != "model_channels"}
+    config.unet_config.update(head)
+    manual_cast = mm.unet_manual_cast(dtype, mm.get_torch_device(), config.supported_inference_dtypes)
+    config.set_inference_dtype(dtype, manual_cast)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight initialisation
+# ---------------------------------------------------------------------------------------------
+
+def _param_seed(seed: int, scope: str, name: str) -> int:
+    """A 63-bit seed for one parameter, from the user seed, the component and the parameter name."""
+    digest = hashlib.blake2b(f"{int(seed)}/{scope}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+_NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+
+
+@torch.no_grad()  # also inside worker threads: grad mode is thread-local
+def _fill_normal(param: torch.Tensor, std: float, seed: int) -> None:
+    """Fill ``param`` with N(0, std^2) draws from a CPU generator seeded with ``seed``. The draws
+    are made in float32 on the CPU, so a bf16 or GPU parameter gets the same values, rounded."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if param.dtype == torch.float32 and param.device.type == "cpu":
+        param.normal_(0.0, std, generator=generator)
+    else:
+        param.copy_(torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
+
+
+@torch.no_grad()
+def init_random_weights(module: torch.nn.Module, seed: int, scope: str,
+                        std_scale: Optional[dict] = None, keep=lambda name: False,
+                        workers: Optional[int] = None) -> int:
+    """Fill every parameter of ``module`` deterministically; return how many were filled.
+
+    Linear/convolution weights (any parameter named ``weight`` with two or more dimensions) are
+    N(0, 1/fan_in); normalisation weights 1; embeddings N(0, 1); every other parameter (biases,
+    scalars) 0. ``std_scale`` maps parameter names to a factor on their standard deviation;
+    parameters for which ``keep(name)`` is true keep the value their constructor gave them.
+    ``scope`` separates the random streams of different components built with the same seed.
+    Each parameter has its own generator, so the values do not depend on the order of filling:
+    ``workers`` threads draw them (torch releases the GIL while drawing); by default up to 8 for
+    modules over 50M parameters, else 1.
+    """
+    std_scale = std_scale or {}
+    draws = []
+    count = 0
+    for module_name, sub in module.named_modules():
+        for param_name, param in sub.named_parameters(recurse=False):
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            if keep(full_name):
+                continue
+            count += 1
+            if isinstance(sub, _NORM_TYPES):
+                param.fill_(1.0 if param_name == "weight" else 0.0)
+            elif isinstance(sub, torch.nn.Embedding) and param_name == "weight":
+                draws.append((param, 1.0, _param_seed(seed, scope, full_name)))
+            elif param_name == "weight" and param.dim() >= 2:
+                std = std_scale.get(full_name, 1.0) / math.sqrt(param[0].numel())
+                draws.append((param, std, _param_seed(seed, scope, full_name)))
+            else:
+                param.zero_()
+    total = sum(p.numel() for p, _, _ in draws)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if total > 50_000_000 else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda job: _fill_normal(*job), draws))
+    else:
+        for job in draws:
+            _fill_normal(*job)
+    return count
+
+
+def _attn2_projection_names(diffusion_model: torch.nn.Module) -> list:
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+    names = []
+    for name, sub in diffusion_model.named_modules():
+        if _is_cross_attention_block(sub, BasicTransformerBlock):
+            names += [f"{name}.attn2.{p}.weight" for p in ("to_q", "to_k", "to_v")]
+    return names
+
+
+def _is_cross_attention_block(module, block_type) -> bool:
+    return (isinstance(module, block_type) and getattr(module, "attn2", None) is not None
+            and not getattr(module, "switch_temporal_ca_to_sa", False))
+
+
+def _v_marker_for(shape, seed: int) -> torch.Tensor:
+    """The LayerNorm bias that makes ComfyUI detect an SD2.x checkpoint as v-prediction: mean 0,
+    population standard deviation exactly ``_V_PRED_MARKER_STD``."""
+    value = torch.empty(shape)
+    _fill_normal(value, 1.0, _param_seed(seed, "unet", _V_PRED_MARKER_KEY))
+    value = value - value.mean()
+    return value / value.std(unbiased=False) * _V_PRED_MARKER_STD
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------
+
+def build_unet_model(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0,
+                     weight_scale: Optional[float] = None):
+    """A ComfyUI ModelPatcher around the family's diffusion model with random weights.
+
+    ``weight_scale`` multiplies the init standard deviation of the cross-attention projections
+    (attn2 to_q/to_k/to_v) only: above 1 the attention over the prompt tokens gets sharper.
+    The model sits on ComfyUI's offload device (the CPU) with ComfyUI's compute device as load
+    device, like a freshly loaded checkpoint.
+    """
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    _check(family, size, dtype)
+    config = model_config(family, size, dtype)
+
+    # ComfyUI decides the prediction type from the checkpoint's weights (SD20.model_type); give it
+    # the weight that marks an SD2.x v-prediction checkpoint, so ComfyUI's own rule picks it.
+    detect_from = {}
+    if family == "sd21v":
+        width = config.unet_config["model_channels"] * config.unet_config["channel_mult"][0]
+        detect_from[_V_PRED_MARKER_KEY] = _v_marker_for((width,), seed)
+    model = config.get_model(detect_from, "")
+    expected = comfy.model_base.ModelType.V_PREDICTION if family == "sd21v" else comfy.model_base.ModelType.EPS
+    if model.model_type != expected:
+        raise RuntimeError(f"ComfyUI built a {model.model_type.name} model for {family}, expected {expected.name}")
+
+    diffusion_model = model.diffusion_model
+    scale = {}
+    if weight_scale is not None:
+        scale = {name: float(weight_scale) for name in _attn2_projection_names(diffusion_model)}
+    init_random_weights(diffusion_model, seed, "unet", std_scale=scale)
+    if family == "sd21v":
+        marker = diffusion_model.get_parameter(_V_PRED_MARKER_KEY)
+        with torch.no_grad():
+            marker.copy_(detect_from[_V_PRED_MARKER_KEY])
+    # Checkpoint weights are loaded into modules that require grad, harmless under ComfyUI's
+    # inference mode; frozen here so that callers outside it (tests) build no autograd graph.
+    model.requires_grad_(False)
+    _check_finite(model, f"{family} UNet")
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_clip(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A ComfyUI CLIP (text encoder + real tokenizer) with random weights. Its output width is the
+    context_dim of :func:`build_unet_model` for the same family and size."""
+    import comfy.sd
+    _check(family, size, dtype)
+    target = _model_config_class(family)(unet_config(family, size)).clip_target()
+    options = {"dtype": dtype}
+    for name, overrides in text_encoder_configs(family, size).items():
+        if overrides:
+            options[f"{name}_model_config"] = dict(overrides)
+    # Build on the CPU; ComfyUI moves the encoder to its load device when it encodes.
+    options["initial_device"] = torch.device("cpu")
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    # SDClipModel's logit_scale is constructed with its real value (ln 100), not left empty.
+    init_random_weights(clip.cond_stage_model, seed, f"clip_{_base_family(family)}",
+                        keep=lambda name: name.endswith("logit_scale"))
+    _check_finite(clip.cond_stage_model, f"{family} text encoder")
+    return clip
+
+
+def build_vae(size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A ComfyUI VAE (AutoencoderKL, 4 latent channels, 8x scale) with random weights.
+
+    "full" has the SD/SDXL VAE's layout (ch 128, ch_mult 1,2,4,4); "tiny" ch 32, ch_mult 1,1,2,2.
+    """
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    _check(None, size, dtype)
+    params = {"ddconfig": {**_VAE_DDCONFIG, **_VAE_SIZE[size]}, "embed_dim": 4}
+    # comfy.sd.VAE builds the autoencoder from `config` and loads its weights from `sd`; draw
+    # those on a scratch copy so that the VAE loads a complete state dict.
+    scratch = AutoencoderKL(**params)
+    init_random_weights(scratch, seed, "vae")
+    state_dict = {k: v.to(dtype) for k, v in scratch.state_dict().items()}
+    del scratch
+    vae = comfy.sd.VAE(sd=state_dict, config={"params": params}, dtype=dtype)
+    vae.first_stage_model.requires_grad_(False)  # see build_unet_model
+    _check_finite(vae.first_stage_model, "VAE")
+    return vae
+
+
+def build_checkpoint(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """``(model, clip, vae)`` as ComfyUI's CheckpointLoaderSimple returns them, with random weights."""
+    return (build_unet_model(family, size, dtype, seed), build_clip(family, size, dtype, seed),
+            build_vae(size, dtype, seed))
+
+
+def count_attn2_layers(model_patcher) -> int:
+    """How many BasicTransformerBlock.attn2 modules of the diffusion model do cross-attention.
+
+    Accepts a ModelPatcher, a ComfyUI BaseModel or the diffusion model itself.
+    """
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+    model = getattr(model_patcher, "model", model_patcher)
+    diffusion_model = getattr(model, "diffusion_model", model)
+    return sum(1 for m in diffusion_model.modules() if _is_cross_attention_block(m, BasicTransformerBlock))
+
+
+def parameter_count(module) -> int:
+    """Number of parameters of a module, ModelPatcher, CLIP or VAE."""
+    for attr in ("model", "cond_stage_model", "first_stage_model"):
+        if hasattr(module, attr) and isinstance(getattr(module, attr), torch.nn.Module):
+            module = getattr(module, attr)
+            break
+    return sum(p.numel() for p in module.parameters())
+
+
+def _check_finite(module: torch.nn.Module, what: str) -> None:
+    """Every buffer is finite (parameters are finite by construction: all of them are written)."""
+    for name, tensor in module.named_buffers():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RuntimeError(f"{what}: {name} is not finite after random initialisation")
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke-test node
+# ---------------------------------------------------------------------------------------------
+
+_NODE_CACHE: dict = {}
+_NODE_CACHE_LOCK = threading.Lock()
+_NODE_CLASS = None
+
+
+def cached_checkpoint(family: str, size: str = "tiny", seed: int = 0, dtype: str = "float32"):
+    """:func:`build_checkpoint`, built once per (family, size, seed, dtype name) in this process."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {tuple(DTYPES)}")
+    key = (family, size, int(seed), dtype)
+    with _NODE_CACHE_LOCK:
+        if key not in _NODE_CACHE:
+            _NODE_CACHE[key] = build_checkpoint(family, size, DTYPES[dtype], int(seed))
+        return _NODE_CACHE[key]
+
+
+def random_checkpoint_node_class():
+    """The V3 node ``NASA_RandomWeightCheckpoint``: a drop-in for CheckpointLoaderSimple that
+    outputs random-weight models. Not part of the pack's node list; the headless runner registers
+    it in ``--random-weights`` mode only. Imports ComfyUI's node API on first call."""
+    global _NODE_CLASS
+    if _NODE_CLASS is not None:
+        return _NODE_CLASS
+    from comfy_api.latest import io
+
+    class RandomWeightCheckpoint(io.ComfyNode):
+        """Random-weight MODEL, CLIP and VAE of a Stable Diffusion family, for smoke tests."""
+
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id=RANDOM_CHECKPOINT_NODE_ID,
+                display_name="Random-Weight Checkpoint (NASA smoke test)",
+                category="loaders/nasa",
+                description=("Stands in for Load Checkpoint in smoke tests: ComfyUI's own SD1.5, SD2.1 or "
+                             "SDXL model classes with seeded random weights, so a workflow runs end to end "
+                             "without a checkpoint file. Images are noise-like; only the plumbing is real."),
+                inputs=[
+                    io.Combo.Input("family", options=list(FAMILIES), default="sd15",
+                                   tooltip="Model family: sd15 = SD1.5, sd21 = SD2.1 512-base (eps), "
+                                           "sd21v = SD2.1 768-v (v-prediction), sdxl = SDXL base."),
+                    io.Combo.Input("size", options=list(SIZES), default="tiny",
+                                   tooltip="tiny: the family's real block structure with narrow layers "
+                                           "(fast on a CPU). full: the published model sizes (benchmarks)."),
+                    io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                                 tooltip="Seed of the random weights; the same seed gives the same models."),
+                    io.Combo.Input("dtype", options=list(DTYPES), default="float32",
+                                   tooltip="Weight dtype of the diffusion model, text encoder and VAE."),
+                ],
+                outputs=[
+                    io.Model.Output(tooltip="The diffusion model (random weights), as Load Checkpoint gives it."),
+                    io.Clip.Output(tooltip="The text encoder with the real CLIP tokenizer (random weights)."),
+                    io.Vae.Output(tooltip="A VAE with 4 latent channels and 8x upscaling (random weights)."),
+                ],
+            )
+
+        @classmethod
+        def execute(cls, family, size="tiny", seed=0, dtype="float32") -> io.NodeOutput:
+            return io.NodeOutput(*cached_checkpoint(family, size, seed, dtype))
+
+    _NODE_CLASS = RandomWeightCheckpoint
+    return _NODE_CLASS
