@@ -53,7 +53,7 @@ def apply_nasa(model, negative=None, alpha=0.1, use_sampler_negative=True, node:
     adapter = find_adapter(model, node)
     entries = None
     if negative is not None:
-        entries = conditioning_entries(negative, node, "negative")
+        entries = conditioning_entries(negative, node, "negative", single_batch=True)
         for t, _ in entries:
             check_width(t, adapter.context_dim(model), adapter.family_name(model), node, "'negative'")
     elif not use_sampler_negative:

@@ -56,8 +56,11 @@ class NegativePrompt:
     source: str
 
 
-def conditioning_entries(conditioning, node: str, input_name: str) -> list:
-    """Validate a CONDITIONING value and return its [tensor, dict] entries."""
+def conditioning_entries(conditioning, node: str, input_name: str, single_batch: bool = False) -> list:
+    """Validate a CONDITIONING value and return its [tensor, dict] entries.
+
+    ``single_batch``: each entry must hold one prompt (batch 1), as a negative must: the same negative
+    steers every image of the batch."""
     if conditioning is None:
         raise ValueError(f"{node}: '{input_name}' is not connected.")
     if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
@@ -71,9 +74,17 @@ def conditioning_entries(conditioning, node: str, input_name: str) -> list:
         if t.ndim != 3 or t.shape[1] == 0:
             raise ValueError(f"{node}: '{input_name}' entry {i} has shape {tuple(t.shape)}; expected "
                              f"(batch, tokens>0, width) from a text encoder.")
+        if single_batch:
+            check_single_batch(t, node, f"'{input_name}'")
         check_finite(t, node, f"'{input_name}'")
         out.append((t, entry[1] if isinstance(entry[1], dict) else {}))
     return out
+
+
+def check_single_batch(t: torch.Tensor, node: str, what: str) -> None:
+    if t.shape[0] != 1:
+        raise ValueError(f"{node}: {what} holds a batch of {t.shape[0]} prompts; a negative must be a single prompt "
+                         f"(batch 1) - it steers every image of the batch. Encode one negative with CLIP Text Encode.")
 
 
 def check_width(t: torch.Tensor, context_dim: Optional[int], family: str, node: str, what: str) -> None:
@@ -116,7 +127,6 @@ class NasaRun:
         self.default = default
         self.carried = carried
         self.node = node
-        self.calls = 0        # steered attention calls in this run (for diagnostics and tests)
         self.layers: dict = {}  # set by the family adapter at sample time
 
     def prompt_for(self, uuid) -> Optional[NegativePrompt]:
@@ -128,11 +138,11 @@ class NasaRun:
         return tuple((e, prompt.alpha * e.weight) for e in prompt.entries if e.active(sigma))
 
     def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
-              project: Callable[[torch.Tensor], tuple], attention_fn, query_rows: Optional[slice] = None) -> torch.Tensor:
-        """Subtract every positive chunk's negative attention from ``z_pos``.
+              project: Callable[[torch.Tensor], tuple], attention_fn) -> torch.Tensor:
+        """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q).
 
-        ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype.
-        ``query_rows`` restricts steering to a token range (joint-attention families); UNets steer all tokens.
+        ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
+        ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel.
         """
         cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
         uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
@@ -153,22 +163,12 @@ class NasaRun:
                     range(i * per_chunk, (i + 1) * per_chunk))
         if not groups:
             return z_pos
-        self.calls += 1
         for terms, rows in groups.values():
             negs = []
             for entry, coef in terms:
-                neg = entry.on(q.device, q.dtype)
-                if neg.shape[0] not in (1, len(rows)):
-                    raise ValueError(f"{self.node}: the negative has a batch of {neg.shape[0]}, but {len(rows)} "
-                                     f"image rows are steered with it; use a single negative prompt (batch 1).")
-                k, v = project(neg)
+                k, v = project(entry.on(q.device, q.dtype))     # batch 1: shared by every steered row
                 negs.append(NegativeTerm(k, v, coef))
-            row_idx = torch.tensor(rows, device=q.device)
-            if query_rows is None:
-                z_pos = steer(z_pos, q, negs, heads, row_idx, attention_fn)
-            else:
-                part = steer(z_pos[:, query_rows], q[:, query_rows], negs, heads, row_idx, attention_fn)
-                z_pos = torch.cat([z_pos[:, :query_rows.start], part, z_pos[:, query_rows.stop:]], dim=1)
+            z_pos = steer(z_pos, q, negs, heads, torch.tensor(rows, device=q.device), attention_fn)
         return z_pos
 
 
@@ -204,6 +204,7 @@ def _sampler_negative(guider, settings: NasaSettings, model_sampling) -> Optiona
                         settings.node)
         return None
     for t, _ in entries:
+        check_single_batch(t, settings.node, "the sampler's negative")
         check_width(t, settings.context_dim, settings.family, settings.node, "the sampler's negative")
         check_finite(t, settings.node, "the sampler's negative")
     # After process_conds the entries already carry timestep_start/end (sigmas) when they had percents.
@@ -254,7 +255,7 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
 def make_carried_negative(conditioning, negative, alpha, node: str):
     """NASA Negative Conditioning: a copy of ``conditioning`` whose entries carry ``negative``."""
     pos = conditioning_entries(conditioning, node, "conditioning")
-    neg = conditioning_entries(negative, node, "negative")
+    neg = conditioning_entries(negative, node, "negative", single_batch=True)
     if alpha is not None:
         alpha = check_alpha(alpha, node, low=-float("inf"))     # finite number; any negative value = inherit
         alpha = None if alpha < 0 else check_alpha(alpha, node)

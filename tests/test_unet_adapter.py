@@ -268,6 +268,31 @@ def test_bf16_model(env):
     assert err <= 0.1 * effect, (err, effect)       # bf16 between layers: looser, still far below the effect
 
 
+@pytest.mark.parametrize("backend", ["pytorch", "sub_quad", "split"])
+def test_each_comfy_attention_backend(env, backend):
+    """ComfyUI's CPU default is sub-quadratic attention; GPUs use pytorch/xformers/sage. Both Z+ and Z- go
+    through whichever kernel is selected (here through the public optimized_attention_override)."""
+    import comfy.ldm.modules.attention as attention
+    kernel = attention.get_attention_function(backend)
+    used = []
+
+    def override(func, *args, **kwargs):
+        used.append(args[1].shape[1])        # key length: 77 for prompt and negative, image tokens for self-attention
+        return kernel(*args, **kwargs)
+    stock, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    mp = stock.clone()
+    mp.model_options["transformer_options"]["optimized_attention_override"] = override
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    base = env["sample"](mp, pos, neg)
+    assert torch.equal(env["sample"](env["apply"](mp, alpha=0.0), pos, neg), base)
+    used.clear()
+    got = env["sample"](env["apply"](mp, alpha=0.8), pos, neg)
+    assert used.count(77) >= 2 * 16          # prompt cross-attention and the negative's, on every layer
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8), pos, neg)
+    err, effect = _rel_err(got, want, base)
+    assert effect > 0 and err <= 1e-3 * effect, (err, effect)
+
+
 # ----------------------------------------------------------------------------- composition
 
 def test_chains_an_attn2_replace_installed_before(env):
@@ -462,6 +487,18 @@ def test_empty_negative_conditioning(env):
         env["apply"](mp, negative=[])
     with pytest.raises(ValueError, match="NASA Negative Conditioning: 'negative' is empty"):
         env["carry"](env["encode"](clip, "a cat"), [])
+
+
+def test_negative_with_a_batch_of_prompts(env):
+    mp, clip = env["checkpoint"]("sd15")
+    pos, neg = env["encode"](clip, "a cat"), env["encode"](clip, "a dog")
+    two = [[torch.cat([neg[0][0], neg[0][0]]), dict(neg[0][1])]]
+    with pytest.raises(ValueError, match="Apply NASA Attention: 'negative' holds a batch of 2 prompts"):
+        env["apply"](mp, negative=two)
+    with pytest.raises(ValueError, match="NASA Negative Conditioning: 'negative' holds a batch of 2"):
+        env["carry"](pos, two)
+    with pytest.raises(ValueError, match="Apply NASA Attention: the sampler's negative holds a batch of 2"):
+        env["sample"](env["apply"](mp), pos, two, batch=2)
 
 
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
