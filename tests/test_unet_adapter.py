@@ -102,6 +102,8 @@ def _explicit_attention(q, k, v, heads):
 def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
     """A clone of ``mp`` running NASA as written in the paper, implemented here with ComfyUI's replace hook.
 
+    ``negative_tensor`` is one text-encoder output, or a list of (tensor, weight) averaged with those weights.
+
     ``weights`` optionally maps layer key -> (W_k, W_v) to use for the negative's projection.
     ``prior(q, k, v, extra)`` optionally produces Z+ (to model a chained replace)."""
     m = mp.clone()
@@ -113,16 +115,18 @@ def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
         def ref(q, k, v, extra):
             heads = extra["n_heads"]
             z = prior(q, k, v, extra).double() if prior else _explicit_attention(q, k, v, heads)
-            neg = negative_tensor.to(q.dtype)
             wk, wv = weights[key] if weights else (attn.to_k.weight, attn.to_v.weight)
-            kn = neg.double() @ wk.double().T
-            vn = neg.double() @ wv.double().T
+            negs = negative_tensor if isinstance(negative_tensor, list) else [(negative_tensor, 1.0)]
             chunks = extra["cond_or_uncond"]
             per = q.shape[0] // len(chunks)
-            for i, kind in enumerate(chunks):
-                if kind == 0:
-                    rows = slice(i * per, (i + 1) * per)
-                    z[rows] = z[rows] - alpha * _explicit_attention(q[rows], kn, vn, heads)
+            for neg, share in negs:
+                neg = neg.to(q.dtype)
+                kn = neg.double() @ wk.double().T
+                vn = neg.double() @ wv.double().T
+                for i, kind in enumerate(chunks):
+                    if kind == 0:
+                        rows = slice(i * per, (i + 1) * per)
+                        z[rows] = z[rows] - alpha * share * _explicit_attention(q[rows], kn, vn, heads)
             return z.to(q.dtype)
         return ref
 
@@ -387,13 +391,42 @@ def test_sampler_negative_equals_wired_negative(env):
     assert torch.equal(wired_both, wired)
 
 
-def test_sampler_negative_off_means_no_steering(env):
+def test_combined_negative_is_averaged(env):
+    import nodes
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg_a, neg_b = (env["encode"](clip, t) for t in ("a photo of a cat", "a dog", LONG))
+    both = nodes.ConditioningCombine().combine(neg_a, neg_b)[0]
+    base = env["sample"](mp, pos, both)
+    got = env["sample"](env["apply"](mp, alpha=0.8), pos, both)
+    want = env["sample"](_reference_model(mp, [(neg_a[0][0], 0.5), (neg_b[0][0], 0.5)], 0.8), pos, both)
+    err, effect = _rel_err(got, want, base)
+    assert effect > 0 and err <= 1e-3 * effect, (err, effect)
+
+
+@pytest.mark.parametrize("wired", [False, True])
+def test_timestep_range_on_the_negative_is_honoured(env, wired):
+    """A negative limited to the first 30% of the schedule steers step 1 of 2 and not step 2."""
+    import nodes
     mp, clip = env["checkpoint"]("sd15")
-    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
-    carried = env["carry"](pos, neg, alpha=-1.0)
-    # use_sampler_negative off and only a carried negative: uncarried prompts are not steered
-    m = env["apply"](mp, alpha=1.0, negative=None, use_sampler_negative=True)
-    assert not torch.equal(env["sample"](m, pos, neg), env["sample"](mp, pos, neg))
+    pos = env["encode"](clip, "a photo of a cat")
+    neg = nodes.ConditioningSetTimestepRange().set_range(env["encode"](clip, LONG), 0.0, 0.3)[0]
+    m = env["apply"](mp, alpha=0.8, negative=neg) if wired else env["apply"](mp, alpha=0.8)
+    counter = _ToKCounter(mp)
+    try:
+        env["sample"](m, pos, neg if not wired else env["encode"](clip, ""), steps=2)
+    finally:
+        counter.close()
+    for key, lengths in counter.calls.items():
+        assert lengths == [77, 154, 77], (key, lengths)   # step 1: prompt + negative; step 2: prompt only
+
+
+def test_sampler_negative_is_used_at_cfg_1(env):
+    """At cfg 1 ComfyUI never runs the negative through the model; NASA still steers away from it."""
+    mp, clip = env["checkpoint"]("sd15")
+    pos, neg, other = (env["encode"](clip, t) for t in ("a photo of a cat", "a dog", "a tree"))
+    m = env["apply"](mp, alpha=1.0)
+    assert torch.equal(env["sample"](mp, pos, neg), env["sample"](mp, pos, other))   # CFG ignores it
+    assert not torch.equal(env["sample"](m, pos, neg), env["sample"](m, pos, other))  # NASA does not
 
 
 def test_carried_negative_wins_and_each_prompt_gets_its_own(env):
