@@ -168,7 +168,7 @@ class NasaRun:
             for entry, coef in terms:
                 k, v = project(entry.on(q.device, q.dtype))     # batch 1: shared by every steered row
                 negs.append(NegativeTerm(k, v, coef))
-            z_pos = steer(z_pos, q, negs, heads, torch.tensor(rows, device=q.device), attention_fn)
+            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn)   # a run of rows becomes a slice: no device sync
         return z_pos
 
 

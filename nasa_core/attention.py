@@ -120,32 +120,29 @@ def attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch
 
 
 def _row_index(rows: Rows, batch: int, device) -> Union[slice, torch.Tensor]:
+    """Normalise a row selection. Python ints that form a run become a slice (a view, no device work)."""
     if rows is None:
         return slice(None)
     if isinstance(rows, slice):
         return rows
-    rows = torch.as_tensor(rows, device=device)
-    if rows.dtype == torch.bool:
-        if rows.shape != (batch,):
-            raise ValueError(f"NASA attention: boolean row selection has shape {tuple(rows.shape)}, batch is {batch}")
-        return rows.nonzero().flatten()
-    return rows.long().flatten()
+    if isinstance(rows, torch.Tensor):
+        if rows.dtype == torch.bool:
+            if rows.shape != (batch,):
+                raise ValueError(f"NASA attention: boolean row selection has shape {tuple(rows.shape)}, batch is {batch}")
+            return rows.nonzero().flatten()
+        return rows.to(device=device, dtype=torch.long).flatten()
+    rows = [int(r) for r in rows]
+    if not rows:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def _is_all_rows(rows: Union[slice, torch.Tensor], batch: int) -> bool:
     if isinstance(rows, slice):
         return range(batch)[rows] == range(batch)
-    return rows.numel() == batch and bool((rows == torch.arange(batch, device=rows.device)).all())
-
-
-def _as_slice(rows: torch.Tensor) -> Union[slice, torch.Tensor]:
-    """A run of consecutive row indices becomes a slice, so q[rows] is a view, not a copy."""
-    if rows.numel() == 0:
-        return rows
-    first = int(rows[0])
-    if bool((rows == torch.arange(first, first + rows.numel(), device=rows.device)).all()):
-        return slice(first, first + rows.numel())
-    return rows
+    return False        # index tensors are never "all rows": whole-batch selections arrive as slices
 
 
 def _rows_of(t: torch.Tensor, rows) -> torch.Tensor:
@@ -165,10 +162,8 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
         return z_pos
     batch = q.shape[0]
     rows = _row_index(steer_rows, batch, q.device)
-    if isinstance(rows, torch.Tensor):
-        if rows.numel() == 0:
-            return z_pos
-        rows = _as_slice(rows)
+    if isinstance(rows, torch.Tensor) and rows.numel() == 0:
+        return z_pos
     all_rows = _is_all_rows(rows, batch)
     q_rows = q if all_rows else q[rows]
     delta = None

@@ -56,7 +56,7 @@ def test_only_selected_rows_are_steered():
     q = _rand(4, 10, 32, seed=1)
     kp, vp, kn, vn = (_rand(1, 6, 32, seed=s) for s in (2, 3, 4, 5))
     z = nc.attention(q, kp, vp, 2)
-    for rows in ([0, 2], torch.tensor([False, True, True, False]), slice(1, 3)):
+    for rows in ([0, 2], [1, 2], torch.tensor([3, 0]), torch.tensor([False, True, True, False]), slice(1, 3)):
         out = nc.steer(z, q, [nc.NegativeTerm(kn, vn, 1.0)], 2, rows)
         sel = torch.zeros(4, dtype=torch.bool)
         sel[torch.arange(4)[rows] if not isinstance(rows, torch.Tensor) or rows.dtype != torch.bool else rows] = True
