@@ -15,7 +15,7 @@ from __future__ import annotations
 from . import unet
 from .negatives import (CARRIED_KEY, RUN_KEY, WRAPPER_KEY, NasaRun, NasaSettings, check_width,
                         conditioning_entries, make_carried_negative, make_sampler_wrapper)
-from ..nasa_core import check_alpha
+from ..nasa_core import DEFAULT_ALPHA, check_alpha
 
 ADAPTERS = (unet,)
 
@@ -47,7 +47,7 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention"):
         f"node for this model.")
 
 
-def apply_nasa(model, negative=None, alpha=0.1, use_sampler_negative=True, node: str = "Apply NASA Attention"):
+def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention"):
     """Return a clone of ``model`` with NASA on every cross-attention layer. ``model`` itself is untouched."""
     alpha = check_alpha(alpha, node)
     adapter = find_adapter(model, node)

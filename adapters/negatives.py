@@ -51,9 +51,8 @@ class NegativeEntry:
 
 @dataclass
 class NegativePrompt:
-    entries: list
+    entries: list     # NegativeEntry, averaged
     alpha: float
-    source: str
 
 
 def conditioning_entries(conditioning, node: str, input_name: str, single_batch: bool = False) -> list:
@@ -103,10 +102,9 @@ def _sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
     return (float(start), float(end))
 
 
-def negative_prompt(entries, alpha: float, source: str, model_sampling=None) -> NegativePrompt:
+def negative_prompt(entries, alpha: float, model_sampling=None) -> NegativePrompt:
     n = len(entries)
-    return NegativePrompt([NegativeEntry(t, 1.0 / n, _sigma_window(o, model_sampling)) for t, o in entries],
-                          alpha, source)
+    return NegativePrompt([NegativeEntry(t, 1.0 / n, _sigma_window(o, model_sampling)) for t, o in entries], alpha)
 
 
 @dataclass
@@ -182,7 +180,7 @@ def _carried_negatives(positive_conds: Sequence[dict], settings: NasaSettings, m
             check_width(t, settings.context_dim, settings.family, "NASA Negative Conditioning",
                         "the carried negative")
         alpha = settings.alpha if spec.get("alpha") is None else spec["alpha"]
-        carried[c["uuid"]] = negative_prompt(spec["entries"], alpha, "NASA Negative Conditioning", model_sampling)
+        carried[c["uuid"]] = negative_prompt(spec["entries"], alpha, model_sampling)
     return carried
 
 
@@ -208,7 +206,7 @@ def _sampler_negative(guider, settings: NasaSettings, model_sampling) -> Optiona
         check_width(t, settings.context_dim, settings.family, settings.node, "the sampler's negative")
         check_finite(t, settings.node, "the sampler's negative")
     # After process_conds the entries already carry timestep_start/end (sigmas) when they had percents.
-    out = negative_prompt(entries, settings.alpha, "sampler negative", None)
+    out = negative_prompt(entries, settings.alpha)
     for e, (_, c) in zip(out.entries, entries):
         if "timestep_start" in c or "timestep_end" in c:
             e.sigma_window = (float(c.get("timestep_start", float("inf"))), float(c.get("timestep_end", 0.0)))
@@ -221,7 +219,7 @@ def build_run(guider, settings: NasaSettings) -> NasaRun:
     conds = getattr(guider, "conds", None) or {}
     carried = _carried_negatives(conds.get("positive") or [], settings, model_sampling)
     if settings.negative is not None:
-        default = negative_prompt(settings.negative, settings.alpha, "negative input", model_sampling)
+        default = negative_prompt(settings.negative, settings.alpha, model_sampling)
     elif settings.use_sampler_negative:
         default = _sampler_negative(guider, settings, model_sampling)
     else:
