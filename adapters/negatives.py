@@ -95,6 +95,10 @@ def check_width(t: torch.Tensor, context_dim: Optional[int], family: str, node: 
 
 
 def _sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
+    """(sigma_start, sigma_end) of a conditioning entry: the sigmas ComfyUI's process_conds already put on
+    the sampler's conds, else converted from start/end_percent (ConditioningSetTimestepRange)."""
+    if "timestep_start" in opts or "timestep_end" in opts:
+        return (float(opts.get("timestep_start", float("inf"))), float(opts.get("timestep_end", 0.0)))
     if model_sampling is None or ("start_percent" not in opts and "end_percent" not in opts):
         return None
     start = model_sampling.percent_to_sigma(opts.get("start_percent", 0.0))
@@ -205,12 +209,7 @@ def _sampler_negative(guider, settings: NasaSettings, model_sampling) -> Optiona
         check_single_batch(t, settings.node, "the sampler's negative")
         check_width(t, settings.context_dim, settings.family, settings.node, "the sampler's negative")
         check_finite(t, settings.node, "the sampler's negative")
-    # After process_conds the entries already carry timestep_start/end (sigmas) when they had percents.
-    out = negative_prompt(entries, settings.alpha)
-    for e, (_, c) in zip(out.entries, entries):
-        if "timestep_start" in c or "timestep_end" in c:
-            e.sigma_window = (float(c.get("timestep_start", float("inf"))), float(c.get("timestep_end", 0.0)))
-    return out
+    return negative_prompt(entries, settings.alpha, model_sampling)
 
 
 def build_run(guider, settings: NasaSettings) -> NasaRun:
@@ -255,8 +254,8 @@ def make_carried_negative(conditioning, negative, alpha, node: str):
     pos = conditioning_entries(conditioning, node, "conditioning")
     neg = conditioning_entries(negative, node, "negative", single_batch=True)
     if alpha is not None:
-        alpha = check_alpha(alpha, node, low=-float("inf"))     # finite number; any negative value = inherit
-        alpha = None if alpha < 0 else check_alpha(alpha, node)
+        alpha = check_alpha(alpha, node, low=-float("inf"))     # finite, at most 2; any negative value = inherit
+        alpha = None if alpha < 0 else alpha
     widths = {t.shape[-1] for t, _ in pos}
     for t, _ in neg:
         if widths and t.shape[-1] not in widths:

@@ -14,10 +14,10 @@ def check_alpha(alpha, where: str, low: float = 0.0, high: float = 2.0) -> float
         raise ValueError(f"{where}: alpha must be a number, got {alpha!r}.") from None
     if not math.isfinite(value):
         raise ValueError(f"{where}: alpha is {value}; it must be a finite number between {low} and {high}.")
-    if value < low or value > high:
-        if low == -math.inf:
-            raise ValueError(f"{where}: alpha {value} is above the maximum {high}.")
-        raise ValueError(f"{where}: alpha {value} is outside {low}..{high}.")
+    if value > high:
+        raise ValueError(f"{where}: alpha {value} is above the maximum {high}.")
+    if value < low:
+        raise ValueError(f"{where}: alpha {value} is below the minimum {low}.")
     return value
 
 

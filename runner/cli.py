@@ -129,31 +129,29 @@ def _ensure_comfy(comfyui=None, cpu: Optional[bool] = None, report: Optional[_Re
                   quiet_imports: bool = True):
     """Boot ComfyUI in this process (once), load its extra nodes and this pack; returns ``nodes``."""
     report = report or _Report(True)
-    if comfy_env._BOOTED:
-        nodes = comfy_env._BOOTED["nodes"]
-        if comfyui is not None and Path(comfyui).resolve() != comfy_env._BOOTED["dir"]:
-            raise SetupError(f"ComfyUI from {comfy_env._BOOTED['dir']} is already loaded in this process")
+    if comfyui is not None:
+        comfy_dir = Path(comfyui).expanduser().resolve()
+        if not comfy_env.is_comfyui_dir(comfy_dir):
+            raise SetupError(f"--comfyui {comfyui}: no ComfyUI checkout there (expected comfy/, nodes.py, "
+                             f"execution.py)")
+    elif comfy_env.booted_dir() is not None:
+        comfy_dir = comfy_env.booted_dir()
     else:
-        if comfyui is not None:
-            comfy_dir = Path(comfyui).expanduser().resolve()
-            if not comfy_env.is_comfyui_dir(comfy_dir):
-                raise SetupError(f"--comfyui {comfyui}: no ComfyUI checkout there (expected comfy/, nodes.py, "
-                                 f"execution.py)")
-        else:
-            comfy_dir, how = comfy_env.find_comfyui()
-            if comfy_dir is None:
-                raise SetupError(f"{how}.\nPoint the runner at ComfyUI with --comfyui /path/to/ComfyUI or "
-                                 f"COMFYUI_PATH=/path/to/ComfyUI, or install this pack in ComfyUI/custom_nodes/.")
+        comfy_dir, how = comfy_env.find_comfyui()
+        if comfy_dir is None:
+            raise SetupError(f"{how}.\nPoint the runner at ComfyUI with --comfyui /path/to/ComfyUI or "
+                             f"COMFYUI_PATH=/path/to/ComfyUI, or install this pack in ComfyUI/custom_nodes/.")
+    if comfy_env.booted_dir() is None:
         if cpu is False:
             import torch
             if not torch.cuda.is_available():
                 raise SetupError("--gpu: torch sees no CUDA device here (use --cpu, or a CUDA build of torch)")
         report.info(f"ComfyUI {comfy_env.comfyui_version(comfy_dir)} at {comfy_dir}")
-        try:
-            nodes = comfy_env.bootstrap(comfy_dir, cpu=cpu)
-        except (RuntimeError, FileNotFoundError, ImportError) as e:
-            raise SetupError(f"could not import ComfyUI from {comfy_dir}: {e}") from None
-    if comfy_env._BOOTED.get("extras_loaded") is None:
+    try:
+        nodes = comfy_env.bootstrap(comfy_dir, cpu=cpu)     # returns the loaded one, or refuses another dir
+    except (RuntimeError, FileNotFoundError, ImportError) as e:
+        raise SetupError(f"could not import ComfyUI from {comfy_dir}: {e}") from None
+    if not comfy_env.builtin_nodes_loaded():
         root = logging.getLogger()
         old = root.level
         if quiet_imports:

@@ -79,6 +79,15 @@ def _strip_pack_from_sys_path(pack_dir: Path) -> None:
 _BOOTED: dict = {}
 
 
+def booted_dir() -> Optional[Path]:
+    """The ComfyUI checkout this process already imported, if any."""
+    return _BOOTED.get("dir")
+
+
+def builtin_nodes_loaded() -> bool:
+    return _BOOTED.get("extras_loaded") is not None
+
+
 def bootstrap(comfy_dir, cpu: Optional[bool] = None, pytorch_attention: Optional[bool] = None,
               pack_dir: Path = PACK_ROOT):
     """Import ComfyUI from ``comfy_dir`` for headless use and return its ``nodes`` module.
