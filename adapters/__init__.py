@@ -12,12 +12,12 @@ To add a family, add its module and list it in ``ADAPTERS``.
 """
 from __future__ import annotations
 
-from . import unet
+from . import flux, unet
 from .negatives import (CARRIED_KEY, RUN_KEY, WRAPPER_KEY, NasaRun, NasaSettings, check_width,
                         conditioning_entries, make_carried_negative, make_sampler_wrapper)
 from ..nasa_core import DEFAULT_ALPHA, check_alpha
 
-ADAPTERS = (unet,)
+ADAPTERS = (unet, flux)
 
 __all__ = ["ADAPTERS", "CARRIED_KEY", "RUN_KEY", "NasaRun", "apply_nasa", "find_adapter", "make_carried_negative"]
 
@@ -43,8 +43,7 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention"):
     supported = "; ".join(s for a in ADAPTERS for s in a.SUPPORTED)
     raise UnsupportedModelError(
         f"{node}: model family '{_model_family(model_patcher)}' is not supported by this version of the NASA pack. "
-        f"Supported: {supported}. Other families (FLUX, SD3, PixArt, Wan, ...) are planned; until then remove the "
-        f"node for this model.")
+        f"Supported: {supported}. Remove the node for this model, or ask for its family on the pack's issue tracker.")
 
 
 def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention"):

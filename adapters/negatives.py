@@ -139,6 +139,27 @@ class NasaRun:
             return ()
         return tuple((e, prompt.alpha * e.weight) for e in prompt.entries if e.active(sigma))
 
+    def groups(self, extra_options: dict, batch: int) -> list:
+        """``[(terms, rows), ...]``: the positive rows of this forward, grouped by the negative terms
+        that steer them. ``terms`` is ``((NegativeEntry, coef), ...)``, ``rows`` a list of batch rows.
+        Uncond/negative chunks (``cond_or_uncond`` 1 at cfg > 1) are never steered."""
+        cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
+        uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
+        if batch % len(cond_or_uncond) != 0:
+            raise RuntimeError(f"{self.node}: batch of {batch} rows does not split into {len(cond_or_uncond)} chunks")
+        per_chunk = batch // len(cond_or_uncond)
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        groups: dict = {}
+        for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
+            if kind != 0:
+                continue
+            terms = self.terms(self.prompt_for(uid), sigma)
+            if terms:
+                groups.setdefault(tuple((id(e), c) for e, c in terms), (terms, []))[1].extend(
+                    range(i * per_chunk, (i + 1) * per_chunk))
+        return list(groups.values())
+
     def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
               project: Callable[[torch.Tensor], tuple], attention_fn) -> torch.Tensor:
         """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q).
@@ -146,26 +167,7 @@ class NasaRun:
         ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
         ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel.
         """
-        cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
-        uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
-        batch = q.shape[0]
-        if batch % len(cond_or_uncond) != 0:
-            raise RuntimeError(f"{self.node}: batch of {batch} rows does not split into {len(cond_or_uncond)} chunks")
-        per_chunk = batch // len(cond_or_uncond)
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
-
-        groups: dict = {}
-        for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
-            if kind != 0:           # 1 = uncond/negative chunk at cfg > 1: never steered
-                continue
-            terms = self.terms(self.prompt_for(uid), sigma)
-            if terms:
-                groups.setdefault(tuple((id(e), c) for e, c in terms), (terms, []))[1].extend(
-                    range(i * per_chunk, (i + 1) * per_chunk))
-        if not groups:
-            return z_pos
-        for terms, rows in groups.values():
+        for terms, rows in self.groups(extra_options, q.shape[0]):
             negs = []
             for entry, coef in terms:
                 k, v = project(entry.on(q.device, q.dtype))     # batch 1: shared by every steered row

@@ -96,7 +96,7 @@ def reference_nasa_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm],
                              pos_mask: Optional[torch.Tensor] = None, steer_rows: Rows = None) -> torch.Tensor:
     """Equations (7)-(9) of the paper, generalised to several negatives: the obvious way."""
     z = reference_attention(q, k_pos, v_pos, heads, pos_mask).double()
-    rows = _row_index(steer_rows, q.shape[0], q.device)
+    rows = row_index(steer_rows, q.shape[0], q.device)
     for term in negatives:
         z_neg = reference_attention(q, term.k, term.v, heads, term.mask).double()
         delta = torch.zeros_like(z)
@@ -119,7 +119,7 @@ def attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch
     return out.transpose(1, 2).reshape(b, lq, c)
 
 
-def _row_index(rows: Rows, batch: int, device) -> Union[slice, torch.Tensor]:
+def row_index(rows: Rows, batch: int, device) -> Union[slice, torch.Tensor]:
     """Normalise a row selection. Python ints that form a run become a slice (a view, no device work)."""
     if rows is None:
         return slice(None)
@@ -161,7 +161,7 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
     if not active:
         return z_pos
     batch = q.shape[0]
-    rows = _row_index(steer_rows, batch, q.device)
+    rows = row_index(steer_rows, batch, q.device)
     if isinstance(rows, torch.Tensor) and rows.numel() == 0:
         return z_pos
     all_rows = _is_all_rows(rows, batch)

@@ -344,6 +344,55 @@ def build_unet_model(family: str, size: str = "tiny", dtype: torch.dtype = torch
                                             offload_device=mm.unet_offload_device())
 
 
+# ---------------------------------------------------------------------------------------------
+# DiT families (FLUX, SD3, PixArt, Wan, ...): ComfyUI's own model classes from a unet_config
+# ---------------------------------------------------------------------------------------------
+
+# family -> (comfy.supported_models class name, tiny unet_config). Tiny configs keep each family's
+# real block types and joint/cross-attention structure at small widths; family adapters' tests and
+# the runner's --random-weights build from here. Add a family by adding its entry.
+DIT_FAMILIES = {
+    "flux": ("FluxSchnell", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
+                                 context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
+                                 depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
+                                 qkv_bias=True, guidance_embed=False)),
+}
+
+# FLUX.1 at its published width (hidden 3072, 24 heads, T5 4096, CLIP-L pooled 768) with few blocks.
+FLUX_FULL_WIDTH = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                       hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
+                       axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
+
+
+def build_diffusion_model(config_class: str, config: dict, dtype: torch.dtype = torch.float32, seed: int = 0,
+                          std_scale: Optional[dict] = None, scope: str = "dit"):
+    """A ComfyUI ModelPatcher around ``comfy.supported_models.<config_class>(config)``'s model with
+    random weights (see :func:`init_random_weights`), inference dtype set as ComfyUI's loader sets it."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    if dtype not in _BUILD_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; expected one of {_BUILD_DTYPES}")
+    model_config = getattr(sm, config_class)(dict(config))
+    manual_cast = mm.unet_manual_cast(dtype, mm.get_torch_device(), model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model({}, "")
+    init_random_weights(model.diffusion_model, seed, scope, std_scale=std_scale)
+    model.requires_grad_(False)  # see build_unet_model
+    _check_finite(model, f"{config_class} diffusion model")
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_dit_model(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, **overrides):
+    """The tiny random-weight model of a DiT family in :data:`DIT_FAMILIES`; ``overrides`` change
+    unet_config keys (e.g. ``depth=3``)."""
+    if family not in DIT_FAMILIES:
+        raise ValueError(f"unknown DiT family {family!r}; expected one of {tuple(DIT_FAMILIES)}")
+    config_class, config = DIT_FAMILIES[family]
+    return build_diffusion_model(config_class, {**config, **overrides}, dtype, seed, scope=f"dit_{family}")
+
+
 def build_clip(family: str, size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0):
     """A ComfyUI CLIP (text encoder + real tokenizer) with random weights. Its output width is the
     context_dim of :func:`build_unet_model` for the same family and size."""

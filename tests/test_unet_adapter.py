@@ -494,18 +494,14 @@ def test_carried_negative_from_another_encoder(env):
 
 
 def test_unsupported_family_names_family_and_supported(env):
-    import comfy.model_patcher
-    import comfy.supported_models as sm
-    cfg = sm.Flux({"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 32,
-                   "context_in_dim": 32, "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
-                   "depth_single_blocks": 1, "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True,
-                   "guidance_embed": False})
-    cfg.set_inference_dtype(torch.float32, None)
-    flux = comfy.model_patcher.ModelPatcher(cfg.get_model({}), torch.device("cpu"), torch.device("cpu"))
+    """AuraFlow is a model ComfyUI loads but no NASA adapter knows."""
+    rm = env["rm"]
+    aura = rm.build_diffusion_model("AuraFlow", {"cond_seq_dim": 32, "dim": 64, "n_layers": 2, "n_double_layers": 1,
+                                                 "n_heads": 2, "global_conddim": 64, "max_seq": 64})
     with pytest.raises(ValueError) as e:
-        env["apply"](flux)
+        env["apply"](aura)
     msg = str(e.value)
-    assert "Apply NASA Attention" in msg and "'Flux'" in msg and "SD1.5" in msg and "SDXL" in msg
+    assert "Apply NASA Attention" in msg and "'AuraFlow'" in msg and "SD1.5" in msg and "FLUX.1" in msg
 
 
 def test_no_negative_and_sampler_negative_off(env):

@@ -1,0 +1,169 @@
+"""FLUX.1 family adapter: schnell, dev, Fill, Kontext (``comfy.ldm.flux``).
+
+FLUX has no cross-attention: each double block attends jointly over [text; image] with separate
+text and image weights, each single block runs [text; image] through shared weights. NASA's
+negative flows through the text-stream weights as a stream of its own (see :mod:`.joint`):
+
+* embedded with ``txt_in`` at the first double block; text RoPE ids are zeros in FLUX, so the
+  identity rotation is what the negative's positions get (nothing to apply);
+* double blocks: ``txt_mod``, ``txt_norm1``, ``txt_attn.qkv``/``norm``/``proj``, ``txt_norm2``, ``txt_mlp``;
+* single blocks: ``modulation``, ``pre_norm``, ``linear1``, ``norm``, ``linear2`` (the text length,
+  which single blocks are not told, is carried from the double blocks);
+* every block's joint attention subtracts alpha * softmax(Q_img K-^T) V- on the generated image's
+  query rows. Kontext reference tokens (appended after the image) are keys the negative stream
+  attends to, but are never steered.
+
+Hooks: a ``"dit"`` replace per double and single block (chaining any replace installed before),
+and a ``DIFFUSION_MODEL`` wrapper that records how many tokens the generated image has.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import joint
+from .negatives import RUN_KEY, WRAPPER_KEY
+
+FAMILY = "FLUX.1"
+SUPPORTED = ("FLUX.1 schnell/dev/Fill/Kontext",)
+IMAGE_TOKENS_KEY = "nasa_image_tokens"
+
+
+def _flux_class():
+    from comfy.ldm.flux.model import Flux
+    return Flux
+
+
+def matches(model_patcher) -> bool:
+    return type(getattr(model_patcher.model, "diffusion_model", None)) is _flux_class()
+
+
+def context_dim(model_patcher) -> Optional[int]:
+    return model_patcher.model.diffusion_model.params.context_in_dim
+
+
+def family_name(model_patcher) -> str:
+    return f"FLUX ({type(model_patcher.model.model_config).__name__})"
+
+
+def _apply_mod(x, scale, shift):
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def _split_heads(qkv, heads):
+    return qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def _double_prepare(block, vec):
+    def prepare(s):
+        mod1, mod2 = block.txt_mod(joint.rows_of(vec, s.rows))
+        q, k, v = _split_heads(block.txt_attn.qkv(_apply_mod(block.txt_norm1(s.x), mod1.scale, mod1.shift)),
+                               block.num_heads)
+        s.q, s.k = block.txt_attn.norm(q, k, v)
+        s.v = v
+        s.scratch["mod"] = (mod1, mod2)
+
+    def finish(s):
+        mod1, mod2 = s.scratch["mod"]
+        x = s.x + mod1.gate * block.txt_attn.proj(s.out)
+        s.x = x + mod2.gate * block.txt_mlp(_apply_mod(block.txt_norm2(x), mod2.scale, mod2.shift))
+        if s.x.dtype == torch.float16:        # as the block does for its own text stream
+            s.x = torch.nan_to_num(s.x, nan=0.0, posinf=65504, neginf=-65504)
+    return prepare, finish
+
+
+def _single_prepare(block, vec):
+    def prepare(s):
+        mod, _ = block.modulation(joint.rows_of(vec, s.rows))
+        qkv, mlp = torch.split(block.linear1(_apply_mod(block.pre_norm(s.x), mod.scale, mod.shift)),
+                               [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
+        q, k, v = _split_heads(qkv, block.num_heads)
+        s.q, s.k = block.norm(q, k, v)
+        s.v = v
+        s.scratch["mod"] = (mod, mlp)
+
+    def finish(s):
+        mod, mlp = s.scratch["mod"]
+        s.x = s.x + mod.gate * block.linear2(torch.cat((s.out, block.mlp_act(mlp)), 2))
+        if s.x.dtype == torch.float16:
+            s.x = torch.nan_to_num(s.x, nan=0.0, posinf=65504, neginf=-65504)
+    return prepare, finish
+
+
+def _image_tokens(state, options, total):
+    n = options.get(IMAGE_TOKENS_KEY)
+    return total if n is None else min(int(n), total)
+
+
+def _make_double(index):
+    def make(prior):
+        def nasa_double_block(args, extra):
+            options = args.get("transformer_options") or {}
+            run_block = joint.chain(prior, extra["original_block"])
+            dm = options.get(RUN_KEY).layers["model"] if options.get(RUN_KEY) else None
+            if dm is None:
+                return run_block(args)
+            img, txt = args["img"], args["txt"]
+            state = joint.forward_state(options)
+            if index == 0 or state is None:
+                state = joint.start_forward(options, img.shape[0], img.device, txt.dtype, dm.txt_in)
+            state.info["txt_len"] = txt.shape[1]
+            if not state.streams:
+                return run_block(args)
+            block = dm.double_blocks[index]
+            t, n_img = txt.shape[1], _image_tokens(state, options, img.shape[1])
+            prepare, finish = _double_prepare(block, args["vec"])
+            last = index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0
+            return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
+                                   None if last else finish, f"FLUX double block {index}")
+        return nasa_double_block
+    return make
+
+
+def _make_single(index):
+    def make(prior):
+        def nasa_single_block(args, extra):
+            options = args.get("transformer_options") or {}
+            run_block = joint.chain(prior, extra["original_block"])
+            state = joint.forward_state(options)
+            run = options.get(RUN_KEY)
+            if run is None or state is None or not state.streams:
+                return run_block(args)
+            dm = run.layers["model"]
+            block = dm.single_blocks[index]
+            t = state.info["txt_len"]
+            n_img = _image_tokens(state, options, args["img"].shape[1] - t)
+            prepare, finish = _single_prepare(block, args["vec"])
+            last = index == len(dm.single_blocks) - 1
+            return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
+                                   None if last else finish, f"FLUX single block {index}")
+        return nasa_single_block
+    return make
+
+
+def _image_tokens_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: Flux._forward(x, timestep, context, y, guidance, ref_latents, control,
+    transformer_options); the generated image has ceil(h/p) * ceil(w/p) tokens, Kontext references follow."""
+    x = args[0]
+    options = args[7] if len(args) > 7 else kwargs.get("transformer_options")
+    if options is not None:
+        p = executor.class_obj.patch_size
+        options[IMAGE_TOKENS_KEY] = ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)
+    return executor(*args, **kwargs)
+
+
+def install(model_patcher) -> int:
+    import comfy.patcher_extension as pe
+    dm = model_patcher.model.diffusion_model
+    for i in range(len(dm.double_blocks)):
+        joint.install_dit_replace(model_patcher, "double_block", i, _make_double(i))
+    for i in range(len(dm.single_blocks)):
+        joint.install_dit_replace(model_patcher, "single_block", i, _make_single(i))
+    model_patcher.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    model_patcher.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _image_tokens_wrapper)
+    return len(dm.double_blocks) + len(dm.single_blocks)
+
+
+def attach_layers(run, base_model) -> None:
+    run.layers = {"model": base_model.diffusion_model}

@@ -1,0 +1,167 @@
+"""NASA for joint-attention transformers (FLUX, Chroma, HunyuanVideo, SD3, Qwen-Image, Lumina2).
+
+These models have no separate cross-attention: text and image tokens attend jointly, and the text
+tokens are transformed block by block by the text-stream weights. NASA's negative therefore flows
+through the model as a **negative stream** of its own:
+
+* once per forward the negative prompt is embedded exactly as the model embeds its text
+  (``txt_in``, ``context_embedder``, ...) into one :class:`Stream` per (negative entry, group of
+  steered rows);
+* at each block the family adapter projects the stream with that block's text-stream weights
+  (``prepare``), the block itself runs unchanged (``original_block``), and inside its one joint
+  attention call an ``optimized_attention_override`` (a ``transformer_options`` key ComfyUI's
+  attention functions honour) lets ComfyUI compute the joint attention as usual, then
+
+  - subtracts ``coef * softmax(Q_img K-^T/sqrt(d)) V-`` on the image-query tokens of the steered
+    rows only (text queries and unsteered rows are bit-identical), and
+  - computes the stream's own attention: its queries over [its keys; that row's image keys], as a
+    real forward on the negative prompt would;
+
+* the adapter then runs the block's text-stream output and MLP on the stream (``finish``).
+
+The image is never duplicated; the extra work is the negative text tokens' share of a forward.
+A family adapter supplies ``prepare``/``finish`` and where the image tokens sit in the joint
+sequence; everything generic lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..nasa_core import row_index
+from .negatives import RUN_KEY
+
+FORWARD_KEY = "nasa_forward"      # transformer_options key: this forward's ForwardState
+OVERRIDE_KEY = "optimized_attention_override"
+
+
+@dataclass
+class Stream:
+    """One negative entry flowing through the model for the batch rows it steers."""
+    x: torch.Tensor                 # (R, L, D) the negative's hidden state (text stream)
+    coef: float                     # alpha times the entry's share of its prompt
+    rows: object                    # slice or index tensor into the batch
+    q: Optional[torch.Tensor] = None    # this block's projections, in the layout the block's attention uses
+    k: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
+    out: Optional[torch.Tensor] = None  # this block's attention output for the stream, (R, L, H*D)
+    scratch: dict = field(default_factory=dict)   # family data between prepare and finish (modulation, ...)
+
+
+@dataclass
+class ForwardState:
+    """What one model forward needs across blocks."""
+    streams: list
+    info: dict = field(default_factory=dict)      # family data (text length for single blocks, image tokens)
+
+
+def start_forward(transformer_options: dict, batch: int, device, dtype,
+                  embed: Callable[[torch.Tensor], torch.Tensor]) -> Optional[ForwardState]:
+    """Build this forward's streams (``embed(neg)`` maps a raw (1, L, width) negative to the model's
+    text hidden state) and store them in ``transformer_options``. ``None`` when NASA is off."""
+    run = transformer_options.get(RUN_KEY)
+    if run is None:
+        return None
+    streams = []
+    for terms, rows in run.groups(transformer_options, batch):
+        index = row_index(rows, batch, device)
+        for entry, coef in terms:
+            x = embed(entry.on(device, dtype))
+            streams.append(Stream(x.expand(len(rows), *x.shape[1:]), coef, index))
+    state = ForwardState(streams)
+    transformer_options[FORWARD_KEY] = state
+    return state
+
+
+def forward_state(transformer_options: Optional[dict]) -> Optional[ForwardState]:
+    return (transformer_options or {}).get(FORWARD_KEY)
+
+
+def _tokens(t: torch.Tensor, bhld: bool, rows, tokens: slice) -> torch.Tensor:
+    t = t[rows]
+    return t[:, :, tokens] if bhld else t[:, tokens]
+
+
+def _make_override(streams, image_q: slice, image_kv: slice, with_stream_attention: bool, prior, seen: list,
+                   steer_call: int):
+    def nasa_joint_attention(func, *args, **kwargs):
+        call = len(seen)
+        seen.append(call)
+        out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
+        if call != steer_call:
+            return out
+        q, k, v = args[:3]
+        rest = args[3:]                                           # heads, positionally or in kwargs
+        bhld = bool(kwargs.get("skip_reshape", False))           # (B, H, L, D) in, else (B, L, H*D)
+        out_tokens = (slice(None), slice(None), image_q) if kwargs.get("skip_output_reshape") else (slice(None), image_q)
+        kw = {n: val for n, val in kwargs.items() if n != "mask"}    # the negative has no padding to mask
+        cat_dim = 2 if bhld else 1
+        for s in streams:
+            z_neg = func(_tokens(q, bhld, s.rows, image_q), s.k, s.v, *rest, **kw)
+            out[(s.rows,) + out_tokens[1:]] -= (s.coef * z_neg).to(out.dtype)
+            if with_stream_attention:
+                s.out = func(s.q, torch.cat((s.k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
+                             torch.cat((s.v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw)
+        return out
+    return nasa_joint_attention
+
+
+def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict], image_q: slice, image_kv: slice,
+              prepare: Callable[[Stream], None], finish: Optional[Callable[[Stream], None]], block_name: str,
+              steer_call: int = 0) -> dict:
+    """Run one block with NASA: ``prepare`` each stream, run ``call_block(args)`` (the original block
+    or a replace installed before NASA) with the steering override, then ``finish`` each stream.
+
+    ``finish=None`` on the last block that sees the stream: only its K/V are needed there.
+    ``steer_call`` picks which attention call of the block is the joint one (SD3.5M runs a second,
+    image-only self-attention after it).
+    """
+    if not state.streams:
+        return call_block(args)
+    for s in state.streams:
+        prepare(s)
+    options = dict(args.get("transformer_options") or {})
+    seen: list = []
+    options[OVERRIDE_KEY] = _make_override(state.streams, image_q, image_kv, finish is not None,
+                                           options.get(OVERRIDE_KEY), seen, steer_call)
+    out = call_block({**args, "transformer_options": options})
+    if len(seen) <= steer_call:
+        raise RuntimeError(f"NASA: {block_name} made {len(seen)} attention call(s) through ComfyUI's attention "
+                           f"function; expected its joint attention to be call {steer_call + 1}. This ComfyUI "
+                           f"version changed the block: please report it.")
+    for s in state.streams:
+        if finish is not None:
+            finish(s)
+        s.q = s.k = s.v = s.out = None
+        s.scratch.clear()
+    return out
+
+
+def chain(prior: Optional[Callable], original_block: Callable) -> Callable[[dict], dict]:
+    """How NASA's block replace runs the block: through a block replace installed before NASA, if any."""
+    if prior is None:
+        return original_block
+    return lambda args: prior(args, {"original_block": original_block})
+
+
+def unwrap_prior(prior):
+    """A second Apply NASA Attention replaces the first instead of steering twice."""
+    while prior is not None and hasattr(prior, "nasa_prior"):
+        prior = prior.nasa_prior
+    return prior
+
+
+def install_dit_replace(model_patcher, block_name: str, index: int, make: Callable) -> None:
+    """``make(prior)`` returns NASA's replace for ("dit", (block_name, index)), chaining ``prior``."""
+    existing = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    prior = unwrap_prior(existing.get((block_name, index)))
+    replace = make(prior)
+    replace.nasa_prior = prior
+    model_patcher.set_model_patch_replace(replace, "dit", block_name, index)
+
+
+def rows_of(t: torch.Tensor, rows) -> torch.Tensor:
+    """Per-row tensors (``vec``, modulation) for a stream's rows; batch-1 tensors are shared."""
+    return t if t.shape[0] == 1 else t[rows]

@@ -1,0 +1,366 @@
+"""NASA-I on ComfyUI's own FLUX class (random weights): tiny config, a real-width config, and the stock loader.
+
+Held against code written here, independent of the pack:
+* a float64-attention FLUX forward with the negative stream and NASA written out (``_reference``),
+* hooks counting each block's text-stream projection of the negative (one per block per forward),
+* the negative stream after double block 0 equals the text stream of a plain forward on the negative,
+* alpha = 0 is bit-identical; text-query rows of the first block are untouched; Kontext reference
+  tokens are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+NEG_LEN = 300          # distinct from the positive's 256 tokens, so hooks can tell them apart
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    import nodes
+    rm = comfyui.mod("runner.random_models")
+    negatives = comfyui.mod("adapters.negatives")
+    flux = comfyui.mod("adapters.flux")
+    cache = {}
+
+    def model(dtype=torch.float32, **overrides):
+        key = (dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = rm.build_dit_model("flux", dtype=dtype, seed=0, **overrides)
+        return cache[key]
+
+    config = rm.DIT_FAMILIES["flux"][1]
+    node_apply = nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"]
+
+    def apply(mp, **kw):
+        kw.setdefault("alpha", 1.0)
+        kw.setdefault("use_sampler_negative", True)
+        return node_apply.execute(model=mp, **kw).result[0]
+
+    return dict(rm=rm, negatives=negatives, flux=flux, model=model, config=config, apply=apply)
+
+
+def _conds(config, seed=0, pos_len=256, neg_len=NEG_LEN, width=None):
+    g = torch.Generator().manual_seed(seed)
+    width = width or config["context_in_dim"]
+    pos = [[torch.randn(1, pos_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
+    neg = [[torch.randn(1, neg_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
+    return pos, neg
+
+
+def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
+    import comfy.sample
+    latent = torch.zeros(batch, 16, size, size)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
+    if capture is not None:
+        model = model.clone()
+
+        def post_cfg(args):
+            capture.append((args["cond_denoised"].clone(), None if args["uncond_denoised"] is None
+                            else args["uncond_denoised"].clone()))
+            return args["denoised"]
+        model.set_model_sampler_post_cfg_function(post_cfg)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", pos, neg, latent,
+                               disable_pbar=True, seed=1)
+
+
+def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
+    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    negatives = env["negatives"]
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
+    env["flux"].attach_layers(run, m.model)
+    options = dict(m.model_options["transformer_options"])
+    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
+    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    with torch.no_grad():
+        return m.model.diffusion_model(x, t, context, y=y, ref_latents=ref_latents, transformer_options=options)
+
+
+# ----------------------------------------------------------------------------- independent reference
+
+def _rope(x, pe):
+    x_ = x.double().reshape(*x.shape[:-1], -1, 1, 2)
+    return (pe[..., 0].double() * x_[..., 0] + pe[..., 1].double() * x_[..., 1]).reshape(x.shape)
+
+
+def _attn(q, k, v):
+    """(B, H, L, D) float64 -> (B, L, H*D): softmax written out."""
+    p = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    o = p @ v.double()
+    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
+
+
+def _heads(t, heads):
+    return t.view(t.shape[0], t.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def _mod(x, m):
+    return x * (1 + m.scale) + m.shift
+
+
+def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_references=False):
+    """FLUX forward with NASA, written from the paper's formula and FLUX's published block structure,
+    using the model's weights; attention in float64."""
+    from comfy.ldm.flux.layers import timestep_embedding
+    from einops import rearrange
+    img, img_ids = dm.process_img(x)
+    n_img = img.shape[1]
+    for ref in ref_latents or []:
+        kimg, kids = dm.process_img(ref, index=1)
+        img, img_ids = torch.cat((img, kimg), 1), torch.cat((img_ids, kids), 1)
+    b = x.shape[0]
+    pe = dm.pe_embedder(torch.cat((torch.zeros(b, context.shape[1], 3), img_ids), 1))
+    pe_neg = dm.pe_embedder(torch.zeros(b, negative.shape[1], 3))
+    img = dm.img_in(img)
+    vec = dm.time_in(timestep_embedding(t, 256)) + dm.vector_in(y)
+    txt, neg = dm.txt_in(context), dm.txt_in(negative).expand(b, -1, -1)
+    T, H = txt.shape[1], dm.num_heads
+    steer = slice(T, None) if steer_references else slice(T, T + n_img)
+    for blk in dm.double_blocks:
+        im1, im2 = blk.img_mod(vec)
+        tm1, tm2 = blk.txt_mod(vec)
+
+        def qkv(attn, h, m):
+            q, k, v = _heads(attn.qkv(_mod(blk.img_norm1(h) if attn is blk.img_attn else blk.txt_norm1(h), m)), H)
+            q, k = attn.norm(q, k, v)
+            return q, k, v
+        iq, ik, iv = qkv(blk.img_attn, img, im1)
+        tq, tk, tv = qkv(blk.txt_attn, txt, tm1)
+        nq, nk, nv = qkv(blk.txt_attn, neg, tm1)
+        q, k = _rope(torch.cat((tq, iq), 2), pe), _rope(torch.cat((tk, ik), 2), pe)
+        v = torch.cat((tv, iv), 2).double()
+        nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
+        a = _attn(q, k, v)
+        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
+        ta, ia = a[:, :T].float(), a[:, T:].float()
+        img = img + im1.gate * blk.img_attn.proj(ia)
+        img = img + im2.gate * blk.img_mlp(_mod(blk.img_norm2(img), im2))
+        txt = txt + tm1.gate * blk.txt_attn.proj(ta)
+        txt = txt + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(txt), tm2))
+        neg = neg + tm1.gate * blk.txt_attn.proj(na.float())
+        neg = neg + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(neg), tm2))
+    h = torch.cat((txt, img), 1)
+    for blk in dm.single_blocks:
+        m, _ = blk.modulation(vec)
+
+        def lin1(h_):
+            qkv_, mlp = torch.split(blk.linear1(_mod(blk.pre_norm(h_), m)), [3 * blk.hidden_size, blk.mlp_hidden_dim], -1)
+            q, k, v = _heads(qkv_, H)
+            q, k = blk.norm(q, k, v)
+            return q, k, v, mlp
+        q, k, v, mlp = lin1(h)
+        nq, nk, nv, nmlp = lin1(neg)
+        q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
+        a = _attn(q, k, v)
+        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
+        h = h + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
+        neg = neg + m.gate * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
+    out = dm.final_layer(h[:, T:], vec)[:, :n_img]
+    return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=x.shape[-2] // 2, w=x.shape[-1] // 2, ph=2, pw=2)
+
+
+def _inputs(config, seed=3, batch=1, size=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, size, size, generator=g)
+    context = torch.randn(batch, 256, config["context_in_dim"], generator=g)
+    y = torch.randn(batch, config["vec_in_dim"], generator=g)
+    negative = torch.randn(1, NEG_LEN, config["context_in_dim"], generator=g)
+    return x, torch.full((batch,), 0.7), context, y, negative
+
+
+def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1e-3):
+    x, t, context, y, negative = _inputs(config)
+    dm = mp.model.diffusion_model
+    got = _direct(env, mp, x, t, context, y, negative, alpha, ref_latents)
+    with torch.no_grad():
+        want = _reference(dm, x, t, context, y, negative, alpha, ref_latents)
+        base = _reference(dm, x, t, context, y, negative, 0.0, ref_latents)
+    effect = (want - base).abs().max().item()
+    err = (got - want).abs().max().item()
+    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
+    assert err <= tol * effect, (err, effect)
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_matches_independent_reference(env):
+    mp = env["model"]()
+    _check_against_reference(env, mp, env["config"])
+
+
+def test_kontext_reference_tokens_are_keys_but_not_steered(env):
+    """With a Kontext reference image appended after the image tokens, only the generated image's rows are
+    steered: the reference (which steers exactly those rows) matches, a reference steering all rows does not."""
+    mp = env["model"]()
+    config = env["config"]
+    ref = [torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))]
+    _check_against_reference(env, mp, config, ref_latents=ref)
+    x, t, context, y, negative = _inputs(config)
+    got = _direct(env, mp, x, t, context, y, negative, 1.0, ref)
+    with torch.no_grad():
+        wrong = _reference(mp.model.diffusion_model, x, t, context, y, negative, 1.0, ref, steer_references=True)
+        right = _reference(mp.model.diffusion_model, x, t, context, y, negative, 1.0, ref)
+    assert (got - wrong).abs().max() > 10 * (got - right).abs().max()
+
+
+def test_every_block_projects_the_negative_once_per_forward(env):
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["config"])
+    lengths, handles = {}, []
+    for name, blocks, proj in (("double", dm.double_blocks, "txt_attn.qkv"), ("single", dm.single_blocks, "linear1")):
+        for i, blk in enumerate(blocks):
+            module = blk.get_submodule(proj)
+            handles.append(module.register_forward_hook(
+                lambda mod, inp, out, key=(name, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
+    passes = []
+    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
+    try:
+        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
+    n_double, n_single = len(dm.double_blocks), len(dm.single_blocks)
+    assert len(lengths) == n_double + n_single
+    for (name, i), seen in lengths.items():
+        if name == "double":                                 # text stream: positive once, negative once
+            assert sorted(seen) == [256, 256, NEG_LEN, NEG_LEN], (name, i, seen)
+        else:                                                # joint [text; image] once, negative once
+            assert sorted(seen) == [256 + 16, 256 + 16, NEG_LEN, NEG_LEN], (name, i, seen)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_alpha_zero_is_bit_identical(env, cfg):
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
+    got = _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2)
+    assert torch.equal(base, got)
+    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
+
+
+def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):
+    """Capture what enters double block 1's text norm: NASA's negative stream vs the text stream of an unpatched
+    forward whose prompt is the negative (same image, same timestep and pooled vector)."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    x, t, context, y, negative = _inputs(env["config"])
+    seen = []
+    h = dm.double_blocks[1].txt_norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    try:
+        _direct(env, mp, x, t, context, y, negative, 1.0)
+        stream = [s for s in seen if s.shape[1] == NEG_LEN]
+        seen.clear()
+        with torch.no_grad():
+            dm(x, t, negative, y=y, transformer_options={})
+        real = [s for s in seen if s.shape[1] == NEG_LEN]
+    finally:
+        h.remove()
+    assert len(stream) == 1 and len(real) == 1
+    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+
+
+def test_only_image_queries_are_steered(env):
+    """In double block 0 the text tokens' attention output (input of txt_attn.proj) is bit-identical with and
+    without NASA; the image tokens' (input of img_attn.proj) is not."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    x, t, context, y, negative = _inputs(env["config"])
+    seen = {}
+    blk = dm.double_blocks[0]
+    hs = [blk.txt_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
+          blk.img_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
+    try:
+        _direct(env, mp, x, t, context, y, negative, 0.0)
+        _direct(env, mp, x, t, context, y, negative, 1.0)
+    finally:
+        for h in hs:
+            h.remove()
+    txt = [s for s in seen["txt"] if s.shape[1] == 256]
+    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
+    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
+
+
+def test_cfg_above_one_leaves_uncond_rows_untouched(env):
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    plain, steered = [], []
+    _sample(mp, pos, neg, cfg=3.0, capture=plain)
+    _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
+    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
+    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
+
+
+def test_batch_two_steers_each_row_like_batch_one(env):
+    mp = env["model"]()
+    config = env["config"]
+    x, t, context, y, negative = _inputs(config, batch=2)
+    both = _direct(env, mp, x, t, context, y, negative, 1.0)
+    for i in range(2):
+        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], y[i:i + 1], negative, 1.0)
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_output(env, dtype):
+    mp = env["model"](dtype).clone()
+    if dtype == torch.bfloat16:
+        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
+    pos, neg = _conds(env["config"])
+    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
+    assert torch.isfinite(out).all()
+
+
+def test_wrong_width_negative_names_node_family_and_fix(env):
+    mp = env["model"]()
+    _, clip_like = _conds(env["config"], width=env["config"]["context_in_dim"] + 16)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this FLUX .* expects "
+                                         r"\d+\. .* encode it with the CLIP that comes with this checkpoint"):
+        env["apply"](mp, negative=clip_like)
+
+
+def test_second_nasa_node_replaces_the_first(env):
+    mp = env["model"]()
+    config = env["config"]
+    x, t, context, y, negative = _inputs(config)
+    once = _direct(env, mp, x, t, context, y, negative, 1.0)
+    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, y, negative, 1.0)
+    assert torch.equal(once, twice)
+
+
+# ----------------------------------------------------------------------------- real width and the stock loader
+
+@pytest.fixture(scope="module")
+def full_width(env):
+    """FLUX.1 at its published width (3072 hidden, 24 heads, T5 4096, pooled 768), one double + one single block,
+    saved as a state dict and loaded back through ComfyUI's own detection and loader."""
+    import comfy.sd
+    rm = env["rm"]
+    built = rm.build_diffusion_model("FluxSchnell", rm.FLUX_FULL_WIDTH, torch.float32, seed=0, scope="flux_full")
+    sd = built.model.diffusion_model.state_dict()
+    del built
+    loaded = comfy.sd.load_diffusion_model_state_dict(sd)
+    del sd
+    return loaded
+
+
+def test_full_width_flux_loads_through_the_stock_loader_as_schnell(env, full_width):
+    assert type(full_width.model.model_config).__name__ == "FluxSchnell"
+    assert env["flux"].matches(full_width)
+    assert env["flux"].context_dim(full_width) == 4096
+
+
+def test_full_width_flux_matches_reference_and_alpha_zero_is_identity(env, full_width):
+    config = env["rm"].FLUX_FULL_WIDTH
+    _check_against_reference(env, full_width, config, alpha=0.5)
+    pos, neg = _conds(config, pos_len=256, neg_len=NEG_LEN)
+    base = _sample(full_width, pos, neg, size=8)
+    assert torch.equal(base, _sample(env["apply"](full_width, alpha=0.0), pos, neg, size=8))
+    steered = _sample(env["apply"](full_width, alpha=0.5), pos, neg, size=8)
+    assert torch.isfinite(steered).all() and not torch.equal(base, steered)
