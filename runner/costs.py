@@ -1,0 +1,124 @@
+"""NASA's extra FLOPs over the plain forward, counted on ComfyUI's own models at their published sizes.
+
+Each model is built on PyTorch's ``meta`` device (shapes only: no memory, no weights, seconds even
+for 12B-parameter models) and one forward runs under ``torch.utils.flop_counter.FlopCounterMode``
+twice: the plain model, then its NASA clone with one negative prompt. The counter sees every
+matrix multiply, convolution and attention kernel the real code runs, so the figure is counted
+from the shapes, not estimated. CFG, for comparison, runs a second full forward: +100%.
+
+Used by ``scripts/nasa_cost.py`` (prints the table in the README) and by the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+META = torch.device("meta")
+
+
+@dataclass
+class CostCase:
+    name: str                 # what the README calls the model
+    config_class: str         # comfy.supported_models class
+    unet_config: dict         # the published configuration, or {"random_models": family} for the UNet families
+    setting: str              # resolution / frames / prompt lengths, as shown in the table
+    latent: tuple             # latent shape of one sample
+    context: tuple            # (tokens, width) of the positive prompt
+    neg_tokens: int           # length of the negative prompt
+    extra: Callable[[torch.dtype], dict] = field(default=lambda dtype: {})   # other model conds (pooled, ...)
+
+
+def _t(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, device=META, dtype=dtype)
+
+
+_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+             hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
+             theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
+
+CASES = [
+    CostCase("SD1.5 / SD-Turbo-class UNet", "SD15", {"random_models": "sd15"}, "512², 77 + 77 tokens", (4, 64, 64), (77, 768), 77),
+    CostCase("SDXL / DMD2 / Turbo", "SDXL", {"random_models": "sdxl"}, "1024², 77 + 77 tokens", (4, 128, 128), (77, 2048), 77,
+             lambda dtype: {"y": _t(1, 2816, dtype=dtype)}),
+    CostCase("FLUX.1 schnell/dev", "FluxSchnell", _FLUX, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096),
+             256, lambda dtype: {"y": _t(1, 768, dtype=dtype)}),
+]
+
+
+@dataclass
+class CostRow:
+    case: CostCase
+    plain: int
+    nasa: int
+
+    @property
+    def extra(self) -> float:
+        return self.nasa / self.plain - 1.0
+
+
+class _MetaSampling(torch.nn.Module):
+    """Stands in for the model's sigma <-> timestep conversion, which reads buffers a meta model has no
+    data for. It does no matrix work, so the count is unchanged; the diffusion model itself runs as is."""
+
+    def calculate_input(self, sigma, x):
+        return x
+
+    def timestep(self, sigma):
+        return sigma
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_output
+
+
+def _meta_model(case: CostCase, dtype):
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    if "random_models" in case.unet_config:
+        from .random_models import model_config
+        config = model_config(case.unet_config["random_models"], "full", dtype)
+    else:
+        config = getattr(sm, case.config_class)(dict(case.unet_config))
+        config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, "", device=META)
+    model.model_sampling = _MetaSampling()
+    return comfy.model_patcher.ModelPatcher(model, load_device=META, offload_device=META)
+
+
+def _forward_flops(model_patcher, case: CostCase, options: dict, dtype) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    x = _t(1, *case.latent, dtype=dtype)
+    context = _t(1, *case.context, dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model_patcher.model.apply_model(x, _t(1, dtype=dtype), c_crossattn=context,
+                                        transformer_options=options, **case.extra(dtype))
+    return counter.get_total_flops()
+
+
+def count(case: CostCase, adapters, negatives, alpha: float = 0.5, dtype=torch.bfloat16) -> CostRow:
+    """FLOPs of one forward, plain and with NASA (``adapters``/``negatives``: the pack's modules)."""
+    plain_model = _meta_model(case, dtype)
+    plain = _forward_flops(plain_model, case, {"cond_or_uncond": [0]}, dtype)
+    nasa_model = adapters.apply_nasa(plain_model, negative=None, alpha=alpha, use_sampler_negative=True,
+                                     node="nasa_cost")
+    negative = _t(1, case.neg_tokens, case.context[1], dtype=dtype)
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "nasa_cost")
+    adapters.find_adapter(nasa_model).attach_layers(run, nasa_model.model)
+    # what the sampler puts into transformer_options (comfy.samplers, comfy.sampler_helpers) plus the run
+    options = {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
+               "wrappers": nasa_model.wrappers, negatives.RUN_KEY: run}
+    return CostRow(case, plain, _forward_flops(nasa_model, case, options, dtype))
+
+
+def markdown(rows) -> str:
+    lines = ["| model | setting | plain forward | NASA | NASA extra | CFG extra |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.case.name} | {r.case.setting} | {r.plain / 1e12:.2f} TFLOP | {r.nasa / 1e12:.2f} TFLOP "
+                     f"| +{100 * r.extra:.1f}% | +100% |")
+    return "\n".join(lines)
+
+
+def find_case(name: str) -> Optional[CostCase]:
+    return next((c for c in CASES if c.config_class == name or c.name == name), None)

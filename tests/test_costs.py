@@ -1,0 +1,41 @@
+"""The README's cost table: NASA's extra FLOPs, counted on ComfyUI's own models at published sizes (meta device)."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    return dict(costs=comfyui.mod("runner.costs"), adapters=comfyui.mod("adapters"),
+                negatives=comfyui.mod("adapters.negatives"))
+
+
+@pytest.fixture(scope="module")
+def rows(env):
+    return {c.name: env["costs"].count(c, env["adapters"], env["negatives"]) for c in env["costs"].CASES}
+
+
+def test_every_supported_family_has_a_cost_case(env):
+    import comfy.supported_models as sm
+    covered = set()
+    for case in env["costs"].CASES:
+        model = env["costs"]._meta_model(case, __import__("torch").bfloat16)
+        covered.add(env["adapters"].find_adapter(model).FAMILY)
+        assert isinstance(model.model.model_config, getattr(sm, case.config_class))
+    assert covered == {a.FAMILY for a in env["adapters"].ADAPTERS}
+
+
+def test_nasa_costs_a_fraction_of_cfg(rows):
+    for name, row in rows.items():
+        assert 0.0 < row.extra < 0.25, (name, row.extra)        # CFG costs +100%
+
+
+def test_flux_stays_under_ten_percent(rows):
+    flux = [r for name, r in rows.items() if name.startswith("FLUX")]
+    assert flux and all(r.extra < 0.10 for r in flux), [(r.case.name, r.extra) for r in flux]
+
+
+def test_alpha_zero_adds_nothing(env):
+    case = env["costs"].find_case("FluxSchnell")
+    row = env["costs"].count(case, env["adapters"], env["negatives"], alpha=0.0)
+    assert row.nasa == row.plain
