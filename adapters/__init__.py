@@ -13,8 +13,8 @@ To add a family, add its module and list it in ``ADAPTERS``.
 from __future__ import annotations
 
 from . import flux, unet
-from .negatives import (CARRIED_KEY, RUN_KEY, WRAPPER_KEY, NasaRun, NasaSettings, check_width,
-                        conditioning_entries, make_carried_negative, make_sampler_wrapper)
+from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, check_width, conditioning_entries,
+                        make_carried_negative, make_sampler_wrapper, set_wrapper)
 from ..nasa_core import DEFAULT_ALPHA, check_alpha
 
 ADAPTERS = (unet, flux)
@@ -62,7 +62,5 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
                             node=node, family=adapter.family_name(model), context_dim=adapter.context_dim(model))
     m = model.clone()
     adapter.install(m)
-    import comfy.patcher_extension as pe
-    m.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, make_sampler_wrapper(settings, adapter.attach_layers))
+    set_wrapper(m, "SAMPLER_SAMPLE", make_sampler_wrapper(settings, adapter.attach_layers))
     return m

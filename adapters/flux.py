@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from . import joint
-from .negatives import RUN_KEY, WRAPPER_KEY
+from .negatives import RUN_KEY, set_wrapper
 
 FAMILY = "FLUX.1"
 SUPPORTED = ("FLUX.1 schnell/dev/Fill/Kontext",)
@@ -55,9 +55,11 @@ def _split_heads(qkv, heads):
     return qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
 
 
-def _double_prepare(block, vec):
+def text_stream_double(block, modulation):
+    """``prepare``/``finish`` of a negative stream through a double block's text half;
+    ``modulation(stream)`` returns the text modulation (mod1, mod2) for the stream's rows."""
     def prepare(s):
-        mod1, mod2 = block.txt_mod(joint.rows_of(vec, s.rows))
+        mod1, mod2 = modulation(s)
         q, k, v = _split_heads(block.txt_attn.qkv(_apply_mod(block.txt_norm1(s.x), mod1.scale, mod1.shift)),
                                block.num_heads)
         s.q, s.k = block.txt_attn.norm(q, k, v)
@@ -73,9 +75,11 @@ def _double_prepare(block, vec):
     return prepare, finish
 
 
-def _single_prepare(block, vec):
+def text_stream_single(block, modulation):
+    """``prepare``/``finish`` of a negative stream through a single block; ``modulation(stream)``
+    returns the block's modulation for the stream's rows."""
     def prepare(s):
-        mod, _ = block.modulation(joint.rows_of(vec, s.rows))
+        mod = modulation(s)
         qkv, mlp = torch.split(block.linear1(_apply_mod(block.pre_norm(s.x), mod.scale, mod.shift)),
                                [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
         q, k, v = _split_heads(qkv, block.num_heads)
@@ -91,19 +95,32 @@ def _single_prepare(block, vec):
     return prepare, finish
 
 
-def _image_tokens(state, options, total):
+def _double_prepare(block, vec):
+    return text_stream_double(block, lambda s: block.txt_mod(joint.rows_of(vec, s.rows)))
+
+
+def _single_prepare(block, vec):
+    return text_stream_single(block, lambda s: block.modulation(joint.rows_of(vec, s.rows))[0])
+
+
+def _image_tokens(options, total):
+    """The generated image's tokens among ``total`` image-side tokens (Kontext references follow them);
+    all of them where the forward wrapper did not count (Chroma)."""
     n = options.get(IMAGE_TOKENS_KEY)
     return total if n is None else min(int(n), total)
 
 
-def _make_double(index):
+def make_double(index, prepare_for=_double_prepare, family="FLUX"):
+    """NASA's replace maker for double block ``index``; ``prepare_for(block, vec)`` gives the stream's
+    text-stream steps (Chroma passes its own: only where the modulation comes from differs)."""
     def make(prior):
         def nasa_double_block(args, extra):
             options = args.get("transformer_options") or {}
             run_block = joint.chain(prior, extra["original_block"])
-            dm = options.get(RUN_KEY).layers["model"] if options.get(RUN_KEY) else None
-            if dm is None:
+            run = options.get(RUN_KEY)
+            if run is None:
                 return run_block(args)
+            dm = run.layers["model"]
             img, txt = args["img"], args["txt"]
             state = joint.forward_state(options)
             if index == 0 or state is None:
@@ -111,17 +128,17 @@ def _make_double(index):
             state.info["txt_len"] = txt.shape[1]
             if not state.streams:
                 return run_block(args)
-            block = dm.double_blocks[index]
-            t, n_img = txt.shape[1], _image_tokens(state, options, img.shape[1])
-            prepare, finish = _double_prepare(block, args["vec"])
+            t, n_img = txt.shape[1], _image_tokens(options, img.shape[1])
+            prepare, finish = prepare_for(dm.double_blocks[index], args["vec"])
             last = index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"FLUX double block {index}")
+                                   None if last else finish, f"{family} double block {index}")
         return nasa_double_block
     return make
 
 
-def _make_single(index):
+def make_single(index, prepare_for=_single_prepare, family="FLUX"):
+    """NASA's replace maker for single block ``index`` (see :func:`make_double`)."""
     def make(prior):
         def nasa_single_block(args, extra):
             options = args.get("transformer_options") or {}
@@ -131,13 +148,12 @@ def _make_single(index):
             if run is None or state is None or not state.streams:
                 return run_block(args)
             dm = run.layers["model"]
-            block = dm.single_blocks[index]
             t = state.info["txt_len"]
-            n_img = _image_tokens(state, options, args["img"].shape[1] - t)
-            prepare, finish = _single_prepare(block, args["vec"])
+            n_img = _image_tokens(options, args["img"].shape[1] - t)
+            prepare, finish = prepare_for(dm.single_blocks[index], args["vec"])
             last = index == len(dm.single_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"FLUX single block {index}")
+                                   None if last else finish, f"{family} single block {index}")
         return nasa_single_block
     return make
 
@@ -154,15 +170,9 @@ def _image_tokens_wrapper(executor, *args, **kwargs):
 
 
 def install(model_patcher) -> int:
-    import comfy.patcher_extension as pe
-    dm = model_patcher.model.diffusion_model
-    for i in range(len(dm.double_blocks)):
-        joint.install_dit_replace(model_patcher, "double_block", i, _make_double(i))
-    for i in range(len(dm.single_blocks)):
-        joint.install_dit_replace(model_patcher, "single_block", i, _make_single(i))
-    model_patcher.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
-    model_patcher.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, _image_tokens_wrapper)
-    return len(dm.double_blocks) + len(dm.single_blocks)
+    count = joint.install_double_single(model_patcher, make_double, make_single)
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", _image_tokens_wrapper)
+    return count
 
 
 def attach_layers(run, base_model) -> None:

@@ -60,7 +60,8 @@ class ForwardState:
 def start_forward(transformer_options: dict, batch: int, device, dtype,
                   embed: Callable[[torch.Tensor], torch.Tensor]) -> Optional[ForwardState]:
     """Build this forward's streams (``embed(neg)`` maps a raw (1, L, width) negative to the model's
-    text hidden state) and store them in ``transformer_options``. ``None`` when NASA is off."""
+    text hidden state: (1, L, D), or (batch, L, D) where the embedding depends on the row, e.g. on its
+    timestep) and store them in ``transformer_options``. ``None`` when NASA is off."""
     run = transformer_options.get(RUN_KEY)
     if run is None:
         return None
@@ -69,7 +70,7 @@ def start_forward(transformer_options: dict, batch: int, device, dtype,
         index = row_index(rows, batch, device)
         for entry, coef in terms:
             x = embed(entry.on(device, dtype))
-            streams.append(Stream(x.expand(len(rows), *x.shape[1:]), coef, index))
+            streams.append(Stream(rows_of(x, index).expand(len(rows), *x.shape[1:]), coef, index))
     state = ForwardState(streams)
     transformer_options[FORWARD_KEY] = state
     return state
@@ -93,7 +94,7 @@ def _make_override(streams, image_q: slice, image_kv: slice, with_stream_attenti
         if call != steer_call:
             return out
         q, k, v = args[:3]
-        rest = args[3:]                                           # heads, positionally or in kwargs
+        rest = args[3:4] + (None,) * (len(args) > 4) + args[5:]   # heads if positional; positional mask -> None
         bhld = bool(kwargs.get("skip_reshape", False))           # (B, H, L, D) in, else (B, L, H*D)
         out_tokens = (slice(None), slice(None), image_q) if kwargs.get("skip_output_reshape") else (slice(None), image_q)
         kw = {n: val for n, val in kwargs.items() if n != "mask"}    # the negative has no padding to mask
@@ -160,6 +161,17 @@ def install_dit_replace(model_patcher, block_name: str, index: int, make: Callab
     replace = make(prior)
     replace.nasa_prior = prior
     model_patcher.set_model_patch_replace(replace, "dit", block_name, index)
+
+
+def install_double_single(model_patcher, make_double: Callable, make_single: Callable) -> int:
+    """A ``"dit"`` replace per double and per single block of a FLUX-style model (FLUX, Chroma,
+    HunyuanVideo): ``make_double(i)`` / ``make_single(i)`` give block i's ``make(prior)``."""
+    dm = model_patcher.model.diffusion_model
+    for i in range(len(dm.double_blocks)):
+        install_dit_replace(model_patcher, "double_block", i, make_double(i))
+    for i in range(len(dm.single_blocks)):
+        install_dit_replace(model_patcher, "single_block", i, make_single(i))
+    return len(dm.double_blocks) + len(dm.single_blocks)
 
 
 def rows_of(t: torch.Tensor, rows) -> torch.Tensor:

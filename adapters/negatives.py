@@ -33,6 +33,7 @@ class NegativeEntry:
     cond: torch.Tensor                     # raw text-encoder output (batch, tokens, width)
     weight: float                          # share of the prompt: entries of one prompt are averaged, as ComfyUI does
     sigma_window: Optional[tuple] = None   # (sigma_start, sigma_end) from start/end_percent, or None = always
+    attention_mask: Optional[torch.Tensor] = None   # the text encoder's token mask (1 = token), where it gives one
     _cache: dict = field(default_factory=dict, repr=False)
 
     def on(self, device, dtype) -> torch.Tensor:
@@ -89,9 +90,10 @@ def check_single_batch(t: torch.Tensor, node: str, what: str) -> None:
 def check_width(t: torch.Tensor, context_dim: Optional[int], family: str, node: str, what: str) -> None:
     if context_dim is not None and t.shape[-1] != context_dim:
         raise ValueError(
-            f"{node}: {what} is {t.shape[-1]} wide but this {family} model's cross-attention expects "
-            f"{context_dim}. The negative was encoded with a different text encoder than the model's: encode it "
-            f"with the CLIP that comes with this checkpoint (the same CLIP as the positive prompt).")
+            f"{node}: {what} is {t.shape[-1]} wide but this {family} model's text input expects {context_dim}. "
+            f"The negative was encoded with a different text encoder than the model's (CLIP and T5 outputs "
+            f"differ in width): encode it with the same text encoder as the positive prompt (the CLIP output of "
+            f"this model's checkpoint or CLIP loader).")
 
 
 def _sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
@@ -108,7 +110,8 @@ def _sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
 
 def negative_prompt(entries, alpha: float, model_sampling=None) -> NegativePrompt:
     n = len(entries)
-    return NegativePrompt([NegativeEntry(t, 1.0 / n, _sigma_window(o, model_sampling)) for t, o in entries], alpha)
+    return NegativePrompt([NegativeEntry(t, 1.0 / n, _sigma_window(o, model_sampling), o.get("attention_mask"))
+                           for t, o in entries], alpha)
 
 
 @dataclass
@@ -249,6 +252,15 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
             else:
                 to[RUN_KEY] = previous
     return nasa_sampler_sample
+
+
+def set_wrapper(model_patcher, kind: str, fn: Callable) -> None:
+    """Install NASA's ModelPatcher wrapper of ``kind`` (a ``comfy.patcher_extension.WrappersMP`` name),
+    replacing one a previous Apply NASA Attention put there."""
+    import comfy.patcher_extension as pe
+    kind = getattr(pe.WrappersMP, kind)
+    model_patcher.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    model_patcher.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
 
 
 def make_carried_negative(conditioning, negative, alpha, node: str):

@@ -38,6 +38,10 @@ runner = load_standalone("nasa_runner", "runner")
 comfy_env = __import__("nasa_runner.comfy_env", fromlist=["x"])
 torchvision_standin = __import__("nasa_runner.torchvision_standin", fromlist=["x"])
 
+_support_spec = importlib.util.spec_from_file_location("nasa_test_support", Path(__file__).parent / "support.py")
+support = sys.modules["nasa_test_support"] = importlib.util.module_from_spec(_support_spec)
+_support_spec.loader.exec_module(support)      # the family tests' shared plumbing: import nasa_test_support
+
 COMFY_DIR, COMFY_HOW = comfy_env.find_comfyui(PACK_ROOT)
 COMFY_VERSION = comfy_env.comfyui_version(COMFY_DIR) if COMFY_DIR else None
 SKIP_REASON = f"ComfyUI not found ({COMFY_HOW}); set COMFYUI_PATH to a ComfyUI checkout to run these tests"

@@ -14,12 +14,13 @@ import math
 import pytest
 import torch
 
+import nasa_test_support as support
+
 NEG_LEN = 300          # distinct from the positive's 256 tokens, so hooks can tell them apart
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    import nodes
     rm = comfyui.mod("runner.random_models")
     negatives = comfyui.mod("adapters.negatives")
     flux = comfyui.mod("adapters.flux")
@@ -32,12 +33,7 @@ def env(comfyui):
         return cache[key]
 
     config = rm.DIT_FAMILIES["flux"][1]
-    node_apply = nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"]
-
-    def apply(mp, **kw):
-        kw.setdefault("alpha", 1.0)
-        kw.setdefault("use_sampler_negative", True)
-        return node_apply.execute(model=mp, **kw).result[0]
+    apply = support.apply_nasa
 
     return dict(rm=rm, negatives=negatives, flux=flux, model=model, config=config, apply=apply)
 
@@ -51,19 +47,7 @@ def _conds(config, seed=0, pos_len=256, neg_len=NEG_LEN, width=None):
 
 
 def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
-    import comfy.sample
-    latent = torch.zeros(batch, 16, size, size)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
-    if capture is not None:
-        model = model.clone()
-
-        def post_cfg(args):
-            capture.append((args["cond_denoised"].clone(), None if args["uncond_denoised"] is None
-                            else args["uncond_denoised"].clone()))
-            return args["denoised"]
-        model.set_model_sampler_post_cfg_function(post_cfg)
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", pos, neg, latent,
-                               disable_pbar=True, seed=1)
+    return support.sample(model, torch.zeros(batch, 16, size, size), pos, neg, cfg, steps, capture)
 
 
 def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None):
@@ -321,7 +305,7 @@ def test_wrong_width_negative_names_node_family_and_fix(env):
     mp = env["model"]()
     _, clip_like = _conds(env["config"], width=env["config"]["context_in_dim"] + 16)
     with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this FLUX .* expects "
-                                         r"\d+\. .* encode it with the CLIP that comes with this checkpoint"):
+                                         r"\d+\. .* encode it with the same text encoder as the positive prompt"):
         env["apply"](mp, negative=clip_like)
 
 

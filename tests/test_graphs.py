@@ -92,5 +92,5 @@ def test_a_state_dict_comfyui_detects_as_sd15_loads_through_the_stock_loader_and
     assert torch.equal(sample(apply(model=mp, alpha=0.0, use_sampler_negative=True).result[0]), base)
     steered = sample(apply(model=mp, alpha=1.0, use_sampler_negative=True).result[0])
     assert torch.isfinite(steered).all() and not torch.equal(steered, base)
-    with pytest.raises(ValueError, match="1024 wide but this SD15 model's cross-attention expects 768"):
+    with pytest.raises(ValueError, match="1024 wide but this SD15 model's text input expects 768"):
         apply(model=mp, alpha=1.0, use_sampler_negative=True, negative=[[torch.zeros(1, 77, 1024), {}]])

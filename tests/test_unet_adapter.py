@@ -15,14 +15,14 @@ import math
 import pytest
 import torch
 
+import nasa_test_support as support
+
 LONG = ("a very long negative prompt " * 20).strip()   # 100 words > 75 tokens: encodes to 154 tokens
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
     import comfy.model_management  # noqa: F401
-    import comfy.sample
-    import comfy.samplers
     import nodes
     rm = comfyui.mod("runner.random_models")
     cache = {}
@@ -38,13 +38,8 @@ def env(comfyui):
     def encode(clip, text):
         return nodes.CLIPTextEncode().encode(clip, text)[0]
 
-    node_apply = nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"]
     node_carry = nodes.NODE_CLASS_MAPPINGS["NASANegativeConditioning"]
-
-    def apply(model, **kw):
-        kw.setdefault("alpha", 1.0)
-        kw.setdefault("use_sampler_negative", True)
-        return node_apply.execute(model=model, **kw).result[0]
+    apply = support.apply_nasa
 
     def carry(cond, neg, alpha=-1.0):
         return node_carry.execute(conditioning=cond, negative=neg, alpha=alpha).result[0]
@@ -54,19 +49,7 @@ def env(comfyui):
 
 def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, seed=1, capture=None):
     """One KSampler run (euler, sgm_uniform) on a fixed noise; returns the latent."""
-    import comfy.sample
-    latent = torch.zeros(batch, 4, size, size)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    if capture is not None:
-        model = model.clone()
-
-        def post_cfg(args):
-            capture.append((args["cond_denoised"].clone(), None if args["uncond_denoised"] is None
-                            else args["uncond_denoised"].clone()))
-            return args["denoised"]
-        model.set_model_sampler_post_cfg_function(post_cfg)
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "sgm_uniform", pos, neg, latent,
-                               disable_pbar=True, seed=seed)
+    return support.sample(model, torch.zeros(batch, 4, size, size), pos, neg, cfg, steps, capture, "sgm_uniform", seed)
 
 
 # ----------------------------------------------------------------------------- independent helpers
@@ -154,18 +137,6 @@ class _ToKCounter:
             h.remove()
 
 
-class _ForwardCounter:
-    def __init__(self, mp):
-        self.n = 0
-        self.h = mp.model.diffusion_model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, *a):
-        self.n += 1
-
-    def close(self):
-        self.h.remove()
-
-
 def _rel_err(got, want, base):
     effect = (want - base).abs().max().item()
     err = (got - want).abs().max().item()
@@ -180,7 +151,7 @@ def test_every_cross_attention_layer_steered_exactly_once_per_forward(env, famil
     pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, LONG)
     assert pos[0][0].shape[1] == 77 and neg[0][0].shape[1] == 154
     m = env["apply"](mp, alpha=0.5)
-    counter, fwd = _ToKCounter(mp), _ForwardCounter(mp)
+    counter, fwd = _ToKCounter(mp), support.Forwards(mp)
     try:
         env["sample"](m, pos, neg, cfg=1.0, steps=2)
     finally:
@@ -224,7 +195,7 @@ def test_cfg_above_one_steers_only_cond_rows_with_no_extra_pass(env):
     mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
     pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
     base_cap, nasa_cap, ref_cap = [], [], []
-    fwd = _ForwardCounter(mp)
+    fwd = support.Forwards(mp)
     env["sample"](mp, pos, neg, cfg=4.0, steps=2, capture=base_cap)
     n_plain = fwd.n
     env["sample"](env["apply"](mp, alpha=0.8), pos, neg, cfg=4.0, steps=2, capture=nasa_cap)
@@ -438,7 +409,7 @@ def test_carried_negative_wins_and_each_prompt_gets_its_own(env):
     assert model_neg[0][0].shape[1] == 231
     both = nodes.ConditioningCombine().combine(env["carry"](pos_a, neg_a), env["carry"](pos_b, neg_b))[0]
     m = env["apply"](mp, alpha=0.8, negative=model_neg)
-    counter, fwd = _ToKCounter(mp), _ForwardCounter(mp)
+    counter, fwd = _ToKCounter(mp), support.Forwards(mp)
     try:
         env["sample"](m, both, enc(""), cfg=3.0)
     finally:
@@ -475,7 +446,7 @@ def test_width_mismatch_at_node_time(env):
         env["apply"](mp, negative=neg)
     msg = str(e.value)
     assert "Apply NASA Attention" in msg and str(width) in msg and str(model_width) in msg
-    assert "same CLIP" in msg
+    assert "same text encoder as the positive" in msg
 
 
 def test_width_mismatch_of_sampler_negative_at_sample_time(env):

@@ -1,0 +1,93 @@
+"""Helpers the family adapter tests share (imported as ``nasa_test_support``; conftest registers it).
+
+Only plumbing lives here - sampling with ComfyUI's own sampler, counting hooks, the error bound
+against a reference. Each family's independent reference of the formula stays in its own test file.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="simple", seed=1, noise=None,
+           **kwargs):
+    """One ``comfy.sample.sample`` run (euler) of ``latent`` on fixed noise; returns the latent.
+
+    ``capture``: a list that receives ``(cond_denoised, uncond_denoised or None)`` of every step,
+    taken by a post-CFG function on a clone of ``model``."""
+    import comfy.sample
+    if noise is None:
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    if capture is not None:
+        model = model.clone()
+
+        def post_cfg(args):
+            capture.append((args["cond_denoised"].clone(), None if args["uncond_denoised"] is None
+                            else args["uncond_denoised"].clone()))
+            return args["denoised"]
+        model.set_model_sampler_post_cfg_function(post_cfg)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, pos, neg, latent,
+                               disable_pbar=True, seed=seed, **kwargs)
+
+
+class Lengths:
+    """Token counts of the first input of each given module (e.g. every block's cross_attn.k), by position."""
+
+    def __init__(self, modules):
+        self.calls = {i: [] for i in range(len(modules))}
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
+
+    def _hook(self, i):
+        def hook(module, inputs, output):
+            self.calls[i].append(inputs[0].shape[1])
+        return hook
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+class Forwards:
+    """How many times the diffusion model of a ModelPatcher runs."""
+
+    def __init__(self, mp):
+        self.n = 0
+        self.h = mp.model.diffusion_model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *a):
+        self.n += 1
+
+    def close(self):
+        self.h.remove()
+
+
+def per_forward(lengths, forwards):
+    """Split one module's token counts into ``forwards`` equal groups, each sorted."""
+    n = len(lengths) // forwards
+    assert n * forwards == len(lengths), lengths
+    return [sorted(lengths[i * n:(i + 1) * n]) for i in range(forwards)]
+
+
+def check_close(got, want, base, tol=1e-3):
+    """``got`` equals the reference ``want`` within ``tol`` of NASA's effect (``want - base``), and that
+    effect is large enough to test anything."""
+    effect = (want - base).abs().max().item()
+    err = (got - want).abs().max().item()
+    assert effect > 1e-2 * base.abs().max().item(), f"NASA's effect {effect} is too small to test anything"
+    assert err <= tol * effect, (err, effect)
+
+
+def apply_nasa(mp, **kw):
+    """Apply NASA Attention, run as ComfyUI runs the node (alpha 1 and the sampler's negative by default)."""
+    import nodes
+    kw.setdefault("alpha", 1.0)
+    kw.setdefault("use_sampler_negative", True)
+    return nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"].execute(model=mp, **kw).result[0]
+
+
+def sharpen_rms_norms(dm, seed=0):
+    """Give every torch RMSNorm of ``dm`` random weights around 1, so a reference that skipped one shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in dm.modules():
+            if isinstance(m, torch.nn.RMSNorm) and m.weight is not None:
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
