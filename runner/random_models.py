@@ -216,6 +216,13 @@ def _param_seed(seed: int, scope: str, name: str) -> int:
 
 
 _NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+_NORM_SCALES = ("weight", "scale", "gamma")
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    """torch's norms, and ComfyUI's own (RMSNorm, T5LayerNorm, FLUX's RMSNorm 'scale', the Wan VAE's
+    RMS_norm 'gamma'), which are plain Modules: by class name."""
+    return isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
 
 
 @torch.no_grad()  # also inside worker threads: grad mode is thread-local
@@ -253,8 +260,8 @@ def init_random_weights(module: torch.nn.Module, seed: int, scope: str,
             if keep(full_name):
                 continue
             count += 1
-            if isinstance(sub, _NORM_TYPES):
-                param.fill_(1.0 if param_name == "weight" else 0.0)
+            if _is_norm(sub):
+                param.fill_(1.0 if param_name in _NORM_SCALES else 0.0)
             elif isinstance(sub, torch.nn.Embedding) and param_name == "weight":
                 draws.append((param, 1.0, _param_seed(seed, scope, full_name)))
             elif param_name == "weight" and param.dim() >= 2:
@@ -266,8 +273,15 @@ def init_random_weights(module: torch.nn.Module, seed: int, scope: str,
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if total > 50_000_000 else 1
     if workers > 1:
+        # Inference mode is thread-local too: a module built inside it (a node executing) holds
+        # inference tensors, which the workers may only write in inference mode.
+        inference = torch.is_inference_mode_enabled()
+
+        def fill(job):
+            with torch.inference_mode(inference):
+                _fill_normal(*job)
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda job: _fill_normal(*job), draws))
+            list(pool.map(fill, draws))
     else:
         for job in draws:
             _fill_normal(*job)
@@ -352,10 +366,70 @@ def build_unet_model(family: str, size: str = "tiny", dtype: torch.dtype = torch
 # real block types and joint/cross-attention structure at small widths; family adapters' tests and
 # the runner's --random-weights build from here. Add a family by adding its entry.
 DIT_FAMILIES = {
+    # Qwen-Image: joint blocks with separate text weights; text RoPE ids start at half the image's token side.
+    "qwen_image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                     num_layers=3, attention_head_dim=16, num_attention_heads=4,
+                                     joint_attention_dim=56, axes_dims_rope=(4, 6, 6))),
+    # Lumina Image 2.0 (NextDiT): caption refiner, noise refiner, single-stream layers; GQA (4 heads, 2 kv heads).
+    "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, cap_feat_dim=36,
+                                n_layers=3, n_refiner_layers=2, n_heads=4, n_kv_heads=2, qk_norm=True,
+                                axes_dims=[4, 6, 6], axes_lens=[300, 512, 512])),
     "flux": ("FluxSchnell", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
                                  context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
                                  depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
                                  qkv_bias=True, guidance_embed=False)),
+    # Chroma: FLUX blocks without per-block modulation layers; distilled_guidance_layer (in_dim 64 = 16 + 16 + 32
+    # embedding features, out_dim = hidden) gives every block's modulation. in_channels = 16 latent channels * 2 * 2.
+    "chroma": ("Chroma", dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=48, hidden_size=64,
+                              mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6],
+                              theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32,
+                              n_layers=2)),
+    # Chroma Radiance: the same blocks in pixel space (3 channels, conv patch embedding, NeRF decoder head).
+    "chroma_radiance": ("ChromaRadiance", dict(image_model="chroma_radiance", in_channels=3, out_channels=3,
+                                               context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
+                                               depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=4,
+                                               qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=2,
+                                               nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=2, nerf_max_freqs=4,
+                                               nerf_tile_size=0, nerf_final_head_type="linear",
+                                               nerf_embedder_dtype=None)),
+    # HunyuanVideo: FLUX blocks with [video; text] order, token-refiner text embedding, 3D patches (1, 2, 2),
+    # guidance embedding, pooled CLIP-L (vec_in_dim) in vec.
+    "hunyuan_video": ("HunyuanVideo", dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32,
+                                           context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
+                                           depth_single_blocks=2, axes_dim=[4, 6, 6], theta=256,
+                                           patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False,
+                                           meanflow=False)),
+    # SD3.5 Large-like: hidden = 64 * depth with depth heads (MMDiT's rule), RMS qk norm, last context block pre_only.
+    "sd3": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=32,
+                        context_embedder_config={"target": "torch.nn.Linear",
+                                                 "params": {"in_features": 48, "out_features": 128}},
+                        qk_norm="rms", pos_embed_scaling_factor=None, x_block_self_attn_layers=[])),
+    # SD3.5 Medium-like: also a second (image-only) self-attention in the x blocks of x_block_self_attn_layers.
+    "sd35m": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=3, input_size=None, adm_in_channels=32,
+                          context_embedder_config={"target": "torch.nn.Linear",
+                                                   "params": {"in_features": 48, "out_features": 192}},
+                          qk_norm="rms", pos_embed_scaling_factor=None, x_block_self_attn_layers=[0, 1])),
+    # PixArt-α: micro-conditioning (size, aspect ratio); PixArt-Σ: none. caption_channels = T5 width (4096 real).
+    "pixart": ("PixArtAlpha", dict(image_model="pixart_alpha", in_channels=4, patch_size=2, hidden_size=48,
+                                   num_heads=4, depth=3, caption_channels=40, micro_condition=True)),
+    "pixart_sigma": ("PixArtSigma", dict(image_model="pixart_sigma", in_channels=4, patch_size=2, hidden_size=48,
+                                         num_heads=4, depth=3, caption_channels=40, micro_condition=False)),
+    # Wan 2.1 T2V-like (also the layout of each Wan 2.2 A14B expert): UMT5 text through text_embedding, a separate
+    # cross-attention (q/k/v/o, RMS norm_q/norm_k) per block. Head width 16 keeps Wan's 3-axis RoPE split.
+    "wan21_t2v": ("WAN21_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=32,
+                                    ffn_dim=64, freq_dim=32, text_dim=24, out_dim=16, num_heads=2, num_layers=2,
+                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    # Wan 2.1 I2V-like: CLIP-vision tokens (img_emb, 1280 wide) before the text; the I2V cross-attention's k_img/v_img.
+    "wan21_i2v": ("WAN21_I2V", dict(image_model="wan2.1", model_type="i2v", patch_size=(1, 2, 2), in_dim=36, dim=32,
+                                    ffn_dim=64, freq_dim=32, text_dim=24, out_dim=16, num_heads=2, num_layers=2,
+                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    # Wan 2.2 TI2V 5B-like: 48 latent channels (Wan 2.2 VAE), T2V cross-attention.
+    "wan22_t2v": ("WAN22_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=48, dim=32,
+                                    ffn_dim=64, freq_dim=32, text_dim=24, out_dim=48, num_heads=2, num_layers=2,
+                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    # LTX-Video-like: 128 latent channels, T5 text through caption_projection, an attn2 cross-attention per block.
+    "ltxv": ("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=32, attention_head_dim=16,
+                          num_attention_heads=2, caption_channels=72, num_layers=2)),
 }
 
 # FLUX.1 at its published width (hidden 3072, 24 heads, T5 4096, CLIP-L pooled 768) with few blocks.
