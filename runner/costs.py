@@ -38,12 +38,42 @@ _FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768
              hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
              theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
 
+_SD35_LARGE = dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None, num_patches=36864,
+                   pos_embed_max_size=192, adm_in_channels=2048, qk_norm="rms", pos_embed_scaling_factor=None,
+                   x_block_self_attn_layers=[],
+                   context_embedder_config={"target": "torch.nn.Linear",
+                                            "params": {"in_features": 4096, "out_features": 2432}})
+_PIXART_ALPHA_512 = dict(image_model="pixart_alpha", input_size=64, patch_size=2, in_channels=4, hidden_size=1152,
+                         depth=28, num_heads=16, caption_channels=4096, micro_condition=True, pe_interpolation=1.0)
+_WAN21_1_3B = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=1536, ffn_dim=8960,
+                   freq_dim=256, text_dim=4096, out_dim=16, num_heads=12, num_layers=30, window_size=(-1, -1),
+                   qk_norm=True, cross_attn_norm=True, eps=1e-6)
+_WAN21_14B = dict(_WAN21_1_3B, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+_QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=60,
+                   attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56))
+_LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304, n_layers=26,
+                n_refiner_layers=2, n_heads=24, n_kv_heads=8, qk_norm=True, axes_dims=[32, 32, 32],
+                axes_lens=[300, 512, 512])
+_LTXV_2B = dict(image_model="ltxv", in_channels=128, cross_attention_dim=2048, attention_head_dim=64,
+                num_attention_heads=32, caption_channels=4096, num_layers=28)
+_CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
+               mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
+               patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5)
+_HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
+                      context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=20,
+                      depth_single_blocks=40, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
+                      guidance_embed=True, byt5=False, meanflow=False)
+
 CASES = [
     CostCase("SD1.5 / SD-Turbo-class UNet", "SD15", {"random_models": "sd15"}, "512², 77 + 77 tokens", (4, 64, 64), (77, 768), 77),
     CostCase("SDXL / DMD2 / Turbo", "SDXL", {"random_models": "sdxl"}, "1024², 77 + 77 tokens", (4, 128, 128), (77, 2048), 77,
              lambda dtype: {"y": _t(1, 2816, dtype=dtype)}),
     CostCase("FLUX.1 schnell/dev", "FluxSchnell", _FLUX, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096),
              256, lambda dtype: {"y": _t(1, 768, dtype=dtype)}),
+    CostCase("Chroma", "Chroma", _CHROMA, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096), 256,
+             lambda dtype: {"guidance": _t(1, dtype=dtype)}),
+    CostCase("HunyuanVideo", "HunyuanVideo", _HUNYUAN_VIDEO, "848×480×61, 256 + 256 tokens", (16, 16, 60, 106),
+             (256, 4096), 256, lambda dtype: {"y": _t(1, 768, dtype=dtype), "guidance": _t(1, dtype=dtype)}),
 ]
 
 
@@ -90,9 +120,13 @@ def _forward_flops(model_patcher, case: CostCase, options: dict, dtype) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     x = _t(1, *case.latent, dtype=dtype)
     context = _t(1, *case.context, dtype=dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model_patcher.model.apply_model(x, _t(1, dtype=dtype), c_crossattn=context,
-                                        transformer_options=options, **case.extra(dtype))
+    model_patcher.patch_model(load_weights=False)     # object patches (PixArt) are applied here, as at sampling
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model_patcher.model.apply_model(x, _t(1, dtype=dtype), c_crossattn=context,
+                                            transformer_options=options, **case.extra(dtype))
+    finally:
+        model_patcher.unpatch_model()
     return counter.get_total_flops()
 
 
