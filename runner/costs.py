@@ -72,6 +72,11 @@ CASES = [
              256, lambda dtype: {"y": _t(1, 768, dtype=dtype)}),
     CostCase("Chroma", "Chroma", _CHROMA, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096), 256,
              lambda dtype: {"guidance": _t(1, dtype=dtype)}),
+    CostCase("SD3.5 Large / Turbo", "SD3", _SD35_LARGE, "1024², 154 + 154 tokens", (16, 128, 128), (154, 4096), 154,
+             lambda dtype: {"y": _t(1, 2048, dtype=dtype)}),
+    CostCase("Qwen-Image", "QwenImage", _QWEN_IMAGE, "1024², 128 + 128 tokens", (16, 1, 128, 128), (128, 3584), 128),
+    CostCase("Lumina 2", "Lumina2", _LUMINA2, "1024², 256 + 256 tokens", (16, 128, 128), (256, 2304), 256,
+             lambda dtype: {"num_tokens": 256}),
     CostCase("HunyuanVideo", "HunyuanVideo", _HUNYUAN_VIDEO, "848×480×61, 256 + 256 tokens", (16, 16, 60, 106),
              (256, 4096), 256, lambda dtype: {"y": _t(1, 768, dtype=dtype), "guidance": _t(1, dtype=dtype)}),
 ]

@@ -1,0 +1,129 @@
+"""Qwen-Image family adapter: Qwen-Image and Qwen-Image-Edit (``comfy.ldm.qwen_image``).
+
+Every Qwen-Image block attends jointly over [text; image] with separate text weights
+(``add_q_proj``/``add_k_proj``/``add_v_proj``, ``norm_added_q``/``norm_added_k``, ``to_add_out``)
+and its own text modulation and MLP (``txt_mod``, ``txt_norm1``/``txt_norm2``, ``txt_mlp``). NASA's
+negative flows through those weights as a stream of its own (see :mod:`.joint`):
+
+* embedded once per forward as the model embeds its text: ``txt_norm`` then ``txt_in``;
+* text RoPE: the model gives text token ``j`` the position ``txt_start + j`` on all three axes, with
+  ``txt_start`` half the image's longer token side (so text sits after the image, whatever its
+  length). The negative's tokens get the same rule for the negative's length - the positions a
+  forward on the negative prompt would give them - through the model's own ``pe_embedder``;
+* every block subtracts alpha * softmax(Q_img K-^T) V- on the generated image's query rows. Edit
+  reference latents (appended after the image) are keys the negative stream attends to, never steered.
+
+Hooks: a ``"dit"`` replace per ``("double_block", i)`` (the keys the model exposes; each chains a
+replace installed before NASA), and a ``DIFFUSION_MODEL`` wrapper that embeds the negative for the
+forward and records the image size the text positions and image token count come from. The wrapper
+keeps this forward's state in a copy of ``transformer_options``, so nothing outlives the forward.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import joint
+from .negatives import RUN_KEY, set_wrapper
+
+FAMILY = "Qwen-Image"
+SUPPORTED = ("Qwen-Image, Qwen-Image-Edit (reference latents are attended to, not steered)",)
+
+
+def _model_class():
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+    return QwenImageTransformer2DModel
+
+
+def matches(model_patcher) -> bool:
+    return type(getattr(model_patcher.model, "diffusion_model", None)) is _model_class()
+
+
+def context_dim(model_patcher) -> Optional[int]:
+    return model_patcher.model.diffusion_model.txt_in.in_features
+
+
+def family_name(model_patcher) -> str:
+    return f"Qwen-Image ({type(model_patcher.model.model_config).__name__})"
+
+
+def _modulate(x, params):
+    shift, scale, gate = params.chunk(3, dim=-1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1)), gate.unsqueeze(1)
+
+
+def _text_rope(dm, positions, dtype):
+    """The model's RoPE table for text tokens at ``positions`` (the same on all three axes)."""
+    return dm.pe_embedder(positions.reshape(1, -1, 1).repeat(1, 1, 3)).squeeze(1).unsqueeze(2).to(dtype)
+
+
+def _block_streams(block, temb, pe):
+    from comfy.ldm.qwen_image.model import apply_rotary_emb
+    attn = block.attn
+
+    def prepare(s):
+        mod1, mod2 = block.txt_mod(joint.rows_of(temb, s.rows)).chunk(2, dim=-1)
+        x, gate1 = _modulate(block.txt_norm1(s.x), mod1)
+        q = attn.norm_added_q(attn.add_q_proj(x).unflatten(-1, (attn.heads, -1)))
+        k = attn.norm_added_k(attn.add_k_proj(x).unflatten(-1, (attn.heads, -1)))
+        rope = pe[s.x.shape[1]]
+        s.q = apply_rotary_emb(q, rope).flatten(start_dim=2)
+        s.k = apply_rotary_emb(k, rope).flatten(start_dim=2)
+        s.v = attn.add_v_proj(x)
+        s.scratch["mod"] = (gate1, mod2)
+
+    def finish(s):
+        gate1, mod2 = s.scratch["mod"]
+        x = s.x + gate1 * attn.to_add_out(s.out)
+        h, gate2 = _modulate(block.txt_norm2(x), mod2)
+        s.x = torch.addcmul(x, gate2, block.txt_mlp(h))
+    return prepare, finish
+
+
+def _make_block(index):
+    def make(prior):
+        def nasa_double_block(args, extra):
+            options = args.get("transformer_options") or {}
+            run_block = joint.chain(prior, extra["original_block"])
+            state = joint.forward_state(options)
+            if state is None or not state.streams:
+                return run_block(args)
+            dm = options[RUN_KEY].layers["model"]
+            t = args["txt"].shape[1]
+            n_img = min(state.info["image_tokens"], args["img"].shape[1])
+            prepare, finish = _block_streams(dm.transformer_blocks[index], args["vec"], state.info["pe"])
+            last = index == len(dm.transformer_blocks) - 1
+            return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
+                                   None if last else finish, f"Qwen-Image block {index}")
+        return nasa_double_block
+    return make
+
+
+def _forward_wrapper(executor, x, timestep, context, attention_mask=None, guidance=None, ref_latents=None,
+                     transformer_options={}, **kwargs):
+    """DIFFUSION_MODEL wrapper around QwenImageTransformer2DModel._forward: embed the negative(s) as the model
+    embeds ``context`` and give them the text RoPE the model gives text of their length for this image."""
+    dm = executor.class_obj
+    options = dict(transformer_options)
+    state = joint.start_forward(options, x.shape[0], x.device, context.dtype, lambda neg: dm.txt_in(dm.txt_norm(neg)))
+    if state is not None and state.streams:
+        p = dm.patch_size
+        h_len, w_len = (x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p
+        txt_start = round(max(w_len // 2, h_len // 2))
+        state.info["image_tokens"] = h_len * w_len          # reference latents follow the generated image
+        state.info["pe"] = {n: _text_rope(dm, torch.arange(txt_start, txt_start + n, device=x.device), x.dtype)
+                            for n in {s.x.shape[1] for s in state.streams}}
+    return executor(x, timestep, context, attention_mask, guidance, ref_latents, options, **kwargs)
+
+
+def install(model_patcher) -> int:
+    dm = model_patcher.model.diffusion_model
+    for i in range(len(dm.transformer_blocks)):
+        joint.install_dit_replace(model_patcher, "double_block", i, _make_block(i))
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", _forward_wrapper)
+    return len(dm.transformer_blocks)
+
+
+def attach_layers(run, base_model) -> None:
+    run.layers = {"model": base_model.diffusion_model}

@@ -1,0 +1,99 @@
+"""SD3 / SD3.5 family adapter: SD3 Medium, SD3.5 Large / Large Turbo / Medium (``comfy.ldm.modules.diffusionmodules.mmdit``).
+
+MMDiT has no cross-attention: each ``JointBlock`` attends jointly over [text; image] (text first)
+with separate weights, a ``context_block`` for the text and an ``x_block`` for the image. NASA's
+negative flows through the ``context_block`` weights as a stream of its own (see :mod:`.joint`):
+
+* embedded as the model embeds its text: ``context_processor`` (when the checkpoint has one),
+  then ``context_embedder``; MMDiT has no positional encoding on text tokens;
+* each block: the context block's public ``pre_attention`` (adaLN modulation from the row's
+  ``vec`` = timestep + pooled-text embedding of the positive, ``norm1``, ``attn.qkv`` and the RMS
+  qk norm of SD3.5) gives the stream's Q/K/V in the layout the joint call uses, (B, L, H*D);
+  ``post_attention`` (``attn.proj``, gates, ``norm2``, MLP) finishes it. The last context block is
+  ``pre_only`` (no output projection): there only the stream's K/V are used;
+* the joint attention subtracts alpha * softmax(Q_img K-^T) V- on the image-query rows. SD3.5
+  Medium's x blocks make a second, image-only self-attention call after the joint one: only the
+  first (joint) call is steered.
+
+Hook: a ``"dit"`` ``("double_block", i)`` replace per joint block (MMDiT.forward_core_with_concat
+honours it; any replace installed before NASA is chained). ``register_length`` tokens are not
+prepended to the stream: ComfyUI's loader never builds an MMDiT with registers.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from . import joint
+from .negatives import RUN_KEY
+
+FAMILY = "SD3/SD3.5"
+SUPPORTED = ("SD3 Medium, SD3.5 Large/Large Turbo/Medium",)
+
+
+def _mmdit_class():
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+    return OpenAISignatureMMDITWrapper
+
+
+def matches(model_patcher) -> bool:
+    return type(getattr(model_patcher.model, "diffusion_model", None)) is _mmdit_class()
+
+
+def context_dim(model_patcher) -> Optional[int]:
+    return getattr(model_patcher.model.diffusion_model.context_embedder, "in_features", None)
+
+
+def family_name(model_patcher) -> str:
+    return FAMILY
+
+
+def _embed(dm):
+    def embed(neg):
+        if dm.context_processor is not None:
+            neg = dm.context_processor(neg.clone())      # its blocks add in place
+        return dm.context_embedder(neg)
+    return embed
+
+
+def _context_prepare(block, vec):
+    def prepare(s):
+        (s.q, s.k, s.v), s.scratch["intermediates"] = block.pre_attention(s.x, joint.rows_of(vec, s.rows))
+
+    def finish(s):
+        s.x = block.post_attention(s.out, *s.scratch["intermediates"])
+    return prepare, finish
+
+
+def _make_block(index):
+    def make(prior):
+        def nasa_joint_block(args, extra):
+            options = args.get("transformer_options") or {}
+            call_block = joint.chain(prior, extra["original_block"])
+            run = options.get(RUN_KEY)
+            if run is None:
+                return call_block(args)
+            dm = run.layers["model"]
+            img, txt = args["img"], args["txt"]
+            state = joint.forward_state(options)
+            if index == 0 or state is None:
+                state = joint.start_forward(options, img.shape[0], img.device, txt.dtype, _embed(dm))
+            if not state.streams:
+                return call_block(args)
+            prepare, finish = _context_prepare(dm.joint_blocks[index].context_block, args["vec"])
+            last = index == len(dm.joint_blocks) - 1          # its context block is pre_only: K/V only
+            t = txt.shape[1]
+            return joint.run_block(state, args, call_block, slice(t, None), slice(t, None), prepare,
+                                   None if last else finish, f"SD3 joint block {index}")
+        return nasa_joint_block
+    return make
+
+
+def install(model_patcher) -> int:
+    dm = model_patcher.model.diffusion_model
+    for i in range(len(dm.joint_blocks)):
+        joint.install_dit_replace(model_patcher, "double_block", i, _make_block(i))
+    return len(dm.joint_blocks)
+
+
+def attach_layers(run, base_model) -> None:
+    run.layers = {"model": base_model.diffusion_model}

@@ -1,0 +1,379 @@
+"""NASA-I on ComfyUI's own Lumina 2 class, NextDiT (random weights, tiny config from runner.random_models).
+
+Held against code written here, independent of the pack:
+* a float64-attention NextDiT forward with the negative stream and NASA written out (``_reference``): the
+  negative goes through the caption embedder and context refiner, then each main layer's weights; its
+  RoPE is that of a forward on the negative prompt (captions 0..N-1, the image right after them at N),
+  applied there to the image's queries and keys too; giving it the positive's image positions instead is
+  detectably wrong,
+* hooks counting projections: one context-refiner pass and one projection per main layer for the negative
+  per forward, none in the noise refiner,
+* the negative stream after the context refiner and after main layer 0 equals the caption stream of a
+  plain forward on the negative,
+* alpha = 0 is bit-identical; caption-query rows are untouched; a caption padding mask stays on the
+  positive; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step; NASA's object patches
+  are gone from the layers once the plain model is loaded again.
+
+The random-weight builder leaves RMSNorm weights at 0 (every caption embedding, query and key, and every
+layer's residual branch would be zero); the model here gets weights drawn around 1.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nasa_test_support as support
+
+POS_LEN, NEG_LEN = 20, 27      # distinct, so hooks can tell the prompts apart
+H, W = 8, 12                   # latent size: 4 x 6 = 24 image tokens
+IMAGE_TOKENS = (H // 2) * (W // 2)
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    rm = comfyui.mod("runner.random_models")
+    negatives = comfyui.mod("adapters.negatives")
+    lumina = comfyui.mod("adapters.lumina2")
+    cache = {}
+
+    def model(dtype=torch.float32):
+        if dtype not in cache:
+            cache[dtype] = rm.build_dit_model("lumina2", dtype=dtype, seed=0)
+            support.sharpen_rms_norms(cache[dtype].model.diffusion_model)
+        return cache[dtype]
+
+    apply = support.apply_nasa
+
+    return dict(rm=rm, negatives=negatives, lumina=lumina, model=model, config=rm.DIT_FAMILIES["lumina2"][1],
+                apply=apply)
+
+
+def _width(config):
+    return config["cap_feat_dim"]
+
+
+def _cond(t):
+    """A conditioning entry as ComfyUI's Gemma encoder gives it (Lumina 2 takes its token count from the mask)."""
+    return [[t, {"attention_mask": torch.ones(1, t.shape[1], dtype=torch.long)}]]
+
+
+def _conds(config, width=None, neg_len=NEG_LEN):
+    g = torch.Generator().manual_seed(0)
+    width = width or _width(config)
+    return _cond(torch.randn(1, POS_LEN, width, generator=g)), _cond(torch.randn(1, neg_len, width, generator=g))
+
+
+def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
+    return support.sample(model, torch.zeros(batch, 16, H, W), pos, neg, cfg, steps, capture)
+
+
+def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all
+    positive). The clone is loaded as the sampler loads it, which applies its object patches."""
+    import comfy.model_management
+    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    negatives = env["negatives"]
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
+    env["lumina"].attach_layers(run, m.model)
+    options = dict(m.model_options["transformer_options"])
+    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
+    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    comfy.model_management.load_models_gpu([m])
+    num_tokens = context.shape[1] if attention_mask is None else int(attention_mask[0].sum())
+    with torch.no_grad():
+        return m.model.diffusion_model(x, t, context, num_tokens, attention_mask=attention_mask,
+                                       transformer_options=options)
+
+
+# ----------------------------------------------------------------------------- independent reference
+
+def _rotate(x, ids, axes_dim, theta=10000):
+    """Rotary embedding written out: (B, L, heads, D) by positions ids (B, L, axes), float64."""
+    angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+                        for a, d in enumerate(axes_dim)], dim=-1)[:, :, None]
+    x = x.double().unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack((x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()), -1).flatten(-2)
+
+
+def _attn(q, k, v):
+    """(B, L, heads, D) -> (B, L, heads*D), softmax in float64."""
+    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+    return o.transpose(1, 2).flatten(2)
+
+
+def _caption_ids(b, n):
+    ids = torch.zeros(b, n, 3, dtype=torch.long)
+    ids[..., 0] = torch.arange(n)
+    return ids
+
+
+def _image_ids(b, first_axis):
+    """Image tokens after a caption of ``first_axis`` tokens: (first_axis, row, column)."""
+    rows = torch.arange(H // 2).view(-1, 1).expand(H // 2, W // 2)
+    cols = torch.arange(W // 2).view(1, -1).expand(H // 2, W // 2)
+    ids = torch.stack((torch.full_like(rows, first_axis), rows, cols), -1).reshape(1, -1, 3)
+    return ids.expand(b, -1, -1)
+
+
+def _mods(layer, temb):
+    """adaLN scale/tanh-gate pairs of a layer; the context refiner has none."""
+    if temb is None:
+        return 0.0, 1.0, 0.0, 1.0
+    s1, g1, s2, g2 = layer.adaLN_modulation(temb)[:, None].chunk(4, dim=-1)
+    return s1, g1.tanh(), s2, g2.tanh()
+
+
+def _project(layer, h, scale, config):
+    """Queries, keys, values (B, L, heads, D) after the q/k norms; kv head j // (heads / kv heads) serves head j."""
+    heads, kv = config["n_heads"], config["n_kv_heads"]
+    d = config["dim"] // heads
+    att = layer.attention
+    q, k, v = att.qkv(layer.attention_norm1(h) * (1 + scale)).split([heads * d, kv * d, kv * d], dim=-1)
+    share = torch.arange(heads) // (heads // kv)
+    q, k, v = att.q_norm(q.unflatten(-1, (heads, d))), att.k_norm(k.unflatten(-1, (kv, d))), v.unflatten(-1, (kv, d))
+    return q, k[:, :, share], v[:, :, share]
+
+
+def _finish(layer, h, o, gate1, scale2, gate2):
+    h = h + gate1 * layer.attention_norm2(layer.attention.out(o.float()))
+    return h + gate2 * layer.ffn_norm2(layer.feed_forward(layer.ffn_norm1(h) * (1 + scale2)))
+
+
+def _self_layer(layer, h, ids, temb, config):
+    s1, g1, s2, g2 = _mods(layer, temb)
+    q, k, v = _project(layer, h, s1, config)
+    axes = config["axes_dims"]
+    return _finish(layer, h, _attn(_rotate(q, ids, axes), _rotate(k, ids, axes), v), g1, s2, g2)
+
+
+def _reference(dm, config, x, t, context, negative, alpha, negative_beside_positive=False):
+    """NextDiT forward with NASA from the paper's formula and the published structure, with the model's weights;
+    attention and RoPE in float64. The negative's terms use the positions of a forward on the negative prompt
+    (``negative_beside_positive``: the negative at 0..N-1 but the image where the positive put it, to show that
+    choice is caught)."""
+    axes, b = config["axes_dims"], x.shape[0]
+    temb = dm.t_embedder(1.0 - t, dtype=x.dtype)
+    cap, neg = dm.cap_embedder(context), dm.cap_embedder(negative)
+    P, N = cap.shape[1], neg.shape[1]
+    for layer in dm.context_refiner:
+        cap = _self_layer(layer, cap, _caption_ids(b, P), None, config)
+        neg = _self_layer(layer, neg, _caption_ids(1, N), None, config)
+    neg = neg.expand(b, -1, -1)
+    img = dm.x_embedder(x.view(b, -1, H // 2, 2, W // 2, 2).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2))
+    for layer in dm.noise_refiner:
+        img = _self_layer(layer, img, _image_ids(b, P), temb, config)
+    h = torch.cat((cap, img), 1)
+    ids = torch.cat((_caption_ids(b, P), _image_ids(b, P)), 1)
+    image_ids_for_negative = _image_ids(b, P if negative_beside_positive else N)
+    for layer in dm.layers:
+        s1, g1, s2, g2 = _mods(layer, temb)
+        q, k, v = _project(layer, h, s1, config)
+        nq, nk, nv = _project(layer, neg, s1, config)
+        o = _attn(_rotate(q, ids, axes), _rotate(k, ids, axes), v)
+        qi, ki = _rotate(q[:, P:], image_ids_for_negative, axes), _rotate(k[:, P:], image_ids_for_negative, axes)
+        nq, nk = _rotate(nq, _caption_ids(b, N), axes), _rotate(nk, _caption_ids(b, N), axes)
+        o[:, P:] -= alpha * _attn(qi, nk, nv)
+        no = _attn(nq, torch.cat((nk, ki), 1), torch.cat((nv, v[:, P:]), 1))
+        h, neg = _finish(layer, h, o, g1, s2, g2), _finish(layer, neg, no, g1, s2, g2)
+    out = dm.final_layer(h, temb)[:, P:]
+    return -out.view(b, H // 2, W // 2, 2, 2, -1).permute(0, 5, 1, 3, 2, 4).reshape(b, -1, H, W)
+
+
+def _inputs(config, batch=1, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, H, W, generator=g)
+    context = torch.randn(batch, POS_LEN, _width(config), generator=g)
+    negative = torch.randn(1, NEG_LEN, _width(config), generator=g)
+    return x, torch.full((batch,), 0.7), context, negative
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_matches_independent_reference(env):
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    got = _direct(env, mp, x, t, context, negative, 1.0)
+    with torch.no_grad():
+        dm = mp.model.diffusion_model
+        want = _reference(dm, config, x, t, context, negative, 1.0)
+        base = _reference(dm, config, x, t, context, negative, 0.0)
+        wrong = _reference(dm, config, x, t, context, negative, 1.0, negative_beside_positive=True)
+    effect = (want - base).abs().max().item()
+    err = (got - want).abs().max().item()
+    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
+    assert err <= 1e-3 * effect, (err, effect)
+    assert (got - wrong).abs().max() > 10 * err          # the negative's RoPE positions show in the output
+
+
+def test_negative_goes_through_the_caption_path_once_and_every_main_layer_once_per_forward(env):
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["config"])
+    lengths, handles = {}, []
+    for group in ("context_refiner", "noise_refiner", "layers"):
+        for i, layer in enumerate(getattr(dm, group)):
+            handles.append(layer.attention.qkv.register_forward_hook(
+                lambda mod, inp, out, key=(group, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
+    embeds = []
+    handles.append(dm.cap_embedder.register_forward_hook(lambda mod, inp, out: embeds.append(inp[0].shape[1])))
+    passes = []
+    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
+    try:
+        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
+    assert sorted(embeds) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN]
+    n_refiner, n_layers = len(dm.context_refiner), len(dm.layers)
+    assert len(lengths) == 2 * n_refiner + n_layers
+    for (group, i), seen in lengths.items():
+        if group == "context_refiner":                       # caption once, negative once
+            assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (group, i, seen)
+        elif group == "noise_refiner":                       # the image only
+            assert seen == [IMAGE_TOKENS, IMAGE_TOKENS], (group, i, seen)
+        else:                                                # [caption; image] once, negative once
+            assert sorted(seen) == [NEG_LEN, NEG_LEN, POS_LEN + IMAGE_TOKENS, POS_LEN + IMAGE_TOKENS], (group, i, seen)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_alpha_zero_is_bit_identical(env, cfg):
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
+    assert torch.equal(base, _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2))
+    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
+
+
+def test_negative_stream_equals_a_real_forward_on_the_negative(env):
+    """What enters main layers 0 and 1 (their attention_norm1): NASA's negative stream vs the caption part of an
+    unpatched forward whose prompt is the negative (same image and timestep). Layer 0's input is the refined
+    caption; layer 1's has attended to the image with the negative's own RoPE positions."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    x, t, context, negative = _inputs(env["config"])
+    seen = {0: [], 1: []}
+    hs = [dm.layers[i].attention_norm1.register_forward_hook(lambda mod, inp, out, i=i: seen[i].append(inp[0].clone()))
+          for i in (0, 1)]
+    try:
+        _direct(env, mp, x, t, context, negative, 1.0)
+        stream = {i: [s for s in seen[i] if s.shape[1] == NEG_LEN] for i in seen}
+        seen = {0: [], 1: []}
+        with torch.no_grad():
+            dm(x, t, negative, NEG_LEN, transformer_options={})
+        real = {i: [s[:, :NEG_LEN] for s in seen[i]] for i in seen}
+    finally:
+        for h in hs:
+            h.remove()
+    for i in (0, 1):
+        assert len(stream[i]) == 1 and len(real[i]) == 1
+        torch.testing.assert_close(stream[i][0], real[i][0], rtol=1e-5, atol=1e-5)
+
+
+def test_only_image_queries_are_steered(env):
+    """In main layer 0 the caption tokens' attention output (input of attention.out) is bit-identical with and
+    without NASA; the image tokens' is not."""
+    mp = env["model"]()
+    layer = mp.model.diffusion_model.layers[0]
+    x, t, context, negative = _inputs(env["config"])
+    seen = []
+    h = layer.attention.out.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    try:
+        _direct(env, mp, x, t, context, negative, 0.0)
+        _direct(env, mp, x, t, context, negative, 1.0)
+    finally:
+        h.remove()
+    joint = [s for s in seen if s.shape[1] == POS_LEN + IMAGE_TOKENS]
+    assert len(joint) == 2
+    assert torch.equal(joint[0][:, :POS_LEN], joint[1][:, :POS_LEN])
+    assert not torch.equal(joint[0][:, POS_LEN:], joint[1][:, POS_LEN:])
+
+
+def test_caption_padding_mask_stays_on_the_positive(env):
+    """A positive padded with 5 random tokens and masked gives what the unpadded positive gives (the padding
+    never reaches the image, and the mask never reaches the negative, whose lengths differ)."""
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    padded = torch.cat((context, torch.randn(1, 5, _width(config), generator=torch.Generator().manual_seed(4))), 1)
+    mask = torch.cat((torch.ones(1, POS_LEN), torch.zeros(1, 5)), 1).long()
+    got = _direct(env, mp, x, t, padded, negative, 1.0, attention_mask=mask)
+    plain = _direct(env, mp, x, t, context, negative, 1.0)
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_with_different_caption_lengths_are_refused(env):
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config, batch=2)
+    mask = torch.ones(2, POS_LEN, dtype=torch.long)
+    mask[1, -3:] = 0
+    with pytest.raises(ValueError, match=r"test: this Lumina 2 batch holds captions of different lengths \[17, 20\]"):
+        _direct(env, mp, x, t, context, negative, 1.0, attention_mask=mask)
+
+
+@pytest.mark.parametrize("neg_len", [NEG_LEN, POS_LEN], ids=["separate_passes", "one_batch"])
+def test_cfg_above_one_leaves_uncond_rows_untouched(env, neg_len):
+    """At cfg 3 the uncond prediction is bit-identical with and without NASA and the cond one is not, whether
+    ComfyUI runs cond and uncond as two passes (prompt lengths differ) or as one batch (equal lengths)."""
+    mp = env["model"]()
+    pos, neg = _conds(env["config"], neg_len=neg_len)
+    plain, steered, batches = [], [], []
+    h = mp.model.diffusion_model.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    try:
+        _sample(mp, pos, neg, cfg=3.0, capture=plain)
+        _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
+    finally:
+        h.remove()
+    assert set(batches) == {2 if neg_len == POS_LEN else 1}
+    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
+    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
+
+
+def test_object_patches_leave_with_the_nasa_model(env):
+    """After a NASA run, loading the plain model restores every main layer's own forward and its output."""
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    before = _sample(mp, pos, neg, steps=2)
+    _sample(env["apply"](mp, alpha=1.0), pos, neg, steps=2)
+    after = _sample(mp, pos, neg, steps=2)
+    assert torch.equal(before, after)
+    for layer in mp.model.diffusion_model.layers:
+        assert getattr(layer.forward, "__func__", None) is type(layer).forward
+
+
+def test_batch_two_steers_each_row_like_batch_one(env):
+    mp = env["model"]()
+    x, t, context, negative = _inputs(env["config"], batch=2)
+    both = _direct(env, mp, x, t, context, negative, 1.0)
+    for i in range(2):
+        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], negative, 1.0)
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_output(env, dtype):
+    mp = env["model"](dtype).clone()
+    if dtype == torch.bfloat16:
+        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
+    pos, neg = _conds(env["config"])
+    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
+    assert torch.isfinite(out).all()
+
+
+def test_wrong_width_negative_names_node_family_and_fix(env):
+    mp = env["model"]()
+    _, other = _conds(env["config"], width=_width(env["config"]) + 16)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this Lumina 2 .* "
+                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
+        env["apply"](mp, negative=other)
+
+
+def test_second_nasa_node_replaces_the_first(env):
+    mp = env["model"]()
+    x, t, context, negative = _inputs(env["config"])
+    once = _direct(env, mp, x, t, context, negative, 1.0)
+    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
+    assert torch.equal(once, twice)

@@ -1,0 +1,349 @@
+"""NASA-I on ComfyUI's own Qwen-Image class (random weights, tiny config from runner.random_models).
+
+Held against code written here, independent of the pack:
+* a float64-attention Qwen-Image forward with the negative stream and NASA written out (``_reference``),
+  with its own RoPE table: text token j of either prompt sits at ``max(h, w) // 2 + j`` (image tokens);
+  giving the negative FLUX's zero text positions instead is detectably wrong,
+* hooks counting each block's text projection of the negative (one per block per forward),
+* the negative stream after block 0 equals the text stream of a plain forward on the negative,
+* alpha = 0 is bit-identical; text-query rows of the first block are untouched; Edit reference
+  latents are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step.
+
+The random-weight builder leaves RMSNorm weights at 0 (every query and key would be zero, every
+attention uniform, and no RoPE choice would show); the model here gets weights drawn around 1.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nasa_test_support as support
+
+POS_LEN, NEG_LEN = 20, 27      # distinct, so hooks can tell the prompts apart
+H, W = 8, 12                   # latent size: 4 x 6 image tokens, text positions start at 3
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    rm = comfyui.mod("runner.random_models")
+    negatives = comfyui.mod("adapters.negatives")
+    qwen = comfyui.mod("adapters.qwen_image")
+    cache = {}
+
+    def model(dtype=torch.float32):
+        if dtype not in cache:
+            cache[dtype] = rm.build_dit_model("qwen_image", dtype=dtype, seed=0)
+            support.sharpen_rms_norms(cache[dtype].model.diffusion_model)
+        return cache[dtype]
+
+    apply = support.apply_nasa
+
+    return dict(rm=rm, negatives=negatives, qwen=qwen, model=model, config=rm.DIT_FAMILIES["qwen_image"][1],
+                apply=apply)
+
+
+def _width(config):
+    return config["joint_attention_dim"]
+
+
+def _conds(config, width=None, neg_len=NEG_LEN):
+    g = torch.Generator().manual_seed(0)
+    width = width or _width(config)
+    return [[torch.randn(1, POS_LEN, width, generator=g), {}]], [[torch.randn(1, neg_len, width, generator=g), {}]]
+
+
+def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
+    return support.sample(model, torch.zeros(batch, 16, 1, H, W), pos, neg, cfg, steps, capture)
+
+
+def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None):
+    """One diffusion-model forward of the NASA clone of ``mp``, NasaRun built by hand (batch rows all positive)."""
+    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    negatives = env["negatives"]
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
+    env["qwen"].attach_layers(run, m.model)
+    options = dict(m.model_options["transformer_options"])
+    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
+    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    with torch.no_grad():
+        return m.model.diffusion_model(x, t, context, ref_latents=ref_latents, transformer_options=options)
+
+
+# ----------------------------------------------------------------------------- independent reference
+
+def _rotate(x, ids, axes_dim, theta=10000):
+    """Rotary embedding written out: (B, L, heads, D) by positions ids (B, L, axes), float64."""
+    angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+                        for a, d in enumerate(axes_dim)], dim=-1)[:, :, None]
+    x = x.double().unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack((x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()), -1).flatten(-2)
+
+
+def _attn(q, k, v):
+    """(B, L, heads, D) -> (B, L, heads*D), softmax in float64."""
+    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+    return o.transpose(1, 2).flatten(2)
+
+
+def _image_ids(b, h_len, w_len, index=0):
+    rows = torch.arange(h_len).view(-1, 1).expand(h_len, w_len) - h_len // 2
+    cols = torch.arange(w_len).view(1, -1).expand(h_len, w_len) - w_len // 2
+    ids = torch.stack((torch.full_like(rows, index), rows, cols), -1).reshape(1, -1, 3)
+    return ids.expand(b, -1, -1)
+
+
+def _text_ids(b, start, n):
+    return (start + torch.arange(n)).view(1, n, 1).expand(b, n, 3)
+
+
+def _mod(x, params):
+    shift, scale, gate = params.chunk(3, dim=-1)
+    return x * (1 + scale[:, None]) + shift[:, None], gate[:, None]
+
+
+def _mlp(x, norm, mlp, params):
+    h, gate = _mod(norm(x), params)
+    return x + gate * mlp(h)
+
+
+def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, steer_references=False,
+               negative_text_start=None):
+    """Qwen-Image forward with NASA from the paper's formula and the published block structure, with the
+    model's weights; attention and RoPE in float64. Text RoPE: both prompts start at half the image's
+    longer token side (``negative_text_start`` overrides the negative's, to show a wrong choice is caught)."""
+    axes = config["axes_dims_rope"]
+    b, h_len, w_len = x.shape[0], x.shape[-2] // 2, x.shape[-1] // 2
+
+    def patchify(lat):
+        lat = lat[:, :, 0].view(b, -1, lat.shape[-2] // 2, 2, lat.shape[-1] // 2, 2)
+        return lat.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
+    img, img_ids = patchify(x), _image_ids(b, h_len, w_len)
+    n_img = img.shape[1]
+    for i, ref in enumerate(ref_latents or []):
+        img = torch.cat((img, patchify(ref)), 1)
+        img_ids = torch.cat((img_ids, _image_ids(b, ref.shape[-2] // 2, ref.shape[-1] // 2, index=i + 1)), 1)
+    start = max(h_len, w_len) // 2
+    T = context.shape[1]
+    ids = torch.cat((_text_ids(b, start, T), img_ids), 1)
+    neg_ids = _text_ids(b, start if negative_text_start is None else negative_text_start, negative.shape[1])
+    temb = dm.time_text_embed(t, img)
+    img = dm.img_in(img)
+    txt, neg = dm.txt_in(dm.txt_norm(context)), dm.txt_in(dm.txt_norm(negative)).expand(b, -1, -1)
+    steer = slice(T, None) if steer_references else slice(T, T + n_img)
+    for blk in dm.transformer_blocks:
+        a, heads = blk.attn, config["num_attention_heads"]
+        im1, im2 = blk.img_mod(temb).chunk(2, dim=-1)
+        tm1, tm2 = blk.txt_mod(temb).chunk(2, dim=-1)
+
+        def split(t_):
+            return t_.unflatten(-1, (heads, -1))
+
+        def text_qkv(h_):
+            return a.norm_added_q(split(a.add_q_proj(h_))), a.norm_added_k(split(a.add_k_proj(h_))), split(a.add_v_proj(h_))
+
+        hi, gi = _mod(blk.img_norm1(img), im1)
+        ht, gt = _mod(blk.txt_norm1(txt), tm1)
+        hn, gn = _mod(blk.txt_norm1(neg), tm1)
+        iq, ik, iv = a.norm_q(split(a.to_q(hi))), a.norm_k(split(a.to_k(hi))), split(a.to_v(hi))
+        (tq, tk, tv), (nq, nk, nv) = text_qkv(ht), text_qkv(hn)
+        q, k = _rotate(torch.cat((tq, iq), 1), ids, axes), _rotate(torch.cat((tk, ik), 1), ids, axes)
+        v = torch.cat((tv, iv), 1)
+        nq, nk = _rotate(nq, neg_ids, axes), _rotate(nk, neg_ids, axes)
+        o = _attn(q, k, v)
+        o[:, steer] -= alpha * _attn(q[:, steer], nk, nv)
+        no = _attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:].double()), 1))
+        img = img + gi * a.to_out[0](o[:, T:].float())
+        txt = txt + gt * a.to_add_out(o[:, :T].float())
+        neg = neg + gn * a.to_add_out(no.float())
+        img = _mlp(img, blk.img_norm2, blk.img_mlp, im2)
+        txt = _mlp(txt, blk.txt_norm2, blk.txt_mlp, tm2)
+        neg = _mlp(neg, blk.txt_norm2, blk.txt_mlp, tm2)
+    out = dm.proj_out(dm.norm_out(img, temb))[:, :n_img]
+    return out.view(b, h_len, w_len, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, 1, x.shape[-2], x.shape[-1])
+
+
+def _inputs(config, batch=1, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, 1, H, W, generator=g)
+    context = torch.randn(batch, POS_LEN, _width(config), generator=g)
+    negative = torch.randn(1, NEG_LEN, _width(config), generator=g)
+    return x, torch.full((batch,), 0.7), context, negative
+
+
+def _ref_latents():
+    return [torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(9))]
+
+
+def _check(env, alpha=1.0, ref_latents=None, tol=1e-3):
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    got = _direct(env, mp, x, t, context, negative, alpha, ref_latents)
+    with torch.no_grad():
+        want = _reference(mp.model.diffusion_model, config, x, t, context, negative, alpha, ref_latents)
+        base = _reference(mp.model.diffusion_model, config, x, t, context, negative, 0.0, ref_latents)
+    effect = (want - base).abs().max().item()
+    err = (got - want).abs().max().item()
+    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
+    assert err <= tol * effect, (err, effect)
+    return got
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_matches_independent_reference(env):
+    _check(env)
+
+
+def test_negative_text_rope_starts_where_the_models_text_does(env):
+    """The reference with the negative's text positions at 0 (FLUX's rule) is far from the adapter's output,
+    the reference with Qwen's rule (half the longer image side) matches it."""
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    got = _direct(env, mp, x, t, context, negative, 1.0)
+    with torch.no_grad():
+        dm = mp.model.diffusion_model
+        right = _reference(dm, config, x, t, context, negative, 1.0)
+        wrong = _reference(dm, config, x, t, context, negative, 1.0, negative_text_start=0)
+    assert (got - wrong).abs().max() > 10 * (got - right).abs().max()
+
+
+def test_edit_reference_latents_are_keys_but_not_steered(env):
+    """With a reference latent appended after the image tokens, only the generated image's rows are steered:
+    the reference that steers exactly those rows matches, one steering the reference tokens too does not."""
+    mp, config = env["model"](), env["config"]
+    got = _check(env, ref_latents=_ref_latents())
+    x, t, context, negative = _inputs(config)
+    with torch.no_grad():
+        dm = mp.model.diffusion_model
+        wrong = _reference(dm, config, x, t, context, negative, 1.0, _ref_latents(), steer_references=True)
+        right = _reference(dm, config, x, t, context, negative, 1.0, _ref_latents())
+    assert (got - wrong).abs().max() > 10 * (got - right).abs().max()
+
+
+def test_every_block_projects_the_negative_once_per_forward(env):
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["config"])
+    lengths, handles = {}, []
+    for i, blk in enumerate(dm.transformer_blocks):
+        handles.append(blk.attn.add_k_proj.register_forward_hook(
+            lambda mod, inp, out, i=i: lengths.setdefault(i, []).append(inp[0].shape[1])))
+    passes = []
+    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
+    try:
+        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
+    assert sorted(lengths) == list(range(len(dm.transformer_blocks)))
+    for i, seen in lengths.items():                          # text stream: positive once, negative once
+        assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (i, seen)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_alpha_zero_is_bit_identical(env, cfg):
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
+    assert torch.equal(base, _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2))
+    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
+
+
+def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):
+    """Capture what enters block 1's text norm: NASA's negative stream vs the text stream of an unpatched
+    forward whose prompt is the negative (same image and timestep)."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    x, t, context, negative = _inputs(env["config"])
+    seen = []
+    h = dm.transformer_blocks[1].txt_norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    try:
+        _direct(env, mp, x, t, context, negative, 1.0)
+        stream = [s for s in seen if s.shape[1] == NEG_LEN]
+        seen.clear()
+        with torch.no_grad():
+            dm(x, t, negative, transformer_options={})
+        real = [s for s in seen if s.shape[1] == NEG_LEN]
+    finally:
+        h.remove()
+    assert len(stream) == 1 and len(real) == 1
+    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+
+
+def test_only_image_queries_are_steered(env):
+    """In block 0 the text tokens' attention output (input of to_add_out) is bit-identical with and without
+    NASA; the image tokens' (input of to_out[0]) is not."""
+    mp = env["model"]()
+    blk = mp.model.diffusion_model.transformer_blocks[0]
+    x, t, context, negative = _inputs(env["config"])
+    seen = {}
+    hs = [blk.attn.to_add_out.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
+          blk.attn.to_out[0].register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
+    try:
+        _direct(env, mp, x, t, context, negative, 0.0)
+        _direct(env, mp, x, t, context, negative, 1.0)
+    finally:
+        for h in hs:
+            h.remove()
+    txt = [s for s in seen["txt"] if s.shape[1] == POS_LEN]
+    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
+    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
+
+
+@pytest.mark.parametrize("neg_len", [NEG_LEN, POS_LEN], ids=["separate_passes", "one_batch"])
+def test_cfg_above_one_leaves_uncond_rows_untouched(env, neg_len):
+    """At cfg 3 the uncond prediction is bit-identical with and without NASA and the cond one is not, whether
+    ComfyUI runs cond and uncond as two passes (prompt lengths differ) or as one batch (equal lengths)."""
+    mp = env["model"]()
+    pos, neg = _conds(env["config"], neg_len=neg_len)
+    plain, steered, batches = [], [], []
+    h = mp.model.diffusion_model.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    try:
+        _sample(mp, pos, neg, cfg=3.0, capture=plain)
+        _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
+    finally:
+        h.remove()
+    assert set(batches) == {2 if neg_len == POS_LEN else 1}
+    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
+    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
+
+
+def test_batch_two_steers_each_row_like_batch_one(env):
+    mp = env["model"]()
+    x, t, context, negative = _inputs(env["config"], batch=2)
+    both = _direct(env, mp, x, t, context, negative, 1.0)
+    for i in range(2):
+        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], negative, 1.0)
+        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_output(env, dtype):
+    mp = env["model"](dtype).clone()
+    if dtype == torch.bfloat16:
+        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
+    pos, neg = _conds(env["config"])
+    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
+    assert torch.isfinite(out).all()
+
+
+def test_wrong_width_negative_names_node_family_and_fix(env):
+    mp = env["model"]()
+    _, other = _conds(env["config"], width=_width(env["config"]) + 16)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this Qwen-Image .* "
+                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
+        env["apply"](mp, negative=other)
+
+
+def test_second_nasa_node_replaces_the_first(env):
+    mp = env["model"]()
+    x, t, context, negative = _inputs(env["config"])
+    once = _direct(env, mp, x, t, context, negative, 1.0)
+    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
+    assert torch.equal(once, twice)
+
