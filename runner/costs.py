@@ -74,6 +74,8 @@ CASES = [
              lambda dtype: {"guidance": _t(1, dtype=dtype)}),
     CostCase("SD3.5 Large / Turbo", "SD3", _SD35_LARGE, "1024², 154 + 154 tokens", (16, 128, 128), (154, 4096), 154,
              lambda dtype: {"y": _t(1, 2048, dtype=dtype)}),
+    CostCase("PixArt-α 512", "PixArtAlpha", _PIXART_ALPHA_512, "512², T5 120 + 120 tokens", (4, 64, 64),
+             (120, 4096), 120),
     CostCase("Qwen-Image", "QwenImage", _QWEN_IMAGE, "1024², 128 + 128 tokens", (16, 1, 128, 128), (128, 3584), 128),
     CostCase("Lumina 2", "Lumina2", _LUMINA2, "1024², 256 + 256 tokens", (16, 128, 128), (256, 2304), 256,
              lambda dtype: {"num_tokens": 256}),

@@ -1,0 +1,141 @@
+"""PixArt-α / PixArt-Σ family adapter (``comfy.ldm.pixart``).
+
+Every PixArt block has a plain cross-attention, ``MultiHeadCrossAttention(x, cond, mask)``: image
+queries, caption keys/values from one ``kv_linear``, then ``proj``. ComfyUI hands it no
+``transformer_options`` (``PixArtMS.forward`` drops them and the layer calls ``optimized_attention``
+without them), so neither attn2 replaces nor an attention override reach it. Two ModelPatcher
+patch points do instead:
+
+* an ``APPLY_MODEL`` wrapper publishes the current forward's ``transformer_options`` (the NasaRun,
+  ``cond_or_uncond``, ``uuids``, ``sigmas``) in a thread-local slot for the duration of that call
+  only, restoring the previous value afterwards (nested or concurrent forwards never see each
+  other's);
+* an object patch on ``diffusion_model.blocks.{i}.cross_attn.forward`` of every block (ComfyUI sets
+  it when it loads the model and restores the original forward on unpatch). When the current
+  forward steers nothing (no NASA run, alpha 0, no positive rows) it calls the original forward
+  unchanged. Otherwise it runs the layer as the original does (``q_linear``, ``kv_linear``, the same
+  ``optimized_attention`` call), subtracts alpha * Z- on the positive rows, then applies ``proj``.
+
+The negative is embedded once per forward exactly as ``PixArtMS.forward_orig`` embeds the caption
+(the model's own ``y_embedder``, the caption projection; ComfyUI passes PixArt no caption mask and
+no null-caption padding at inference), then projected by each block's own ``kv_linear``.
+PixArt-α and PixArt-Σ share this cross-attention; they differ in micro-conditioning and latent
+format only.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from .negatives import RUN_KEY, set_wrapper
+
+FAMILY = "PixArt"
+SUPPORTED = ("PixArt-α", "PixArt-Σ")
+
+
+def _pixart_class():
+    from comfy.ldm.pixart.pixartms import PixArtMS
+    return PixArtMS
+
+
+def matches(model_patcher) -> bool:
+    return type(getattr(model_patcher.model, "diffusion_model", None)) is _pixart_class()
+
+
+def context_dim(model_patcher) -> Optional[int]:
+    """The caption (T5) width the caption projection takes: 4096 for the published models."""
+    return model_patcher.model.diffusion_model.y_embedder.y_proj.fc1.in_features
+
+
+def family_name(model_patcher) -> str:
+    return f"PixArt ({type(model_patcher.model.model_config).__name__})"
+
+
+def _layer_key(index: int) -> str:
+    return f"diffusion_model.blocks.{index}.cross_attn.forward"
+
+
+class _Forward:
+    """One model forward that steers: its options and the negatives embedded for it."""
+
+    def __init__(self, run, options: dict):
+        self.run = run
+        self.options = options
+        self._embedded: dict = {}
+
+    def embed(self, neg):
+        """(1, L, caption width) -> (1, L, hidden), as forward_orig embeds its (B, 1, L, width) caption."""
+        hit = self._embedded.get(id(neg))      # (neg, embedding): holding neg keeps its id unique
+        if hit is None:
+            dm = self.run.layers["model"]
+            hit = self._embedded[id(neg)] = (neg, dm.y_embedder(neg.unsqueeze(1), dm.training).squeeze(1))
+        return hit[1]
+
+
+def _steered_cross_attention(layer, x, cond, forward: _Forward):
+    from comfy.ldm.pixart import blocks
+    attention = blocks.optimized_attention          # the function the layer itself calls
+    b, _, c = x.shape
+    heads = layer.num_heads
+    q = layer.q_linear(x)
+    k, v = layer.kv_linear(cond).view(1, -1, 2, c).unbind(2)     # cond: every row's caption, (1, B*L, C)
+    z = attention(q, k.view(b, -1, c), v.view(b, -1, c), heads, mask=None)
+
+    def project(neg):
+        return layer.kv_linear(forward.embed(neg)).view(1, -1, 2, c).unbind(2)
+
+    def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
+        n = q_rows.shape[0]
+        return attention(q_rows, k_neg.expand(n, -1, -1), v_neg.expand(n, -1, -1), heads_, mask=mask)
+
+    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn)
+    return layer.proj_drop(layer.proj(z))
+
+
+def _make_forward(layer, original, local):
+    def nasa_cross_attention(x, cond, mask=None):
+        forward = getattr(local, "forward", None)
+        if forward is None or mask is not None:
+            return original(x, cond, mask)
+        return _steered_cross_attention(layer, x, cond, forward)
+
+    nasa_cross_attention.nasa_original = original
+    return nasa_cross_attention
+
+
+def _make_wrapper(local):
+    def nasa_apply_model(executor, *args, **kwargs):
+        """BaseModel.apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)."""
+        x = args[0] if args else kwargs["x"]
+        options = (args[5] if len(args) > 5 else kwargs.get("transformer_options")) or {}
+        run = options.get(RUN_KEY)
+        previous = getattr(local, "forward", None)
+        local.forward = _Forward(run, options) if run is not None and run.groups(options, x.shape[0]) else None
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            local.forward = previous
+    return nasa_apply_model
+
+
+def install(model_patcher) -> int:
+    """Object-patch every block's cross-attention forward of a (cloned) model patcher; returns how many."""
+    local = threading.local()
+    blocks = model_patcher.model.diffusion_model.blocks
+    for i, block in enumerate(blocks):
+        layer = block.cross_attn
+        original = type(layer).forward.__get__(layer)
+        current = model_patcher.get_model_object(_layer_key(i))
+        # A second Apply NASA Attention replaces the first; another node's patch cannot be steered through.
+        if getattr(current, "nasa_original", current) != original:
+            raise ValueError(f"Apply NASA Attention: another node already replaced the cross-attention of "
+                             f"PixArt block {i} ({_layer_key(i)}); NASA cannot steer through it. Remove that "
+                             f"node to use NASA on this model.")
+        model_patcher.add_object_patch(_layer_key(i), _make_forward(layer, original, local))
+    set_wrapper(model_patcher, "APPLY_MODEL", _make_wrapper(local))
+    return len(blocks)
+
+
+def attach_layers(run, base_model) -> None:
+    """Give the run the model being sampled (its caption projection embeds the negative)."""
+    run.layers = {"model": base_model.diffusion_model}

@@ -1,0 +1,373 @@
+"""NASA on ComfyUI's own PixArt-α / PixArt-Σ classes (``comfy.ldm.pixart``, random weights).
+
+Held against code written here, independent of the pack:
+* a PixArt forward with NASA written out (float64 cross-attention, the model's weights) on the inputs
+  the diffusion model received inside ComfyUI's sampler (``_reference``), batch 1, batch 2 and cfg > 1;
+* hooks counting each block's ``kv_linear`` inputs of the negative's length: every cross-attention
+  layer projects the negative exactly once per forward, and the caption projection embeds it once;
+* alpha = 0 is bit-identical; cfg 1 runs one model pass per step; uncond rows at cfg > 1 are untouched;
+* the object patches are ComfyUI's: the original ``cross_attn.forward`` is back after unpatch, and a
+  NASA forward left on the shared model by a clone switch does nothing for a plain patcher;
+* a CLIP-wide negative on a real-width PixArt (T5 4096, loaded through ComfyUI's own detection) is
+  refused with an error naming the node, the family and the fix.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nasa_test_support as support
+
+POS_LEN = 12
+NEG_LEN = 7          # differs from POS_LEN and every batch multiple of it, so hooks can tell them apart
+SIZE = 34            # latent side: PixArt's on-the-fly position embedding needs (H + W) / 2 >= 33
+FAMILIES = ["pixart", "pixart_sigma"]
+
+
+@pytest.fixture(scope="module")
+def env(comfyui):
+    rm = comfyui.mod("runner.random_models")
+    cache = {}
+
+    def model(family="pixart", dtype=torch.float32):
+        key = (family, dtype)
+        if key not in cache:
+            cache[key] = rm.build_dit_model(family, dtype=dtype, seed=0)
+        return cache[key]
+
+    apply = support.apply_nasa
+
+    return dict(rm=rm, pixart=comfyui.mod("adapters.pixart"), negatives=comfyui.mod("adapters.negatives"),
+                model=model, apply=apply,
+                width=lambda family: rm.DIT_FAMILIES[family][1]["caption_channels"])
+
+
+def _conds(width, seed=0, pos_len=POS_LEN, neg_len=NEG_LEN):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, pos_len, width, generator=g), {}]], [[torch.randn(1, neg_len, width, generator=g), {}]]
+
+
+def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=SIZE):
+    return support.sample(model, torch.zeros(batch, 4, size, size), pos, neg, cfg, steps)
+
+
+class _Capture:
+    """Every diffusion-model forward during a run: its inputs (as PixArtMS.forward got them) and output."""
+
+    def __init__(self, dm):
+        self.calls = []
+        self._handles = [dm.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         dm.register_forward_hook(self._post)]
+
+    def _pre(self, module, args, kwargs):
+        x, t = args[:2]
+        to = kwargs.get("transformer_options") or {}
+        self.calls.append(dict(x=x.clone(), t=t.clone(), context=kwargs["context"].clone(),
+                               c_size=kwargs.get("c_size"), c_ar=kwargs.get("c_ar"),
+                               cond_or_uncond=list(to.get("cond_or_uncond", []))))
+
+    def _post(self, module, args, out):
+        self.calls[-1]["out"] = out.clone()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+
+
+# ----------------------------------------------------------------------------- independent reference
+
+def _attn(q, k, v, heads):
+    """(B, N, C) queries, (B or 1, L, C) keys/values -> (B, N, C): per-head softmax written out, float64."""
+    b, n, c = q.shape
+    d = c // heads
+    k, v = k.expand(b, -1, -1), v.expand(b, -1, -1)
+    qh, kh, vh = (t.double().reshape(b, t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+    p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (p @ vh).transpose(1, 2).reshape(b, n, c)
+
+
+def _reference(dm, call, negative, alpha):
+    """PixArtMS forward (published block structure, the model's weights) whose every cross-attention is
+    Z+ - alpha * softmax(Q K-^T/sqrt(d)) V- on the positive rows, K-/V- = kv_linear(caption projection of
+    the negative); cross-attention in float64."""
+    from comfy.ldm.pixart.pixartms import get_2d_sincos_pos_embed_torch, t2i_modulate
+    x, t, context = call["x"], call["t"], call["context"]
+    b, _, h, w = x.shape
+    p = dm.patch_size
+    c_res = (h + w) // 2
+    interpolation = dm.pe_interpolation
+    if interpolation is None or dm.pe_precision is not None:
+        interpolation = round(c_res / 64, dm.pe_precision or 0)
+    pos = get_2d_sincos_pos_embed_torch(dm.hidden_size, h=h // p, w=w // p, pe_interpolation=interpolation,
+                                        base_size=(round(c_res / 64) * 64) // p, dtype=x.dtype)[None]
+    chunks = call["cond_or_uncond"]
+    steer = [r for r in range(b) if chunks[r // (b // len(chunks))] == 0]
+    hid = dm.x_embedder(x) + pos
+    temb = dm.t_embedder(t, x.dtype)
+    if dm.micro_conditioning:
+        c_size = call["c_size"] if call["c_size"] is not None else torch.tensor([[h * 8, w * 8]] * b, dtype=x.dtype)
+        c_ar = call["c_ar"] if call["c_ar"] is not None else torch.tensor([[h / w]] * b, dtype=x.dtype)
+        temb = temb + torch.cat([dm.csize_embedder(c_size, b), dm.ar_embedder(c_ar, b)], dim=1)
+    t0 = dm.t_block(temb)
+    y = dm.y_embedder.y_proj(context)                       # (B, L, hidden)
+    neg = dm.y_embedder.y_proj(negative.to(x.dtype))        # (1, L-, hidden)
+    for blk in dm.blocks:
+        mods = (blk.scale_shift_table[None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)
+        hid = hid + mods[2] * blk.attn(t2i_modulate(blk.norm1(hid), mods[0], mods[1]), HW=(h, w))
+        ca = blk.cross_attn
+        q = ca.q_linear(hid)
+        k, v = ca.kv_linear(y).chunk(2, dim=-1)
+        k_neg, v_neg = ca.kv_linear(neg).chunk(2, dim=-1)
+        z = _attn(q, k, v, ca.num_heads)
+        if steer:
+            z[steer] -= alpha * _attn(q[steer], k_neg, v_neg, ca.num_heads)
+        hid = hid + ca.proj(z.to(hid.dtype))
+        hid = hid + mods[5] * blk.mlp(t2i_modulate(blk.norm2(hid), mods[3], mods[4]))
+    out = dm.unpatchify(dm.final_layer(hid, temb), h, w)
+    return out[:, :dm.in_channels] if dm.pred_sigma else out
+
+
+def _check_run_against_reference(env, mp, width, alpha, cfg=1.0, batch=1, same_lengths=False, tol=1e-4):
+    """Sample one step with NASA, then hold every captured forward against ``_reference``."""
+    pos, neg = _conds(width, neg_len=POS_LEN if same_lengths else NEG_LEN)
+    dm = mp.model.diffusion_model
+    with _Capture(dm) as cap:
+        _sample(env["apply"](mp, alpha=alpha), pos, neg, cfg=cfg, batch=batch)
+    assert cap.calls
+    for call in cap.calls:
+        with torch.no_grad():
+            want = _reference(dm, call, neg[0][0], alpha)
+            base = _reference(dm, call, neg[0][0], 0.0)
+        effect = (want - base).abs().max().item()
+        err = (call["out"] - want).abs().max().item()
+        assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
+        assert err <= tol * effect, (err, effect)
+    return cap.calls
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_equals_independent_reference(env, family):
+    """cfg 1, batch 1 (the sampler's negative, which ComfyUI drops from the model pass at cfg 1)."""
+    calls = _check_run_against_reference(env, env["model"](family), env["width"](family), alpha=0.8)
+    assert [c["cond_or_uncond"] for c in calls] == [[0]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_two_with_cfg_steers_exactly_the_cond_rows_like_the_reference(env, family):
+    """cfg 3, latent batch 2, prompt and negative of equal length: ComfyUI runs cond and uncond in one
+    forward of 4 rows; the reference steers the two cond rows only."""
+    calls = _check_run_against_reference(env, env["model"](family), env["width"](family), alpha=0.8, cfg=3.0,
+                                         batch=2, same_lengths=True)
+    assert len(calls) == 1 and sorted(calls[0]["cond_or_uncond"]) == [0, 1] and calls[0]["x"].shape[0] == 4
+
+
+def test_batch_two_at_cfg_one_matches_reference(env):
+    _check_run_against_reference(env, env["model"](), env["width"]("pixart"), alpha=1.0, batch=2)
+
+
+def test_every_cross_attention_layer_steered_once_per_forward_with_one_pass_per_step(env):
+    """Hooks on each block's kv_linear count inputs of the negative's length: one per layer per forward
+    (cfg 1, 2 steps -> 2 model passes); the caption projection embeds the negative once per forward."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["width"]("pixart"))
+    negative_kv = {i: 0 for i in range(len(dm.blocks))}
+    embedded, passes = [], []
+    handles = [blk.cross_attn.kv_linear.register_forward_hook(
+        lambda m, inp, out, i=i: negative_kv.__setitem__(i, negative_kv[i] + (inp[0].shape[-2] == NEG_LEN)))
+        for i, blk in enumerate(dm.blocks)]
+    handles.append(dm.y_embedder.y_proj.register_forward_hook(lambda m, inp, out: embedded.append(inp[0].shape[-2])))
+    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
+    try:
+        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(passes) == 2
+    assert len(dm.blocks) == 3 and negative_kv == {i: 2 for i in range(len(dm.blocks))}
+    assert sorted(embedded) == [NEG_LEN, NEG_LEN, POS_LEN, POS_LEN]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_alpha_zero_is_bit_identical_and_runs_the_original_forward(env, family, cfg):
+    """kv_linear sees exactly the plain model's inputs: the negative is never projected at alpha 0."""
+    mp = env["model"](family)
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["width"](family))
+    seen = []
+    h = dm.blocks[0].cross_attn.kv_linear.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
+    try:
+        base = _sample(mp, pos, neg, cfg=cfg, steps=2)
+        plain_inputs = list(seen)
+        seen.clear()
+        got = _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2)
+    finally:
+        h.remove()
+    assert torch.equal(base, got)
+    assert seen == plain_inputs and len(seen) == (2 if cfg == 1 else 4)
+    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
+
+
+def test_cfg_above_one_leaves_uncond_rows_untouched(env):
+    mp = env["model"]()
+    pos, neg = _conds(env["width"]("pixart"), neg_len=POS_LEN)
+    dm = mp.model.diffusion_model
+    with _Capture(dm) as plain:
+        _sample(mp, pos, neg, cfg=3.0)
+    with _Capture(dm) as steered:
+        _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0)
+    (a,), (b,) = plain.calls, steered.calls
+    assert a["cond_or_uncond"] == b["cond_or_uncond"] and sorted(a["cond_or_uncond"]) == [0, 1]
+    uncond = a["cond_or_uncond"].index(1)
+    cond = 1 - uncond
+    assert torch.equal(a["out"][uncond], b["out"][uncond])
+    assert not torch.equal(a["out"][cond], b["out"][cond])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_output(env, dtype):
+    mp = env["model"]("pixart", dtype).clone()
+    if dtype == torch.bfloat16:
+        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
+    pos, neg = _conds(env["width"]("pixart"))
+    dm = mp.model.diffusion_model
+    with _Capture(dm) as cap:
+        base = _sample(mp, pos, neg, steps=2)
+        out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
+    assert all(c["x"].dtype == dtype for c in cap.calls)
+    assert torch.isfinite(out).all() and not torch.equal(base, out)
+
+
+def test_unpatch_restores_the_original_cross_attention_forward(env):
+    """While the NASA clone samples, every block's cross_attn.forward is NASA's object patch; once ComfyUI
+    unloads the model, it is the layer's own MultiHeadCrossAttention.forward again."""
+    import comfy.model_management
+    from comfy.ldm.pixart.blocks import MultiHeadCrossAttention
+    mp = env["model"]()
+    layers = [blk.cross_attn for blk in mp.model.diffusion_model.blocks]
+    pos, neg = _conds(env["width"]("pixart"))
+    during = []
+    h = layers[-1].register_forward_pre_hook(lambda m, a: during.append([l.forward for l in layers]))
+    try:
+        _sample(env["apply"](mp), pos, neg)
+    finally:
+        h.remove()
+    assert during and all(f.__name__ == "nasa_cross_attention" for f in during[0])
+    comfy.model_management.unload_all_models()
+    for layer in layers:
+        assert layer.forward == MultiHeadCrossAttention.forward.__get__(layer)
+
+
+def test_input_model_untouched(env):
+    mp = env["model"]()
+    pos, neg = _conds(env["width"]("pixart"))
+    opts_before, wrappers_before, objects_before = repr(mp.model_options), repr(mp.wrappers), dict(mp.object_patches)
+    plain_before = _sample(mp, pos, neg)
+    steered = _sample(env["apply"](mp, alpha=1.0), pos, neg)
+    plain_after = _sample(mp, pos, neg)
+    assert torch.equal(plain_before, plain_after) and not torch.equal(steered, plain_after)
+    assert repr(mp.model_options) == opts_before and repr(mp.wrappers) == wrappers_before
+    assert mp.object_patches == objects_before
+
+
+def test_left_over_patch_is_inert_outside_a_nasa_forward(env):
+    """ComfyUI leaves a sampled clone's object patches on the shared modules until the next load. A model
+    call that does not go through NASA's wrapper (here BaseModel.apply_model with a NASA run in its options
+    but not the NASA clone's wrappers) then runs the original forward: bit-identical to the unpatched layer.
+    This also holds the wrapper to restoring its per-call slot after the NASA run."""
+    import comfy.model_management
+    mp = env["model"]()
+    layers = [blk.cross_attn for blk in mp.model.diffusion_model.blocks]
+    pos, neg = _conds(env["width"]("pixart"))
+    g = torch.Generator().manual_seed(4)
+    x, sigma = torch.randn(1, 4, SIZE, SIZE, generator=g), torch.tensor([3.0])
+    nasa = env["apply"](mp, alpha=1.0)
+    _sample(nasa, pos, neg)
+    assert all(l.forward.__name__ == "nasa_cross_attention" for l in layers)
+    negatives = env["negatives"]
+    run = negatives.NasaRun(negatives.negative_prompt([(neg[0][0], {})], 1.0), {}, "test")
+    env["pixart"].attach_layers(run, mp.model)
+
+    def call(wrappers=None):
+        options = {negatives.RUN_KEY: run, "cond_or_uncond": [0]}
+        if wrappers is not None:
+            options["wrappers"] = wrappers        # as the sampler passes a patcher's wrappers
+        with torch.no_grad():
+            return mp.model.apply_model(x, sigma, c_crossattn=pos[0][0], transformer_options=options)
+    left_over = call()
+    steered = call(nasa.wrappers)
+    comfy.model_management.unload_all_models()
+    assert all("nasa" not in l.forward.__name__ for l in layers)
+    original = call()
+    assert torch.equal(left_over, original) and not torch.equal(steered, original)
+def test_second_nasa_node_replaces_the_first(env):
+    mp = env["model"]()
+    pos, neg = _conds(env["width"]("pixart"))
+    once = _sample(env["apply"](mp, alpha=0.7), pos, neg)
+    twice = _sample(env["apply"](env["apply"](mp, alpha=0.2), alpha=0.7), pos, neg)
+    assert torch.equal(once, twice)
+
+
+def test_another_nodes_cross_attention_patch_is_refused(env):
+    mp = env["model"]().clone()
+    mp.add_object_patch("diffusion_model.blocks.1.cross_attn.forward", lambda x, cond, mask=None: x)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: another node already replaced the cross-attention "
+                                         r"of PixArt block 1 .* Remove that node"):
+        env["apply"](mp)
+
+
+def test_narrow_negative_refused_at_sample_time_from_the_sampler(env):
+    mp = env["model"]()
+    width = env["width"]("pixart")
+    pos, _ = _conds(width)
+    _, wrong = _conds(width + 8)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: the sampler's negative is \d+ wide but this PixArt "
+                                         r"\(PixArtAlpha\) model's text input expects \d+"):
+        _sample(env["apply"](mp), pos, wrong)
+
+
+# ----------------------------------------------------------------------------- real width, the stock loader
+
+_FULL = dict(in_channels=4, patch_size=2, hidden_size=1152, num_heads=16, depth=1)   # caption_channels: default
+
+
+@pytest.fixture(scope="module", params=[("PixArtAlpha", "pixart_alpha", True), ("PixArtSigma", "pixart_sigma", False)],
+                ids=["alpha", "sigma"])
+def full_width(env, request):
+    """PixArt at its published width (1152 hidden, 16 heads, T5 4096 captions), one block, saved as a state
+    dict and loaded back through ComfyUI's own detection and loader."""
+    import comfy.sd
+    config_class, image_model, micro = request.param
+    built = env["rm"].build_diffusion_model(config_class, dict(_FULL, image_model=image_model, micro_condition=micro),
+                                            seed=0, scope=f"{image_model}_full")
+    sd = built.model.diffusion_model.state_dict()
+    del built
+    loaded = comfy.sd.load_diffusion_model_state_dict(sd)
+    del sd
+    return config_class, loaded
+
+
+def test_full_width_loads_through_the_stock_loader_and_steers(env, full_width):
+    config_class, mp = full_width
+    assert type(mp.model.model_config).__name__ == config_class
+    assert env["pixart"].matches(mp) and env["pixart"].context_dim(mp) == 4096
+    _check_run_against_reference(env, mp, 4096, alpha=0.5)
+
+
+@pytest.mark.parametrize("clip_width", [768, 2048])
+def test_clip_encoded_negative_names_node_family_and_fix(env, full_width, clip_width):
+    """A negative from CLIP-L (768) or SDXL's CLIP-L+G (2048) instead of T5-XXL (4096)."""
+    config_class, mp = full_width
+    _, clip_negative = _conds(clip_width)
+    with pytest.raises(ValueError, match=rf"Apply NASA Attention: 'negative' is {clip_width} wide but this PixArt "
+                                         rf"\({config_class}\) model's text input expects 4096\. .* encode it "
+                                         rf"with the same text encoder as the positive prompt"):
+        env["apply"](mp, negative=clip_negative)
