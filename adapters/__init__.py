@@ -12,12 +12,12 @@ To add a family, add its module and list it in ``ADAPTERS``.
 """
 from __future__ import annotations
 
-from . import chroma, flux, hunyuan_video, lumina2, pixart, qwen_image, sd3, unet
+from . import chroma, flux, hunyuan_video, ltxv, lumina2, pixart, qwen_image, sd3, unet, wan
 from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, check_width, conditioning_entries,
                         make_carried_negative, make_sampler_wrapper, set_wrapper)
 from ..nasa_core import DEFAULT_ALPHA, check_alpha
 
-ADAPTERS = (unet, flux, sd3, pixart, qwen_image, lumina2, chroma, hunyuan_video)
+ADAPTERS = (unet, flux, sd3, pixart, qwen_image, lumina2, wan, ltxv, chroma, hunyuan_video)
 
 __all__ = ["ADAPTERS", "CARRIED_KEY", "RUN_KEY", "NasaRun", "apply_nasa", "find_adapter", "make_carried_negative"]
 

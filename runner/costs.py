@@ -76,11 +76,17 @@ CASES = [
              lambda dtype: {"y": _t(1, 2048, dtype=dtype)}),
     CostCase("PixArt-α 512", "PixArtAlpha", _PIXART_ALPHA_512, "512², T5 120 + 120 tokens", (4, 64, 64),
              (120, 4096), 120),
+    CostCase("Wan 2.1 1.3B (CausVid)", "WAN21_T2V", _WAN21_1_3B, "832×480×81, umT5 512 + 512 tokens",
+             (16, 21, 60, 104), (512, 4096), 512),
+    CostCase("Wan 2.1 14B", "WAN21_T2V", _WAN21_14B, "832×480×81, umT5 512 + 512 tokens", (16, 21, 60, 104),
+             (512, 4096), 512),
     CostCase("Qwen-Image", "QwenImage", _QWEN_IMAGE, "1024², 128 + 128 tokens", (16, 1, 128, 128), (128, 3584), 128),
     CostCase("Lumina 2", "Lumina2", _LUMINA2, "1024², 256 + 256 tokens", (16, 128, 128), (256, 2304), 256,
              lambda dtype: {"num_tokens": 256}),
     CostCase("HunyuanVideo", "HunyuanVideo", _HUNYUAN_VIDEO, "848×480×61, 256 + 256 tokens", (16, 16, 60, 106),
              (256, 4096), 256, lambda dtype: {"y": _t(1, 768, dtype=dtype), "guidance": _t(1, dtype=dtype)}),
+    CostCase("LTX-Video 2B", "LTXV", _LTXV_2B, "768×512×97, T5 128 + 128 tokens", (128, 13, 16, 24), (128, 4096), 128,
+             lambda dtype: {"attention_mask": None}),
 ]
 
 

@@ -1,0 +1,229 @@
+"""Wan 2.1 / 2.2 family adapter (``comfy.ldm.wan.model.WanModel``); its cross-attention machinery is
+shared with LTX-Video (:mod:`.ltxv`).
+
+Wan has a separate text cross-attention in every block (``WanT2VCrossAttention``, or
+``WanI2VCrossAttention`` which also attends to CLIP-vision tokens with ``k_img``/``v_img``). The
+raw text-encoder output is embedded once per forward by the model's ``text_embedding``; ComfyUI's
+forward pads nothing (``text_len`` is unused): the UMT5 tokenizer already pads every prompt to 512
+tokens with zeroed padding, and the model embeds and attends to all of them. The negative is
+treated exactly the same way: ``text_embedding`` on the negative as given, then each block's own
+``k`` + ``norm_k`` and ``v``. Only the text term is steered; the I2V image term is left alone.
+
+Hook - the least fragile public one: the cross-attention modules pass ``transformer_options`` to
+ComfyUI's ``optimized_attention``, which honours ``transformer_options["optimized_attention_override"]``.
+
+* A ``DIFFUSION_MODEL`` wrapper builds this forward's :class:`CrossForward` once (steered rows from
+  the NasaRun, the negatives embedded as the model embeds its text, which query tokens belong to
+  the generated video) and hands it to the blocks in a copy of ``transformer_options``.
+* A ``"dit"`` ``double_block`` replace per block (chaining a replace installed before) runs the
+  original block with an attention override in its ``transformer_options``. The block makes a fixed
+  sequence of attention calls (Wan T2V: self, text; I2V: self, image, text; LTXV: attn1, attn2); the
+  override lets every call through (or through an override installed before NASA), and on the text
+  cross-attention call subtracts ``coef * softmax(Q K-^T/sqrt(d)) V-`` from the positive rows' video
+  queries, computing Z- with the same attention function. The block's ``o`` projection follows.
+  If a ComfyUI version changes the number of calls or the text call's key count, NASA raises.
+
+Nothing of the block is re-implemented: Z+, the image term, the output projection, the FFN all run
+as ComfyUI wrote them, and weight patches (LoRA: CausVid, self-forcing, lightx2v) reach the
+negative's projections because they are the block's own modules at sample time.
+
+Query tokens that are conditioning, not the video being generated, are never steered: Wan's
+``reference_latent`` tokens (before the video) and ``time_dim_concat`` frames (after it).
+
+Wan 2.2 A14B is two models (high-noise and low-noise experts, each a Wan 2.1-layout model):
+each needs its own Apply NASA Attention node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from . import joint
+from .negatives import RUN_KEY, set_wrapper
+from ..nasa_core import NegativeTerm, steer
+
+FAMILY = "Wan 2.1 / 2.2"
+SUPPORTED = ("Wan 2.1 T2V/I2V/FLF2V (incl. CausVid, self-forcing LoRAs)",
+             "Wan 2.2 A14B T2V/I2V (one Apply NASA Attention per expert), Wan 2.2 TI2V 5B")
+
+FORWARD_KEY = "nasa_cross_forward"    # transformer_options key: this forward's CrossForward
+
+
+# ----------------------------------------------------------------------------- shared with adapters.ltxv
+
+@dataclass
+class CrossForward:
+    """One diffusion-model forward's NASA data, built once by the family's DIFFUSION_MODEL wrapper."""
+    model: torch.nn.Module
+    groups: list                  # NasaRun.groups(): [(terms, rows)], positive rows only
+    tokens: slice                 # the query tokens that are steered (the generated video's)
+    text_start: int = 0           # context tokens before the text (Wan I2V's CLIP-vision tokens)
+    negatives: dict = field(default_factory=dict)   # id(NegativeEntry) -> (text tokens (1, L, dim), key bias or None)
+
+
+def forward_options(options: Optional[dict], batch: int, model, tokens: slice, embed: Callable,
+                    text_start: int = 0) -> Optional[dict]:
+    """``transformer_options`` for this forward with its CrossForward, or None when nothing is steered.
+
+    ``embed(entry, node)`` returns ``(tokens, bias)``: the negative embedded as the model embeds its text,
+    and an additive key bias for ``mask=`` of ComfyUI's attention functions (or None); ``node`` names
+    the node in errors."""
+    run = (options or {}).get(RUN_KEY)
+    groups = run.groups(options, batch) if run is not None else []
+    if not groups:
+        return None
+    fwd = CrossForward(model, groups, tokens, text_start)
+    for terms, _ in groups:
+        for entry, _ in terms:
+            if id(entry) not in fwd.negatives:
+                fwd.negatives[id(entry)] = embed(entry, run.node)
+    return {**options, FORWARD_KEY: fwd}
+
+
+def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, steer_call: int, text_keys: int,
+                   where: str):
+    def nasa_cross_attention(func, *args, **kwargs):
+        call = len(seen)
+        seen.append(call)
+        out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
+        if call != steer_call:
+            return out
+        q, k = args[0], args[1]
+        if q.ndim != 3 or k.shape[1] != text_keys:
+            raise RuntimeError(f"NASA: {where}: attention call {call + 1} has keys {tuple(k.shape)}, expected the "
+                               f"{text_keys} text tokens. This ComfyUI version changed the block: please report it.")
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        rest = {n: v for n, v in kwargs.items() if n not in ("heads", "mask")}
+
+        def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
+            b = q_rows.shape[0]
+            kw = dict(rest) if mask is None else {**rest, "mask": mask.expand(b, *mask.shape[1:])}
+            neg = (q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_)
+            return prior(func, *neg, **kw) if prior is not None else func(*neg, **kw)
+
+        projected = {}      # this layer's K-, V- per negative entry, shared by every group it steers
+        tok = fwd.tokens
+        z, q_tok = out[:, tok], q[:, tok]
+        for terms, rows in fwd.groups:
+            negs = []
+            for entry, coef in terms:
+                text, bias = fwd.negatives[id(entry)]
+                if id(entry) not in projected:
+                    projected[id(entry)] = project(text)
+                negs.append(NegativeTerm(*projected[id(entry)], coef, bias))
+            z = steer(z, q_tok, negs, heads, rows, attention_fn)
+        out[:, tok] = z
+        return out
+    return nasa_cross_attention
+
+
+def steer_block(args: dict, prior: Optional[Callable], original_block: Callable, project: Callable, calls: int,
+                steer_call: int, text_keys: int, where: str) -> dict:
+    """Run one block with NASA on its text cross-attention, attention call ``steer_call`` of the ``calls``
+    the block makes; ``project(text)`` gives the layer's (K-, V-) of embedded text. ``prior`` is a block
+    replace installed before NASA: it runs the block (or may skip it, then nothing is steered)."""
+    options = args["transformer_options"]
+    seen: list = []
+    override = _make_override(options[FORWARD_KEY], project, options.get(joint.OVERRIDE_KEY), seen, steer_call,
+                              text_keys, where)
+    out = joint.chain(prior, original_block)({**args, "transformer_options": {**options, joint.OVERRIDE_KEY: override}})
+    if len(seen) != calls and not (prior is not None and not seen):
+        raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function, "
+                           f"expected {calls}. This ComfyUI version changed the block: please report it.")
+    return out
+
+
+def install_blocks(model_patcher, count: int, make_block: Callable, forward_wrapper: Callable) -> int:
+    """A "dit" double_block replace per block (``make_block(index)(prior)``) and the DIFFUSION_MODEL wrapper."""
+    for i in range(count):
+        joint.install_dit_replace(model_patcher, "double_block", i, make_block(i))
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", forward_wrapper)
+    return count
+
+
+def options_arg(args: tuple, index: int, where: str) -> dict:
+    """The transformer_options positional argument of a diffusion model's forward, checked."""
+    if len(args) <= index or not isinstance(args[index], dict):
+        raise RuntimeError(f"NASA: {where}'s forward no longer takes transformer_options as argument {index + 1}. "
+                           f"This ComfyUI version changed the model: please report it.")
+    return args[index]
+
+
+# ----------------------------------------------------------------------------- Wan
+
+def _wan_class():
+    from comfy.ldm.wan.model import WanModel
+    return WanModel
+
+
+def matches(model_patcher) -> bool:
+    # Exactly WanModel: VACE, camera, S2V, HuMo and Animate models subclass it with other forwards.
+    return type(getattr(model_patcher.model, "diffusion_model", None)) is _wan_class()
+
+
+def context_dim(model_patcher) -> Optional[int]:
+    return model_patcher.model.diffusion_model.text_dim
+
+
+def family_name(model_patcher) -> str:
+    return f"Wan ({type(model_patcher.model.model_config).__name__})"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _video_tokens(dm, x, kwargs) -> slice:
+    """The generated video's tokens: after reference_latent tokens, before time_dim_concat frames."""
+    p = dm.patch_size
+    n_video = _ceil_div(x.shape[2], p[0]) * _ceil_div(x.shape[3], p[1]) * _ceil_div(x.shape[4], p[2])
+    ref = kwargs.get("reference_latent")
+    n_ref = (ref.shape[-2] // p[1]) * (ref.shape[-1] // p[2]) if dm.ref_conv is not None and ref is not None else 0
+    return slice(n_ref, n_ref + n_video)
+
+
+def _forward_wrapper(executor, *args, **kwargs):
+    """WanModel._forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)."""
+    options = options_arg(args, 5, "WanModel")
+    x, context = args[0], args[2]
+    dm = executor.class_obj
+
+    def embed(entry, node):     # as forward_orig embeds the positive: text_embedding, nothing padded
+        return dm.text_embedding(entry.on(context.device, context.dtype)), None
+
+    clip_fea = args[3]
+    image_tokens = clip_fea.shape[-2] if clip_fea is not None and dm.img_emb is not None else 0
+    new = forward_options(options, x.shape[0], dm, _video_tokens(dm, x, kwargs), embed, image_tokens)
+    if new is None:
+        return executor(*args, **kwargs)
+    return executor(*args[:5], new, *args[6:], **kwargs)
+
+
+def _make_block(index: int):
+    def make(prior):
+        def nasa_wan_block(args, extra):
+            fwd = (args.get("transformer_options") or {}).get(FORWARD_KEY)
+            if fwd is None:
+                return joint.chain(prior, extra["original_block"])(args)
+            from comfy.ldm.wan.model import WanI2VCrossAttention
+            attn = fwd.model.blocks[index].cross_attn
+            image = isinstance(attn, WanI2VCrossAttention)    # I2V: self, image, text; T2V: self, text
+            text_keys = args["txt"].shape[1] - fwd.text_start   # as the block splits its context
+
+            def project(text):
+                return attn.norm_k(attn.k(text)), attn.v(text)
+            return steer_block(args, prior, extra["original_block"], project, 3 if image else 2, 2 if image else 1,
+                               text_keys, f"Wan block {index}")
+        return nasa_wan_block
+    return make
+
+
+def install(model_patcher) -> int:
+    return install_blocks(model_patcher, len(model_patcher.model.diffusion_model.blocks), _make_block,
+                          _forward_wrapper)
+
+
+def attach_layers(run, base_model) -> None:
+    """Nothing to resolve ahead: the forward wrapper reads the model it runs on."""
