@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 from . import comfy_env
-from .workflow import (WorkflowError, apply_sets, load_workflow, parse_random_weights,
-                       swap_checkpoint_loaders, to_api)
+from .workflow import (CHECKPOINT_LOADERS, CLIP_LOADERS, LORA_LOADERS, MODEL_LOADERS, VAE_LOADERS, WorkflowError,
+                       apply_sets, check_clip_loader_types, load_workflow, loaded_files, parse_random_weights,
+                       swap_nodes, to_api)
 
 EXIT_OK, EXIT_EXECUTION, EXIT_USAGE = 0, 1, 2
 CLIENT_ID = "nasa-headless-runner"
@@ -240,26 +241,52 @@ def _collect_files(outputs: dict) -> list:
     return files
 
 
-def _apply_random_weights(nodes, prompt: dict, spec: str, report: _Report) -> list:
-    from . import random_models
-    family, size = parse_random_weights(spec, random_models.FAMILIES, random_models.SIZES)
-    node_cls = random_models.random_checkpoint_node_class()
+def _register(nodes, node_cls) -> str:
+    """Register a random-weight stand-in node in this process (not part of the pack); returns its id."""
     schema = node_cls.GET_SCHEMA()
     if nodes.NODE_CLASS_MAPPINGS.get(schema.node_id) is not node_cls:
-        nodes.NODE_CLASS_MAPPINGS[schema.node_id] = node_cls  # this process only; not part of the pack
+        nodes.NODE_CLASS_MAPPINGS[schema.node_id] = node_cls
         node_cls.RELATIVE_PYTHON_MODULE = "custom_nodes.nasa_headless_runner"
         if schema.display_name:
             nodes.NODE_DISPLAY_NAME_MAPPINGS[schema.node_id] = schema.display_name
-    originals = {nid: n["inputs"].get("ckpt_name") for nid, n in prompt.items()
-                 if n.get("class_type") == "CheckpointLoaderSimple"}
-    swapped = swap_checkpoint_loaders(prompt, schema.node_id,
-                                      {"family": family, "size": size, "seed": 0, "dtype": "float32"})
+    return schema.node_id
+
+
+def _apply_random_weights(nodes, prompt: dict, spec: str, report: _Report) -> list:
+    """Swap the workflow's loaders for random-weight stand-ins of FAMILY (see --help).
+
+    SD families: CheckpointLoaderSimple. DiT families: CheckpointLoaderSimple, UNETLoader, the CLIP
+    loaders (whose ``type`` must be the family's) and VAELoader. Both: LoraLoaderModelOnly."""
+    from . import random_dit, random_models
+    family, size = parse_random_weights(spec, random_models.FAMILIES + random_dit.FAMILIES, random_models.SIZES)
+    dit = family in random_dit.FAMILIES
+    if dit and size != "tiny":
+        raise WorkflowError(f"--random-weights {spec!r}: the DiT families have the tiny size only")
+    originals = {nid: loaded_files(n) for nid, n in prompt.items()}
+    stand_ins = random_dit.node_classes()
+
+    def lora_inputs(node):   # the LoRA's input model stays linked; its file becomes a random LoRA
+        return {"model": node["inputs"].get("model"), "strength_model": node["inputs"].get("strength_model", 1.0),
+                "seed": 0}
+    plan = [(LORA_LOADERS, stand_ins["lora"], lora_inputs)]
+    if dit:
+        pipe = random_dit.PIPELINES[family]
+        check_clip_loader_types(prompt, pipe.clip_loaders, spec, pipe.what)
+        inputs = {"family": family, "seed": 0, "dtype": "float32"}
+        plan += [(CHECKPOINT_LOADERS, stand_ins["checkpoint"], inputs), (MODEL_LOADERS, stand_ins["model"], inputs),
+                 (CLIP_LOADERS, stand_ins["clip"], inputs), (VAE_LOADERS, stand_ins["vae"], inputs)]
+    else:
+        plan.append((CHECKPOINT_LOADERS, random_models.random_checkpoint_node_class(),
+                     {"family": family, "size": size, "seed": 0, "dtype": "float32"}))
+    swapped = [nid for types, node_cls, inputs in plan
+               for nid in swap_nodes(prompt, types, _register(nodes, node_cls), inputs)]
     if not swapped:
-        report.warn(f"WARNING: --random-weights {spec}: the workflow has no CheckpointLoaderSimple; nothing swapped")
+        report.warn(f"WARNING: --random-weights {spec}: the workflow has no loader to swap; nothing swapped")
         return []
-    which = ", ".join(f"node {nid} ({originals[nid]!r})" for nid in swapped)
-    report.warn(f"!!! RANDOM WEIGHTS ({family}:{size}): {which} replaced by a random-weight "
-                f"{family} model. The images will be NOISE; this run only checks the plumbing. !!!")
+    which = ", ".join(f"node {nid} ({', '.join(map(repr, originals[nid])) or prompt[nid]['class_type']})"
+                      for nid in swapped)
+    report.warn(f"!!! RANDOM WEIGHTS ({family}:{size}): {which} replaced by random-weight {family} parts. "
+                f"The images will be NOISE; this run only checks the plumbing. !!!")
     return [f"random weights {family}:{size} for node(s) {', '.join(swapped)}"]
 
 
@@ -272,7 +299,7 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
 
     ``workflow``: a UI- or API-format dict, a path, or a JSON string. ``sets``: ``NODE.INPUT=VALUE``
     strings. ``out_dir``: where SaveImage writes (default: ComfyUI's output directory).
-    ``random_weights``: ``FAMILY[:SIZE]`` to swap every CheckpointLoaderSimple for random weights.
+    ``random_weights``: ``FAMILY[:SIZE]`` to swap the workflow's loaders for random weights.
     Boots ComfyUI (``comfyui`` / ``cpu`` as for the CLI) unless this process already did.
     """
     report = _Report(quiet)
@@ -292,6 +319,7 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
         return RunResult(False, prompt=prompt, error=str(e), exit_code=EXIT_USAGE,
                          elapsed=time.perf_counter() - t0)
 
+    import comfy.model_management
     import execution
     import folder_paths
 
@@ -324,6 +352,10 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
         outputs = (getattr(executor, "history_result", None) or {}).get("outputs", {})
         files = _collect_files(outputs)
     finally:
+        # Unload while this run's model patchers are alive: ComfyUI then restores the weights that
+        # LoRAs patched in place. A patcher that dies loaded (the executor's cache goes with this
+        # run) leaves its patches in a model that a later run in this process may share.
+        comfy.model_management.unload_all_models()
         restore_hook()
         folder_paths.set_output_directory(previous_out)
 
@@ -362,9 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "Repeatable.")
     p.add_argument("--out", metavar="DIR", help="output directory for SaveImage (default: ComfyUI's output dir)")
     p.add_argument("--random-weights", metavar="FAMILY[:SIZE]",
-                   help="smoke test without checkpoints: replace every CheckpointLoaderSimple by random "
-                        "weights of FAMILY (sd15, sd21, sd21v, sdxl), SIZE tiny (default) or full. "
-                        "The images are noise.")
+                   help="smoke test without model files: replace the workflow's loaders by random-weight "
+                        "models of FAMILY built from ComfyUI's own classes. sd15, sd21, sd21v, sdxl (SIZE tiny, "
+                        "the default, or full): CheckpointLoaderSimple. flux, chroma, sd35, pixart, wan21, "
+                        "qwen_image, lumina2 (tiny only): CheckpointLoaderSimple, UNETLoader, CLIPLoader/"
+                        "DualCLIPLoader/TripleCLIPLoader (their type must be the family's) and VAELoader. "
+                        "LoraLoaderModelOnly becomes a random LoRA. The images are noise.")
     p.add_argument("--comfyui", metavar="PATH", help="ComfyUI checkout (default: $COMFYUI_PATH, the "
                                                     "ComfyUI/custom_nodes/<pack> location, ~/ComfyUI)")
     dev = p.add_mutually_exclusive_group()

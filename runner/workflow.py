@@ -413,6 +413,10 @@ def apply_sets(prompt: dict, sets: Iterable[str], class_mappings: Mapping[str, A
 # --- random weights --------------------------------------------------------------------------------
 
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
+MODEL_LOADERS = ("UNETLoader",)
+CLIP_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
+VAE_LOADERS = ("VAELoader",)
+LORA_LOADERS = ("LoraLoaderModelOnly",)
 
 
 def parse_random_weights(spec: str, families: Iterable[str], sizes: Iterable[str]) -> tuple[str, str]:
@@ -426,14 +430,35 @@ def parse_random_weights(spec: str, families: Iterable[str], sizes: Iterable[str
     return family, size
 
 
-def swap_checkpoint_loaders(prompt: dict, new_class: str, inputs: dict) -> list[str]:
-    """Replace every CheckpointLoaderSimple by ``new_class`` with ``inputs`` (in place); returns their ids."""
+def loaded_files(node: dict) -> list:
+    """The file names a loader node reads (ckpt_name, unet_name, clip_name1, vae_name, lora_name, ...)."""
+    return [v for k, v in node.get("inputs", {}).items() if "_name" in k and isinstance(v, str)]
+
+
+def check_clip_loader_types(prompt: dict, accepted: Iterable[tuple], spec: str, what: str) -> None:
+    """Every text-encoder loader must be one a real ``what`` workflow uses: ``accepted`` holds
+    (class_type, its ``type`` input or None)."""
+    accepted = tuple(accepted)
+    for node_id, node in prompt.items():
+        ctype = node.get("class_type")
+        if ctype in CLIP_LOADERS and (ctype, node["inputs"].get("type")) not in accepted:
+            expected = " or ".join(c + (f" with type '{t}'" if t else "") for c, t in accepted)
+            raise WorkflowError(
+                f"--random-weights {spec}: node {_node_label(node_id, node)} loads a text encoder with type "
+                f"{node['inputs'].get('type')!r}, but {what} workflows use {expected}. Pick the --random-weights "
+                f"family of this workflow's model, or set the loader's type (--set {node_id}.type=...).")
+
+
+def swap_nodes(prompt: dict, class_types: Iterable[str], new_class: str, inputs) -> list[str]:
+    """Replace every node whose class is one of ``class_types`` by ``new_class`` (in place); ``inputs``
+    is the new node's inputs, or a function of the old node that returns them. Returns the ids."""
+    class_types = tuple(class_types)
     swapped = []
     for node_id, node in prompt.items():
-        if node.get("class_type") in CHECKPOINT_LOADERS:
+        if node.get("class_type") in class_types:
             title = (node.get("_meta") or {}).get("title")
+            node["inputs"] = inputs(node) if callable(inputs) else dict(inputs)
             node["class_type"] = new_class
-            node["inputs"] = dict(inputs)
-            node["_meta"] = {"title": f"{title or 'checkpoint'} (random weights)"}
+            node["_meta"] = {"title": f"{title or new_class} (random weights)"}
             swapped.append(node_id)
     return swapped

@@ -1,0 +1,383 @@
+"""Random-weight DiT pipelines for the runner's ``--random-weights FAMILY``: the diffusion model, the
+text encoder(s), the VAE and LoRAs of FLUX.1-schnell, Chroma, SD3.5, PixArt, Wan 2.1, Qwen-Image and
+Lumina 2, built from ComfyUI's own classes with seeded random weights.
+
+A real workflow of these families loads its parts separately - UNETLoader (or CheckpointLoaderSimple),
+CLIPLoader / DualCLIPLoader / TripleCLIPLoader with a ``type``, VAELoader, LoraLoaderModelOnly - and
+the runner swaps each of those nodes for the matching node of this module, whose output is the same
+kind of ComfyUI object the real loader would give:
+
+* MODEL: ``random_models.build_dit_model`` of the family's tiny :data:`~.random_models.DIT_FAMILIES`
+  entry (ComfyUI's ``supported_models`` class, e.g. ``FluxSchnell``, ``SD3``, ``WAN21_T2V``).
+* CLIP: ``comfy.sd.CLIP`` around the text-encoder class ComfyUI's loader builds for that ``type``
+  (``model_config.clip_target()`` of the family), shrunk through ComfyUI's own per-encoder config
+  overrides (``model_options["<name>_model_config"]``). Its output width is the model's context width
+  read from the DIT_FAMILIES config (``context_in_dim``, ``text_dim``, ...), its pooled width the
+  model's pooled input where the model takes one (FLUX ``vec_in_dim`` = CLIP-L's width; SD3
+  ``adm_in_channels`` = CLIP-L + CLIP-G pooled). Tokenizers are ComfyUI's shipped ones (CLIP, T5,
+  Qwen2.5), with these exceptions:
+
+  - **UMT5 (Wan) and Gemma 2 (Lumina 2) read their SentencePiece model from the checkpoint file, and
+    ComfyUI ships neither. These random encoders use the SentencePiece model ComfyUI ships for
+    Pile-T5 (``comfy/text_encoders/t5_pile_tokenizer/tokenizer.model``, 32000 pieces) instead, with
+    the vocabulary sized to it. The token ids are therefore NOT the real UMT5/Gemma ids.**
+  - SD3's text encoder zero-pads CLIP-L+G to 4096 channels (hard-coded in ComfyUI's SD3ClipModel)
+    and stacks T5's tokens after them, so SD3's context is 4096 wide whatever the tiny config says:
+    the runner's SD3 model takes ``context_embedder`` in_features 4096 and T5 is 4096 wide
+    (its vocabulary table is then the largest tensor built here, 131M numbers).
+  - Qwen2.5-VL carries a vision tower whose size ComfyUI hard-codes (1280 wide, 32 blocks); it is
+    replaced by ComfyUI's same ``Qwen2VLVisionTransformer`` class at tiny width.
+* VAE: a ``comfy.sd.VAE`` that ComfyUI set up from the family's real VAE file keys (class, latent
+  channels, spatial/temporal scale, working dtypes), whose autoencoder is then swapped for a tiny
+  instance of the same class (ComfyUI hard-codes those widths): ``AutoencodingEngine`` with 16
+  latent channels (FLUX/SD3/Lumina 2/Chroma), ``WanVAE`` with 16 (Wan 2.1, Qwen-Image), and the SD
+  ``AutoencoderKL`` with 4 (PixArt).
+* LoRA: :func:`random_lora` makes a rank-4 LoRA over every linear layer of the diffusion model and
+  applies it through ``comfy.sd.load_lora_for_models``, exactly as LoraLoaderModelOnly does.
+
+Weights follow :func:`.random_models.init_random_weights`. Everything is tiny: a whole pipeline builds
+in seconds on two CPU cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import random_models as rm
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    dit: str                 # key of random_models.DIT_FAMILIES
+    text: str                # text-encoder kind, see text_encoder_configs
+    clip_loaders: tuple      # (loader class, its `type` or None) a real workflow of the family uses
+    vae: str                 # VAE kind, see build_vae
+    what: str                # for messages and the node tooltips
+
+
+PIPELINES = {
+    "flux": Pipeline("flux", "flux", (("DualCLIPLoader", "flux"),), "flux16", "FLUX.1 schnell/dev"),
+    "chroma": Pipeline("chroma", "t5_chroma", (("CLIPLoader", "chroma"),), "flux16", "Chroma"),
+    "sd35": Pipeline("sd3", "sd3", (("TripleCLIPLoader", None), ("DualCLIPLoader", "sd3"), ("CLIPLoader", "sd3")),
+                     "flux16", "SD3.5 Large/Turbo/Medium"),
+    "pixart": Pipeline("pixart", "t5_pixart", (("CLIPLoader", "pixart"),), "sd4", "PixArt-alpha/sigma"),
+    "wan21": Pipeline("wan21_t2v", "umt5", (("CLIPLoader", "wan"),), "wan21", "Wan 2.1 text-to-video"),
+    "qwen_image": Pipeline("qwen_image", "qwen25_7b", (("CLIPLoader", "qwen_image"),), "wan21", "Qwen-Image"),
+    "lumina2": Pipeline("lumina2", "gemma2_2b", (("CLIPLoader", "lumina2"),), "flux16", "Lumina Image 2.0"),
+}
+FAMILIES = tuple(PIPELINES)
+SD3_CONTEXT_WIDTH = 4096
+"""SD3ClipModel pads CLIP-L+G to this width (hard-coded in ComfyUI), so SD3's context is this wide."""
+LORA_RANK = 4
+NODE_IDS = {"model": "NASA_RandomWeightDiffusionModel", "clip": "NASA_RandomWeightTextEncoder",
+            "vae": "NASA_RandomWeightVAE", "checkpoint": "NASA_RandomWeightDiTCheckpoint",
+            "lora": "NASA_RandomWeightLoraModelOnly"}
+
+
+def _pipeline(family: str) -> Pipeline:
+    if family not in PIPELINES:
+        raise ValueError(f"unknown DiT family {family!r}; expected one of {FAMILIES}")
+    pipe = PIPELINES[family]
+    if pipe.dit not in rm.DIT_FAMILIES:
+        raise ValueError(f"--random-weights {family}: random_models.DIT_FAMILIES has no {pipe.dit!r} entry yet "
+                         f"(the tiny {pipe.what} model configuration)")
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion model
+# ---------------------------------------------------------------------------------------------
+
+def model_overrides(family: str) -> dict:
+    """unet_config keys the runner changes in the family's DIT_FAMILIES entry so that the model takes
+    the text encoder's real output: only SD3, whose context is always SD3_CONTEXT_WIDTH wide."""
+    pipe = _pipeline(family)
+    if pipe.text != "sd3":
+        return {}
+    embedder = rm.DIT_FAMILIES[pipe.dit][1]["context_embedder_config"]
+    return {"context_embedder_config": {**embedder, "params": {**embedder["params"], "in_features": SD3_CONTEXT_WIDTH}}}
+
+
+def dit_config(family: str) -> dict:
+    """The unet_config the runner builds the family's model from (DIT_FAMILIES entry + overrides)."""
+    pipe = _pipeline(family)
+    return {**rm.DIT_FAMILIES[pipe.dit][1], **model_overrides(family)}
+
+
+def build_model(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    pipe = _pipeline(family)
+    return rm.build_dit_model(pipe.dit, dtype, seed, **model_overrides(family))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text encoders
+# ---------------------------------------------------------------------------------------------
+
+def _text_encoders_file(*parts) -> str:
+    import comfy.text_encoders.spiece_tokenizer as spiece   # comfy.text_encoders is a namespace package
+    return os.path.join(os.path.dirname(spiece.__file__), *parts)
+
+
+def sentencepiece_stand_in() -> torch.Tensor:
+    """The SentencePiece model the random UMT5/Gemma encoders tokenize with: Pile-T5's, shipped by
+    ComfyUI. NOT the real UMT5 or Gemma tokenizer (those come inside the real checkpoint files)."""
+    with open(_text_encoders_file("t5_pile_tokenizer", "tokenizer.model"), "rb") as f:
+        return torch.ByteTensor(list(f.read()))
+
+
+def _sentencepiece_size(model: torch.Tensor) -> int:
+    import sentencepiece
+    return sentencepiece.SentencePieceProcessor(model_proto=model.numpy().tobytes()).get_piece_size()
+
+
+def _t5(width: int, vocab: Optional[int] = None) -> dict:
+    config = {"d_model": width, "d_kv": 8, "num_heads": 4, "d_ff": 64, "num_layers": 2}
+    return config if vocab is None else {**config, "vocab_size": vocab}
+
+
+def _clip(width: int) -> dict:
+    return {"hidden_size": width, "intermediate_size": 4 * width, "num_attention_heads": 2,
+            "num_hidden_layers": 3, "projection_dim": width}
+
+
+def _llm(width: int, vocab: Optional[int] = None) -> dict:
+    # head_dim is fixed by ComfyUI's config classes (128 Qwen2.5, 256 Gemma 2): few heads keep it small.
+    config = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 3,
+              "num_attention_heads": 2, "num_key_value_heads": 1}
+    return config if vocab is None else {**config, "vocab_size": vocab}
+
+
+def _need(config: dict, key: str, family: str) -> int:
+    if key not in config:
+        raise ValueError(f"{family}: the DIT_FAMILIES config has no {key!r}: the random text encoder's width "
+                         f"is read from it, so the entry must state it")
+    return int(config[key])
+
+
+def text_encoder_configs(family: str) -> tuple:
+    """``(clip_target, {model_name: config overrides}, tokenizer_data)`` of the family's tiny text
+    encoder, widths read from :func:`dit_config`."""
+    import comfy.supported_models as sm
+    import comfy.text_encoders.sd3_clip as sd3_clip
+    pipe = _pipeline(family)
+    config = dit_config(family)
+    model_config = getattr(sm, rm.DIT_FAMILIES[pipe.dit][0])(dict(config))
+    target = model_config.clip_target()
+    tokenizer_data = {}
+    if pipe.text == "flux":       # T5-XXL tokens + CLIP-L pooled (unprojected)
+        configs = {"t5xxl": _t5(_need(config, "context_in_dim", family)),
+                   "clip_l": _clip(_need(config, "vec_in_dim", family))}
+    elif pipe.text in ("t5_chroma", "t5_pixart"):
+        key = "context_in_dim" if pipe.text == "t5_chroma" else "caption_channels"
+        configs = {"t5xxl": _t5(_need(config, key, family))}
+    elif pipe.text == "sd3":      # CLIP-L + CLIP-G + T5-XXL; pooled = CLIP-L's + CLIP-G's pooled output,
+        pooled = _need(config, "adm_in_channels", family)   # each as wide as its encoder (ComfyUI's CLIP text
+        l_width = pooled // 2                               # projection is square)
+        configs = {"clip_l": _clip(l_width), "clip_g": _clip(pooled - l_width),
+                   "t5xxl": _t5(SD3_CONTEXT_WIDTH)}
+        # Built from an empty state dict, SD3's clip_target has no encoder; the TripleCLIPLoader has all three.
+        target = type(target)(target.tokenizer, sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True))
+    elif pipe.text == "umt5":
+        tokenizer_data["spiece_model"] = sentencepiece_stand_in()
+        configs = {"umt5xxl": _t5(_need(config, "text_dim", family),
+                                  _sentencepiece_size(tokenizer_data["spiece_model"]))}
+    elif pipe.text == "qwen25_7b":
+        configs = {"qwen25_7b": _llm(_need(config, "joint_attention_dim", family))}
+    elif pipe.text == "gemma2_2b":
+        tokenizer_data["spiece_model"] = sentencepiece_stand_in()
+        configs = {"gemma2_2b": _llm(_need(config, "cap_feat_dim", family),
+                                     _sentencepiece_size(tokenizer_data["spiece_model"]))}
+    else:
+        raise AssertionError(pipe.text)
+    return target, configs, tokenizer_data
+
+
+def build_text_encoder(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A ComfyUI CLIP: the family's text-encoder classes at tiny width, real tokenizers (see the
+    module docstring for the SentencePiece stand-in), random weights."""
+    import comfy.sd
+    pipe = _pipeline(family)
+    target, configs, tokenizer_data = text_encoder_configs(family)
+    options = {"dtype": dtype, "initial_device": torch.device("cpu")}
+    options.update({f"{name}_model_config": cfg for name, cfg in configs.items()})
+    clip = comfy.sd.CLIP(target=target, tokenizer_data=tokenizer_data, model_options=options)
+    encoder = clip.cond_stage_model
+    if pipe.text == "qwen25_7b":
+        _shrink_vision_tower(encoder.qwen25_7b, configs["qwen25_7b"]["hidden_size"], dtype)
+    rm.init_random_weights(encoder, seed, f"clip_{family}", keep=lambda name: name.endswith("logit_scale"))
+    encoder.requires_grad_(False)
+    rm._check_finite(encoder, f"{family} text encoder")
+    return clip
+
+
+def _shrink_vision_tower(clip_model, width: int, dtype) -> None:
+    """Qwen2.5-VL's vision tower at tiny width (ComfyUI builds it 1280 wide whatever the config)."""
+    transformer = clip_model.transformer
+    transformer.visual = type(transformer.visual)(hidden_size=32, output_hidden_size=width, intermediate_size=64,
+                                                  num_heads=2, device="cpu", dtype=dtype, ops=clip_model.operations)
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE
+# ---------------------------------------------------------------------------------------------
+
+# A key of each real VAE file, with its shape there: ComfyUI's VAE() picks the class, the latent
+# channels, the scale factors and the working dtypes from it.
+_VAE_MARKERS = {
+    "flux16": ("decoder.conv_in.weight", (512, 16, 3, 3)),          # FLUX ae / SD3 / Lumina 2 VAE
+    "wan21": ("decoder.middle.0.residual.0.gamma", (384, 1, 1, 1)),  # Wan 2.1 VAE (also Qwen-Image's)
+}
+_WAN_TINY_DIM = 16
+
+
+class _DropMissingKeys(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("Missing VAE keys")
+
+
+@contextmanager
+def _no_missing_key_warning():
+    """The probe VAE has one key of the real file; ComfyUI's list of the others is noise here."""
+    root, drop = logging.getLogger(), _DropMissingKeys()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def build_vae(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """ComfyUI's VAE of the family (see the module docstring) with a tiny random autoencoder."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    kind = _pipeline(family).vae
+    if kind == "sd4":
+        return rm.build_vae("tiny", dtype, seed)
+    key, shape = _VAE_MARKERS[kind]
+    with _no_missing_key_warning():
+        vae = comfy.sd.VAE(sd={key: torch.zeros(shape)}, dtype=dtype)
+    probe = vae.first_stage_model
+    if kind == "wan21":
+        tiny = type(probe)(dim=_WAN_TINY_DIM, z_dim=probe.z_dim, dim_mult=probe.dim_mult, num_res_blocks=1,
+                           attn_scales=probe.attn_scales, temperal_downsample=probe.temperal_downsample)
+    else:
+        ddconfig = {**rm._VAE_DDCONFIG, **rm._VAE_SIZE["tiny"], "z_channels": vae.latent_channels}
+        tiny = probe
+        tiny.encoder, tiny.decoder = type(probe.encoder)(**ddconfig), type(probe.decoder)(**ddconfig)
+    rm.init_random_weights(tiny, seed, f"vae_{kind}")
+    tiny = tiny.to(dtype).eval().requires_grad_(False)
+    rm._check_finite(tiny, f"{family} VAE")
+    vae.first_stage_model = tiny
+    vae.patcher = comfy.model_patcher.ModelPatcher(tiny, load_device=vae.device, offload_device=mm.vae_offload_device())
+    return vae
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------
+
+def random_lora(model_patcher, strength: float = 1.0, seed: int = 0, rank: int = LORA_RANK):
+    """``model_patcher`` with a random rank-``rank`` LoRA on every linear layer of its diffusion
+    model, loaded by ComfyUI's ``load_lora_for_models`` as LoraLoaderModelOnly loads a file.
+    ``lora_up`` has std 0.1/sqrt(rank): each layer's weight moves by about a tenth of its size."""
+    import comfy.sd
+    lora = {}
+    for name, linear in model_patcher.model.diffusion_model.named_modules():
+        if not isinstance(linear, torch.nn.Linear):
+            continue
+        key = f"diffusion_model.{name}"
+        down = torch.empty(rank, linear.in_features)
+        up = torch.empty(linear.out_features, rank)
+        rm._fill_normal(down, 1.0 / linear.in_features ** 0.5, rm._param_seed(seed, "lora", key + ".down"))
+        rm._fill_normal(up, 0.1 / rank ** 0.5, rm._param_seed(seed, "lora", key + ".up"))
+        lora[f"{key}.lora_down.weight"], lora[f"{key}.lora_up.weight"] = down, up
+    model, _ = comfy.sd.load_lora_for_models(model_patcher, None, lora, strength, 0)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader stand-ins the runner swaps in
+# ---------------------------------------------------------------------------------------------
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.RLock()
+_NODE_CLASSES: dict = {}
+
+
+def cached(what: str, family: str, seed: int = 0, dtype: str = "float32"):
+    """The family's MODEL (``what="model"``), CLIP ("clip"), VAE ("vae") or all three ("checkpoint"),
+    built once per (what, family, seed, dtype name) in this process."""
+    if dtype not in rm.DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {tuple(rm.DTYPES)}")
+    key = (what, family, int(seed), dtype)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            if what == "checkpoint":
+                _CACHE[key] = tuple(cached(part, family, seed, dtype) for part in ("model", "clip", "vae"))
+            else:
+                build = {"model": build_model, "clip": build_text_encoder, "vae": build_vae}[what]
+                _CACHE[key] = build(family, rm.DTYPES[dtype], int(seed))
+        return _CACHE[key]
+
+
+def node_classes() -> dict:
+    """``{"model" | "clip" | "vae" | "checkpoint" | "lora": V3 node class}``: stand-ins for UNETLoader,
+    the CLIP loaders, VAELoader, CheckpointLoaderSimple and LoraLoaderModelOnly with random weights.
+    Not part of the pack's node list; the headless runner registers them in ``--random-weights`` mode."""
+    if _NODE_CLASSES:
+        return _NODE_CLASSES
+    from comfy_api.latest import io
+
+    def family_inputs():
+        return [io.Combo.Input("family", options=list(FAMILIES), default=FAMILIES[0],
+                               tooltip="; ".join(f"{k} = {p.what}" for k, p in PIPELINES.items())),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Seed of the random weights."),
+                io.Combo.Input("dtype", options=list(rm.DTYPES), default="float32", tooltip="Weight dtype.")]
+
+    def loader(what, title, outputs, replaces):
+        class RandomWeightLoader(io.ComfyNode):
+            @classmethod
+            def define_schema(cls):
+                return io.Schema(node_id=NODE_IDS[what], display_name=f"Random-Weight {title} (NASA smoke test)",
+                                 category="loaders/nasa", inputs=family_inputs(), outputs=outputs,
+                                 description=f"Stands in for {replaces} in smoke tests: ComfyUI's own classes of the "
+                                             f"family at tiny width with seeded random weights. Output is noise.")
+
+            @classmethod
+            def execute(cls, family, seed=0, dtype="float32") -> io.NodeOutput:
+                out = cached(what, family, seed, dtype)
+                return io.NodeOutput(*(out if what == "checkpoint" else (out,)))
+        RandomWeightLoader.__name__ = f"RandomWeight_{what}"
+        return RandomWeightLoader
+
+    class RandomWeightLora(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(
+                node_id=NODE_IDS["lora"], display_name="Random-Weight LoRA (NASA smoke test)", category="loaders/nasa",
+                description=f"Stands in for LoraLoaderModelOnly in smoke tests: a random rank-{LORA_RANK} LoRA on "
+                            f"every linear layer, applied by ComfyUI's LoRA loader code.",
+                inputs=[io.Model.Input("model"),
+                        io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+                        io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1)],
+                outputs=[io.Model.Output()])
+
+        @classmethod
+        def execute(cls, model, strength_model, seed=0) -> io.NodeOutput:
+            return io.NodeOutput(random_lora(model, strength_model, seed))
+
+    _NODE_CLASSES.update(
+        model=loader("model", "Diffusion Model", [io.Model.Output()], "Load Diffusion Model (UNETLoader)"),
+        clip=loader("clip", "Text Encoder", [io.Clip.Output()], "Load CLIP / DualCLIPLoader / TripleCLIPLoader"),
+        vae=loader("vae", "VAE", [io.Vae.Output()], "Load VAE"),
+        checkpoint=loader("checkpoint", "DiT Checkpoint", [io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+                          "Load Checkpoint"),
+        lora=RandomWeightLora)
+    return _NODE_CLASSES

@@ -1,0 +1,348 @@
+"""The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2)
+executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
+swaps in for their loaders (runner/random_dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = {  # file: --random-weights family
+    "flux_schnell_1step_nasa.json": "flux",
+    "flux_schnell_4step_nasa.json": "flux",
+    "chroma_flash_nasa.json": "chroma",
+    "sd35_turbo_4step_nasa.json": "sd35",
+    "pixart_dmd_1step_nasa.json": "pixart",
+    "wan21_causvid_4step_nasa.json": "wan21",
+    "qwen_image_lightning_8step_nasa.json": "qwen_image",
+    "lumina2_nasa.json": "lumina2",
+}
+ONE_PER_FAMILY = {family: name for name, family in reversed(list(WORKFLOWS.items()))}
+# Tests shrink the real resolutions. PixArt computes its position-embedding scale as round(side / 64)
+# of the latent side, which is 0 (a division by zero in ComfyUI) below 40 latent pixels: 320x320.
+SMALL = {
+    "EmptySD3LatentImage": ["EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64"],
+    "EmptyLatentImage": ["EmptyLatentImage.width=320", "EmptyLatentImage.height=320"],
+    "EmptyHunyuanLatentVideo": ["EmptyHunyuanLatentVideo.width=64", "EmptyHunyuanLatentVideo.height=64",
+                                "EmptyHunyuanLatentVideo.length=5"],
+}
+MAX_STEPS = 4
+LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
+           "LoraLoaderModelOnly")
+# What a real workflow of each family loads, independently of the runner: DIT_FAMILIES key, the config key
+# holding the text width the model takes, ComfyUI's text-encoder and tokenizer classes, VAE class.
+FACTS = {
+    "flux": ("flux", "context_in_dim", "comfy.text_encoders.flux.FluxClipModel",
+             "comfy.text_encoders.flux.FluxTokenizer", "AutoencodingEngine"),
+    "chroma": ("chroma", "context_in_dim", "comfy.text_encoders.pixart_t5.PixArtT5XXL",
+               "comfy.text_encoders.pixart_t5.PixArtTokenizer", "AutoencodingEngine"),
+    "sd35": ("sd3", None, "comfy.text_encoders.sd3_clip.SD3ClipModel", "comfy.text_encoders.sd3_clip.SD3Tokenizer",
+             "AutoencodingEngine"),
+    "pixart": ("pixart", "caption_channels", "comfy.text_encoders.pixart_t5.PixArtT5XXL",
+               "comfy.text_encoders.pixart_t5.PixArtTokenizer", "AutoencoderKL"),
+    "wan21": ("wan21_t2v", "text_dim", "comfy.text_encoders.wan.WanT5Model", "comfy.text_encoders.wan.WanT5Tokenizer",
+              "WanVAE"),
+    "qwen_image": ("qwen_image", "joint_attention_dim", "comfy.text_encoders.qwen_image.QwenImageTEModel",
+                   "comfy.text_encoders.qwen_image.QwenImageTokenizer", "WanVAE"),
+    "lumina2": ("lumina2", "cap_feat_dim", "comfy.text_encoders.lumina2.LuminaModel",
+                "comfy.text_encoders.lumina2.LuminaTokenizer", "AutoencodingEngine"),
+}
+SD3_PADDED_WIDTH = 4096  # ComfyUI's SD3ClipModel zero-pads CLIP-L+G to T5-XXL's width
+
+
+@pytest.fixture(scope="module")
+def cli(comfy):
+    return importlib.import_module("nasa_runner.cli")
+
+
+@pytest.fixture(scope="module")
+def rd(comfy):
+    """The runner's own instance of runner/random_dit.py (the one whose cache the runs share)."""
+    return importlib.import_module("nasa_runner.random_dit")
+
+
+def load(name):
+    return json.loads((PACK_ROOT / "workflows" / name).read_text())
+
+
+def small(name):
+    """--set overrides that shrink the workflow: a small image or video, at most MAX_STEPS steps."""
+    p = {str(n["id"]): n for n in load(name)["nodes"]}
+    latent = next(n["type"] for n in p.values() if n["type"] in SMALL)
+    sampler = next((n for n in p.values() if n["type"] == "KSampler"), None)
+    steps = [] if sampler is None or sampler["widgets_values"][2] <= MAX_STEPS else [f"KSampler.steps={MAX_STEPS}"]
+    return list(SMALL[latent]) + steps
+
+
+def comfy_class(path):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def pixels(path: Path) -> np.ndarray:
+    """The decoded pixels of an output file: a PNG, or every frame of a video."""
+    if path.suffix == ".png":
+        from PIL import Image
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    import av
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def run(cli, workflow, sets, out, family):
+    r = cli.run_workflow(workflow, sets, out_dir=out, random_weights=family)
+    assert r.ok, r.error
+    assert r.exit_code == 0 and len(r.images) == 1 and r.images[0].is_file()
+    return r
+
+
+def without_nasa(name):
+    """The workflow with Apply NASA Attention bypassed (mode 4): its model input feeds the sampler."""
+    wf = copy.deepcopy(load(name))
+    for node in wf["nodes"]:
+        if node["type"] == "NASAApplyAttention":
+            node["mode"] = 4
+    return wf
+
+
+# --- the workflow files --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_workflow_is_consistent_ui_format(name):
+    wf = load(name)
+    assert wf["version"] == 0.4 and wf["groups"] == [] and wf["config"] == {} and wf["extra"] == {}
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(ids) == len(set(ids)) and wf["last_node_id"] == max(ids)
+    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for lid, src, slot, dst, dslot, typ in wf["links"]:
+        assert lid in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == typ
+        assert nodes[dst]["inputs"][dslot]["link"] == lid and nodes[dst]["inputs"][dslot]["type"] == typ
+    for n in wf["nodes"]:
+        assert {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                "widgets_values"} <= set(n)
+    orders = sorted(n["order"] for n in wf["nodes"])
+    assert orders == list(range(len(wf["nodes"])))
+    for lid, src, _, dst, _, _ in wf["links"]:
+        assert nodes[src]["order"] < nodes[dst]["order"]
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
+    """cfg 1, the NASA node on the sampler's model, the negative prompt wired into the sampler, real
+    default resolution, and a Note naming the model files, the resolution, the steps and alpha."""
+    wf_mod = importlib.import_module("nasa_runner.workflow")
+    wf = load(name)
+    p = wf_mod.ui_to_api(wf, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    (sampler,) = [v for v in p.values() if v["class_type"] in ("KSampler", "SamplerCustom")]
+    (nasa_id, nasa), = [(k, v) for k, v in p.items() if v["class_type"] == "NASAApplyAttention"]
+    ins = sampler["inputs"]
+    assert ins["cfg"] == 1.0 and ins["model"] == [nasa_id, 0]
+    assert nasa["inputs"]["use_sampler_negative"] is True and "negative" not in nasa["inputs"]
+    negative = p[ins["negative"][0]]
+    assert negative["_meta"]["title"] == "Negative Prompt (NASA)"
+    assert (negative["inputs"].get("text") or negative["inputs"].get("user_prompt")).strip()
+    latent = next(v["inputs"] for v in p.values() if v["class_type"] in SMALL)
+    assert min(latent["width"], latent["height"]) >= 480
+    steps = ins.get("steps") or next(v["inputs"]["steps"] for v in p.values() if v["class_type"] == "BasicScheduler")
+    (note,) = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]
+    assert f"{latent['width']}x{latent['height']}" in note and "cfg 1" in note
+    assert re.search(rf"\b{steps} steps?\b", note), note
+    assert "alpha" in note and f"{nasa['inputs']['alpha']}" in note
+    for node in p.values():
+        if node["class_type"] in LOADERS:
+            for file in (v for k, v in node["inputs"].items() if "_name" in k):
+                assert file in note, f"{file} is not named in the Note"
+
+
+# --- the random-weight parts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", sorted(FACTS))
+def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
+    """The random CLIP is ComfyUI's text-encoder class for the loader type, its output as wide as the
+    model's context in DIT_FAMILIES (SD3: the 4096 it pads CLIP-L+G to, which the runner's SD3 model
+    takes), its pooled output the model's pooled input, and different prompts encode differently."""
+    rm = importlib.import_module("nasa_runner.random_models")
+    dit, width_key, encoder_class, tokenizer_class, _ = FACTS[family]
+    registry = rm.DIT_FAMILIES[dit][1]
+    clip = rd.cached("clip", family)
+    assert isinstance(clip.cond_stage_model, comfy_class(encoder_class))
+    assert isinstance(clip.tokenizer, comfy_class(tokenizer_class))
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_pooled=True)
+    other = clip.encode_from_tokens(clip.tokenize("glasses"))
+    if width_key is None:   # SD3
+        assert cond.shape[-1] == SD3_PADDED_WIDTH
+        assert rd.dit_config(family)["context_embedder_config"]["params"]["in_features"] == SD3_PADDED_WIDTH
+        assert pooled.shape[-1] == registry["adm_in_channels"]
+        assert all(getattr(clip.cond_stage_model, e) is not None for e in ("clip_l", "clip_g", "t5xxl"))
+    else:
+        assert cond.shape[-1] == registry[width_key]
+    if family == "flux":
+        assert pooled.shape[-1] == registry["vec_in_dim"]
+    assert torch.isfinite(cond).all() and cond.std() > 0.1
+    n = min(cond.shape[1], other.shape[1])
+    assert not torch.allclose(cond[:, :n], other[:, :n])
+
+
+@pytest.mark.parametrize("family", sorted(FACTS))
+def test_vae_is_the_familys_class_with_the_models_latent_channels(rd, family):
+    model, vae = rd.cached("model", family), rd.cached("vae", family)
+    assert type(vae.first_stage_model).__name__ == FACTS[family][4]
+    assert vae.latent_channels == model.model.latent_format.latent_channels
+    video = FACTS[family][4] == "WanVAE"
+    assert vae.latent_dim == (3 if video else 2)
+    latent = torch.randn(1, vae.latent_channels, *([2] if video else []), 8, 8)
+    image = vae.decode(latent)
+    assert image.shape[-3:] == (64, 64, 3) and (not video or image.shape[1] == 5)   # Wan: 4x frames in time
+    assert torch.isfinite(image).all() and image.std() > 0.01
+    assert rm_params(vae) < 5_000_000
+
+
+def rm_params(module):
+    return importlib.import_module("nasa_runner.random_models").parameter_count(module)
+
+
+@pytest.mark.parametrize("family", sorted(FACTS))
+def test_comfyuis_own_norm_classes_get_weight_one(rd, family):
+    """T5LayerNorm, ComfyUI's RMSNorm, FLUX's RMSNorm 'scale', the Wan VAE's RMS_norm 'gamma' are plain
+    Modules: left at 0 they would zero every activation after them (text would not reach the output)."""
+    parts = [rd.cached("model", family).model, rd.cached("clip", family).cond_stage_model,
+             rd.cached("vae", family).first_stage_model]
+    seen = 0
+    for part in parts:
+        for module in part.modules():
+            if "norm" in type(module).__name__.lower():
+                for name, param in module.named_parameters(recurse=False):
+                    if name in ("weight", "scale", "gamma"):
+                        seen += 1
+                        assert torch.all(param == 1), (family, type(module).__name__, name)
+    assert seen > 0
+
+
+def test_threaded_initialisation_inside_inference_mode(comfy):
+    """Nodes execute in inference mode; the fill threads must write its inference tensors too, and
+    give the same weights as one thread."""
+    rm = importlib.import_module("nasa_runner.random_models")
+    with torch.inference_mode():
+        modules = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 8))
+                   for _ in range(2)]
+        rm.init_random_weights(modules[0], 3, "t", workers=1)
+        rm.init_random_weights(modules[1], 3, "t", workers=2)
+    for a, b in zip(modules[0].parameters(), modules[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_sentencepiece_stand_in_is_comfyuis_pile_t5_model(rd):
+    """UMT5 and Gemma tokenizers come from the checkpoint; the stand-in is ComfyUI's Pile-T5 model, and
+    the encoders' vocabularies are sized to it."""
+    import sentencepiece
+    model = rd.sentencepiece_stand_in()
+    size = sentencepiece.SentencePieceProcessor(model_proto=model.numpy().tobytes()).get_piece_size()
+    for family, name in (("wan21", "umt5xxl"), ("lumina2", "gemma2_2b")):
+        _, configs, tokenizer_data = rd.text_encoder_configs(family)
+        assert torch.equal(tokenizer_data["spiece_model"], model) and configs[name]["vocab_size"] == size
+
+
+def test_random_lora_patches_every_linear_layer_through_comfyui(rd):
+    model = rd.cached("model", "wan21")
+    linears = [n for n, m in model.model.diffusion_model.named_modules() if isinstance(m, torch.nn.Linear)]
+    patched = rd.random_lora(model, 1.0, seed=0)
+    assert patched is not model and not model.patches
+    assert sorted(patched.patches) == sorted(f"diffusion_model.{n}.weight" for n in linears)
+
+
+# --- the workflows through the runner ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_workflow_runs_end_to_end_with_random_weights(cli, tmp_path, name):
+    """Exit 0, one output file; every loader replaced by a random-weight stand-in; NASA ran."""
+    r = run(cli, PACK_ROOT / "workflows" / name, small(name), tmp_path, WORKFLOWS[name])
+    classes = [n["class_type"] for n in r.prompt.values()]
+    assert not set(classes) & set(LOADERS) and "NASAApplyAttention" in classes
+    assert any(c.startswith("NASA_RandomWeight") for c in classes)
+    assert pixels(r.images[0]).std() > 0
+
+
+@pytest.fixture(scope="module")
+def plain_output(cli, tmp_path_factory):
+    """Pixels of each family's workflow with the NASA node bypassed (run once per family)."""
+    done = {}
+
+    def get(family):
+        if family not in done:
+            name = ONE_PER_FAMILY[family]
+            out = tmp_path_factory.mktemp(f"plain_{family}")
+            r = run(cli, without_nasa(name), small(name), out, family)
+            assert "NASAApplyAttention" not in [n["class_type"] for n in r.prompt.values()]
+            done[family] = pixels(r.images[0])
+        return done[family]
+    return get
+
+
+@pytest.mark.parametrize("family", sorted(ONE_PER_FAMILY))
+def test_random_parts_run_the_workflow_without_nasa(plain_output, family):
+    """The runner's model, text encoder, VAE (and LoRA) on their own: the family's workflow with the
+    NASA node bypassed, so this holds whatever the state of the family's NASA adapter."""
+    image = plain_output(family)
+    assert image.std() > 0 and np.isfinite(image).all()
+
+
+@pytest.mark.parametrize("family", sorted(ONE_PER_FAMILY))
+def test_nasa_changes_the_output_and_alpha_zero_is_the_plain_workflow(cli, plain_output, tmp_path, family):
+    """alpha 0: the same pixels as without the node; the workflow's alpha: visibly different pixels."""
+    name = ONE_PER_FAMILY[family]
+    steered = pixels(run(cli, PACK_ROOT / "workflows" / name, small(name), tmp_path / "a", family).images[0])
+    off = pixels(run(cli, PACK_ROOT / "workflows" / name, small(name) + ["Apply NASA Attention.alpha=0"],
+                     tmp_path / "b", family).images[0])
+    assert np.array_equal(off, plain_output(family))
+    assert np.abs(steered.astype(int) - off.astype(int)).max() > 8
+
+
+def test_lora_stand_in_strength_zero_is_no_lora_and_one_changes_the_image(cli, tmp_path):
+    name = "qwen_image_lightning_8step_nasa.json"
+    wf = load(name)
+    bypassed = copy.deepcopy(wf)
+    for node in bypassed["nodes"]:
+        if node["type"] == "LoraLoaderModelOnly":
+            node["mode"] = 4
+    sets = small(name)
+    with_lora = pixels(run(cli, wf, sets, tmp_path / "a", "qwen_image").images[0])
+    zero = pixels(run(cli, wf, sets + ["LoraLoaderModelOnly.strength_model=0"], tmp_path / "b", "qwen_image").images[0])
+    none = pixels(run(cli, bypassed, sets, tmp_path / "c", "qwen_image").images[0])
+    assert np.array_equal(zero, none) and not np.array_equal(with_lora, none)
+
+
+def test_text_encoder_of_another_family_is_refused_naming_node_type_and_fix(cli):
+    name = "flux_schnell_1step_nasa.json"
+    r = cli.run_workflow(PACK_ROOT / "workflows" / name, small(name), random_weights="wan21")
+    assert r.exit_code == 2
+    assert "node 2 (DualCLIPLoader" in r.error and "type 'flux'" in r.error
+    assert "CLIPLoader with type 'wan'" in r.error and "--random-weights" in r.error
+
+
+def test_dit_families_have_only_the_tiny_size(cli):
+    r = cli.run_workflow(PACK_ROOT / "workflows" / "flux_schnell_1step_nasa.json", [], random_weights="flux:full")
+    assert r.exit_code == 2 and "tiny size only" in r.error
+
+
+def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
+    name = "flux_schnell_1step_nasa.json"
+    env = dict(os.environ, COMFYUI_PATH=str(comfy.dir))
+    sets = [arg for s in small(name) for arg in ("--set", s)]
+    r = subprocess.run([sys.executable, str(PACK_ROOT / "scripts" / "nasa_run.py"), str(PACK_ROOT / "workflows" / name),
+                        "--random-weights", "flux", *sets, "--out", str(tmp_path)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    images = list(tmp_path.glob("nasa_flux_schnell_1step_*.png"))
+    assert len(images) == 1 and str(images[0]) in r.stdout and "RANDOM WEIGHTS (flux:tiny)" in r.stderr
