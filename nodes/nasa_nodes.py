@@ -6,10 +6,11 @@ from comfy_api.latest import io
 from ..adapters import apply_nasa, make_carried_negative
 from ..nasa_core import DEFAULT_ALPHA
 
-ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every cross-attention layer "
+ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every text-attention layer "
                  "(Z = Z+ - alpha*Z-). 0 = off, bit-identical to the unpatched model. Paper settings: "
-                 "SD1.5 0.1, SD2.1 0.2, PixArt 0.5; SDXL-DMD2 examples use 0-1. Too high and the negative "
-                 "dominates the image: raise it step by step.")
+                 "SD1.5 0.1, SD2.1 0.2, PixArt 0.5; SDXL-DMD2 examples use 0-1; the DiT example workflows "
+                 "(FLUX, SD3.5, Wan, ...) start at 0.5. Too high and the negative dominates the image: raise "
+                 "it step by step.")
 
 
 class NASAApplyAttention(io.ComfyNode):
@@ -20,10 +21,14 @@ class NASAApplyAttention(io.ComfyNode):
             display_name="Apply NASA Attention",
             category="model_patches/nasa",
             description=("Negative-Away Steer Attention: honours a negative prompt on one-step and few-step "
-                         "models (SD-Turbo, SDXL-DMD2, SwiftBrush...) inside each cross-attention layer, in the "
-                         "same model pass - no CFG, no sampler swap. Use with the stock KSampler at cfg 1."),
+                         "models (SD-Turbo, SDXL-DMD2, SwiftBrush, FLUX.1-schnell, SD3.5-Turbo, PixArt, "
+                         "Wan CausVid...) inside each layer where the image attends to the text, in the same "
+                         "model pass - no CFG, no sampler swap. Use with the stock KSampler at cfg 1. The model "
+                         "family is recognised automatically."),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to steer (SD1.x, SD2.x or SDXL family). "
+                io.Model.Input("model", tooltip="The diffusion model to steer: SD1.x, SD2.x, SDXL, FLUX.1, "
+                                                "Chroma, SD3/SD3.5, PixArt-α/Σ, Wan 2.1/2.2, Qwen-Image, "
+                                                "Lumina 2, HunyuanVideo or LTX-Video (recognised automatically). "
                                                 "The input model is left untouched; a patched copy is returned."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="What to steer away from. Leave unconnected to use the negative "
@@ -35,7 +40,8 @@ class NASAApplyAttention(io.ComfyNode):
                                          "sampler receives (the usual KSampler wiring) - even at cfg 1, where "
                                          "ComfyUI otherwise ignores it."),
             ],
-            outputs=[io.Model.Output(tooltip="The model with NASA installed on every cross-attention layer.")],
+            outputs=[io.Model.Output(tooltip="The model with NASA installed on every layer where image tokens "
+                                             "attend to the text (cross-attention, or joint attention).")],
         )
 
     @classmethod
