@@ -34,6 +34,7 @@ import functools
 from typing import Optional
 
 from . import flux, joint
+from .negatives import attach_model
 
 FAMILY = "Chroma"
 SUPPORTED = ("Chroma, Chroma Radiance",)
@@ -78,5 +79,4 @@ def install(model_patcher) -> int:
         functools.partial(flux.make_single, prepare_for=_single_prepare, family="Chroma"))
 
 
-def attach_layers(run, base_model) -> None:
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

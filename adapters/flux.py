@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from . import joint
-from .negatives import RUN_KEY, set_wrapper
+from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "FLUX.1"
 SUPPORTED = ("FLUX.1 schnell/dev/Fill/Kontext",)
@@ -141,15 +141,11 @@ def make_single(index, prepare_for=_single_prepare, family="FLUX"):
     """NASA's replace maker for single block ``index`` (see :func:`make_double`)."""
     def make(prior):
         def nasa_single_block(args, extra):
-            options = args.get("transformer_options") or {}
-            run_block = joint.chain(prior, extra["original_block"])
-            state = joint.forward_state(options)
-            run = options.get(RUN_KEY)
-            if run is None or state is None or not state.streams:
+            run_block, state, dm = joint.steered_block(args, extra, prior)
+            if state is None:
                 return run_block(args)
-            dm = run.layers["model"]
             t = state.info["txt_len"]
-            n_img = _image_tokens(options, args["img"].shape[1] - t)
+            n_img = _image_tokens(args["transformer_options"], args["img"].shape[1] - t)
             prepare, finish = prepare_for(dm.single_blocks[index], args["vec"])
             last = index == len(dm.single_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
@@ -175,5 +171,4 @@ def install(model_patcher) -> int:
     return count
 
 
-def attach_layers(run, base_model) -> None:
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

@@ -30,7 +30,7 @@ import math
 from typing import Optional
 
 from . import flux, joint
-from .negatives import RUN_KEY, set_wrapper
+from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "HunyuanVideo"
 SUPPORTED = ("HunyuanVideo T2V/I2V, SkyReels I2V",)
@@ -92,12 +92,9 @@ def _start_forward(executor, *args, **kwargs):
 
 
 def _run(args, extra, prior, index: int, kind: str, dims_key: str, prepare_for):
-    options = args.get("transformer_options") or {}
-    run_block = joint.chain(prior, extra["original_block"])
-    state = joint.forward_state(options)
-    if state is None or not state.streams:
+    run_block, state, dm = joint.steered_block(args, extra, prior)
+    if state is None:
         return run_block(args)
-    dm = options[RUN_KEY].layers["model"]
     if kind == "double" and args["img"].shape[1] != state.info["image"].stop:
         raise RuntimeError(f"NASA: HunyuanVideo double block {index} got {args['img'].shape[1]} image tokens, expected "
                            f"{state.info['image'].stop}. This ComfyUI version changed the model: please report it.")
@@ -130,5 +127,4 @@ def install(model_patcher) -> int:
     return count
 
 
-def attach_layers(run, base_model) -> None:
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

@@ -147,6 +147,18 @@ def chain(prior: Optional[Callable], original_block: Callable) -> Callable[[dict
     return lambda args: prior(args, {"original_block": original_block})
 
 
+def steered_block(args: dict, extra: dict, prior: Optional[Callable]) -> tuple:
+    """Start of a block replace in a forward whose streams were already started: ``(call_block, state,
+    model)``. ``call_block`` runs the block (through ``prior``, a replace installed before NASA, if any);
+    ``state`` and ``model`` are None when this forward steers nothing."""
+    options = args.get("transformer_options") or {}
+    call_block = chain(prior, extra["original_block"])
+    run, state = options.get(RUN_KEY), forward_state(options)
+    if run is None or state is None or not state.streams:
+        return call_block, None, None
+    return call_block, state, run.layers["model"]
+
+
 def unwrap_prior(prior):
     """A second Apply NASA Attention replaces the first instead of steering twice."""
     while prior is not None and hasattr(prior, "nasa_prior"):

@@ -254,6 +254,11 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
     return nasa_sampler_sample
 
 
+def attach_model(run: NasaRun, base_model) -> None:
+    """``attach_layers`` of the adapters that need only the model being sampled (its diffusion model)."""
+    run.layers = {"model": base_model.diffusion_model}
+
+
 def set_wrapper(model_patcher, kind: str, fn: Callable) -> None:
     """Install NASA's ModelPatcher wrapper of ``kind`` (a ``comfy.patcher_extension.WrappersMP`` name),
     replacing one a previous Apply NASA Attention put there."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
-from .negatives import RUN_KEY, set_wrapper
+from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "PixArt"
 SUPPORTED = ("PixArt-α", "PixArt-Σ")
@@ -136,6 +136,4 @@ def install(model_patcher) -> int:
     return len(blocks)
 
 
-def attach_layers(run, base_model) -> None:
-    """Give the run the model being sampled (its caption projection embeds the negative)."""
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from . import joint
-from .negatives import RUN_KEY, set_wrapper
+from .negatives import attach_model, set_wrapper
 
 FAMILY = "Qwen-Image"
 SUPPORTED = ("Qwen-Image, Qwen-Image-Edit (reference latents are attended to, not steered)",)
@@ -84,12 +84,9 @@ def _block_streams(block, temb, pe):
 def _make_block(index):
     def make(prior):
         def nasa_double_block(args, extra):
-            options = args.get("transformer_options") or {}
-            run_block = joint.chain(prior, extra["original_block"])
-            state = joint.forward_state(options)
-            if state is None or not state.streams:
+            run_block, state, dm = joint.steered_block(args, extra, prior)
+            if state is None:
                 return run_block(args)
-            dm = options[RUN_KEY].layers["model"]
             t = args["txt"].shape[1]
             n_img = min(state.info["image_tokens"], args["img"].shape[1])
             prepare, finish = _block_streams(dm.transformer_blocks[index], args["vec"], state.info["pe"])
@@ -125,5 +122,4 @@ def install(model_patcher) -> int:
     return len(dm.transformer_blocks)
 
 
-def attach_layers(run, base_model) -> None:
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

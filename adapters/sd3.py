@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import joint
-from .negatives import RUN_KEY
+from .negatives import RUN_KEY, attach_model
 
 FAMILY = "SD3/SD3.5"
 SUPPORTED = ("SD3 Medium, SD3.5 Large/Large Turbo/Medium",)
@@ -95,5 +95,4 @@ def install(model_patcher) -> int:
     return len(dm.joint_blocks)
 
 
-def attach_layers(run, base_model) -> None:
-    run.layers = {"model": base_model.diffusion_model}
+attach_layers = attach_model     # the blocks read the model being sampled from the run

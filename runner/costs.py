@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .random_models import FLUX_FULL_WIDTH
+
 META = torch.device("meta")
 
 
@@ -34,9 +36,7 @@ def _t(*shape, dtype=torch.bfloat16):
     return torch.empty(*shape, device=META, dtype=dtype)
 
 
-_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-             hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
-             theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
+_FLUX = dict(FLUX_FULL_WIDTH, depth=19, depth_single_blocks=38)     # FLUX.1 as published
 
 _SD35_LARGE = dict(in_channels=16, out_channels=16, patch_size=2, depth=38, input_size=None, num_patches=36864,
                    pos_embed_max_size=192, adm_in_channels=2048, qk_norm="rms", pos_embed_scaling_factor=None,
