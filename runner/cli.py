@@ -223,6 +223,15 @@ def _format_validation(error: Optional[dict], node_errors: dict, prompt: dict) -
     return "\n".join(lines)
 
 
+def collect_texts(outputs: dict) -> list:
+    """The text an output node shows in the UI (``ui={"text": [...]}``), e.g. NASA Toy Judge's report."""
+    texts = []
+    for ui in outputs.values():
+        if isinstance(ui, dict) and isinstance(ui.get("text"), list):
+            texts += [t for t in ui["text"] if isinstance(t, str)]
+    return texts
+
+
 def _collect_files(outputs: dict) -> list:
     import folder_paths
     bases = {"output": folder_paths.get_output_directory(), "temp": folder_paths.get_temp_directory(),
@@ -456,6 +465,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(str(f))
         return result.exit_code
     report.info(f"done in {result.elapsed:.1f}s: {len(result.images)} file(s) written")
+    for text in collect_texts(result.outputs):
+        print(text)
     for f in result.images:
         print(str(f))
     if not result.images:

@@ -28,7 +28,7 @@ def test_requirements_do_not_reinstall_what_comfyui_brings():
 
 def test_nodes_registered_by_comfy_entrypoint_only(comfyui):
     import nodes
-    for node_id in ("NASAApplyAttention", "NASANegativeConditioning"):
+    for node_id in ("NASAApplyAttention", "NASANegativeConditioning", "NASAToyModelLoader", "NASAToyJudge"):
         assert node_id in nodes.NODE_CLASS_MAPPINGS
     assert not hasattr(comfyui.pack, "NODE_CLASS_MAPPINGS")   # it would make ComfyUI ignore comfy_entrypoint
 
@@ -36,7 +36,9 @@ def test_nodes_registered_by_comfy_entrypoint_only(comfyui):
 def test_every_input_and_output_has_a_tooltip(comfyui):
     import nodes
     for node_id, display, category in (("NASAApplyAttention", "Apply NASA Attention", "model_patches/nasa"),
-                                       ("NASANegativeConditioning", "NASA Negative Conditioning", "conditioning/nasa")):
+                                       ("NASANegativeConditioning", "NASA Negative Conditioning", "conditioning/nasa"),
+                                       ("NASAToyModelLoader", "NASA Toy Model Loader", "loaders/nasa"),
+                                       ("NASAToyJudge", "NASA Toy Judge", "image/nasa")):
         schema = nodes.NODE_CLASS_MAPPINGS[node_id].define_schema()
         assert schema.display_name == display and schema.category == category and schema.description
         for item in list(schema.inputs) + list(schema.outputs):
@@ -46,7 +48,7 @@ def test_every_input_and_output_has_a_tooltip(comfyui):
 
 
 def test_layout_and_import_rules():
-    for folder in ("nodes", "nasa_core", "adapters", "workflows", "tests"):
+    for folder in ("nodes", "nasa_core", "adapters", "toy", "workflows", "tests"):
         assert (PACK / folder).is_dir(), folder
     # nasa_core never imports ComfyUI; nodes never reach into comfy internals (adapters do)
     for f in (PACK / "nodes").glob("*.py"):
@@ -56,3 +58,10 @@ def test_layout_and_import_rules():
                 assert node.module.split(".")[0] in {"comfy_api", "__future__", "typing"}, (f.name, node.module)
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] not in {"comfy", "nodes"} for a in node.names), f.name
+    for f in (PACK / "nasa_core").glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert all(n.split(".")[0] in {"torch", "math", "copy", "contextlib", "dataclasses", "typing",
+                                           "__future__"} for n in names), (f.name, names)

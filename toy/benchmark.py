@@ -1,0 +1,212 @@
+"""The removal benchmark on the toy world (the paper's Table 2, measured with exact judges).
+
+For every prompt pair (a positive that does not name an attribute, a negative that names it)
+and every seed, each setting samples one image through ComfyUI's own sampler
+(``comfy.sample.sample``) and the pixel-space VAE, and the judges score it:
+
+* removal   - the image is a valid scene and does not show the negative's attribute;
+* retention - the image is valid and shows every attribute the positive names (the CLIP+ analog);
+* presence  - the image shows the negative's attribute (the CLIP- analog);
+* defects   - the image has a defect (blur, noise, stray dot) or is not a valid scene at all.
+
+Settings: {teacher multi-step, student 1-step, student 4-step} x {no negative, CFG with the
+negative as the unconditional prompt, NASA-I}. kappa (CFG) and alpha (NASA-I) are chosen on the
+"tune" pairs only; the "heldout" pairs never take part in the choice and are reported apart.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..adapters import apply_nasa
+from ..nasa_core import judges
+from ..nasa_core import toy_world as world
+from . import models
+
+TEACHER = "teacher (multi-step)"
+STUDENT = "student SBv2 (one-step)"
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How one row of the table samples: which model, steps, sampler and base CFG scale."""
+    label: str
+    model: str
+    steps: int
+    sampler: str
+    scheduler: str
+    base_cfg: float            # the guidance the model uses without a negative ("" as unconditional)
+    kappas: Tuple[float, ...]  # CFG scales tried with the negative as the unconditional prompt
+    alphas: Tuple[float, ...]  # NASA-I strengths tried
+
+
+STUDENT_KAPPAS = (1.5, 2.0, 3.0, 4.0, 6.0)
+STUDENT_ALPHAS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5)
+SAMPLERS = (
+    # The teacher costs 2 x 10 model passes per image: a shorter sweep around its base guidance.
+    Sampler("teacher 10-step", TEACHER, 10, "euler", "normal", 3.0, (2.0, 3.0, 5.0), (0.25, 0.5, 1.0)),
+    Sampler("student 1-step", STUDENT, 1, "lcm", "sgm_uniform", 1.0, STUDENT_KAPPAS, STUDENT_ALPHAS),
+    Sampler("student 4-step", STUDENT, 4, "lcm", "sgm_uniform", 1.0, STUDENT_KAPPAS, STUDENT_ALPHAS),
+)
+RETENTION_FLOOR = 0.95     # a setting must keep >= 95% of the baseline's retention to be chosen
+
+
+@dataclass
+class Scores:
+    n: int
+    removal: float
+    retention: float
+    presence: float
+    defects: float
+
+    @staticmethod
+    def mean(items: Sequence["Scores"]) -> "Scores":
+        n = sum(s.n for s in items)
+        avg = lambda k: sum(getattr(s, k) * s.n for s in items) / max(1, n)  # noqa: E731
+        return Scores(n, avg("removal"), avg("retention"), avg("presence"), avg("defects"))
+
+
+def score(images: torch.Tensor, pair: world.PromptPair) -> Scores:
+    """Judge images (B, 3, H, W) in [0, 1] for one prompt pair."""
+    v = judges.judge(images)
+    present = v.has(*pair.target)
+    kept = v.valid.clone()
+    for attribute, value in pair.keep:
+        kept &= v.has(attribute, value)
+    n = images.shape[0]
+    return Scores(n, float((v.valid & ~present).float().mean()), float(kept.float().mean()),
+                  float(present.float().mean()), float(v.any_defect.float().mean()))
+
+
+class Bench:
+    """Loads the shipped models once and samples any (sampler, method, pair) cell."""
+
+    def __init__(self, weights_dir=models.WEIGHTS_DIR, seeds: int = 100, first_seed: int = 1000, log=print):
+        self.loaded = {name: models.load_checkpoint(name, weights_dir) for name in (TEACHER, STUDENT)}
+        self.clip = self.loaded[TEACHER][1]
+        self.vae = self.loaded[TEACHER][2]
+        self.seeds = list(range(first_seed, first_seed + seeds))
+        self.log = log
+        self._cond: Dict[str, list] = {}
+        self.noise = torch.cat([torch.randn((1, 3, world.SIZE, world.SIZE), generator=torch.Generator().manual_seed(s))
+                                for s in self.seeds])
+
+    def cond(self, text: str):
+        if text not in self._cond:
+            self._cond[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        return self._cond[text]
+
+    def images(self, sampler: Sampler, pair: world.PromptPair, method: str, value: Optional[float]) -> torch.Tensor:
+        """method: "none", "cfg" (value = kappa) or "nasa" (value = alpha)."""
+        import comfy.sample
+        model = self.loaded[sampler.model][0]
+        negative, cfg = self.cond(""), sampler.base_cfg
+        if method == "cfg":
+            negative, cfg = self.cond(pair.negative), float(value)
+        elif method == "nasa":
+            model = apply_nasa(model, negative=self.cond(pair.negative), alpha=float(value), use_sampler_negative=False,
+                               node="toy benchmark")
+        elif method != "none":
+            raise ValueError(f"unknown method {method!r}")
+        latent = torch.zeros_like(self.noise)
+        out = comfy.sample.sample(model, self.noise, sampler.steps, cfg, sampler.sampler, sampler.scheduler,
+                                  self.cond(pair.positive), negative, latent, disable_pbar=True, seed=self.seeds[0])
+        return self.vae.decode(out).movedim(-1, 1).float().clamp(0, 1)
+
+    def cell(self, sampler: Sampler, pairs: Sequence[world.PromptPair], method: str, value=None) -> Tuple[Scores, list]:
+        per_pair = [score(self.images(sampler, p, method, value), p) for p in pairs]
+        return Scores.mean(per_pair), per_pair
+
+
+def choose(bench: Bench, sampler: Sampler, method: str, values: Sequence[float], baseline: Scores,
+           pairs: Sequence[world.PromptPair]) -> Tuple[float, List[Tuple[float, Scores]]]:
+    """The value with the highest removal among those keeping RETENTION_FLOOR of the baseline's
+    retention (else the best removal x retention), on the tuning pairs."""
+    sweep = [(v, bench.cell(sampler, pairs, method, v)[0]) for v in values]
+    floor = RETENTION_FLOOR * baseline.retention
+    ok = [(v, s) for v, s in sweep if s.retention >= floor]
+    best = max(ok, key=lambda vs: (vs[1].removal, vs[1].retention)) if ok else \
+        max(sweep, key=lambda vs: vs[1].removal * vs[1].retention)
+    return best[0], sweep
+
+
+@dataclass
+class Result:
+    seeds: int
+    rows: List[dict] = field(default_factory=list)        # one per (sampler, method): label, value, tune, heldout
+    sweeps: Dict[str, list] = field(default_factory=dict)  # "<sampler> alpha|kappa" -> [(value, Scores)] (tune)
+    per_pair: Dict[str, list] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run(bench: Bench, samplers: Sequence[Sampler] = SAMPLERS) -> Result:
+    t0 = time.time()
+    tune, held = world.pairs("tune"), world.pairs("heldout")
+    result = Result(len(bench.seeds))
+    for sampler in samplers:
+        base_tune, _ = bench.cell(sampler, tune, "none")
+        kappa, ks = choose(bench, sampler, "cfg", sampler.kappas, base_tune, tune)
+        alpha, al = choose(bench, sampler, "nasa", sampler.alphas, base_tune, tune)
+        result.sweeps[f"{sampler.label} kappa"] = ks
+        result.sweeps[f"{sampler.label} alpha"] = al
+        for method, value, name in (("none", None, "no negative"), ("cfg", kappa, f"CFG (kappa {kappa:g})"),
+                                    ("nasa", alpha, f"NASA-I (alpha {alpha:g})")):
+            t_scores = base_tune if method == "none" else dict(ks if method == "cfg" else al)[value]
+            h_scores, h_pairs = bench.cell(sampler, held, method, value)
+            result.rows.append({"sampler": sampler.label, "method": name, "key": method, "value": value,
+                                "tune": t_scores, "heldout": h_scores})
+            result.per_pair[f"{sampler.label} | {name}"] = list(zip([p.positive + " / -" + p.negative for p in held], h_pairs))
+        bench.log(f"benchmark: {sampler.label} done ({time.time() - t0:.0f} s): kappa {kappa:g}, alpha {alpha:g}")
+    result.seconds = time.time() - t0
+    return result
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def table(result: Result) -> str:
+    """The markdown table: held-out pairs (the headline) and tuning pairs."""
+    lines = ["| model | negative via | removal ↑ | retention ↑ | neg. present ↓ | defects ↓ | removal (tune) | retention (tune) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result.rows:
+        h, t = row["heldout"], row["tune"]
+        lines.append(f"| {row['sampler']} | {row['method']} | {_pct(h.removal)} | {_pct(h.retention)} | {_pct(h.presence)} "
+                     f"| {_pct(h.defects)} | {_pct(t.removal)} | {_pct(t.retention)} |")
+    return "\n".join(lines)
+
+
+def sweep_table(result: Result) -> str:
+    lines = []
+    for key, sweep in result.sweeps.items():
+        lines.append(f"\n{key} sweep (tuning pairs): " + ", ".join(
+            f"{v:g}: removal {_pct(s.removal)} / retention {_pct(s.retention)} / defects {_pct(s.defects)}" for v, s in sweep))
+    return "\n".join(lines)
+
+
+def grid(bench: Bench, result: Result, path, pairs: Sequence[world.PromptPair] = None, per_row: int = 8) -> None:
+    """A labeled PNG: for each pair, one row of ``per_row`` seeds per (sampler, method) of the table."""
+    from PIL import Image, ImageDraw
+    pairs = pairs or world.pairs("heldout")[:3]
+    scale, label_w, head = 3, 260, 16
+    cell = world.SIZE * scale
+    rows = [(pair, row) for pair in pairs for row in result.rows]
+    img = Image.new("RGB", (label_w + per_row * cell, len(rows) * (cell + 2) + head * len(pairs)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    y = 0
+    for pi, pair in enumerate(pairs):
+        draw.text((4, y + 2), f'positive "{pair.positive}"   negative "{pair.negative}"', fill=(0, 0, 0))
+        y += head
+        for row in result.rows:
+            sampler = next(s for s in SAMPLERS if s.label == row["sampler"])
+            images = bench.images(sampler, pair, row["key"], row["value"])[:per_row]
+            draw.text((4, y + cell // 2 - 6), f"{row['sampler']}: {row['method']}", fill=(0, 0, 0))
+            for i, im in enumerate(images):
+                arr = (im.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+                tile = Image.fromarray(arr).resize((cell, cell), Image.NEAREST)
+                img.paste(tile, (label_w + i * cell, y))
+            y += cell + 2
+    img.save(str(path))

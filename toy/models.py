@@ -1,0 +1,247 @@
+"""The toy world's models, built from ComfyUI's own classes at a tiny size.
+
+* text encoder: ComfyUI's SD1.x CLIP (``comfy.sd.CLIP`` with the real CLIP tokenizer), 64 wide,
+  2 layers, seeded random weights, frozen (ComfyUI's CLIP layers add in place, so they cannot be
+  trained through; the UNet learns to read the random encoder, as a UNet reads a frozen CLIP);
+* diffusion model: ComfyUI's ``BaseModel`` around its SD UNet (``openaimodel.UNetModel``), eps
+  prediction on SD1.5's noise schedule, 32 base channels, levels 32/16/8 px with cross-attention
+  on the two lower levels and the middle block (7 cross-attention layers);
+* "VAE": ComfyUI's pixel-space VAE (``comfy.sd.VAE`` with ``pixel_space_vae``): the model works
+  directly on 32x32 RGB pixels, latent format ChromaRadiance's identity 3-channel format. A stock
+  EmptyLatentImage of 256x256 is a 32x32 latent (ComfyUI divides by 8 and fills the channels).
+
+Weights are safetensors files in ``toy/weights`` (float16 on disk, float32 in memory); each
+file's metadata holds its configs, so :func:`load_checkpoint` needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CLIP_FILE = "toy_clip.safetensors"
+MODEL_FILES = {
+    "teacher (multi-step)": "toy_teacher.safetensors",
+    "student SBv2 (one-step)": "toy_student_sbv2.safetensors",
+}
+"""Loader choices -> UNet files. The CLIP file is shared by all of them."""
+
+UNET_CONFIG = {
+    "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
+    "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 2],
+    "transformer_depth": [0, 1, 1], "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 1, 1, 1, 1],
+    "context_dim": 64, "use_spatial_transformer": True, "use_linear_in_transformer": True,
+    "legacy": False, "adm_in_channels": None, "use_checkpoint": False,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+HEAD_CONFIG = {"num_heads": -1, "num_head_channels": 16}
+TEXT_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+               "num_hidden_layers": 2, "projection_dim": 64}
+
+
+def _config_class():
+    import comfy.latent_formats
+    import comfy.supported_models
+
+    class ToyPixelSD(comfy.supported_models.SD15):
+        """SD1.5's noise schedule, in pixel space; eps- or v-prediction (``prediction``)."""
+        latent_format = comfy.latent_formats.ChromaRadiance
+        unet_config = {}
+        prediction = "eps"
+
+        def model_type(self, state_dict, prefix=""):
+            import comfy.model_base
+            return {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[self.prediction]
+
+    return ToyPixelSD
+
+
+PREDICTIONS = ("eps", "v")
+
+
+def model_config(unet_config: Optional[dict] = None, prediction: str = "eps"):
+    import comfy.model_management as mm
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"toy model prediction must be one of {PREDICTIONS}, not {prediction!r}")
+    config = _config_class()(dict(unet_config or UNET_CONFIG))
+    config.prediction = prediction
+    config.unet_config.update(HEAD_CONFIG)
+    config.set_inference_dtype(torch.float32, mm.unet_manual_cast(torch.float32, mm.get_torch_device(),
+                                                                  config.supported_inference_dtypes))
+    return config
+
+
+def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, unet_config: Optional[dict] = None,
+                prediction: str = "eps"):
+    """A ComfyUI ModelPatcher around the toy UNet: ``state_dict`` (diffusion_model keys) or a seeded init."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    config = model_config(unet_config, prediction)
+    model = config.get_model({}, "")
+    if state_dict is None:
+        torch.manual_seed(seed)
+        model.diffusion_model.apply(_reset)
+    else:
+        missing, unexpected = model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()},
+                                                                    strict=False)
+        if missing or unexpected:
+            raise ValueError(f"toy UNet weights do not match the toy config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+_TORCH_INIT = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _reset(module: torch.nn.Module) -> None:
+    """torch's default init: ComfyUI's disable_weight_init ops skip it (they expect a checkpoint)."""
+    for cls in _TORCH_INIT:
+        if isinstance(module, cls):
+            cls.reset_parameters(module)
+            return
+
+
+def build_clip(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0):
+    """ComfyUI's SD1.x CLIP (real tokenizer) at the toy width; ``state_dict`` = its cond_stage_model keys."""
+    import comfy.sd
+    target = _config_class()(dict(UNET_CONFIG)).clip_target()
+    options = {"dtype": torch.float32, "clip_l_model_config": dict(TEXT_CONFIG),
+               "initial_device": torch.device("cpu")}
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    model = clip.cond_stage_model
+    if state_dict is None:
+        torch.manual_seed(seed)
+        for name, param in model.named_parameters():
+            if name.endswith("logit_scale"):
+                continue
+            with torch.no_grad():
+                if "token_embedding" in name:
+                    param.normal_(0.0, 1.0)
+                elif "position_embedding" in name:
+                    param.normal_(0.0, 0.3)
+                elif param.dim() >= 2:
+                    param.normal_(0.0, 1.0 / param.shape[1] ** 0.5)
+                elif "norm" in name and name.endswith("weight"):
+                    param.fill_(1.0)
+                else:
+                    param.zero_()
+    else:
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)
+        missing = [k for k in missing if not k.endswith(("logit_scale", "position_ids"))]
+        if missing or unexpected:
+            raise ValueError(f"toy CLIP weights do not match the toy config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return clip
+
+
+def build_vae():
+    """ComfyUI's pixel-space VAE: IMAGE [0, 1] <-> 3-channel latent [-1, 1], no weights."""
+    import comfy.sd
+    return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+
+
+class TextEncoder:
+    """Batched encoding of prompts with the frozen toy CLIP, equal to CLIPTextEncode's output, cached
+    per prompt (the toy world has a few thousand distinct captions).
+
+    ComfyUI's CLIPTextEncode tokenizes with the real tokenizer and runs the same SDClipModel; with
+    unweighted prompts of one 77-token chunk that is exactly ``clip_l(token ids)``.
+    """
+
+    def __init__(self, clip):
+        self.clip = clip
+        self.module = clip.cond_stage_model.clip_l
+        self._tokens: Dict[str, List[int]] = {}
+        self._cache: Dict[str, torch.Tensor] = {}
+
+    def tokens(self, prompt: str) -> List[int]:
+        if prompt not in self._tokens:
+            chunks = self.clip.tokenize(prompt)["l"]
+            if len(chunks) != 1:
+                raise ValueError(f"toy prompts must fit one 77-token chunk: {prompt!r}")
+            self._tokens[prompt] = [t for t, _ in chunks[0]]
+        return self._tokens[prompt]
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        new = sorted({p for p in prompts if p not in self._cache})
+        if new:
+            for p, c in zip(new, self.module([self.tokens(p) for p in new])[0].float()):
+                self._cache[p] = c
+        return torch.stack([self._cache[p] for p in prompts])
+
+
+def alphas_cumprod(model_patcher) -> torch.Tensor:
+    """The model's own noise schedule, as ComfyUI samples it: alpha_bar_t = 1 / (1 + sigma_t^2)."""
+    sigmas = model_patcher.get_model_object("model_sampling").sigmas.float().cpu()
+    return 1.0 / (1.0 + sigmas ** 2)
+
+
+def eps(diffusion_model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The UNet's noise prediction at VP-scaled input x_t = sqrt(a) x0 + sqrt(1 - a) eps, timestep t."""
+    return diffusion_model(x_t, t.float(), context=cond, **kwargs)
+
+
+def eps_of(prediction: str, alphas_cumprod: torch.Tensor):
+    """``eps_fn(module, x_t, t, cond)`` for a toy UNet of the given prediction type."""
+    if prediction == "eps":
+        return eps
+    from ..nasa_core import diffusion
+
+    def eps_from_v(diffusion_model, x_t, t, cond, **kwargs):
+        return diffusion.eps_from_v(eps(diffusion_model, x_t, t, cond, **kwargs), x_t, t, alphas_cumprod)
+    return eps_from_v
+
+
+def _half(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()
+            if torch.is_floating_point(v)}
+
+
+def save_unet(path, diffusion_model: torch.nn.Module, info: dict, prediction: str = "eps") -> None:
+    from safetensors.torch import save_file
+    meta = {"nasa_toy": "unet", "unet_config": json.dumps(UNET_CONFIG), "prediction": prediction,
+            "info": json.dumps(info)}
+    save_file(_half(diffusion_model.state_dict()), str(path), metadata=meta)
+
+
+def save_clip(path, clip, info: dict) -> None:
+    from safetensors.torch import save_file
+    sd = {k: v for k, v in clip.cond_stage_model.state_dict().items()
+          if not k.endswith(("logit_scale", "position_ids"))}
+    meta = {"nasa_toy": "clip", "text_config": json.dumps(TEXT_CONFIG), "info": json.dumps(info)}
+    save_file(_half(sd), str(path), metadata=meta)
+
+
+def read_file(path, kind: str, rebuild: str):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"toy {kind} weights not found at {path}; restore them from the pack's git "
+                                f"repository or rebuild them with `python scripts/nasa_toy.py {rebuild}`")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("nasa_toy") != ("clip" if kind == "clip" else "unet"):
+        raise ValueError(f"{path} is not a NASA toy {kind} file (metadata nasa_toy={meta.get('nasa_toy')!r})")
+    return load_file(str(path)), meta
+
+
+def load_checkpoint(choice: str, weights_dir=WEIGHTS_DIR):
+    """``(model, clip, vae, info)`` of a shipped toy model ("teacher (multi-step)", ...)."""
+    if choice not in MODEL_FILES:
+        raise ValueError(f"unknown toy model {choice!r}; expected one of {list(MODEL_FILES)}")
+    weights_dir = Path(weights_dir)
+    unet_sd, meta = read_file(weights_dir / MODEL_FILES[choice], "unet",
+                              "train-teacher" if choice.startswith("teacher") else "train-student")
+    clip_sd, _ = read_file(weights_dir / CLIP_FILE, "clip", "train-teacher")
+    model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]), prediction=meta.get("prediction", "eps"))
+    model.model.requires_grad_(False)
+    clip = build_clip(clip_sd)
+    clip.cond_stage_model.requires_grad_(False)
+    return model, clip, build_vae(), json.loads(meta.get("info", "{}"))

@@ -1,0 +1,206 @@
+"""Training the toy world's models from a seed: the multi-step teacher and the one-step student.
+
+Both run on the CPU in minutes (see the README's toy-world section for the measured times);
+the student uses nasa_core's SwiftBrush-v2 trainer (:mod:`..nasa_core.vsd`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..nasa_core import diffusion
+from ..nasa_core import toy_world as world
+from . import models
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TeacherConfig:
+    steps: int = 2500
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    ema: float = 0.999
+    uncond_p: float = 0.1          # caption dropout, so that the teacher knows "" (CFG's unconditional)
+    offset_noise: float = 0.15     # see nasa_core.diffusion.denoising_loss
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def _checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = print, resume: bool = True,
+                  checkpoint_every: int = 250) -> dict:
+    """Train the text encoder's reader, the teacher UNet, on the world; write toy_clip and toy_teacher."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    clip = models.build_clip(seed=config.seed)
+    clip.cond_stage_model.requires_grad_(False)
+    encode = models.TextEncoder(clip)
+    patcher = models.build_model(seed=config.seed)
+    unet = patcher.model.diffusion_model
+    unet.requires_grad_(True)
+    ac = models.alphas_cumprod(patcher)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
+    ema = diffusion.EMA(unet, config.ema)
+    start, losses = 0, []
+    ckpt = out_dir / "teacher.ckpt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema.module.load_state_dict(state["ema"])
+        ema.steps = state["ema_steps"]
+        opt.load_state_dict(state["opt"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, losses = state["step"], state["losses"]
+        log(f"teacher: resumed at step {start}")
+
+    def eps_fn(x, t, c):
+        return models.eps(unet, x, t, c)
+
+    t0 = time.time()
+    for step in range(start, config.steps):
+        images, captions, _ = world.sample_batch(config.batch, generator)
+        drop = torch.rand(config.batch, generator=generator) < config.uncond_p
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        for group in opt.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
+        loss = diffusion.denoising_loss(eps_fn, world.to_model(images), encode(captions), ac, generator,
+                                        offset_noise=config.offset_noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        opt.step()
+        ema.update(unet)
+        losses.append(float(loss.detach()))
+        if (step + 1) % 50 == 0 or step + 1 == config.steps:
+            recent = sum(losses[-50:]) / len(losses[-50:])
+            rate = (time.time() - t0) / (step + 1 - start)
+            log(f"teacher step {step + 1}/{config.steps} loss {recent:.4f} ({rate:.2f} s/step, "
+                f"{rate * (config.steps - step - 1) / 60:.1f} min left)")
+        if (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+            _checkpoint(ckpt, unet=unet.state_dict(), ema=ema.module.state_dict(), ema_steps=ema.steps,
+                        opt=opt.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
+                        step=step + 1, losses=losses)
+    info = {"kind": "teacher", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1),
+            "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 4)}
+    models.save_clip(out_dir / models.CLIP_FILE, clip, {"seed": config.seed, "trained": False})
+    models.save_unet(out_dir / models.MODEL_FILES["teacher (multi-step)"], ema.module, info)
+    (out_dir / "teacher_losses.json").write_text(json.dumps(losses))
+    if ckpt.is_file():
+        ckpt.unlink()
+    log(f"teacher: wrote {out_dir} ({info})")
+    return info
+
+
+@dataclass
+class StudentConfig:
+    steps: int = 1000
+    batch: int = 32
+    student_lr: float = 1e-4
+    lora_lr: float = 1e-3
+    lora_rank: int = 8
+    lora_scale: float = 16.0
+    lora_convs: bool = False       # adapters on the Linear layers only (with convolutions too the toy VSD diverged)
+    lora_updates: int = 2          # two LoRA-teacher updates per student update (DMD2's two time-scale rule)
+    kappa_low: float = 0.5
+    kappa_high: float = 4.0
+    # Half of the iterations train the one-step sample itself (t = 999); the rest train the 4-step
+    # sampler's later timesteps by backward simulation.
+    student_timesteps: tuple = (999, 999, 749, 499, 249)
+    weighting: str = "normalized"
+    # The student predicts v, not eps: its one-step x0 = sqrt(a) x - sqrt(1 - a) v is well conditioned,
+    # where an eps model's x0 = (x - sqrt(1 - a) eps) / sqrt(a) multiplies every error of the tiny UNet by
+    # 1 / sqrt(a_T) = 14.6 (the teacher's own one-step images are pixel noise). Initialised from the
+    # teacher's weights, it first regresses onto the teacher's DDIM samples (warm_steps), then trains by VSD
+    # with DMD's regression loss next to it (regression_weight; 0 = SBv2's VSD alone).
+    prediction: str = "v"
+    warm_steps: int = 300
+    warm_lr: float = 1e-3          # the student's learning rate during the warm start (1e-4 left it noisy)
+    regression_weight: float = 0.25  # DMD's weight
+    pool_size: int = 1024          # (noise, prompt, teacher DDIM sample) pairs for the regression loss
+    pool_ode_steps: int = 8
+    pool_kappa: float = 3.0
+    seed: int = 0
+
+
+def student_trainer(teacher_patcher, clip, config: StudentConfig):
+    """nasa_core's SBv2 trainer wired to the toy models: student = a copy of the teacher UNet."""
+    import copy
+
+    from ..nasa_core import vsd
+    teacher = teacher_patcher.model.diffusion_model
+    student = copy.deepcopy(teacher)
+    vsd_config = vsd.VSDConfig(student_lr=config.student_lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
+                               lora_scale=config.lora_scale, kappa_range=(config.kappa_low, config.kappa_high),
+                               student_timesteps=tuple(config.student_timesteps), weighting=config.weighting,
+                               lora_updates=config.lora_updates, regression_weight=config.regression_weight,
+                               seed=config.seed)
+    ac = models.alphas_cumprod(teacher_patcher)
+    lora = vsd.LoRA(teacher, config.lora_rank, config.lora_scale,
+                    select=lambda name, m: config.lora_convs or isinstance(m, torch.nn.Linear))
+    return vsd.SBv2Trainer(student, teacher, models.eps, models.TextEncoder(clip), ac, (3, world.SIZE, world.SIZE),
+                           vsd_config, lora=lora, student_eps_fn=models.eps_of(config.prediction, ac))
+
+
+def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig = StudentConfig(), log: Log = print,
+                  resume: bool = True, checkpoint_every: int = 100) -> dict:
+    """Distil the one-step SBv2 student from the shipped teacher, image-free (prompts only)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    teacher, clip, _, _ = models.load_checkpoint("teacher (multi-step)", weights_dir)
+    trainer = student_trainer(teacher, clip, config)
+    prompts_rng = torch.Generator().manual_seed(config.seed + 1)
+    ckpt = out_dir / "student.ckpt"
+    history = []
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        prompts_rng.set_state(state["prompts_rng"])
+        history = state["history"]
+        log(f"student: resumed at step {trainer.steps}")
+    elif config.warm_steps > 0 or config.regression_weight > 0:
+        t_pool = time.time()
+        trainer.build_pool(world.training_prompts(config.pool_size, prompts_rng), config.pool_ode_steps, config.pool_kappa)
+        log(f"student: {config.pool_size} teacher DDIM samples for the regression loss ({time.time() - t_pool:.0f} s)")
+    t0, start = time.time(), trainer.steps
+    while trainer.steps < config.steps:
+        prompts = world.training_prompts(config.batch, prompts_rng)
+        warm = trainer.steps < config.warm_steps
+        for group in trainer.student_opt.param_groups:
+            group["lr"] = config.warm_lr if warm else config.student_lr
+        if warm:
+            losses = trainer.regression_step(len(prompts))
+        else:
+            losses = trainer.step(prompts)
+        history.append(losses)
+        s = trainer.steps
+        if s % 25 == 0 or s == config.steps:
+            recent = [h for h in history[-25:] if h.keys() == losses.keys()]
+            mean = {k: sum(h[k] for h in recent) / len(recent) for k in losses}
+            rate = (time.time() - t0) / (s - start)
+            log(f"student step {s}/{config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                + f" ({rate:.2f} s/step, {rate * (config.steps - s) / 60:.1f} min left)")
+        if s % checkpoint_every == 0 and s < config.steps:
+            _checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
+    info = {"kind": "student_sbv2", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
+    models.save_unet(out_dir / models.MODEL_FILES["student SBv2 (one-step)"], trainer.student, info, config.prediction)
+    (out_dir / "student_losses.json").write_text(json.dumps(history))
+    if ckpt.is_file():
+        ckpt.unlink()
+    log(f"student: wrote {out_dir} ({info})")
+    return info
