@@ -187,6 +187,17 @@ class SBv2Trainer:
     def _timesteps(self, n: int, value: int) -> torch.Tensor:
         return torch.full((n,), int(value), dtype=torch.long, device=self.device)
 
+    def _pick_timestep(self) -> int:
+        """One of ``student_timesteps`` (for the whole batch)."""
+        steps = self.config.student_timesteps
+        return steps[int(torch.randint(0, len(steps), (1,), generator=self.generator))]
+
+    def _update(self, optimizer: torch.optim.Optimizer, params, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        optimizer.step()
+
     def unconditional(self, n: int):
         if n not in self._uncond:
             self._uncond[n] = self.encode([""] * n)
@@ -195,8 +206,7 @@ class SBv2Trainer:
     def student_x0(self, cond, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """The student's sample (with grad) and the timestep it was made at (backward simulation
         for timesteps below T-1: the input is the student's own one-step sample, renoised)."""
-        steps = self.config.student_timesteps
-        pick = steps[int(torch.randint(0, len(steps), (1,), generator=self.generator))]
+        pick = self._pick_timestep()
         top = self._timesteps(n, self.T - 1)
         x = self._x_T(n)
         if pick < self.T - 1:
@@ -244,10 +254,9 @@ class SBv2Trainer:
         x, target, t = x_T[idx], x0_ode[idx], self._timesteps(n, self.T - 1)
         if pick is not None and pick < self.T - 1:
             t = self._timesteps(n, pick)
-            with torch.no_grad(), self.lora.disabled():
+            with torch.no_grad():
                 x = diffusion.add_noise(target, self._randn(n), t, self.ac)
-                eps = diffusion.cfg(self.eps_fn(self.teacher, x, t, self.unconditional(n)),
-                                    self.eps_fn(self.teacher, x, t, cond), self.pool_kappa)
+                eps = self.teacher_eps(x, t, cond, self.unconditional(n), self.pool_kappa)
                 target = diffusion.predict_x0(x, eps, t, self.ac)
         x0 = diffusion.predict_x0(x, self.student_eps_fn(self.student, x, t, cond), t, self.ac)
         return 0.5 * (x0 - target).pow(2).sum() / n
@@ -256,13 +265,9 @@ class SBv2Trainer:
         """A warm-start iteration with the regression loss alone (not part of SBv2): needed when the
         student's parameterization differs from the teacher's (a v-prediction student initialised
         from an eps teacher). The student's timestep is drawn from ``student_timesteps``."""
-        steps = self.config.student_timesteps
-        pick = steps[int(torch.randint(0, len(steps), (1,), generator=self.generator))]
+        pick = self._pick_timestep()
         loss = self.regression_loss(n, pick)
-        self.student_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.config.grad_clip)
-        self.student_opt.step()
+        self._update(self.student_opt, self.student.parameters(), loss)
         self.steps += 1
         return {"regression": float(loss.detach())}
 
@@ -298,10 +303,7 @@ class SBv2Trainer:
         if cfg.regression_weight > 0:
             regression = self.regression_loss(n)
             total = student_loss + cfg.regression_weight * regression
-        self.student_opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
-        self.student_opt.step()
+        self._update(self.student_opt, self.student.parameters(), total)
 
         # LoRA-teacher update(s): denoise the student's samples.
         for _ in range(cfg.lora_updates):
@@ -309,10 +311,7 @@ class SBv2Trainer:
             noise2 = self._randn(n)
             lora_loss = torch.nn.functional.mse_loss(
                 self.lora_eps(diffusion.add_noise(x0.detach(), noise2, t2, self.ac), t2, cond), noise2)
-            self.lora_opt.zero_grad(set_to_none=True)
-            lora_loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.lora.parameters(), cfg.grad_clip)
-            self.lora_opt.step()
+            self._update(self.lora_opt, self.lora.parameters(), lora_loss)
         self.steps += 1
         out = {"student": float(student_loss.detach()), "lora": float(lora_loss.detach()),
                "grad_abs": float(grad.abs().mean())}

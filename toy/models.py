@@ -3,12 +3,12 @@
 * text encoder: ComfyUI's SD1.x CLIP (``comfy.sd.CLIP`` with the real CLIP tokenizer), 64 wide,
   2 layers, seeded random weights, frozen (ComfyUI's CLIP layers add in place, so they cannot be
   trained through; the UNet learns to read the random encoder, as a UNet reads a frozen CLIP);
-* diffusion model: ComfyUI's ``BaseModel`` around its SD UNet (``openaimodel.UNetModel``), eps
-  prediction on SD1.5's noise schedule, 32 base channels, levels 32/16/8 px with cross-attention
-  on the two lower levels and the middle block (7 cross-attention layers);
+* diffusion model: ComfyUI's ``BaseModel`` around its SD UNet (``openaimodel.UNetModel``) on SD1.5's
+  noise schedule (teacher eps-prediction, student v-prediction), 32 base channels, levels 24/12/6 px
+  with cross-attention on the two lower levels and the middle block (7 cross-attention layers);
 * "VAE": ComfyUI's pixel-space VAE (``comfy.sd.VAE`` with ``pixel_space_vae``): the model works
-  directly on 32x32 RGB pixels, latent format ChromaRadiance's identity 3-channel format. A stock
-  EmptyLatentImage of 256x256 is a 32x32 latent (ComfyUI divides by 8 and fills the channels).
+  directly on 24x24 RGB pixels, latent format ChromaRadiance's identity 3-channel format. A stock
+  EmptyLatentImage of 192x192 is a 24x24 latent (ComfyUI divides by 8 and fills the channels).
 
 Weights are safetensors files in ``toy/weights`` (float16 on disk, float32 in memory); each
 file's metadata holds its configs, so :func:`load_checkpoint` needs nothing else.
