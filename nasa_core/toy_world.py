@@ -279,6 +279,26 @@ PROMPT_PAIRS: Tuple[PromptPair, ...] = (
 )
 
 
+QUALITY_NEGATIVE = "blurry, noisy, with a stray dot"
+"""The toy world's "low quality, bad photo": every defect named at once."""
+
+
+def negative_prompts() -> List[str]:
+    """NASA-T's negative-prompt pool (the analogue of the paper's 10K quality negatives): every
+    attribute value a prompt may leave unnamed (colors, sizes, positions, backgrounds) and the defect
+    words alone and combined. Shapes are left out: every prompt names its shape."""
+    defects = [DEFECT_WORDS[d] for d in DEFECTS]
+    two = [f"{a}, {b}" for i, a in enumerate(defects) for b in defects[i + 1:]]
+    combos = two + [", ".join(defects)]                 # every pair of defects, then all of them
+    return (list(COLORS) + list(SIZES) + [POSITION_WORDS[p] for p in POSITIONS]
+            + [f"{b} background" for b in BACKGROUNDS] + defects + combos)
+
+
+def heldout_combinations() -> List[Tuple[str, str]]:
+    """(positive, negative) of the held-out pairs: NASA-T training never draws them together."""
+    return [(p.positive, p.negative) for p in pairs("heldout")]
+
+
 def pairs(split: Optional[str] = None) -> Tuple[PromptPair, ...]:
     if split is None:
         return PROMPT_PAIRS

@@ -22,6 +22,15 @@ regression loss onto the frozen teacher's DDIM samples (:meth:`SBv2Trainer.build
 :meth:`SBv2Trainer.regression_step` is the same loss alone, a warm start for a student whose
 parameterization differs from the teacher's (``student_eps_fn``, e.g. v-prediction).
 
+**NASA-T** (paper section 5.3; all off by default): ``teacher_negative`` replaces the frozen
+teacher's unconditional prediction by the negative prompt's (eq. 5), ``student_nasa`` runs the
+student with NASA attention on the negative at a strength alpha ~ U(``alpha_range``) drawn per
+iteration, ``lora_negative`` queries the LoRA teacher with the same negative-prompt guidance (the
+paper found it worse; off). Negatives come from a :class:`NegativePool`, one per sample. An optional
+clamped alignment loss (SBv2's clamped CLIP loss) takes ``align_fn(x0, prompts) -> similarity``
+with ``align_weight`` decaying linearly to zero over ``align_decay_steps`` and margin
+``align_margin``.
+
 ``student_timesteps`` > (T-1,) also trains the student at later timesteps on its own renoised
 one-step samples (backward simulation, as DMD2 does), so it can be sampled in a few steps.
 
@@ -29,7 +38,8 @@ Everything model-specific comes in through small interfaces, so the same trainer
 world's ComfyUI UNet and real checkpoints:
 
 * ``eps_fn(module, x_t, t, cond) -> eps`` runs a network (student or teacher) on a batch
-  (``student_eps_fn`` for a student of another prediction type);
+  (``student_eps_fn`` for a student of another prediction type); for NASA-T the student's is
+  called with ``negative=(negative_cond, alpha)`` and must steer every cross-attention layer;
 * ``encode(prompts) -> cond`` is the frozen text encoder ("" is the unconditional prompt);
 * the LoRA teacher is a :class:`LoRA` on the teacher module (or pass your own).
 
@@ -40,7 +50,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -48,6 +58,52 @@ from . import diffusion
 
 EpsOf = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, object], torch.Tensor]
 Encode = Callable[[Sequence[str]], object]
+AlignFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+
+
+def _words(text: str) -> set:
+    return {w.strip(",.;:") for w in text.lower().split()} - {"", "a", "an", "the", "on", "of", "with"}
+
+
+def shares_a_word(prompt: str, negative: str) -> bool:
+    """The default conflict rule of :class:`NegativePool`: the negative names a word of the prompt."""
+    return bool(_words(prompt) & _words(negative))
+
+
+class NegativePool:
+    """Negative prompts for NASA-T, one drawn per training prompt (uniformly, from the generator).
+
+    A negative that ``conflicts(prompt, negative)`` (default: shares a content word with the prompt,
+    e.g. "red" for "a red circle") is redrawn; a prompt every negative conflicts with gets "".
+    ``exclude`` lists (prompt, negative) pairs never drawn together (a benchmark's held-out pairs).
+    """
+
+    def __init__(self, negatives: Sequence[str], conflicts: Callable[[str, str], bool] = shares_a_word,
+                 exclude: Sequence[Tuple[str, str]] = ()):
+        self.negatives = [n for n in dict.fromkeys(str(n).strip() for n in negatives) if n]
+        if not self.negatives:
+            raise ValueError("NegativePool: no negative prompts (give at least one non-empty line)")
+        self.conflicts = conflicts
+        self.exclude = set(exclude)
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "NegativePool":
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+        try:
+            return cls([line for line in lines if line and not line.startswith("#")], **kwargs)
+        except ValueError as e:
+            raise ValueError(f"{e}: {path} holds no negative prompt (one per line, # comments)") from None
+
+    def _allowed(self, prompt: str) -> List[str]:
+        return [n for n in self.negatives if not self.conflicts(prompt, n) and (prompt, n) not in self.exclude]
+
+    def draw(self, prompts: Sequence[str], generator: torch.Generator) -> List[str]:
+        out = []
+        for p in prompts:
+            allowed = self._allowed(p)
+            out.append(allowed[int(torch.randint(0, len(allowed), (1,), generator=generator))] if allowed else "")
+        return out
 
 
 class LoRA(torch.nn.Module):
@@ -59,11 +115,12 @@ class LoRA(torch.nn.Module):
     kernel, stride and padding into ``rank`` channels, its up projection a 1x1 convolution (the
     usual LoRA of a diffusion UNet's resnets: without it the LoRA teacher cannot follow the
     student's pixel-level statistics, e.g. noise). ``select(name, module)`` picks the layers
-    (default: every Linear and Conv2d).
+    (default: every Linear and Conv2d). ``dtype`` keeps the adapters in e.g. float32 on a bf16 teacher.
     """
 
     def __init__(self, module: torch.nn.Module, rank: int, scale: float,
-                 select: Callable[[str, torch.nn.Module], bool] = lambda name, m: True):
+                 select: Callable[[str, torch.nn.Module], bool] = lambda name, m: True,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.rank, self.gamma = int(rank), float(scale)
         self.enabled = True
@@ -82,8 +139,8 @@ class LoRA(torch.nn.Module):
                 down = torch.nn.Conv2d(sub.in_channels, self.rank, sub.kernel_size, sub.stride, sub.padding,
                                        sub.dilation, bias=False)
                 up = torch.nn.Conv2d(self.rank, sub.out_channels, 1, bias=False)
-            self.down[key] = down.to(weight.device, weight.dtype)
-            self.up[key] = up.to(weight.device, weight.dtype)
+            self.down[key] = down.to(weight.device, dtype or weight.dtype)
+            self.up[key] = up.to(weight.device, dtype or weight.dtype)
             torch.nn.init.kaiming_uniform_(self.down[key].weight, a=math.sqrt(5))
             torch.nn.init.zeros_(self.up[key].weight)
             self._handles.append(sub.register_forward_hook(self._hook(key)))
@@ -117,6 +174,23 @@ class LoRA(torch.nn.Module):
         return len(self.down)
 
 
+MODES = {
+    # Where the negative prompt enters distillation: the rows of the paper's Table 5 (section 6.3).
+    "sbv2": {},
+    "teacher-neg": {"teacher_negative": True},
+    "teacher-lora-neg": {"teacher_negative": True, "lora_negative": True},
+    "nasa-t": {"teacher_negative": True, "student_nasa": True},
+    "nasa-t-lora": {"teacher_negative": True, "student_nasa": True, "lora_negative": True},
+}
+"""Training mode -> the VSDConfig switches it turns on (the others off)."""
+
+
+def mode_switches(mode: str) -> Dict[str, bool]:
+    if mode not in MODES:
+        raise ValueError(f"unknown training mode {mode!r}; expected one of {sorted(MODES)}")
+    return {k: k in MODES[mode] for k in ("teacher_negative", "student_nasa", "lora_negative")}
+
+
 @dataclass
 class VSDConfig:
     student_lr: float = 1e-6          # the paper's SD/PixArt settings (Table 6); the toy world uses more
@@ -128,9 +202,25 @@ class VSDConfig:
     student_timesteps: Tuple[int, ...] = (999,)
     weighting: str = "normalized"     # or "eps" (eq. 6 with w(t) = 1)
     lora_updates: int = 1             # LoRA-teacher updates per student update (SBv2: 1; DMD2's TTUR: 5)
+    micro_batch: int = 0              # run each batch in slices of this many (gradient accumulation); 0 = whole
     regression_weight: float = 0.0    # DMD's regression loss next to VSD (SBv2: 0); needs build_pool()
     grad_clip: float = 1.0
     seed: int = 0
+    # NASA-T (section 5.3): negatives in the frozen teacher (eq. 5), the student (NASA, alpha per
+    # iteration) and, off by default as the paper found best, the LoRA teacher.
+    teacher_negative: bool = False
+    student_nasa: bool = False
+    lora_negative: bool = False
+    alpha_range: Tuple[float, float] = (0.0, 1.0)
+    # SBv2's clamped CLIP loss, where an alignment model is given: weight * max(0, margin - sim),
+    # the weight decaying linearly to 0 over align_decay_steps (0 = constant).
+    align_weight: float = 0.0
+    align_margin: float = 0.37
+    align_decay_steps: int = 0
+
+    @property
+    def uses_negatives(self) -> bool:
+        return self.teacher_negative or self.student_nasa or self.lora_negative
 
     def check(self, num_timesteps: int) -> None:
         if self.weighting not in ("normalized", "eps"):
@@ -144,6 +234,14 @@ class VSDConfig:
             raise ValueError(f"VSDConfig.kappa_range {self.kappa_range} is reversed")
         if self.lora_updates < 1:
             raise ValueError(f"VSDConfig.lora_updates must be >= 1, not {self.lora_updates}")
+        lo, hi = self.alpha_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 2.0):
+            raise ValueError(f"VSDConfig.alpha_range {self.alpha_range} must satisfy 0 <= low <= high <= 2 "
+                             f"(the paper draws alpha ~ U(0, 1))")
+        if self.micro_batch < 0:
+            raise ValueError(f"VSDConfig.micro_batch must be >= 0 (0 = the whole batch), not {self.micro_batch}")
+        if self.align_weight < 0 or self.align_decay_steps < 0:
+            raise ValueError("VSDConfig.align_weight and align_decay_steps must be >= 0")
 
 
 class SBv2Trainer:
@@ -152,9 +250,17 @@ class SBv2Trainer:
     def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, eps_fn: EpsOf, encode: Encode,
                  alphas_cumprod: torch.Tensor, sample_shape: Sequence[int], config: VSDConfig = VSDConfig(),
                  lora: Optional[LoRA] = None, device: Optional[torch.device] = None,
-                 student_eps_fn: Optional[EpsOf] = None):
+                 student_eps_fn: Optional[EpsOf] = None, negatives: Optional[NegativePool] = None,
+                 align_fn: Optional[AlignFn] = None):
         self.config = config
         config.check(len(alphas_cumprod))
+        if config.uses_negatives and negatives is None:
+            raise ValueError("SBv2Trainer: NASA-T (teacher_negative / student_nasa / lora_negative) needs a "
+                             "NegativePool of negative prompts (negatives=...)")
+        if config.align_weight > 0 and align_fn is None:
+            raise ValueError("SBv2Trainer: align_weight > 0 needs an alignment model (align_fn=...); set "
+                             "align_weight to 0 where none is available")
+        self.negatives, self.align_fn = negatives, align_fn
         self.student, self.teacher = student, teacher
         self.eps_fn, self.encode = eps_fn, encode
         self.student_eps_fn = student_eps_fn or eps_fn   # e.g. a v-prediction student (diffusion.eps_from_v)
@@ -193,38 +299,73 @@ class SBv2Trainer:
         return steps[int(torch.randint(0, len(steps), (1,), generator=self.generator))]
 
     def _update(self, optimizer: torch.optim.Optimizer, params, loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        optimizer.step()
+        self._step_with(optimizer, params, loss.backward)
 
     def unconditional(self, n: int):
         if n not in self._uncond:
             self._uncond[n] = self.encode([""] * n)
         return self._uncond[n]
 
-    def student_x0(self, cond, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def student_eps(self, x, t, cond, negative=None) -> torch.Tensor:
+        """The student's eps; with ``negative=(cond, alpha)`` through NASA attention (NASA-T)."""
+        if negative is None:
+            return self.student_eps_fn(self.student, x, t, cond)
+        return self.student_eps_fn(self.student, x, t, cond, negative=negative)
+
+    def _draw(self, n: int) -> Dict[str, object]:
+        """Every random draw of one student pass over ``n`` samples, in one fixed order, so that
+        micro-batches (slices of it) give exactly the whole batch's update."""
+        plan: Dict[str, object] = {"pick": self._pick_timestep(), "x_T": self._x_T(n)}
+        if plan["pick"] < self.T - 1:
+            plan["renoise"] = self._randn(n)
+        return plan
+
+    def student_x0(self, cond, n: int, negative=None, plan: Optional[Dict[str, object]] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The student's sample (with grad) and the timestep it was made at (backward simulation
         for timesteps below T-1: the input is the student's own one-step sample, renoised)."""
-        pick = self._pick_timestep()
+        plan = plan or self._draw(n)
+        pick = plan["pick"]
         top = self._timesteps(n, self.T - 1)
-        x = self._x_T(n)
+        x = plan["x_T"]
         if pick < self.T - 1:
             with torch.no_grad():
-                x0 = diffusion.predict_x0(x, self.student_eps_fn(self.student, x, top, cond), top, self.ac)
+                x0 = diffusion.predict_x0(x, self.student_eps(x, top, cond, negative), top, self.ac)
             t = self._timesteps(n, pick)
-            x = diffusion.add_noise(x0, self._randn(n), t, self.ac)
+            x = diffusion.add_noise(x0, plan["renoise"], t, self.ac)
         else:
             t = top
-        return diffusion.predict_x0(x, self.student_eps_fn(self.student, x, t, cond), t, self.ac), t
+        return diffusion.predict_x0(x, self.student_eps(x, t, cond, negative), t, self.ac), t
 
     def teacher_eps(self, x_t, t, cond, uncond, kappa) -> torch.Tensor:
-        """The frozen teacher with CFG (eq. 4): adapters off."""
+        """The frozen teacher with CFG (eq. 4; eq. 5 when ``uncond`` is the negative): adapters off."""
         with self.lora.disabled():
             return diffusion.cfg(self.eps_fn(self.teacher, x_t, t, uncond), self.eps_fn(self.teacher, x_t, t, cond), kappa)
 
-    def lora_eps(self, x_t, t, cond) -> torch.Tensor:
-        return self.eps_fn(self.teacher, x_t, t, cond)
+    def lora_eps(self, x_t, t, cond, negative=None, kappa=None) -> torch.Tensor:
+        """The LoRA teacher: conditional (SBv2), or guided away from ``negative`` at ``kappa`` (eq. 5)."""
+        eps = self.eps_fn(self.teacher, x_t, t, cond)
+        if negative is None:
+            return eps
+        return diffusion.cfg(self.eps_fn(self.teacher, x_t, t, negative), eps, kappa)
+
+    def draw_negatives(self, prompts: Sequence[str], encode: bool = True) -> Tuple[List[str], object, Optional[float]]:
+        """NASA-T's draws for one iteration: a negative per prompt, its encoding (if ``encode``), and
+        alpha ~ U(alpha_range), one for the whole batch (None unless the student runs NASA)."""
+        negatives = self.negatives.draw(prompts, self.generator)
+        alpha = None
+        if self.config.student_nasa:
+            lo, hi = self.config.alpha_range
+            alpha = lo + (hi - lo) * float(torch.rand((), generator=self.generator))
+        return negatives, (self.encode(negatives) if encode else None), alpha
+
+    def align_weight(self) -> float:
+        cfg = self.config
+        if cfg.align_weight <= 0:
+            return 0.0
+        if cfg.align_decay_steps <= 0:
+            return cfg.align_weight
+        return cfg.align_weight * max(0.0, 1.0 - self.steps / cfg.align_decay_steps)
 
     def build_pool(self, prompts: Sequence[str], ode_steps: int = 8, kappa: float = 3.0, batch: int = 32) -> None:
         """DMD's regression pairs, computed once: for each prompt a noise and the frozen teacher's
@@ -242,14 +383,15 @@ class SBv2Trainer:
                                                  kappa, self.ac, ode_steps))
         self.pool, self.pool_kappa = (list(prompts), torch.cat(xs), torch.cat(x0s)), float(kappa)
 
-    def regression_loss(self, n: int, pick: Optional[int] = None) -> torch.Tensor:
+    def regression_loss(self, n: int, pick: Optional[int] = None, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """DMD's regression loss on ``n`` pool pairs (sum over pixels, mean over samples, as the VSD
         loss): the student's one-step sample from the pair's noise against the teacher's sample; at a
         backward-simulation timestep ``pick``, the teacher's x0 prediction of that sample renoised."""
         if self.pool is None:
             raise RuntimeError("SBv2Trainer: call build_pool(prompts) before using the regression loss")
         prompts, x_T, x0_ode = self.pool
-        idx = torch.randint(0, len(prompts), (n,), generator=self.generator)
+        if idx is None:
+            idx = torch.randint(0, len(prompts), (n,), generator=self.generator)
         cond = self.encode([prompts[i] for i in idx.tolist()])
         x, target, t = x_T[idx], x0_ode[idx], self._timesteps(n, self.T - 1)
         if pick is not None and pick < self.T - 1:
@@ -273,22 +415,45 @@ class SBv2Trainer:
 
     # -- the iteration --------------------------------------------------------------------------
 
-    def step(self, prompts: Sequence[str]) -> Dict[str, float]:
+    def _chunks(self, n: int) -> List[slice]:
+        size = self.config.micro_batch or n
+        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+    def _plan(self, n: int) -> Dict[str, object]:
+        """The student pass's draws (:meth:`_draw`) and the VSD iteration's: teacher timesteps, noise,
+        kappa and the regression loss's pool indices, for the whole batch."""
+        cfg = self.config
+        plan = self._draw(n)
+        plan["t"] = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (n,), generator=self.generator).to(self.device)
+        plan["noise"] = self._randn(n)
+        lo, hi = cfg.kappa_range
+        plan["kappa"] = (lo + (hi - lo) * torch.rand(n, generator=self.generator)).to(self.device)
+        if cfg.regression_weight > 0:
+            if self.pool is None:
+                raise RuntimeError("SBv2Trainer: call build_pool(prompts) before using the regression loss")
+            plan["idx"] = torch.randint(0, len(self.pool[0]), (n,), generator=self.generator)
+        return plan
+
+    @staticmethod
+    def _slice(plan: Dict[str, object], c: slice) -> Dict[str, object]:
+        return {k: (v[c] if isinstance(v, torch.Tensor) else v) for k, v in plan.items()}
+
+    def _vsd_loss(self, prompts: Sequence[str], neg_prompts: Optional[Sequence[str]], alpha: Optional[float],
+                  plan: Dict[str, object], weight: float) -> Tuple[torch.Tensor, object, Dict[str, torch.Tensor]]:
+        """One micro-batch of the student's loss (VSD + the optional terms) scaled by ``weight`` (its
+        share of the batch), backpropagated; returns the detached student sample, the prompts'
+        encoding and the loss terms."""
         cfg = self.config
         n = len(prompts)
         cond = self.encode(list(prompts))
         uncond = self.unconditional(n)
-
-        # Student update (VSD).
-        x0, _ = self.student_x0(cond, n)
-        t = torch.randint(cfg.t_range[0], cfg.t_range[1] + 1, (n,), generator=self.generator).to(self.device)
-        noise = self._randn(n)
-        x_t = diffusion.add_noise(x0.detach(), noise, t, self.ac)
-        lo, hi = cfg.kappa_range
-        kappa = lo + (hi - lo) * torch.rand(n, generator=self.generator)
+        neg_cond = self.encode(list(neg_prompts)) if neg_prompts is not None else None
+        x0, _ = self.student_x0(cond, n, (neg_cond, alpha) if cfg.student_nasa else None, plan)
+        t, kappa = plan["t"], plan["kappa"]
+        x_t = diffusion.add_noise(x0.detach(), plan["noise"], t, self.ac)
         with torch.no_grad():
-            eps_real = self.teacher_eps(x_t, t, cond, uncond, kappa.to(self.device))
-            eps_fake = self.lora_eps(x_t, t, cond)
+            eps_real = self.teacher_eps(x_t, t, cond, neg_cond if cfg.teacher_negative else uncond, kappa)
+            eps_fake = self.lora_eps(x_t, t, cond, neg_cond if cfg.lora_negative else None, kappa)
             if cfg.weighting == "normalized":
                 x0_real = diffusion.predict_x0(x_t, eps_real, t, self.ac)
                 x0_fake = diffusion.predict_x0(x_t, eps_fake, t, self.ac)
@@ -298,25 +463,70 @@ class SBv2Trainer:
             else:
                 grad = eps_real - eps_fake
             grad = torch.nan_to_num(grad)
-        student_loss = 0.5 * torch.nn.functional.mse_loss(x0, (x0 - grad).detach(), reduction="sum") / n
-        total = student_loss
+        terms = {"student": 0.5 * torch.nn.functional.mse_loss(x0, (x0 - grad).detach(), reduction="sum") / n}
+        total = terms["student"]
         if cfg.regression_weight > 0:
-            regression = self.regression_loss(n)
-            total = student_loss + cfg.regression_weight * regression
-        self._update(self.student_opt, self.student.parameters(), total)
+            terms["regression"] = self.regression_loss(n, idx=plan["idx"])
+            total = total + cfg.regression_weight * terms["regression"]
+        align_w = self.align_weight()
+        if align_w > 0:
+            terms["align"] = torch.relu(cfg.align_margin - self.align_fn(x0, list(prompts))).mean()
+            total = total + align_w * terms["align"]
+        (total * weight).backward()
+        terms["grad_abs"] = grad.abs().mean()
+        return x0.detach(), cond, {k: v.detach() * weight for k, v in terms.items()}
+
+    def _step_with(self, optimizer: torch.optim.Optimizer, params, accumulate: Callable[[], None]) -> None:
+        """zero_grad, the micro-batches' backward passes (``accumulate``), clip, step."""
+        params = list(params)
+        optimizer.zero_grad(set_to_none=True)
+        accumulate()
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        optimizer.step()
+
+    def step(self, prompts: Sequence[str]) -> Dict[str, float]:
+        """One iteration: a student update (VSD, eq. 6; NASA-T's negatives where switched on), then
+        ``lora_updates`` LoRA-teacher updates on the student's samples. With ``micro_batch`` the batch
+        runs in slices whose gradients add up to the whole batch's (same update, less memory)."""
+        cfg = self.config
+        prompts = list(prompts)
+        n = len(prompts)
+        neg_prompts, alpha = None, None
+        if cfg.uses_negatives:
+            neg_prompts, _, alpha = self.draw_negatives(prompts, encode=False)
+        chunks = self._chunks(n)
+        plan = self._plan(n)
+        samples, logs = [], {}
+
+        def student_pass():
+            for c in chunks:
+                x0, cond, terms = self._vsd_loss(prompts[c], neg_prompts[c] if neg_prompts else None, alpha,
+                                                 self._slice(plan, c), (c.stop - c.start) / n)
+                samples.append((x0, cond))
+                for k, v in terms.items():
+                    logs[k] = logs.get(k, 0.0) + float(v)
+        self._step_with(self.student_opt, self.student.parameters(), student_pass)
 
         # LoRA-teacher update(s): denoise the student's samples.
         for _ in range(cfg.lora_updates):
+            lora_total = []
             t2 = torch.randint(0, self.T, (n,), generator=self.generator).to(self.device)
             noise2 = self._randn(n)
-            lora_loss = torch.nn.functional.mse_loss(
-                self.lora_eps(diffusion.add_noise(x0.detach(), noise2, t2, self.ac), t2, cond), noise2)
-            self._update(self.lora_opt, self.lora.parameters(), lora_loss)
+
+            def lora_pass():
+                for (x0, cond), c in zip(samples, chunks):
+                    loss = torch.nn.functional.mse_loss(
+                        self.lora_eps(diffusion.add_noise(x0, noise2[c], t2[c], self.ac), t2[c], cond), noise2[c])
+                    (loss * ((c.stop - c.start) / n)).backward()
+                    lora_total.append(float(loss.detach()) * (c.stop - c.start) / n)
+            self._step_with(self.lora_opt, self.lora.parameters(), lora_pass)
         self.steps += 1
-        out = {"student": float(student_loss.detach()), "lora": float(lora_loss.detach()),
-               "grad_abs": float(grad.abs().mean())}
-        if cfg.regression_weight > 0:
-            out["regression"] = float(regression.detach())
+        out = {"student": logs["student"], "lora": sum(lora_total), "grad_abs": logs["grad_abs"]}
+        for k in ("regression", "align"):
+            if k in logs:
+                out[k] = logs[k]
+        if alpha is not None:
+            out["alpha"] = alpha
         return out
 
     # -- checkpoints ----------------------------------------------------------------------------
