@@ -82,7 +82,8 @@ def _steered_cross_attention(layer, x, cond, forward: _Forward):
     z = attention(q, k.view(b, -1, c), v.view(b, -1, c), heads, mask=None)
 
     def project(neg):
-        return layer.kv_linear(forward.embed(neg)).view(1, -1, 2, c).unbind(2)
+        emb = forward.embed(neg)            # batch 1 at sample time; one negative per row in NASA-T training
+        return layer.kv_linear(emb).view(emb.shape[0], -1, 2, c).unbind(2)
 
     def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
         n = q_rows.shape[0]

@@ -30,9 +30,13 @@ class NASAToyModelLoader(io.ComfyNode):
                          "position, background and defects (blurry, noisy, with a stray dot)."),
             inputs=[io.Combo.Input("model", options=list(models.MODEL_FILES), default="student SBv2 (one-step)",
                                    tooltip="teacher: a multi-step model (10 steps, euler, scheduler normal, cfg 3). "
-                                           "student: the one-step model distilled from it SwiftBrush-v2 style "
-                                           "(1 or 4 steps, sampler lcm, scheduler sgm_uniform, cfg 1).")],
-            outputs=[io.Model.Output(tooltip="The toy UNet (SD1.5-type eps model in pixel space)."),
+                                           "student SBv2: the one-step model distilled from it SwiftBrush-v2 style "
+                                           "(1 or 4 steps, sampler lcm, scheduler sgm_uniform, cfg 1). student "
+                                           "NASA-T: the same student fine-tuned with negative prompts inside "
+                                           "distillation (NASA-T); sample it the same way, with Apply NASA Attention "
+                                           "for the negative.")],
+            outputs=[io.Model.Output(tooltip="The toy UNet (SD1.5-type model in pixel space: the teacher predicts "
+                                             "eps, the students v)."),
                      io.Clip.Output(tooltip="The toy text encoder (ComfyUI's SD1 CLIP at 64 wide)."),
                      io.Vae.Output(tooltip="ComfyUI's pixel-space VAE (no weights).")],
         )

@@ -165,3 +165,16 @@ def pack_submodule(pack_module, name: str):
 
 def quiet_comfy_logging(level=logging.WARNING) -> None:
     logging.getLogger().setLevel(level)
+
+
+def pack_main(root, submodule: str, argv, *extra) -> int:
+    """Bootstrap ComfyUI, load the pack at ``root`` as ComfyUI loads a custom-node folder, and call
+    ``<submodule>.main(argv, *extra)`` (the scripts/ command lines)."""
+    comfy_dir, how = find_comfyui(root)
+    if comfy_dir is None:
+        print(f"error: {how}", file=sys.stderr)
+        return 2
+    nodes = bootstrap(comfy_dir)
+    quiet_comfy_logging()
+    pack = load_pack(nodes, root)
+    return pack_submodule(pack, submodule).main(argv, *extra)

@@ -48,7 +48,7 @@ def test_every_input_and_output_has_a_tooltip(comfyui):
 
 
 def test_layout_and_import_rules():
-    for folder in ("nodes", "nasa_core", "adapters", "toy", "workflows", "tests"):
+    for folder in ("nodes", "nasa_core", "adapters", "toy", "distill", "workflows", "tests"):
         assert (PACK / folder).is_dir(), folder
     # nasa_core never imports ComfyUI; nodes never reach into comfy internals (adapters do)
     for f in (PACK / "nodes").glob("*.py"):

@@ -10,7 +10,8 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = PACK_ROOT / "toy" / "weights"
-SHIPPED = ("toy_clip.safetensors", "toy_teacher.safetensors", "toy_student_sbv2.safetensors")
+SHIPPED = ("toy_clip.safetensors", "toy_teacher.safetensors", "toy_student_sbv2.safetensors",
+           "toy_student_nasat.safetensors")
 
 
 def test_shipped_weights_are_small_and_present():
@@ -41,8 +42,10 @@ def test_loader_node_gives_real_comfyui_objects(comfyui, toy):
         assert isinstance(clip, comfy.sd.CLIP) and isinstance(vae, comfy.sd.VAE)
         assert vae.downscale_ratio == 1 and vae.latent_channels == 3
         assert comfyui.mod("adapters").find_adapter(model).__name__.endswith("unet")
-    teacher, student = (loaded[c][0].model.diffusion_model for c in models.MODEL_FILES)
-    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters()))
+    unets = [loaded[c][0].model.diffusion_model for c in models.MODEL_FILES]
+    assert len(unets) == 3
+    for a, b in ((0, 1), (0, 2), (1, 2)):      # teacher, SBv2 student, NASA-T student: three different models
+        assert any(not torch.equal(p, q) for p, q in zip(unets[a].parameters(), unets[b].parameters())), (a, b)
 
 
 def test_text_encoder_equals_clip_text_encode(comfy, toy):
@@ -106,7 +109,7 @@ def test_teacher_trainer_loss_falls(comfy, tmp_path):
     train = comfy.mod("toy.train")
     logs = []
     train.train_teacher(tmp_path, train.TeacherConfig(steps=12, batch=8, warmup=1, lr=2e-3), log=logs.append)
-    losses = __import__("json").loads((tmp_path / "teacher_losses.json").read_text())
+    losses = __import__("json").loads((tmp_path / "toy_teacher.losses.json").read_text())
     assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     model, _, _, info = comfy.mod("toy.models").load_checkpoint("teacher (multi-step)", tmp_path)
@@ -152,12 +155,12 @@ def test_train_student_end_to_end(comfy, tmp_path):
     config = train.StudentConfig(steps=4, warm_steps=2, batch=2, pool_size=4, pool_ode_steps=2)
     logs = []
     train.train_student(tmp_path, tmp_path, config, log=logs.append)
-    history = __import__("json").loads((tmp_path / "student_losses.json").read_text())
+    history = __import__("json").loads((tmp_path / "toy_student_sbv2.losses.json").read_text())
     assert [set(h) for h in history] == [{"regression"}] * 2 + [{"student", "lora", "grad_abs", "regression"}] * 2
     assert all(torch.isfinite(torch.tensor(v)) for h in history for v in h.values())
     model, _, _, info = models.load_checkpoint("student SBv2 (one-step)", tmp_path)
     assert model.model.model_type == v_prediction and info["config"]["steps"] == 4
-    assert not (tmp_path / "student.ckpt").exists() and any("4 teacher DDIM samples" in line for line in logs)
+    assert not (tmp_path / "toy_student_sbv2.ckpt").exists() and any("4 teacher DDIM samples" in line for line in logs)
 
 
 # From the full benchmark (README, "Toy world"; 100 seeds, held-out pairs): student 1-step, no negative

@@ -94,6 +94,11 @@ class Bench:
         self.noise = torch.cat([torch.randn((1, 3, world.SIZE, world.SIZE), generator=torch.Generator().manual_seed(s))
                                 for s in self.seeds])
 
+    def add_model(self, label: str, path) -> None:
+        """Make a toy UNet file (e.g. a student of the NASA-T ablation) samplable as ``label``."""
+        model, info = models.load_unet(path)
+        self.loaded[label] = (model, self.clip, self.vae, info)
+
     def cond(self, text: str):
         if text not in self._cond:
             self._cond[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))

@@ -2,8 +2,9 @@
 
     judges          accuracy of every judge against the generator's ground truth
     train-teacher   the multi-step teacher (writes toy_clip + toy_teacher)
-    train-student   the one-step SBv2 student, distilled from the teacher image-free
+    train-student   a one-step student distilled from the teacher image-free: SBv2 or NASA-T (--mode)
     benchmark       the removal table (markdown) and a labeled image grid
+    ablation        the NASA-T ablation table from students trained with train-student --mode
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def _add_config(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def _config(cls, args):
     values = {f.name: getattr(args, f.name) for f in fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
@@ -42,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
         t = sub.add_parser(name, help=f"train the {name.split('-')[1]} from a seed")
         t.add_argument("--out", default=str(models.WEIGHTS_DIR), help="weights directory (default: the shipped one)")
         t.add_argument("--no-resume", action="store_true", help="ignore a checkpoint left by an interrupted run")
+        t.add_argument("--checkpoint-every", type=_positive, default=250 if cls is train.TeacherConfig else 100,
+                       help="steps between resumable checkpoints (<file>.ckpt next to the output)")
         _add_config(t, cls)
+        if cls is train.StudentConfig:
+            t.add_argument("--mode", choices=sorted(train.MODES), default=None,
+                           help="where the negative prompt enters distillation (sets the three switches): "
+                                "sbv2 = none, teacher-neg, teacher-lora-neg, nasa-t (teacher + NASA student), nasa-t-lora")
+            t.add_argument("--out-file", default="", help="student file name (default by mode)")
+            t.add_argument("--weights", default=None, help="folder of the teacher and CLIP (default: --out)")
+    a = sub.add_parser("ablation", help="the NASA-T ablation table (Table 5) from trained students")
+    a.add_argument("--students", default="output/toy_ablation", help="folder of <mode>_s<seed>.safetensors")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
+    a.add_argument("--image-seeds", type=int, default=100, help="image seeds per prompt pair (default 100)")
     b = sub.add_parser("benchmark", help="the removal benchmark: markdown table, image grid, results.json")
     b.add_argument("--weights", default=str(models.WEIGHTS_DIR))
     b.add_argument("--seeds", type=int, default=100, help="seeds per prompt pair (default 100)")
@@ -60,10 +80,19 @@ def main(argv=None) -> int:
             print(f"| {k} | {100 * v:.2f}% |")
         return 0 if min(acc.values()) >= 0.99 else 1
     if args.command == "train-teacher":
-        train.train_teacher(args.out, _config(train.TeacherConfig, args), log=log, resume=not args.no_resume)
+        train.train_teacher(args.out, _config(train.TeacherConfig, args), log=log, resume=not args.no_resume,
+                            checkpoint_every=args.checkpoint_every)
         return 0
     if args.command == "train-student":
-        train.train_student(args.out, args.out, _config(train.StudentConfig, args), log=log, resume=not args.no_resume)
+        if args.mode is not None:
+            for k in ("teacher_negative", "student_nasa", "lora_negative"):
+                setattr(args, k, k in train.MODES[args.mode])
+        train.train_student(args.out, args.weights or args.out, _config(train.StudentConfig, args), log=log,
+                            resume=not args.no_resume, checkpoint_every=args.checkpoint_every, out_file=args.out_file)
+        return 0
+    if args.command == "ablation":
+        from . import ablation
+        print(ablation.main(args.students, args.seeds, args.image_seeds, log=log))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

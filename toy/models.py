@@ -26,6 +26,7 @@ CLIP_FILE = "toy_clip.safetensors"
 MODEL_FILES = {
     "teacher (multi-step)": "toy_teacher.safetensors",
     "student SBv2 (one-step)": "toy_student_sbv2.safetensors",
+    "student NASA-T (one-step)": "toy_student_nasat.safetensors",
 }
 """Loader choices -> UNet files. The CLIP file is shared by all of them."""
 
@@ -187,17 +188,6 @@ def eps(diffusion_model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
     return diffusion_model(x_t, t.float(), context=cond, **kwargs)
 
 
-def eps_of(prediction: str, alphas_cumprod: torch.Tensor):
-    """``eps_fn(module, x_t, t, cond)`` for a toy UNet of the given prediction type."""
-    if prediction == "eps":
-        return eps
-    from ..nasa_core import diffusion
-
-    def eps_from_v(diffusion_model, x_t, t, cond, **kwargs):
-        return diffusion.eps_from_v(eps(diffusion_model, x_t, t, cond, **kwargs), x_t, t, alphas_cumprod)
-    return eps_from_v
-
-
 def _half(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()
             if torch.is_floating_point(v)}
@@ -232,16 +222,22 @@ def read_file(path, kind: str, rebuild: str):
     return load_file(str(path)), meta
 
 
+def load_unet(path, rebuild: str = "train-student"):
+    """``(model, info)``: a toy UNet file as a ComfyUI ModelPatcher (frozen)."""
+    unet_sd, meta = read_file(path, "unet", rebuild)
+    model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]), prediction=meta.get("prediction", "eps"))
+    model.model.requires_grad_(False)
+    return model, json.loads(meta.get("info", "{}"))
+
+
 def load_checkpoint(choice: str, weights_dir=WEIGHTS_DIR):
     """``(model, clip, vae, info)`` of a shipped toy model ("teacher (multi-step)", ...)."""
     if choice not in MODEL_FILES:
         raise ValueError(f"unknown toy model {choice!r}; expected one of {list(MODEL_FILES)}")
     weights_dir = Path(weights_dir)
-    unet_sd, meta = read_file(weights_dir / MODEL_FILES[choice], "unet",
-                              "train-teacher" if choice.startswith("teacher") else "train-student")
+    model, info = load_unet(weights_dir / MODEL_FILES[choice],
+                            "train-teacher" if choice.startswith("teacher") else "train-student")
     clip_sd, _ = read_file(weights_dir / CLIP_FILE, "clip", "train-teacher")
-    model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]), prediction=meta.get("prediction", "eps"))
-    model.model.requires_grad_(False)
     clip = build_clip(clip_sd)
     clip.cond_stage_model.requires_grad_(False)
-    return model, clip, build_vae(), json.loads(meta.get("info", "{}"))
+    return model, clip, build_vae(), info

@@ -15,6 +15,7 @@ import torch
 
 from ..nasa_core import diffusion
 from ..nasa_core import toy_world as world
+from ..nasa_core.vsd import MODES  # re-exported: the CLI's --mode choices
 from . import models
 
 Log = Callable[[str], None]
@@ -99,7 +100,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
             "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 4)}
     models.save_clip(out_dir / models.CLIP_FILE, clip, {"seed": config.seed, "trained": False})
     models.save_unet(out_dir / models.MODEL_FILES["teacher (multi-step)"], ema.module, info)
-    (out_dir / "teacher_losses.json").write_text(json.dumps(losses))
+    (out_dir / "toy_teacher.losses.json").write_text(json.dumps(losses))
     if ckpt.is_file():
         ckpt.unlink()
     log(f"teacher: wrote {out_dir} ({info})")
@@ -134,38 +135,69 @@ class StudentConfig:
     pool_size: int = 1024          # (noise, prompt, teacher DDIM sample) pairs for the regression loss
     pool_ode_steps: int = 8
     pool_kappa: float = 3.0
+    # NASA-T (see MODES): negatives from toy_world.negative_prompts(), one per prompt; alpha ~ U(low, high).
+    teacher_negative: bool = False
+    student_nasa: bool = False
+    lora_negative: bool = False
+    alpha_low: float = 0.0
+    alpha_high: float = 1.0
+    init: str = ""                 # a toy student file to start from (skips the warm start), e.g. the shipped SBv2 student
     seed: int = 0
 
+    @property
+    def mode(self) -> str:
+        switches = {k: getattr(self, k) for k in ("teacher_negative", "student_nasa", "lora_negative")}
+        return next((m for m, on in MODES.items() if switches == {k: k in on for k in switches}), "custom")
 
-def student_trainer(teacher_patcher, clip, config: StudentConfig):
-    """nasa_core's SBv2 trainer wired to the toy models: student = a copy of the teacher UNet."""
-    import copy
 
+def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=None):
+    """nasa_core's SBv2/NASA-T trainer on the toy models, through ComfyUI's own model path
+    (:func:`..adapters.distill.comfy_eps`): student = a ComfyUI model of the student's prediction type
+    with the teacher's weights (or ``student_state``)."""
+    from ..adapters import distill
     from ..nasa_core import vsd
-    teacher = teacher_patcher.model.diffusion_model
-    student = copy.deepcopy(teacher)
+    teacher = teacher_patcher.model
+    state = student_state if student_state is not None else teacher.diffusion_model.state_dict()
+    student = models.build_model(state, prediction=config.prediction).model
+    for net in (student, teacher):
+        net.train(False)           # no dropout anywhere; gradients still flow
     vsd_config = vsd.VSDConfig(student_lr=config.student_lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
                                lora_scale=config.lora_scale, kappa_range=(config.kappa_low, config.kappa_high),
                                student_timesteps=tuple(config.student_timesteps), weighting=config.weighting,
                                lora_updates=config.lora_updates, regression_weight=config.regression_weight,
+                               teacher_negative=config.teacher_negative, student_nasa=config.student_nasa,
+                               lora_negative=config.lora_negative, alpha_range=(config.alpha_low, config.alpha_high),
                                seed=config.seed)
-    ac = models.alphas_cumprod(teacher_patcher)
     lora = vsd.LoRA(teacher, config.lora_rank, config.lora_scale,
                     select=lambda name, m: config.lora_convs or isinstance(m, torch.nn.Linear))
-    return vsd.SBv2Trainer(student, teacher, models.eps, models.TextEncoder(clip), ac, (3, world.SIZE, world.SIZE),
-                           vsd_config, lora=lora, student_eps_fn=models.eps_of(config.prediction, ac))
+    pool = vsd.NegativePool(world.negative_prompts(), exclude=world.heldout_combinations())
+    return vsd.SBv2Trainer(student, teacher, distill.comfy_eps, models.TextEncoder(clip), distill.alphas_cumprod(teacher),
+                           (3, world.SIZE, world.SIZE), vsd_config, lora=lora, negatives=pool)
+
+
+def student_file(config: StudentConfig) -> str:
+    return models.MODEL_FILES["student NASA-T (one-step)" if config.student_nasa else "student SBv2 (one-step)"]
 
 
 def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig = StudentConfig(), log: Log = print,
-                  resume: bool = True, checkpoint_every: int = 100) -> dict:
-    """Distil the one-step SBv2 student from the shipped teacher, image-free (prompts only)."""
+                  resume: bool = True, checkpoint_every: int = 100, out_file: str = "") -> dict:
+    """Distil a one-step student from the shipped teacher, image-free (prompts only): SBv2, or NASA-T
+    and its ablations (``config``'s switches, :data:`MODES`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     teacher, clip, _, _ = models.load_checkpoint("teacher (multi-step)", weights_dir)
-    trainer = student_trainer(teacher, clip, config)
+    init_state = None
+    if config.init:
+        init_state, meta = models.read_file(config.init, "unet", "train-student")
+        if meta.get("prediction", "eps") != config.prediction:
+            raise ValueError(f"train-student: --init {config.init} predicts {meta.get('prediction', 'eps')!r} "
+                             f"but --prediction is {config.prediction!r}")
+    trainer = student_trainer(teacher, clip, config, init_state)
+    warm_steps = 0 if config.init else config.warm_steps
     prompts_rng = torch.Generator().manual_seed(config.seed + 1)
-    ckpt = out_dir / "student.ckpt"
+    path = out_dir / (out_file or student_file(config))
+    ckpt = path.with_suffix(".ckpt")
     history = []
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
@@ -173,14 +205,14 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
         prompts_rng.set_state(state["prompts_rng"])
         history = state["history"]
         log(f"student: resumed at step {trainer.steps}")
-    elif config.warm_steps > 0 or config.regression_weight > 0:
+    elif warm_steps > 0 or config.regression_weight > 0:
         t_pool = time.time()
         trainer.build_pool(world.training_prompts(config.pool_size, prompts_rng), config.pool_ode_steps, config.pool_kappa)
         log(f"student: {config.pool_size} teacher DDIM samples for the regression loss ({time.time() - t_pool:.0f} s)")
     t0, start = time.time(), trainer.steps
     while trainer.steps < config.steps:
         prompts = world.training_prompts(config.batch, prompts_rng)
-        warm = trainer.steps < config.warm_steps
+        warm = trainer.steps < warm_steps
         for group in trainer.student_opt.param_groups:
             group["lr"] = config.warm_lr if warm else config.student_lr
         if warm:
@@ -193,14 +225,14 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
             recent = [h for h in history[-25:] if h.keys() == losses.keys()]
             mean = {k: sum(h[k] for h in recent) / len(recent) for k in losses}
             rate = (time.time() - t0) / (s - start)
-            log(f"student step {s}/{config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+            log(f"student ({config.mode}) step {s}/{config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
                 + f" ({rate:.2f} s/step, {rate * (config.steps - s) / 60:.1f} min left)")
         if s % checkpoint_every == 0 and s < config.steps:
             _checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
-    info = {"kind": "student_sbv2", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
-    models.save_unet(out_dir / models.MODEL_FILES["student SBv2 (one-step)"], trainer.student, info, config.prediction)
-    (out_dir / "student_losses.json").write_text(json.dumps(history))
+    info = {"kind": f"student_{config.mode}", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
+    models.save_unet(path, trainer.student.diffusion_model, info, config.prediction)
+    (path.with_suffix(".losses.json")).write_text(json.dumps(history))
     if ckpt.is_file():
         ckpt.unlink()
-    log(f"student: wrote {out_dir} ({info})")
+    log(f"student: wrote {path} ({info})")
     return info

@@ -1,0 +1,1 @@
+"""Real-scale SBv2 / NASA-T distillation of ComfyUI checkpoints (see :mod:`.recipe`)."""
