@@ -91,3 +91,24 @@ def sharpen_rms_norms(dm, seed=0):
         for m in dm.modules():
             if isinstance(m, torch.nn.RMSNorm) and m.weight is not None:
                 m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+
+
+class TinyEps(torch.nn.Module):
+    """The trainer tests' network: eps(x_t, t, cond[, negative=(neg_cond, alpha)]), two convolutions with
+    FiLM by a linear map of the condition vector and t. With a negative the FiLM vector is
+    film(cond) - alpha * film(neg): NASA's subtraction at the one place this network reads its text."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inp = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.film = torch.nn.Linear(9, 16)
+        self.out = torch.nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x, t, cond, negative=None):
+        tt = (t.float() / 1000)[:, None]
+        f = self.film(torch.cat([cond, tt], 1))
+        if negative is not None:
+            neg, alpha = negative
+            f = f - alpha * self.film(torch.cat([neg, tt], 1))
+        return self.out(torch.nn.functional.silu(self.inp(x) * (1 + f)[:, :, None, None]))

@@ -9,22 +9,11 @@ import copy
 import pytest
 import torch
 
+import nasa_test_support as support
 from nasa_core import diffusion, vsd
 
 
-class TinyEps(torch.nn.Module):
-    """eps(x_t, t, cond): two convolutions, FiLM by a linear map of the condition vector and t."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.inp = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.film = torch.nn.Linear(9, 16)
-        self.out = torch.nn.Conv2d(16, 3, 3, padding=1)
-
-    def forward(self, x, t, cond):
-        c = torch.cat([cond, (t.float() / 1000)[:, None]], 1)
-        return self.out(torch.nn.functional.silu(self.inp(x) * (1 + self.film(c))[:, :, None, None]))
+TinyEps = support.TinyEps
 
 
 WORDS = {"": 0, "red": 1, "a circle": 2, "a square": 3}

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 
+import nasa_test_support as support
 from nasa_core import diffusion, toy_world, vsd
 
 WORDS = {"": 0, "a red circle": 1, "a blue square": 2, "red": 3, "blue": 4, "noisy": 5, "a triangle": 6}
@@ -22,25 +23,7 @@ def encode(prompts):
     return torch.nn.functional.one_hot(torch.tensor([WORDS[p] for p in prompts]), 8).float()
 
 
-class SteerableEps(torch.nn.Module):
-    """eps(x_t, t, cond[, negative=(neg_cond, alpha)]): two convolutions, FiLM by the condition; with a
-    negative the FiLM vector is film(cond) - alpha * film(neg), NASA's subtraction at the one place
-    this network reads its text."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.inp = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.film = torch.nn.Linear(9, 16)
-        self.out = torch.nn.Conv2d(16, 3, 3, padding=1)
-
-    def forward(self, x, t, cond, negative=None):
-        tt = (t.float() / 1000)[:, None]
-        f = self.film(torch.cat([cond, tt], 1))
-        if negative is not None:
-            neg, alpha = negative
-            f = f - alpha * self.film(torch.cat([neg, tt], 1))
-        return self.out(torch.nn.functional.silu(self.inp(x) * (1 + f)[:, :, None, None]))
+TinyEps = support.TinyEps      # negative=(neg_cond, alpha) steers it the way NASA does
 
 
 def eps_fn(module, x, t, cond, negative=None):
@@ -51,7 +34,7 @@ AC = diffusion.scaled_linear_alphas_cumprod()
 
 
 def make(mode="nasa-t", seed=0, net_seed=None, eps=eps_fn, pool=None, **overrides):
-    teacher = SteerableEps(seed if net_seed is None else net_seed)
+    teacher = TinyEps(seed if net_seed is None else net_seed)
     align_fn = overrides.pop("align_fn", None)
     settings = dict(student_lr=1e-3, lora_rank=4, lora_scale=8.0, seed=seed, **vsd.mode_switches(mode))
     cfg = vsd.VSDConfig(**{**settings, **overrides})
@@ -109,7 +92,7 @@ def test_modes_and_config_errors():
         make(alpha_range=(0.0, float("nan")))
     with pytest.raises(ValueError, match="micro_batch"):
         make(micro_batch=-1)
-    teacher = SteerableEps()
+    teacher = TinyEps()
     with pytest.raises(ValueError, match="needs a NegativePool"):
         vsd.SBv2Trainer(copy.deepcopy(teacher), teacher, eps_fn, encode, AC, (3, 8, 8),
                         vsd.VSDConfig(**vsd.mode_switches("teacher-neg")))
