@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List
 
@@ -138,30 +138,32 @@ class TextEncoder:
         return torch.cat(conds)
 
 
-def load(checkpoint=None, diffusion_model=None, text_encoder=None, clip_type="pixart", dtype=torch.float32):
+def load(checkpoint=None, diffusion_model=None, text_encoder=None, clip_type="pixart", dtype=torch.float32,
+         text: bool = True):
     """``(model_patcher, clip, vae or None)`` with ComfyUI's own loaders: a full checkpoint (SD1.5/SD2.1),
-    or a diffusion model file plus a text encoder file (PixArt: the T5 encoder, ``clip_type`` pixart)."""
+    or a diffusion model file plus a text encoder file (PixArt: the T5 encoder, ``clip_type`` pixart).
+    ``text=False`` loads the diffusion model alone (clip and vae None): the frozen teacher's copy."""
     import comfy.sd
     options = {"dtype": dtype}
     if checkpoint:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{NODE}: --checkpoint {checkpoint} not found")
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True,
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=text, output_clip=text,
                                                                     model_options=options)
-        if clip is None:
-            raise ValueError(f"{NODE}: {checkpoint} holds no text encoder; pass --text-encoder")
+        if text and clip is None:
+            raise ValueError(f"{NODE}: {checkpoint} holds no text encoder; pass it as --diffusion-model {checkpoint} "
+                             f"together with --text-encoder FILE")
         return model, clip, vae
     if not (diffusion_model and text_encoder):
         raise ValueError(f"{NODE}: give --checkpoint, or --diffusion-model together with --text-encoder")
     for p, flag in ((diffusion_model, "--diffusion-model"), (text_encoder, "--text-encoder")):
         if not Path(p).is_file():
             raise FileNotFoundError(f"{NODE}: {flag} {p} not found")
-    model = comfy.sd.load_diffusion_model(str(diffusion_model), model_options=options)
     kind = getattr(comfy.sd.CLIPType, clip_type.upper(), None)
     if kind is None:
         raise ValueError(f"{NODE}: --clip-type {clip_type!r} is not a ComfyUI CLIP type")
-    clip = comfy.sd.load_clip([str(text_encoder)], clip_type=kind)
-    return model, clip, None
+    model = comfy.sd.load_diffusion_model(str(diffusion_model), model_options=options)
+    return model, (comfy.sd.load_clip([str(text_encoder)], clip_type=kind) if text else None), None
 
 
 def _mixed(eps_fn, precision: str):
@@ -214,12 +216,6 @@ def save_student(path, student_patcher, clip, vae, dtype: torch.dtype, info: dic
     return path
 
 
-def _checkpoint(path: Path, **state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig, checkpoint=None,
         diffusion_model=None, text_encoder=None, clip_type="pixart", resume: bool = True, progress: bool = True,
         log=print, loaded=None) -> Path:
@@ -232,7 +228,8 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
     torch.manual_seed(config.seed)
     if loaded is None:
         student_p, clip, vae = load(checkpoint, diffusion_model, text_encoder, clip_type, torch.float32)
-        teacher_p, _, _ = load(checkpoint, diffusion_model, text_encoder, clip_type, DTYPES[config.teacher_dtype])
+        teacher_p, _, _ = load(checkpoint, diffusion_model, text_encoder, clip_type, DTYPES[config.teacher_dtype],
+                               text=False)
     else:
         student_p, teacher_p, clip, vae = loaded
     if config.precision == "bf16" and student_p.load_device.type == "cpu":
@@ -260,7 +257,7 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
         if trainer.steps % config.checkpoint_every == 0 and trainer.steps < config.iterations:
-            _checkpoint(ckpt, trainer=trainer.state_dict(), data=data.get_state(), config=asdict(config))
+            vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), data=data.get_state(), config=asdict(config))
     bar.close()
     info = {"mode": config.mode, "config": asdict(config), "iterations_this_run": trainer.steps - start,
             "seconds_this_run": round(time.time() - t0, 1)}
@@ -271,6 +268,3 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
     log(f"{NODE}: wrote {path}")
     return path
 
-
-def config_fields():
-    return fields(RecipeConfig)

@@ -106,6 +106,14 @@ class NegativePool:
         return out
 
 
+def save_checkpoint(path, **state) -> None:
+    """``torch.save(state)`` to ``path`` (a pathlib.Path) through a ``.tmp`` file, so a run killed while
+    writing leaves the previous checkpoint intact (the trainers' resumable checkpoints)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 class LoRA(torch.nn.Module):
     """Low-rank adapters on the ``Linear`` and ``Conv2d`` layers of a module, added by forward hooks.
 
@@ -349,15 +357,15 @@ class SBv2Trainer:
             return eps
         return diffusion.cfg(self.eps_fn(self.teacher, x_t, t, negative), eps, kappa)
 
-    def draw_negatives(self, prompts: Sequence[str], encode: bool = True) -> Tuple[List[str], object, Optional[float]]:
-        """NASA-T's draws for one iteration: a negative per prompt, its encoding (if ``encode``), and
-        alpha ~ U(alpha_range), one for the whole batch (None unless the student runs NASA)."""
+    def draw_negatives(self, prompts: Sequence[str]) -> Tuple[List[str], Optional[float]]:
+        """NASA-T's draws for one iteration: a negative per prompt, and alpha ~ U(alpha_range), one for
+        the whole batch (None unless the student runs NASA)."""
         negatives = self.negatives.draw(prompts, self.generator)
         alpha = None
         if self.config.student_nasa:
             lo, hi = self.config.alpha_range
             alpha = lo + (hi - lo) * float(torch.rand((), generator=self.generator))
-        return negatives, (self.encode(negatives) if encode else None), alpha
+        return negatives, alpha
 
     def align_weight(self) -> float:
         cfg = self.config
@@ -493,7 +501,7 @@ class SBv2Trainer:
         n = len(prompts)
         neg_prompts, alpha = None, None
         if cfg.uses_negatives:
-            neg_prompts, _, alpha = self.draw_negatives(prompts, encode=False)
+            neg_prompts, alpha = self.draw_negatives(prompts)
         chunks = self._chunks(n)
         plan = self._plan(n)
         samples, logs = [], {}

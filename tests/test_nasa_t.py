@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import nasa_test_support as support
+from nasa_core import vsd
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = PACK_ROOT / "toy" / "weights"
@@ -124,8 +125,7 @@ def test_the_gradient_reaches_the_student_through_the_negative(env):
 def _tiny_student(train, mode, **kw):
     config = dict(steps=2, batch=2, pool_size=4, pool_ode_steps=2, init=str(SBV2))
     config.update(kw)
-    return train.StudentConfig(**{**config, **{k: k in train.MODES[mode] for k in
-                                               ("teacher_negative", "student_nasa", "lora_negative")}})
+    return train.StudentConfig(**{**config, **vsd.mode_switches(mode)})
 
 
 @pytest.fixture(scope="module")

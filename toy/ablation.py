@@ -1,6 +1,6 @@
 """The NASA-T ablation on the toy world (the paper's Table 5, section 6.3), measured with the judges.
 
-Students of every training mode (:data:`.train.MODES`) and several training seeds are each
+Students of every training mode (:data:`..nasa_core.vsd.MODES`) and several training seeds are each
 fine-tuned the same number of VSD steps from the same start (the shipped SBv2 student, so that
 every row differs only in where the negative prompt enters distillation), then sampled in one step
 through ComfyUI on the held-out prompt pairs:
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..nasa_core import toy_world as world
-from . import benchmark, models, train
+from . import benchmark, models
 
 ROWS = (
     # (label, mode, NASA-I at inference)
@@ -98,8 +98,8 @@ def table(result: dict) -> str:
 
 
 def main(folder, seeds, image_seeds, log=print) -> str:
-    missing = [str(student_path(folder, m, s)) for m in train.MODES if m != "nasa-t-lora" for s in seeds
-               if not student_path(folder, m, s).is_file()]
+    modes = dict.fromkeys(mode for _, mode, _ in ROWS)
+    missing = [str(student_path(folder, m, s)) for m in modes for s in seeds if not student_path(folder, m, s).is_file()]
     if missing:
         raise FileNotFoundError("ablation: students missing (train them first, see the README's NASA-T section): "
                                 + ", ".join(missing))

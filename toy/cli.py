@@ -15,7 +15,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 
-from ..nasa_core import judges
+from ..nasa_core import judges, vsd
 from . import benchmark, models, train
 
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps between resumable checkpoints (<file>.ckpt next to the output)")
         _add_config(t, cls)
         if cls is train.StudentConfig:
-            t.add_argument("--mode", choices=sorted(train.MODES), default=None,
+            t.add_argument("--mode", choices=sorted(vsd.MODES), default=None,
                            help="where the negative prompt enters distillation (sets the three switches): "
                                 "sbv2 = none, teacher-neg, teacher-lora-neg, nasa-t (teacher + NASA student), nasa-t-lora")
             t.add_argument("--out-file", default="", help="student file name (default by mode)")
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
         return 0
     if args.command == "train-student":
         if args.mode is not None:
-            for k in ("teacher_negative", "student_nasa", "lora_negative"):
-                setattr(args, k, k in train.MODES[args.mode])
+            for k, on in vsd.mode_switches(args.mode).items():
+                setattr(args, k, on)
         train.train_student(args.out, args.weights or args.out, _config(train.StudentConfig, args), log=log,
                             resume=not args.no_resume, checkpoint_every=args.checkpoint_every, out_file=args.out_file)
         return 0

@@ -177,12 +177,6 @@ class TextEncoder:
         return torch.stack([self._cache[p] for p in prompts])
 
 
-def alphas_cumprod(model_patcher) -> torch.Tensor:
-    """The model's own noise schedule, as ComfyUI samples it: alpha_bar_t = 1 / (1 + sigma_t^2)."""
-    sigmas = model_patcher.get_model_object("model_sampling").sigmas.float().cpu()
-    return 1.0 / (1.0 + sigmas ** 2)
-
-
 def eps(diffusion_model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs) -> torch.Tensor:
     """The UNet's noise prediction at VP-scaled input x_t = sqrt(a) x0 + sqrt(1 - a) eps, timestep t."""
     return diffusion_model(x_t, t.float(), context=cond, **kwargs)

@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from ..nasa_core import diffusion
+from ..adapters import distill
+from ..nasa_core import diffusion, vsd
 from ..nasa_core import toy_world as world
-from ..nasa_core.vsd import MODES  # re-exported: the CLI's --mode choices
 from . import models
 
 Log = Callable[[str], None]
@@ -34,12 +34,6 @@ class TeacherConfig:
     seed: int = 0
 
 
-def _checkpoint(path: Path, **state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = print, resume: bool = True,
                   checkpoint_every: int = 250) -> dict:
     """Train the text encoder's reader, the teacher UNet, on the world; write toy_clip and toy_teacher."""
@@ -53,7 +47,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
     patcher = models.build_model(seed=config.seed)
     unet = patcher.model.diffusion_model
     unet.requires_grad_(True)
-    ac = models.alphas_cumprod(patcher)
+    ac = distill.alphas_cumprod(patcher.model)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     ema = diffusion.EMA(unet, config.ema)
     start, losses = 0, []
@@ -93,7 +87,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
             log(f"teacher step {step + 1}/{config.steps} loss {recent:.4f} ({rate:.2f} s/step, "
                 f"{rate * (config.steps - step - 1) / 60:.1f} min left)")
         if (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
-            _checkpoint(ckpt, unet=unet.state_dict(), ema=ema.module.state_dict(), ema_steps=ema.steps,
+            vsd.save_checkpoint(ckpt, unet=unet.state_dict(), ema=ema.module.state_dict(), ema_steps=ema.steps,
                         opt=opt.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                         step=step + 1, losses=losses)
     info = {"kind": "teacher", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1),
@@ -135,7 +129,7 @@ class StudentConfig:
     pool_size: int = 1024          # (noise, prompt, teacher DDIM sample) pairs for the regression loss
     pool_ode_steps: int = 8
     pool_kappa: float = 3.0
-    # NASA-T (see MODES): negatives from toy_world.negative_prompts(), one per prompt; alpha ~ U(low, high).
+    # NASA-T (see vsd.MODES): negatives from toy_world.negative_prompts(), one per prompt; alpha ~ U(low, high).
     teacher_negative: bool = False
     student_nasa: bool = False
     lora_negative: bool = False
@@ -146,16 +140,14 @@ class StudentConfig:
 
     @property
     def mode(self) -> str:
-        switches = {k: getattr(self, k) for k in ("teacher_negative", "student_nasa", "lora_negative")}
-        return next((m for m, on in MODES.items() if switches == {k: k in on for k in switches}), "custom")
+        switches = {k: getattr(self, k) for k in vsd.mode_switches("sbv2")}
+        return next((m for m in vsd.MODES if vsd.mode_switches(m) == switches), "custom")
 
 
 def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=None):
     """nasa_core's SBv2/NASA-T trainer on the toy models, through ComfyUI's own model path
     (:func:`..adapters.distill.comfy_eps`): student = a ComfyUI model of the student's prediction type
     with the teacher's weights (or ``student_state``)."""
-    from ..adapters import distill
-    from ..nasa_core import vsd
     teacher = teacher_patcher.model
     state = student_state if student_state is not None else teacher.diffusion_model.state_dict()
     student = models.build_model(state, prediction=config.prediction).model
@@ -182,7 +174,7 @@ def student_file(config: StudentConfig) -> str:
 def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig = StudentConfig(), log: Log = print,
                   resume: bool = True, checkpoint_every: int = 100, out_file: str = "") -> dict:
     """Distil a one-step student from the shipped teacher, image-free (prompts only): SBv2, or NASA-T
-    and its ablations (``config``'s switches, :data:`MODES`)."""
+    and its ablations (``config``'s switches, :data:`..nasa_core.vsd.MODES`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -228,7 +220,7 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
             log(f"student ({config.mode}) step {s}/{config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
                 + f" ({rate:.2f} s/step, {rate * (config.steps - s) / 60:.1f} min left)")
         if s % checkpoint_every == 0 and s < config.steps:
-            _checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
+            vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
     info = {"kind": f"student_{config.mode}", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
     models.save_unet(path, trainer.student.diffusion_model, info, config.prediction)
     (path.with_suffix(".losses.json")).write_text(json.dumps(history))
