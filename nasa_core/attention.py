@@ -33,12 +33,29 @@ class NegativeTerm:
     ``coef`` is the weight the term is subtracted with (alpha for a single negative).
     ``mask`` is an optional key mask for the negative: bool (True = attend) or additive
     float, of shape (B or 1, Lk).
+    ``region`` optionally weights the term per query token (a regional negative): shape (Lq,) or
+    (B or 1, Lq), 0 = that token is not steered by this negative.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     coef: float
     mask: Optional[torch.Tensor] = None
+    region: Optional[torch.Tensor] = None
+
+
+def _weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tensor:
+    """coef * Z- (times the term's per-token region weight, rows selected where it has a batch)."""
+    out = z_neg * term.coef
+    if term.region is None:
+        return out
+    region = term.region.to(device=z_neg.device, dtype=z_neg.dtype)
+    if region.ndim == 2 and region.shape[0] != 1 and rows is not None:
+        region = region[rows]
+    if region.shape[-1] != z_neg.shape[1]:
+        raise ValueError(f"NASA attention: the region weights {region.shape[-1]} query tokens but the layer has "
+                         f"{z_neg.shape[1]}")
+    return out * region[..., None]
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, what: str) -> None:
@@ -100,7 +117,7 @@ def reference_nasa_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm],
     for term in negatives:
         z_neg = reference_attention(q, term.k, term.v, heads, term.mask).double()
         delta = torch.zeros_like(z)
-        delta[rows] = term.coef * z_neg[rows]
+        delta[rows] = _weighted(z_neg, term)[rows]
         z = z - delta
     return z.to(q.dtype)
 
@@ -173,7 +190,7 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
         mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
         _check_qkv(q_rows, k, v, heads, "negative")
         z_neg = attention_fn(q_rows, k, v, heads, mask=mask)
-        contrib = z_neg * term.coef
+        contrib = _weighted(z_neg, term, None if all_rows else rows)
         delta = contrib if delta is None else delta + contrib
     delta = delta.to(z_pos.dtype)
     if all_rows:

@@ -136,4 +136,4 @@ def test_nasa_core_imports_nothing_from_comfyui():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for n in names:
-                assert n.split(".")[0] in {"torch", "math", "copy", "contextlib", "dataclasses", "typing", "__future__"}, (f.name, n)
+                assert n.split(".")[0] in {"torch", "math", "copy", "contextlib", "re", "dataclasses", "typing", "__future__"}, (f.name, n)
