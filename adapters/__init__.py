@@ -6,20 +6,25 @@ An adapter module provides:
 * ``matches(model_patcher) -> bool``, ``family_name(model_patcher) -> str``,
 * ``context_dim(model_patcher) -> int | None`` (text width the model's cross-attention takes),
 * ``install(model_patcher) -> int`` (patch every steered layer of a clone; returns how many),
-* ``attach_layers(run, base_model)`` (resolve the layers at sample time for the run).
+* ``attach_layers(run, base_model)`` (resolve the layers at sample time for the run),
+* ``block_groups(model_patcher) -> {group: [index, ...]}`` (what a block selection may name; every
+  steering call site passes its ``(group, index)`` to the run),
+* optionally ``VIDEO = True`` (a mask's batch is frames).
 
 To add a family, add its module and list it in ``ADAPTERS``.
 """
 from __future__ import annotations
 
 from . import chroma, flux, hunyuan_video, ltxv, lumina2, pixart, qwen_image, sd3, unet, wan
-from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, check_width, conditioning_entries,
-                        make_carried_negative, make_sampler_wrapper, set_wrapper)
+from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, NegativeSpec, check_width, conditioning_entries,
+                        make_carried_negative, make_negative_spec, make_sampler_wrapper, nasa_replaces, set_wrapper)
 from ..nasa_core import DEFAULT_ALPHA, check_alpha
+from ..nasa_core.controls import Schedule, parse_blocks
 
 ADAPTERS = (unet, flux, sd3, pixart, qwen_image, lumina2, wan, ltxv, chroma, hunyuan_video)
 
-__all__ = ["ADAPTERS", "CARRIED_KEY", "RUN_KEY", "NasaRun", "apply_nasa", "find_adapter", "make_carried_negative"]
+__all__ = ["ADAPTERS", "CARRIED_KEY", "RUN_KEY", "NasaRun", "NegativeSpec", "apply_nasa", "find_adapter",
+           "make_carried_negative", "make_negative_spec"]
 
 
 class UnsupportedModelError(ValueError):
@@ -46,21 +51,52 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention"):
         f"Supported: {supported}. Remove the node for this model, or ask for its family on the pack's issue tracker.")
 
 
-def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention"):
-    """Return a clone of ``model`` with NASA on every cross-attention layer. ``model`` itself is untouched."""
+def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention",
+               negatives=None, start_percent: float = 0.0, end_percent: float = 1.0, alpha_end_scale: float = 1.0,
+               blocks: str = ""):
+    """Return a clone of ``model`` with NASA on the selected text-attention layers. ``model`` itself is untouched.
+
+    ``negative``: one CONDITIONING steered with ``alpha``; ``negatives``: a NASA_NEGATIVES list
+    (:class:`NegativeSpec`, each with its own alpha and optional mask) - at most one of the two.
+    ``start_percent``/``end_percent``: the window of the sampling schedule NASA acts in; alpha ramps
+    linearly to ``alpha_end_scale`` times itself at its end. ``blocks``: a block selection (see
+    :func:`nasa_core.controls.parse_blocks`); empty = every block."""
     alpha = check_alpha(alpha, node)
     adapter = find_adapter(model, node)
-    entries = None
+    family = adapter.family_name(model)
+    if negative is not None and negatives is not None:
+        raise ValueError(f"{node}: both 'negative' and 'negatives' are connected; connect one. To steer away from "
+                         f"several prompts, chain NASA Negative nodes into 'negatives'.")
+    specs = None
     if negative is not None:
-        entries = conditioning_entries(negative, node, "negative", single_batch=True)
-        for t, _ in entries:
-            check_width(t, adapter.context_dim(model), adapter.family_name(model), node, "'negative'")
+        specs = [NegativeSpec(conditioning_entries(negative, node, "negative", single_batch=True), None)]
+    elif negatives is not None:
+        specs = _check_specs(negatives, node)
     elif not use_sampler_negative:
         raise ValueError(f"{node}: no negative to steer away from: 'negative' is not connected and "
                          f"use_sampler_negative is off. Connect a negative prompt or turn use_sampler_negative on.")
-    settings = NasaSettings(alpha=alpha, negative=entries, use_sampler_negative=bool(use_sampler_negative),
-                            node=node, family=adapter.family_name(model), context_dim=adapter.context_dim(model))
+    for i, spec in enumerate(specs or []):
+        what = "'negative'" if negative is not None else f"'negatives' item {i + 1}"
+        for t, _ in spec.entries:
+            check_width(t, adapter.context_dim(model), family, node, what)
+        if spec.mask is not None and spec.mask.shape[0] > 1 and not getattr(adapter, "VIDEO", False):
+            raise ValueError(f"{node}: {what} has a mask of {spec.mask.shape[0]} images; for this {family} image "
+                             f"model the mask must be one image (its batch is frames for video models only). "
+                             f"Pick one mask (e.g. with ImageToMask/SolidMask) or split the batch.")
+    schedule = Schedule(float(start_percent), float(end_percent), float(alpha_end_scale)).check(node)
+    selection = parse_blocks(blocks, adapter.block_groups(model), f"{node}: 'blocks'", f"this {family} model")
+    settings = NasaSettings(alpha=alpha, negatives=specs, use_sampler_negative=bool(use_sampler_negative),
+                            node=node, family=family, context_dim=adapter.context_dim(model),
+                            schedule=schedule, blocks=selection)
     m = model.clone()
     adapter.install(m)
+    settings.replaces = nasa_replaces(m.model_options)
     set_wrapper(m, "SAMPLER_SAMPLE", make_sampler_wrapper(settings, adapter.attach_layers))
     return m
+
+
+def _check_specs(negatives, node: str) -> list:
+    if not isinstance(negatives, (list, tuple)) or not negatives or \
+            not all(isinstance(n, NegativeSpec) for n in negatives):
+        raise ValueError(f"{node}: 'negatives' must come from a NASA Negative node (got {type(negatives).__name__}).")
+    return list(negatives)

@@ -79,4 +79,5 @@ def install(model_patcher) -> int:
         functools.partial(flux.make_single, prepare_for=_single_prepare, family="Chroma"))
 
 
+block_groups = joint.double_single_groups
 attach_layers = attach_model     # the blocks read the model being sampled from the run

@@ -132,7 +132,7 @@ def make_double(index, prepare_for=_double_prepare, family="FLUX"):
             prepare, finish = prepare_for(dm.double_blocks[index], args["vec"])
             last = index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"{family} double block {index}")
+                                   None if last else finish, f"{family} double block {index}", layer=("double", index))
         return nasa_double_block
     return make
 
@@ -149,7 +149,7 @@ def make_single(index, prepare_for=_single_prepare, family="FLUX"):
             prepare, finish = prepare_for(dm.single_blocks[index], args["vec"])
             last = index == len(dm.single_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"{family} single block {index}")
+                                   None if last else finish, f"{family} single block {index}", layer=("single", index))
         return nasa_single_block
     return make
 
@@ -171,4 +171,5 @@ def install(model_patcher) -> int:
     return count
 
 
+block_groups = joint.double_single_groups
 attach_layers = attach_model     # the blocks read the model being sampled from the run

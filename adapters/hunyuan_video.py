@@ -33,6 +33,7 @@ from . import flux, joint
 from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "HunyuanVideo"
+VIDEO = True     # a mask's batch is frames
 SUPPORTED = ("HunyuanVideo T2V/I2V, SkyReels I2V",)
 
 # HunyuanVideo._forward's parameters, in order (its DIFFUSION_MODEL executor passes them positionally)
@@ -102,7 +103,7 @@ def _run(args, extra, prior, index: int, kind: str, dims_key: str, prepare_for):
     prepare, finish = prepare_for(blocks[index], _text_vec(args["vec"], args.get(dims_key)))
     last = index == len(blocks) - 1 and (kind == "single" or len(dm.single_blocks) == 0)
     return joint.run_block(state, args, run_block, state.info["steer"], state.info["image"], prepare,
-                           None if last else finish, f"HunyuanVideo {kind} block {index}")
+                           None if last else finish, f"HunyuanVideo {kind} block {index}", layer=(kind, index))
 
 
 def _make_double(index):
@@ -127,4 +128,5 @@ def install(model_patcher) -> int:
     return count
 
 
+block_groups = joint.double_single_groups
 attach_layers = attach_model     # the blocks read the model being sampled from the run

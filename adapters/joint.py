@@ -48,6 +48,7 @@ class Stream:
     v: Optional[torch.Tensor] = None
     out: Optional[torch.Tensor] = None  # this block's attention output for the stream, (R, L, H*D)
     scratch: dict = field(default_factory=dict)   # family data between prepare and finish (modulation, ...)
+    term: object = None             # the negatives.Term it carries (its prompt's mask, area crop)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ForwardState:
     """What one model forward needs across blocks."""
     streams: list
     info: dict = field(default_factory=dict)      # family data (text length for single blocks, image tokens)
+    run: object = None                            # the NasaRun (block selection, regions)
 
 
 def start_forward(transformer_options: dict, batch: int, device, dtype,
@@ -68,10 +70,10 @@ def start_forward(transformer_options: dict, batch: int, device, dtype,
     streams = []
     for terms, rows in run.groups(transformer_options, batch):
         index = row_index(rows, batch, device)
-        for entry, coef in terms:
-            x = embed(entry.on(device, dtype))
-            streams.append(Stream(rows_of(x, index).expand(len(rows), *x.shape[1:]), coef, index))
-    state = ForwardState(streams)
+        for term in terms:
+            x = embed(term.entry.on(device, dtype))
+            streams.append(Stream(rows_of(x, index).expand(len(rows), *x.shape[1:]), term.coef, index, term=term))
+    state = ForwardState(streams, run=run)
     transformer_options[FORWARD_KEY] = state
     return state
 
@@ -85,8 +87,11 @@ def _tokens(t: torch.Tensor, bhld: bool, rows, tokens: slice) -> torch.Tensor:
     return t[:, :, tokens] if bhld else t[:, tokens]
 
 
-def _make_override(streams, image_q: slice, image_kv: slice, with_stream_attention: bool, prior, seen: list,
-                   steer_call: int):
+def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_stream_attention: bool, prior,
+                   seen: list, steer_call: int, layer):
+    streams, run = state.streams, state.run
+    scale = 1.0 if run is None or layer is None else run.layer_scale(layer)
+
     def nasa_joint_attention(func, *args, **kwargs):
         call = len(seen)
         seen.append(call)
@@ -99,9 +104,15 @@ def _make_override(streams, image_q: slice, image_kv: slice, with_stream_attenti
         out_tokens = (slice(None), slice(None), image_q) if kwargs.get("skip_output_reshape") else (slice(None), image_q)
         kw = {n: val for n, val in kwargs.items() if n != "mask"}    # the negative has no padding to mask
         cat_dim = 2 if bhld else 1
+        n_img = len(range(q.shape[2 if bhld else 1])[image_q])
         for s in streams:
-            z_neg = func(_tokens(q, bhld, s.rows, image_q), s.k, s.v, *rest, **kw)
-            out[(s.rows,) + out_tokens[1:]] -= (s.coef * z_neg).to(out.dtype)
+            coef = s.coef * scale
+            if coef != 0.0:     # a block the selection leaves out: the stream still flows through it
+                z_neg = func(_tokens(q, bhld, s.rows, image_q), s.k, s.v, *rest, **kw)
+                region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
+                if region is not None:
+                    z_neg = z_neg * (region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None])
+                out[(s.rows,) + out_tokens[1:]] -= (coef * z_neg).to(out.dtype)
             if with_stream_attention:
                 s.out = func(s.q, torch.cat((s.k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
                              torch.cat((s.v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw)
@@ -111,13 +122,14 @@ def _make_override(streams, image_q: slice, image_kv: slice, with_stream_attenti
 
 def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict], image_q: slice, image_kv: slice,
               prepare: Callable[[Stream], None], finish: Optional[Callable[[Stream], None]], block_name: str,
-              steer_call: int = 0) -> dict:
+              steer_call: int = 0, layer=None) -> dict:
     """Run one block with NASA: ``prepare`` each stream, run ``call_block(args)`` (the original block
     or a replace installed before NASA) with the steering override, then ``finish`` each stream.
 
     ``finish=None`` on the last block that sees the stream: only its K/V are needed there.
     ``steer_call`` picks which attention call of the block is the joint one (SD3.5M runs a second,
-    image-only self-attention after it).
+    image-only self-attention after it). ``layer`` ((group, index)) names the block for the run's block
+    selection: a block left out subtracts nothing, but the streams still flow through it.
     """
     if not state.streams:
         return call_block(args)
@@ -125,8 +137,8 @@ def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict
         prepare(s)
     options = dict(args.get("transformer_options") or {})
     seen: list = []
-    options[OVERRIDE_KEY] = _make_override(state.streams, image_q, image_kv, finish is not None,
-                                           options.get(OVERRIDE_KEY), seen, steer_call)
+    options[OVERRIDE_KEY] = _make_override(state, image_q, image_kv, finish is not None,
+                                           options.get(OVERRIDE_KEY), seen, steer_call, layer)
     out = call_block({**args, "transformer_options": options})
     if len(seen) <= steer_call:
         raise RuntimeError(f"NASA: {block_name} made {len(seen)} attention call(s) through ComfyUI's attention "
@@ -184,6 +196,12 @@ def install_double_single(model_patcher, make_double: Callable, make_single: Cal
     for i in range(len(dm.single_blocks)):
         install_dit_replace(model_patcher, "single_block", i, make_single(i))
     return len(dm.double_blocks) + len(dm.single_blocks)
+
+
+def double_single_groups(model_patcher) -> dict:
+    """Block selection groups of a FLUX-style model: its double and single blocks."""
+    dm = model_patcher.model.diffusion_model
+    return {"double": list(range(len(dm.double_blocks))), "single": list(range(len(dm.single_blocks)))}
 
 
 def rows_of(t: torch.Tensor, rows) -> torch.Tensor:

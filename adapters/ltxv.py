@@ -28,6 +28,7 @@ from . import joint
 from .wan import FORWARD_KEY, forward_options, install_blocks, options_arg, steer_block
 
 FAMILY = "LTX-Video"
+VIDEO = True     # a mask's batch is frames
 SUPPORTED = ("LTX-Video 0.9.x (2B, 13B, distilled)",)
 
 
@@ -90,9 +91,13 @@ def _make_block(index: int):
             def project(text):
                 return attn.k_norm(attn.to_k(text)), attn.to_v(text)
             return steer_block(args, prior, extra["original_block"], project, 2, 1, args["txt"].shape[1],
-                               f"LTXV block {index}")
+                               f"LTXV block {index}", layer=("blocks", index))
         return nasa_ltxv_block
     return make
+
+
+def block_groups(model_patcher) -> dict:
+    return {"blocks": list(range(len(model_patcher.model.diffusion_model.transformer_blocks)))}
 
 
 def install(model_patcher) -> int:

@@ -113,7 +113,7 @@ def _make_layer_forward(index, layer, last, prior):
         image = state.info["image"]
         prepare, finish = _layer_streams(layer, adaln_input, state.info["pe"])
         return joint.run_block(state, args, call, image, image, prepare, None if last else finish,
-                               f"Lumina 2 layer {index}")
+                               f"Lumina 2 layer {index}", layer=("layers", index))
     return nasa_layer_forward
 
 
@@ -145,6 +145,10 @@ def _forward_wrapper(executor, x, timesteps, context, num_tokens, attention_mask
         state.info["pe"] = {n: _caption_rope(dm, torch.arange(cap_len - n, cap_len, device=x.device), x.dtype)
                             for n in {s.x.shape[1] for s in state.streams}}
     return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
+
+
+def block_groups(model_patcher) -> dict:
+    return {"layers": list(range(len(model_patcher.model.diffusion_model.layers)))}
 
 
 def install(model_patcher) -> int:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
 from ..nasa_core import NegativeTerm, check_alpha, check_finite, steer
+from ..nasa_core.controls import Schedule, sigma_to_percent, token_region
 
 RUN_KEY = "nasa_run"            # transformer_options key holding the NasaRun of the current sampling run
 CARRIED_KEY = "nasa_negative"   # conditioning-dict key written by NASA Negative Conditioning
@@ -54,6 +55,15 @@ class NegativeEntry:
 class NegativePrompt:
     entries: list     # NegativeEntry, averaged
     alpha: float
+    mask: Optional[torch.Tensor] = None    # (frames, H, W) in [0, 1]: the region it steers; None = everywhere
+
+
+class Term(NamedTuple):
+    """One negative entry steering a group of rows at one forward: subtracted with ``coef``."""
+    entry: NegativeEntry
+    coef: float
+    prompt: NegativePrompt
+    area: Optional[tuple] = None     # the positive's area crop ((offset, size) per latent dim), masked prompts only
 
 
 def conditioning_entries(conditioning, node: str, input_name: str, single_batch: bool = False) -> list:
@@ -108,43 +118,88 @@ def _sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
     return (float(start), float(end))
 
 
-def negative_prompt(entries, alpha: float, model_sampling=None) -> NegativePrompt:
+def negative_prompt(entries, alpha: float, model_sampling=None, mask: Optional[torch.Tensor] = None) -> NegativePrompt:
     n = len(entries)
     return NegativePrompt([NegativeEntry(t, 1.0 / n, _sigma_window(o, model_sampling), o.get("attention_mask"))
-                           for t, o in entries], alpha)
+                           for t, o in entries], alpha, mask)
+
+
+@dataclass
+class NegativeSpec:
+    """One negative of a NASA_NEGATIVES list (NASA Negative node): its entries, strength and region."""
+    entries: list                       # validated [tensor, dict] conditioning entries
+    alpha: Optional[float]              # None = the alpha of the node that applies it
+    mask: Optional[torch.Tensor] = None     # (frames, H, W) float in [0, 1], or None
 
 
 @dataclass
 class NasaSettings:
     """What Apply NASA Attention was asked for; cloned along with the model."""
     alpha: float
-    negative: Optional[list]            # validated [tensor, dict] entries, or None
+    negatives: Optional[list]           # NegativeSpec list (the node's own negatives), or None
     use_sampler_negative: bool
     node: str
     family: str
     context_dim: Optional[int]
+    schedule: Schedule = field(default_factory=Schedule)
+    blocks: Optional[dict] = None       # {(group, index): alpha multiplier}; None = every block at 1
+    replaces: frozenset = frozenset()   # NASA's ("attn2" | "dit", key) replaces, checked at sample time
 
 
 class NasaRun:
-    """Per-sampling-run state: which negative steers which positive prompt (by cond uuid)."""
+    """Per-sampling-run state: which negatives steer which positive prompt (by cond uuid), and when
+    (``schedule``), where (``blocks``) and on which region (each prompt's mask) they act."""
 
-    def __init__(self, default: Optional[NegativePrompt], carried: dict, node: str):
-        self.default = default
-        self.carried = carried
+    def __init__(self, default, carried: dict, node: str, schedule: Optional[Schedule] = None,
+                 percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None):
+        self.default = _prompt_list(default)
+        self.carried = {uuid: _prompt_list(p) for uuid, p in carried.items()}
         self.node = node
+        self.schedule = None if schedule is None or schedule.is_default else schedule
+        self.percent_to_sigma = percent_to_sigma    # the model's (ComfyUI's percent convention), for ``schedule``
+        self.blocks = blocks
+        self.latent: Optional[tuple] = None    # the sampled latent's spatial size, (H, W) or (T, H, W)
+        self.areas: dict = {}                  # positive uuid -> area crop, for masked negatives
         self.layers: dict = {}  # set by the family adapter at sample time
+        self._regions: dict = {}
+        self._factors: dict = {}
 
-    def prompt_for(self, uuid) -> Optional[NegativePrompt]:
+    def prompts_for(self, uuid) -> list:
         return self.carried.get(uuid, self.default)
 
-    def terms(self, prompt: Optional[NegativePrompt], sigma: Optional[float]) -> tuple:
-        if prompt is None or prompt.alpha == 0.0:
-            return ()
-        return tuple((e, prompt.alpha * e.weight) for e in prompt.entries if e.active(sigma))
+    def factor(self, sigma: Optional[float]) -> float:
+        """The schedule's alpha multiplier at ``sigma`` (0 outside the window)."""
+        if self.schedule is None or sigma is None:
+            return 1.0
+        if self.percent_to_sigma is None:
+            raise RuntimeError(f"{self.node}: a start/end percent window needs the model's sampling schedule.")
+        f = self._factors.get(sigma)
+        if f is None:
+            inside = self.schedule.inside(sigma, self.percent_to_sigma)
+            f = self._factors[sigma] = self.schedule.ramp(sigma_to_percent(sigma, self.percent_to_sigma)) if inside else 0.0
+        return f
 
-    def groups(self, extra_options: dict, batch: int) -> list:
+    def terms(self, prompts: Sequence[NegativePrompt], sigma: Optional[float], factor: float = 1.0,
+              area: Optional[tuple] = None) -> tuple:
+        out = []
+        for prompt in prompts:
+            if prompt.alpha == 0.0:
+                continue
+            crop = area if prompt.mask is not None else None
+            out.extend(Term(e, prompt.alpha * e.weight * factor, prompt, crop)
+                       for e in prompt.entries if e.active(sigma))
+        return tuple(out)
+
+    def layer_scale(self, layer) -> float:
+        """The block selection's alpha multiplier for ``layer`` ((group, index)); 0 = not steered."""
+        if self.blocks is None:
+            return 1.0
+        return self.blocks.get(layer, 0.0)
+
+    def groups(self, extra_options: dict, batch: int, layer=None) -> list:
         """``[(terms, rows), ...]``: the positive rows of this forward, grouped by the negative terms
-        that steer them. ``terms`` is ``((NegativeEntry, coef), ...)``, ``rows`` a list of batch rows.
+        that steer them. ``terms`` is a tuple of :class:`Term`, ``rows`` a list of batch rows; coefs
+        include the schedule's factor and, given ``layer``, the block selection's multiplier.
         Uncond/negative chunks (``cond_or_uncond`` 1 at cfg > 1) are never steered."""
         cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
         uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
@@ -153,30 +208,68 @@ class NasaRun:
         per_chunk = batch // len(cond_or_uncond)
         sigmas = extra_options.get("sigmas")
         sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        factor = self.factor(sigma) * (1.0 if layer is None else self.layer_scale(layer))
+        if factor == 0.0:
+            return []
         groups: dict = {}
         for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
             if kind != 0:
                 continue
-            terms = self.terms(self.prompt_for(uid), sigma)
+            terms = self.terms(self.prompts_for(uid), sigma, factor, self.areas.get(uid))
             if terms:
-                groups.setdefault(tuple((id(e), c) for e, c in terms), (terms, []))[1].extend(
+                groups.setdefault(tuple((id(t.entry), t.coef, t.area) for t in terms), (terms, []))[1].extend(
                     range(i * per_chunk, (i + 1) * per_chunk))
         return list(groups.values())
 
+    def region(self, term: Term, n_tokens: int, device, dtype) -> Optional[torch.Tensor]:
+        """The term's mask as a (1, n_tokens) weight over a layer's image query tokens, or None (everywhere)."""
+        mask = term.prompt.mask
+        if mask is None:
+            return None
+        key = (id(term.prompt), term.area, n_tokens, device, dtype)
+        hit = self._regions.get(key)
+        if hit is None:
+            if self.latent is None:
+                raise RuntimeError(f"{self.node}: a masked negative needs the sampled latent's size; this sampler "
+                                   f"did not pass through NASA's sampler wrapper.")
+            region = token_region(mask, self.latent, n_tokens, term.area)
+            if region is None:
+                raise RuntimeError(f"{self.node}: a layer has {n_tokens} image tokens, which is no downscale of the "
+                                   f"{'x'.join(map(str, self.latent))} latent; NASA cannot place the negative's mask "
+                                   f"on it. Remove the mask for this model and please report it.")
+            hit = self._regions[key] = (term.prompt, region.to(device=device, dtype=dtype)[None])
+        return hit[1]
+
+    def negative_terms(self, terms: Sequence[Term], n_tokens: int, device, dtype, project: Callable,
+                       mask_of: Optional[Callable] = None) -> list:
+        """NegativeTerms of ``terms`` for a layer whose steered queries are ``n_tokens`` image tokens;
+        ``project(term)`` gives the layer's (K-, V-), ``mask_of(term)`` an optional key mask."""
+        return [NegativeTerm(*project(t), t.coef, None if mask_of is None else mask_of(t),
+                             self.region(t, n_tokens, device, dtype)) for t in terms]
+
     def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
-              project: Callable[[torch.Tensor], tuple], attention_fn) -> torch.Tensor:
-        """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q).
+              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None) -> torch.Tensor:
+        """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q); every query
+        token is an image token. ``layer`` ((group, index)) picks the block selection's multiplier.
 
         ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
         ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel.
         """
-        for terms, rows in self.groups(extra_options, q.shape[0]):
-            negs = []
-            for entry, coef in terms:
-                k, v = project(entry.on(q.device, q.dtype))     # batch 1: shared by every steered row
-                negs.append(NegativeTerm(k, v, coef))
+        for terms, rows in self.groups(extra_options, q.shape[0], layer):
+            negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
+                                       lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
             z_pos = steer(z_pos, q, negs, heads, rows, attention_fn)   # a run of rows becomes a slice: no device sync
         return z_pos
+
+
+def _prompt_list(p) -> list:
+    if p is None:
+        return []
+    return list(p) if isinstance(p, (list, tuple)) else [p]
+
+
+def _prompts(specs: Sequence[NegativeSpec], alpha: float, model_sampling) -> list:
+    return [negative_prompt(s.entries, alpha if s.alpha is None else s.alpha, model_sampling, s.mask) for s in specs]
 
 
 def _carried_negatives(positive_conds: Sequence[dict], settings: NasaSettings, model_sampling) -> dict:
@@ -191,6 +284,19 @@ def _carried_negatives(positive_conds: Sequence[dict], settings: NasaSettings, m
         alpha = settings.alpha if spec.get("alpha") is None else spec["alpha"]
         carried[c["uuid"]] = negative_prompt(spec["entries"], alpha, model_sampling)
     return carried
+
+
+def _area_crop(area, dims: Sequence[int]) -> Optional[tuple]:
+    """A positive's resolved ``area`` (sizes then offsets, latent units) as ((offset, size), ...) per latent
+    dimension, clamped as ComfyUI crops the model input (samplers.get_area_and_mult)."""
+    if area is None:
+        return None
+    import comfy.samplers
+    n = len(dims)
+    area = comfy.samplers.add_area_dims(list(area), n)
+    half = len(area) // 2
+    sizes, offsets = area[half - n:half], area[2 * half - n:]
+    return tuple((int(o), int(min(d - o, s))) for d, s, o in zip(dims, sizes, offsets))
 
 
 def _sampler_negative(guider, settings: NasaSettings, model_sampling) -> Optional[NegativePrompt]:
@@ -217,18 +323,42 @@ def _sampler_negative(guider, settings: NasaSettings, model_sampling) -> Optiona
     return negative_prompt(entries, settings.alpha, model_sampling)
 
 
-def build_run(guider, settings: NasaSettings) -> NasaRun:
+def build_run(guider, settings: NasaSettings, latent_shape=None) -> NasaRun:
     model = getattr(guider, "inner_model", None)
     model_sampling = getattr(model, "model_sampling", None)
     conds = getattr(guider, "conds", None) or {}
-    carried = _carried_negatives(conds.get("positive") or [], settings, model_sampling)
-    if settings.negative is not None:
-        default = negative_prompt(settings.negative, settings.alpha, model_sampling)
+    positive = conds.get("positive") or []
+    carried = _carried_negatives(positive, settings, model_sampling)
+    if settings.negatives is not None:
+        default = _prompts(settings.negatives, settings.alpha, model_sampling)
     elif settings.use_sampler_negative:
         default = _sampler_negative(guider, settings, model_sampling)
     else:
         default = None
-    return NasaRun(default, carried, settings.node)
+    percent_to_sigma = getattr(model_sampling, "percent_to_sigma", None)
+    run = NasaRun(default, carried, settings.node, settings.schedule, percent_to_sigma, settings.blocks)
+    if latent_shape is not None:
+        run.latent = tuple(int(s) for s in latent_shape[2:])
+        if any(p.mask is not None for ps in [run.default, *run.carried.values()] for p in ps):
+            run.areas = {c["uuid"]: _area_crop(c.get("area"), run.latent) for c in positive if "uuid" in c}
+    return run
+
+
+def nasa_replaces(model_options: dict) -> frozenset:
+    """The ("attn2" | "dit", key) replaces in ``model_options`` that are NASA's."""
+    replace = (model_options or {}).get("transformer_options", {}).get("patches_replace", {})
+    return frozenset((kind, key) for kind in ("attn2", "dit") for key, fn in (replace.get(kind) or {}).items()
+                     if hasattr(fn, "nasa_prior"))
+
+
+def _check_replaces(settings: NasaSettings, model_options: dict) -> None:
+    lost = sorted(settings.replaces - nasa_replaces(model_options), key=str)
+    if lost:
+        shown = ", ".join(f"{kind} {key}" for kind, key in lost[:4]) + (" ..." if len(lost) > 4 else "")
+        logging.warning("%s: a node applied after it replaced NASA on %d of its %d layers (%s); NASA does not act "
+                        "there in this run. Nodes that replace attention (IPAdapter-style) must come before Apply "
+                        "NASA Attention, which chains the patches it finds.", settings.node, len(lost),
+                        len(settings.replaces), shown)
 
 
 def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
@@ -239,8 +369,10 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
     def nasa_sampler_sample(executor, *args, **kwargs):
         guider = args[0] if args else kwargs.get("model_wrap")
         extra_args = args[2] if len(args) > 2 else kwargs["extra_args"]
-        run = build_run(guider, settings)
+        noise = args[4] if len(args) > 4 else kwargs.get("noise")
+        run = build_run(guider, settings, None if noise is None else noise.shape)
         prepare(run, guider.inner_model)
+        _check_replaces(settings, extra_args.get("model_options"))
         to = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
         previous = to.get(RUN_KEY)
         to[RUN_KEY] = run
@@ -283,3 +415,31 @@ def make_carried_negative(conditioning, negative, alpha, node: str):
                              f"negative with the same CLIP as the positive prompt.")
     spec = {"entries": neg, "alpha": alpha}
     return [[t, {**opts, CARRIED_KEY: spec}] for t, opts in pos]
+
+
+def make_negative_spec(negative, alpha, mask=None, previous=None, node: str = "NASA Negative") -> list:
+    """NASA Negative: ``previous`` (a NASA_NEGATIVES list, or None) plus one negative with its own alpha
+    (negative alpha = the applying node's) and optional MASK (its region: (H, W) or (frames, H, W), 0..1)."""
+    entries = conditioning_entries(negative, node, "negative", single_batch=True)
+    alpha = check_alpha(alpha, node, low=-float("inf"))
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
+            raise ValueError(f"{node}: 'mask' must be a MASK (height, width) or (frames, height, width); got "
+                             f"{getattr(mask, 'shape', type(mask).__name__)}. Connect a mask from Load Image (its "
+                             f"mask output), SolidMask or a mask editor.")
+        mask = mask.detach().float().cpu()
+        mask = mask[None] if mask.ndim == 2 else mask
+        check_finite(mask, node, "'mask'")
+        if float(mask.min()) < 0.0 or float(mask.max()) > 1.0:
+            raise ValueError(f"{node}: 'mask' has values in [{float(mask.min()):g}, {float(mask.max()):g}]; a mask "
+                             f"must lie in [0, 1] (1 = steer here). Normalise it (e.g. ThresholdMask).")
+    items = [] if previous is None else list(previous)
+    if not all(isinstance(n, NegativeSpec) for n in items):
+        raise ValueError(f"{node}: 'negatives' must come from another NASA Negative node.")
+    widths = {t.shape[-1] for s in items for t, _ in s.entries}
+    for t, _ in entries:
+        if widths and t.shape[-1] not in widths:
+            raise ValueError(f"{node}: 'negative' is {t.shape[-1]} wide but the chained negatives are "
+                             f"{sorted(widths)[0]} wide: they come from different text encoders. Encode every "
+                             f"negative with the same CLIP as the positive prompt.")
+    return items + [NegativeSpec(entries, None if alpha < 0 else alpha, mask)]

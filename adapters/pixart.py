@@ -72,7 +72,7 @@ class _Forward:
         return hit[1]
 
 
-def _steered_cross_attention(layer, x, cond, forward: _Forward):
+def _steered_cross_attention(index, layer, x, cond, forward: _Forward):
     from comfy.ldm.pixart import blocks
     attention = blocks.optimized_attention          # the function the layer itself calls
     b, _, c = x.shape
@@ -89,16 +89,16 @@ def _steered_cross_attention(layer, x, cond, forward: _Forward):
         n = q_rows.shape[0]
         return attention(q_rows, k_neg.expand(n, -1, -1), v_neg.expand(n, -1, -1), heads_, mask=mask)
 
-    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn)
+    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn, layer=("blocks", index))
     return layer.proj_drop(layer.proj(z))
 
 
-def _make_forward(layer, original, local):
+def _make_forward(index, layer, original, local):
     def nasa_cross_attention(x, cond, mask=None):
         forward = getattr(local, "forward", None)
         if forward is None or mask is not None:
             return original(x, cond, mask)
-        return _steered_cross_attention(layer, x, cond, forward)
+        return _steered_cross_attention(index, layer, x, cond, forward)
 
     nasa_cross_attention.nasa_original = original
     return nasa_cross_attention
@@ -119,6 +119,10 @@ def _make_wrapper(local):
     return nasa_apply_model
 
 
+def block_groups(model_patcher) -> dict:
+    return {"blocks": list(range(len(model_patcher.model.diffusion_model.blocks)))}
+
+
 def install(model_patcher) -> int:
     """Object-patch every block's cross-attention forward of a (cloned) model patcher; returns how many."""
     local = threading.local()
@@ -132,7 +136,7 @@ def install(model_patcher) -> int:
             raise ValueError(f"Apply NASA Attention: another node already replaced the cross-attention of "
                              f"PixArt block {i} ({_layer_key(i)}); NASA cannot steer through it. Remove that "
                              f"node to use NASA on this model.")
-        model_patcher.add_object_patch(_layer_key(i), _make_forward(layer, original, local))
+        model_patcher.add_object_patch(_layer_key(i), _make_forward(i, layer, original, local))
     set_wrapper(model_patcher, "APPLY_MODEL", _make_wrapper(local))
     return len(blocks)
 

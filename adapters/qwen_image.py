@@ -92,7 +92,7 @@ def _make_block(index):
             prepare, finish = _block_streams(dm.transformer_blocks[index], args["vec"], state.info["pe"])
             last = index == len(dm.transformer_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"Qwen-Image block {index}")
+                                   None if last else finish, f"Qwen-Image block {index}", layer=("blocks", index))
         return nasa_double_block
     return make
 
@@ -112,6 +112,10 @@ def _forward_wrapper(executor, x, timestep, context, attention_mask=None, guidan
         state.info["pe"] = {n: _text_rope(dm, torch.arange(txt_start, txt_start + n, device=x.device), x.dtype)
                             for n in {s.x.shape[1] for s in state.streams}}
     return executor(x, timestep, context, attention_mask, guidance, ref_latents, options, **kwargs)
+
+
+def block_groups(model_patcher) -> dict:
+    return {"blocks": list(range(len(model_patcher.model.diffusion_model.transformer_blocks)))}
 
 
 def install(model_patcher) -> int:

@@ -83,9 +83,13 @@ def _make_block(index):
             last = index == len(dm.joint_blocks) - 1          # its context block is pre_only: K/V only
             t = txt.shape[1]
             return joint.run_block(state, args, call_block, slice(t, None), slice(t, None), prepare,
-                                   None if last else finish, f"SD3 joint block {index}")
+                                   None if last else finish, f"SD3 joint block {index}", layer=("joint", index))
         return nasa_joint_block
     return make
+
+
+def block_groups(model_patcher) -> dict:
+    return {"joint": list(range(len(model_patcher.model.diffusion_model.joint_blocks)))}
 
 
 def install(model_patcher) -> int:

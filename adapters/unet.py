@@ -41,6 +41,15 @@ def family_name(model_patcher) -> str:
     return type(model_patcher.model.model_config).__name__
 
 
+def block_groups(model_patcher) -> dict:
+    """The blocks a block selection may name: ComfyUI's UNet block ids that hold a cross-attention layer."""
+    groups: dict = {}
+    for name, block_id, _ in cross_attention_layers(model_patcher.model.diffusion_model):
+        if block_id not in groups.setdefault(name, []):
+            groups[name].append(block_id)
+    return groups
+
+
 def cross_attention_layers(diffusion_model) -> dict:
     """{(block_name, block_id, block_index): attn2 module} for every cross-attention layer,
     keyed exactly as ComfyUI keys attn2 replaces."""
@@ -88,7 +97,7 @@ def _make_replace(key, prior):
             return _comfy_attention(q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_,
                                     extra_options, mask)
 
-        return run.steer(z_pos, q, extra_options, heads, project, attention_fn)
+        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2])
 
     nasa_attn2.nasa_prior = prior
     nasa_attn2.nasa_key = key

@@ -42,9 +42,10 @@ import torch
 
 from . import joint
 from .negatives import RUN_KEY, set_wrapper
-from ..nasa_core import NegativeTerm, steer
+from ..nasa_core import steer
 
 FAMILY = "Wan 2.1 / 2.2"
+VIDEO = True     # a mask's batch is frames
 SUPPORTED = ("Wan 2.1 T2V/I2V/FLF2V (incl. CausVid, self-forcing LoRAs)",
              "Wan 2.2 A14B T2V/I2V (one Apply NASA Attention per expert), Wan 2.2 TI2V 5B")
 
@@ -61,6 +62,7 @@ class CrossForward:
     tokens: slice                 # the query tokens that are steered (the generated video's)
     text_start: int = 0           # context tokens before the text (Wan I2V's CLIP-vision tokens)
     negatives: dict = field(default_factory=dict)   # id(NegativeEntry) -> (text tokens (1, L, dim), key bias or None)
+    run: object = None            # the NasaRun (block selection, regions)
 
 
 def forward_options(options: Optional[dict], batch: int, model, tokens: slice, embed: Callable,
@@ -74,21 +76,23 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
     groups = run.groups(options, batch) if run is not None else []
     if not groups:
         return None
-    fwd = CrossForward(model, groups, tokens, text_start)
+    fwd = CrossForward(model, groups, tokens, text_start, run=run)
     for terms, _ in groups:
-        for entry, _ in terms:
-            if id(entry) not in fwd.negatives:
-                fwd.negatives[id(entry)] = embed(entry, run.node)
+        for term in terms:
+            if id(term.entry) not in fwd.negatives:
+                fwd.negatives[id(term.entry)] = embed(term.entry, run.node)
     return {**options, FORWARD_KEY: fwd}
 
 
 def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, steer_call: int, text_keys: int,
-                   where: str):
+                   where: str, layer):
+    scale = fwd.run.layer_scale(layer)
+
     def nasa_cross_attention(func, *args, **kwargs):
         call = len(seen)
         seen.append(call)
         out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
-        if call != steer_call:
+        if call != steer_call or scale == 0.0:
             return out
         q, k = args[0], args[1]
         if q.ndim != 3 or k.shape[1] != text_keys:
@@ -106,13 +110,15 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
         projected = {}      # this layer's K-, V- per negative entry, shared by every group it steers
         tok = fwd.tokens
         z, q_tok = out[:, tok], q[:, tok]
+        def projected_kv(term):
+            if id(term.entry) not in projected:
+                projected[id(term.entry)] = project(fwd.negatives[id(term.entry)][0])
+            return projected[id(term.entry)]
+
         for terms, rows in fwd.groups:
-            negs = []
-            for entry, coef in terms:
-                text, bias = fwd.negatives[id(entry)]
-                if id(entry) not in projected:
-                    projected[id(entry)] = project(text)
-                negs.append(NegativeTerm(*projected[id(entry)], coef, bias))
+            terms = [t._replace(coef=t.coef * scale) for t in terms]
+            negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
+                                          lambda t: fwd.negatives[id(t.entry)][1])
             z = steer(z, q_tok, negs, heads, rows, attention_fn)
         out[:, tok] = z
         return out
@@ -120,14 +126,14 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
 
 
 def steer_block(args: dict, prior: Optional[Callable], original_block: Callable, project: Callable, calls: int,
-                steer_call: int, text_keys: int, where: str) -> dict:
+                steer_call: int, text_keys: int, where: str, layer=None) -> dict:
     """Run one block with NASA on its text cross-attention, attention call ``steer_call`` of the ``calls``
     the block makes; ``project(text)`` gives the layer's (K-, V-) of embedded text. ``prior`` is a block
     replace installed before NASA: it runs the block (or may skip it, then nothing is steered)."""
     options = args["transformer_options"]
     seen: list = []
     override = _make_override(options[FORWARD_KEY], project, options.get(joint.OVERRIDE_KEY), seen, steer_call,
-                              text_keys, where)
+                              text_keys, where, layer)
     out = joint.chain(prior, original_block)({**args, "transformer_options": {**options, joint.OVERRIDE_KEY: override}})
     if len(seen) != calls and not (prior is not None and not seen):
         raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function, "
@@ -215,9 +221,13 @@ def _make_block(index: int):
             def project(text):
                 return attn.norm_k(attn.k(text)), attn.v(text)
             return steer_block(args, prior, extra["original_block"], project, 3 if image else 2, 2 if image else 1,
-                               text_keys, f"Wan block {index}")
+                               text_keys, f"Wan block {index}", layer=("blocks", index))
         return nasa_wan_block
     return make
+
+
+def block_groups(model_patcher) -> dict:
+    return {"blocks": list(range(len(model_patcher.model.diffusion_model.blocks)))}
 
 
 def install(model_patcher) -> int:

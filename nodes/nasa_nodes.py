@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..adapters import apply_nasa, make_carried_negative
+from ..adapters import apply_nasa, make_carried_negative, make_negative_spec
+from ..adapters.explorer import alpha_grid, sampler_options
 from ..nasa_core import DEFAULT_ALPHA
 
 ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every text-attention layer "
@@ -76,4 +77,142 @@ class NASANegativeConditioning(io.ComfyNode):
         return io.NodeOutput(make_carried_negative(conditioning, negative, alpha, node="NASA Negative Conditioning"))
 
 
-NODES = [NASAApplyAttention, NASANegativeConditioning]
+NasaNegatives = io.Custom("NASA_NEGATIVES")
+
+BLOCKS_TOOLTIP = ("Where NASA acts. Empty = every text-attention layer. Otherwise comma-separated items: group, "
+                  "group:i or group:i-j, each optionally *multiplier of alpha (0-10); later items override "
+                  "earlier ones. Groups: SD1.x/SDXL 'input', 'middle', 'output' (ComfyUI's block ids, e.g. "
+                  "'input:4-8, middle, output:0-2'); FLUX/Chroma/HunyuanVideo 'double', 'single' (e.g. "
+                  "'double:0-18, single:0-37*0.5'); SD3 'joint'; PixArt, Wan, LTXV, Qwen-Image 'blocks'; "
+                  "Lumina 2 'layers'. A wrong name or index is reported with the blocks this model has.")
+
+
+class NASANegative(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NASANegative",
+            display_name="NASA Negative",
+            category="conditioning/nasa",
+            description=("One negative prompt for Apply NASA Attention (Advanced), with its own strength and an "
+                         "optional region. Chain several (e.g. 'glasses' 0.8, 'blurry' 0.3): NASA subtracts "
+                         "sum_i alpha_i * Z-_i in every steered layer."),
+            inputs=[
+                io.Conditioning.Input("negative", tooltip="The negative prompt (CLIP Text Encode with the model's "
+                                                          "text encoder)."),
+                io.Float.Input("alpha", default=-1.0, min=-1.0, max=2.0, step=0.01, round=0.001,
+                               tooltip="Strength of this negative. Negative (default -1) = the alpha of Apply NASA "
+                                       "Attention (Advanced). " + ALPHA_TOOLTIP),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Steer only this region (1 = steer, 0 = leave alone; soft values scale "
+                                      "alpha). Scaled to each layer's token grid; for video models the mask's "
+                                      "batch is frames (one mask = every frame)."),
+                NasaNegatives.Input("negatives", optional=True,
+                                    tooltip="Negatives from another NASA Negative node: this one is added to them."),
+            ],
+            outputs=[NasaNegatives.Output(display_name="negatives",
+                                          tooltip="The list of negatives, for Apply NASA Attention (Advanced).")],
+        )
+
+    @classmethod
+    def execute(cls, negative, alpha=-1.0, mask=None, negatives=None) -> io.NodeOutput:
+        return io.NodeOutput(make_negative_spec(negative, alpha, mask, negatives, node="NASA Negative"))
+
+
+class NASAApplyAttentionAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NASAApplyAttentionAdvanced",
+            display_name="Apply NASA Attention (Advanced)",
+            category="model_patches/nasa",
+            description=("Apply NASA Attention with control over when (a window of the sampling schedule and an "
+                         "alpha ramp), where (a block selection with per-block multipliers) and what (several "
+                         "negatives, each with its own alpha and optional mask, from NASA Negative nodes). Outside "
+                         "the window and on blocks left out the model is exactly the unpatched one. A later NASA "
+                         "node replaces an earlier one on the same model."),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to steer (any family Apply NASA Attention "
+                                                "supports). The input model is left untouched."),
+                NasaNegatives.Input("negatives", optional=True,
+                                    tooltip="Negatives from NASA Negative nodes. Unconnected: the sampler's negative "
+                                            "(see use_sampler_negative), at this node's alpha."),
+                io.Float.Input("alpha", default=DEFAULT_ALPHA, min=0.0, max=2.0, step=0.01, round=0.001,
+                               tooltip=ALPHA_TOOLTIP + " Used by negatives whose own alpha is -1 and by the "
+                                                       "sampler's negative."),
+                io.Boolean.Input("use_sampler_negative", default=True,
+                                 tooltip="When 'negatives' is not connected, steer away from the negative the "
+                                         "sampler receives, also at cfg 1."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="NASA starts acting here (ComfyUI's percent of the sampling schedule, as in "
+                                       "ConditioningSetTimestepRange: 0 = first step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="NASA stops acting after this point. E.g. 0-0.3 steers only the first "
+                                       "steps, where layout and content are decided."),
+                io.Float.Input("alpha_end_scale", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Alpha schedule: alpha goes linearly from alpha at start_percent to "
+                                       "alpha x this at end_percent. 1 = constant; 0 = fade out."),
+                io.String.Input("blocks", default="", tooltip=BLOCKS_TOOLTIP),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with NASA installed on the selected layers.")],
+        )
+
+    @classmethod
+    def execute(cls, model, alpha, use_sampler_negative, start_percent, end_percent, alpha_end_scale, blocks,
+                negatives=None) -> io.NodeOutput:
+        return io.NodeOutput(apply_nasa(model, negatives=negatives, alpha=alpha,
+                                        use_sampler_negative=use_sampler_negative,
+                                        node="Apply NASA Attention (Advanced)", start_percent=start_percent,
+                                        end_percent=end_percent, alpha_end_scale=alpha_end_scale, blocks=blocks))
+
+
+class NASAAlphaGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        samplers, schedulers = sampler_options()
+        return io.Schema(
+            node_id="NASAAlphaGrid",
+            display_name="NASA Alpha Grid",
+            category="model_patches/nasa",
+            description=("Renders the same seed at several NASA alphas (columns) and, optionally, block selections "
+                         "(rows) as one labeled image grid, to choose alpha at a glance: too low and the negative "
+                         "concept stays, too high and the negative takes over the image. Each cell equals Apply "
+                         "NASA Attention (Advanced) -> KSampler -> VAE Decode with that alpha."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model, without NASA (the grid applies it per cell)."),
+                io.Conditioning.Input("positive", tooltip="The positive prompt, as for KSampler."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt: steered away from with NASA (and "
+                                                          "used by CFG if cfg > 1), unless 'negatives' is connected."),
+                io.Latent.Input("latent_image", tooltip="One latent (batch 1)."),
+                io.Vae.Input("vae", tooltip="Decodes each cell (the checkpoint's VAE)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="One seed for every cell, so only alpha (and the blocks) differ."),
+                io.Int.Input("steps", default=1, min=1, max=10000, tooltip="Sampling steps per cell, as for KSampler."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="1 for one-step/few-step models: NASA needs no CFG."),
+                io.Combo.Input("sampler_name", options=samplers, tooltip="The sampler, as for KSampler."),
+                io.Combo.Input("scheduler", options=schedulers, default="sgm_uniform",
+                               tooltip="The scheduler, as for KSampler (sgm_uniform for one-step models)."),
+                io.String.Input("alphas", default="0, 0.1, 0.2, 0.4, 0.8",
+                                tooltip="The alphas to compare, comma-separated (each 0-2). 0 = no NASA."),
+                io.String.Input("block_sets", default="", multiline=True, optional=True,
+                                tooltip="Optional: one block selection per line, one grid row each (empty = every "
+                                        "block). " + BLOCKS_TOOLTIP),
+                NasaNegatives.Input("negatives", optional=True,
+                                    tooltip="Negatives from NASA Negative nodes instead of 'negative'; those with "
+                                            "alpha -1 take each column's alpha, the others keep their own."),
+                io.Boolean.Input("labels", default=True, optional=True, tooltip="Write the alpha above each image."),
+            ],
+            outputs=[io.Image.Output(display_name="grid", tooltip="All cells in one labeled image."),
+                     io.Image.Output(display_name="images", tooltip="The cells as a batch, row by row.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name, scheduler, alphas,
+                block_sets="", negatives=None, labels=True) -> io.NodeOutput:
+        grid, cells = alpha_grid(model, positive, negative, latent_image, vae, seed, steps, cfg, sampler_name,
+                                 scheduler, alphas, block_sets, negatives, labels)
+        return io.NodeOutput(grid, cells)
+
+
+NODES = [NASAApplyAttention, NASANegativeConditioning, NASAApplyAttentionAdvanced, NASANegative, NASAAlphaGrid]

@@ -37,6 +37,10 @@ def test_every_input_and_output_has_a_tooltip(comfyui):
     import nodes
     for node_id, display, category in (("NASAApplyAttention", "Apply NASA Attention", "model_patches/nasa"),
                                        ("NASANegativeConditioning", "NASA Negative Conditioning", "conditioning/nasa"),
+                                       ("NASAApplyAttentionAdvanced", "Apply NASA Attention (Advanced)",
+                                        "model_patches/nasa"),
+                                       ("NASANegative", "NASA Negative", "conditioning/nasa"),
+                                       ("NASAAlphaGrid", "NASA Alpha Grid", "model_patches/nasa"),
                                        ("NASAToyModelLoader", "NASA Toy Model Loader", "loaders/nasa"),
                                        ("NASAToyJudge", "NASA Toy Judge", "image/nasa")):
         schema = nodes.NODE_CLASS_MAPPINGS[node_id].define_schema()
@@ -63,5 +67,5 @@ def test_layout_and_import_rules():
         for node in ast.walk(tree):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            assert all(n.split(".")[0] in {"torch", "math", "copy", "contextlib", "dataclasses", "typing",
+            assert all(n.split(".")[0] in {"torch", "math", "copy", "contextlib", "dataclasses", "typing", "re",
                                            "__future__"} for n in names), (f.name, names)

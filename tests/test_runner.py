@@ -16,7 +16,10 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 wf_mod = importlib.import_module("nasa_runner.workflow")
 WorkflowError = wf_mod.WorkflowError
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
-WORKFLOW_FAMILY = {"sd15_1step_nasa.json": "sd15", "sdxl_dmd2_1step_nasa.json": "sdxl", "sdxl_4step_nasa.json": "sdxl"}
+WORKFLOW_FAMILY = {"sd15_1step_nasa.json": "sd15", "sdxl_dmd2_1step_nasa.json": "sdxl", "sdxl_4step_nasa.json": "sdxl",
+                   "sd15_1step_two_negatives.json": "sd15", "sd15_1step_masked_negative.json": "sd15",
+                   "sdxl_4step_schedule.json": "sdxl", "sd15_1step_alpha_grid.json": "sd15"}
+NASA_APPLIERS = {"NASAApplyAttention", "NASAApplyAttentionAdvanced", "NASAAlphaGrid"}
 SMALL = ["EmptyLatentImage.width=64", "EmptyLatentImage.height=64"]
 
 
@@ -363,7 +366,7 @@ def test_run_example_workflow_random_weights(comfy, cli, tmp_path, name):
     assert json.loads(text["workflow"]) == load(name)
     embedded = json.loads(text["prompt"])
     assert embedded == r.prompt
-    assert any(n["class_type"] == "NASAApplyAttention" for n in embedded.values())
+    assert any(n["class_type"] in NASA_APPLIERS for n in embedded.values())
     assert any(n["class_type"] == "NASA_RandomWeightCheckpoint" for n in embedded.values())
     assert next(iter(by_class(embedded, "EmptyLatentImage").values()))["inputs"]["width"] == 64
 
