@@ -162,7 +162,7 @@ class NasaRun:
         self.areas: dict = {}                  # positive uuid -> area crop, for masked negatives
         self.layers: dict = {}  # set by the family adapter at sample time
         self._regions: dict = {}
-        self._factors: dict = {}
+        self._factors: dict = {}    # sigma -> the schedule's factor there (0 outside the window)
 
     def prompts_for(self, uuid) -> list:
         return self.carried.get(uuid, self.default)
@@ -377,7 +377,13 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
         previous = to.get(RUN_KEY)
         to[RUN_KEY] = run
         try:
-            return executor(*args, **kwargs)
+            out = executor(*args, **kwargs)
+            if run.schedule is not None and run._factors and not any(run._factors.values()):
+                s = run.schedule
+                logging.warning("%s: NASA did not act in this run: no sampled step lies in its window (start_percent "
+                                "%g, end_percent %g). One-step models sample at percent 0 only; widen the window.",
+                                settings.node, s.start_percent, s.end_percent)
+            return out
         finally:
             if previous is None:
                 to.pop(RUN_KEY, None)

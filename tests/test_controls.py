@@ -443,3 +443,17 @@ def test_alpha_grid_bad_inputs(sd, comfyui):
     with pytest.raises(ValueError, match="'blocks': 'output:99' is out of range"):
         explorer.alpha_grid(sd["mp"], sd["pos"], sd["neg"], {"samples": torch.zeros(1, 4, 8, 8)}, None, 0, 1, 1.0,
                             "euler", "sgm_uniform", "0.1", "output:99")
+
+
+def test_a_window_no_step_reaches_is_reported(sd, caplog):
+    """A one-step model samples at percent 0: a window starting later never acts, and the log says so."""
+    import logging
+    with caplog.at_level(logging.WARNING):
+        out = _sample(_advanced(sd["mp"], start_percent=0.5), sd)
+    assert torch.equal(out, _sample(sd["mp"], sd))
+    assert any("NASA did not act in this run" in r.getMessage() and "start_percent 0.5" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _sample(_advanced(sd["mp"], end_percent=0.5), sd)
+    assert not any("NASA did not act" in r.getMessage() for r in caplog.records)

@@ -346,3 +346,35 @@ def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     images = list(tmp_path.glob("nasa_flux_schnell_1step_*.png"))
     assert len(images) == 1 and str(images[0]) in r.stdout and "RANDOM WEIGHTS (flux:tiny)" in r.stderr
+
+
+# --- Apply NASA Attention (Advanced) on every family ------------------------------------------------------
+
+GROUPS = {"flux": "double, single", "chroma": "double, single", "sd35": "joint", "pixart": "blocks",
+          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers"}   # as the README documents them
+
+
+def advanced(name, blocks, start=0.0, end=1.0):
+    """The workflow with Apply NASA Attention swapped for the Advanced node at the same alpha (sampler's negative)."""
+    wf = copy.deepcopy(load(name))
+    for node in wf["nodes"]:
+        if node["type"] == "NASAApplyAttention":
+            alpha = node["widgets_values"][0]
+            node["type"] = "NASAApplyAttentionAdvanced"
+            node["inputs"] = [i for i in node["inputs"] if i["name"] == "model"]
+            node["widgets_values"] = [alpha, True, start, end, 1.0, blocks]
+    return wf
+
+
+@pytest.mark.parametrize("family", sorted(ONE_PER_FAMILY))
+def test_advanced_block_groups_of_every_family(cli, plain_output, tmp_path, family):
+    """Every documented group of the family at multiplier 0 is the plain workflow; all groups at 1 is the basic
+    node's output, pixel for pixel."""
+    assert set(GROUPS) == set(ONE_PER_FAMILY)
+    name = ONE_PER_FAMILY[family]
+    zero = ", ".join(f"{g}*0" for g in GROUPS[family].split(", "))
+    off = pixels(run(cli, advanced(name, zero), small(name), tmp_path / "a", family).images[0])
+    assert np.array_equal(off, plain_output(family))
+    every = pixels(run(cli, advanced(name, GROUPS[family]), small(name), tmp_path / "b", family).images[0])
+    basic = pixels(run(cli, PACK_ROOT / "workflows" / name, small(name), tmp_path / "c", family).images[0])
+    assert np.array_equal(every, basic) and not np.array_equal(every, off)
