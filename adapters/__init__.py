@@ -15,11 +15,14 @@ To add a family, add its module and list it in ``ADAPTERS``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from . import chroma, flux, hunyuan_video, ltxv, lumina2, pixart, qwen_image, sd3, unet, wan
 from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, NegativeSpec, check_width, conditioning_entries,
                         make_carried_negative, make_negative_spec, make_sampler_wrapper, nasa_replaces, set_wrapper)
 from ..nasa_core import DEFAULT_ALPHA, check_alpha
 from ..nasa_core.controls import Schedule, parse_blocks
+from ..nasa_core.flops import nasa_extra_flops
 
 ADAPTERS = (unet, flux, sd3, pixart, qwen_image, lumina2, wan, ltxv, chroma, hunyuan_video)
 
@@ -100,3 +103,17 @@ def _check_specs(negatives, node: str) -> list:
             not all(isinstance(n, NegativeSpec) for n in negatives):
         raise ValueError(f"{node}: 'negatives' must come from a NASA Negative node (got {type(negatives).__name__}).")
     return list(negatives)
+
+
+def nasa_flops(model_patcher, latent, negative_tokens: int, rows: int = 1) -> Optional[int]:
+    """NASA's extra FLOPs for one forward of ``model_patcher`` on a latent of shape (C, [T,] H, W) steering
+    ``rows`` rows with a negative of ``negative_tokens``, counted from the model's shapes
+    (nasa_core.flops); None for a family whose adapter does not describe its layers yet."""
+    adapter = find_adapter(model_patcher)
+    if not hasattr(adapter, "flop_layers"):
+        return None
+    described = adapter.flop_layers(model_patcher, tuple(latent))
+    if described is None:
+        return None
+    embedding, layers = described
+    return nasa_extra_flops(layers, negative_tokens, rows=rows, embedding=embedding)

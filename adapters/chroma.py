@@ -80,4 +80,5 @@ def install(model_patcher) -> int:
 
 
 block_groups = joint.double_single_groups
+flop_layers = functools.partial(flux.flop_layers, modulated=False)    # modulation is precomputed for all blocks
 attach_layers = attach_model     # the blocks read the model being sampled from the run

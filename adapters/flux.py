@@ -154,6 +154,38 @@ def make_single(index, prepare_for=_single_prepare, family="FLUX"):
     return make
 
 
+def stream_layers(dm, n_img: int, n_keys: int, modulated: bool = True) -> list:
+    """[NasaLayer] of a negative stream through a FLUX-style model's double and single blocks (FLUX, Chroma,
+    HunyuanVideo): the text-stream weights per steered row (the modulation recomputed for the stream where
+    ``modulated``; Chroma's is precomputed), ``n_img`` image queries steered, ``n_keys`` image keys for the
+    stream's own attention; the last block needs only its K/V."""
+    from ..nasa_core.flops import NasaLayer, linear_weights, module_linear_weights
+    blocks = [("double", b) for b in dm.double_blocks] + [("single", b) for b in dm.single_blocks]
+    layers = []
+    for i, (kind, b) in enumerate(blocks):
+        last = i == len(blocks) - 1
+        if kind == "double":
+            rows = linear_weights(b.txt_attn.qkv.weight.shape)
+            rows += 0 if last else module_linear_weights(b.txt_attn.proj, b.txt_mlp)
+            mod = "txt_mod"
+        else:
+            rows = linear_weights(b.linear1.weight.shape) + (0 if last else linear_weights(b.linear2.weight.shape))
+            mod = "modulation"
+        layers.append(NasaLayer(width=dm.hidden_size, query_tokens=n_img, row_weights=rows,
+                                row_vector_weights=module_linear_weights(getattr(b, mod)) if modulated else 0,
+                                stream_keys=-1 if last else n_keys))
+    return layers
+
+
+def flop_layers(model_patcher, latent, modulated: bool = True) -> tuple:
+    """(Embedding, [NasaLayer]) of one forward on a latent (C, H, W), for nasa_core.flops: txt_in, then the stream."""
+    from ..nasa_core.flops import Embedding, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    p = dm.patch_size
+    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    return Embedding(module_linear_weights(dm.txt_in)), stream_layers(dm, n_img, n_img, modulated)
+
+
 def _image_tokens_wrapper(executor, *args, **kwargs):
     """DIFFUSION_MODEL wrapper: Flux._forward(x, timestep, context, y, guidance, ref_latents, control,
     transformer_options); the generated image has ceil(h/p) * ceil(w/p) tokens, Kontext references follow."""

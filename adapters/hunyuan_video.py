@@ -122,6 +122,22 @@ def _make_single(index):
     return make
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: the token refiner on the negative (its vectors and
+    self-attention counted once), then FLUX's stream through the double and single blocks over the video tokens."""
+    from ..nasa_core.flops import Embedding, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    refiner = dm.txt_in
+    blocks = refiner.individual_token_refiner.blocks
+    embedding = Embedding(
+        weights=module_linear_weights(refiner.input_embedder, *[m for b in blocks for m in (b.self_attn, b.mlp)]),
+        vector_weights=module_linear_weights(refiner.t_embedder, refiner.c_embedder,
+                                             *[b.adaLN_modulation for b in blocks]),
+        attention=[dm.hidden_size] * len(blocks))
+    n = math.prod(-(-size // p) for size, p in zip(latent[1:], dm.patch_size))
+    return embedding, flux.stream_layers(dm, n, n)
+
+
 def install(model_patcher) -> int:
     count = joint.install_double_single(model_patcher, _make_double, _make_single)
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _start_forward)

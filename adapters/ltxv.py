@@ -96,6 +96,17 @@ def _make_block(index: int):
     return make
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: caption_projection, then each block's attn2 to_k/to_v and
+    attention over the video tokens (one per latent voxel)."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    n = latent[-3] * latent[-2] * latent[-1]
+    return Embedding(module_linear_weights(dm.caption_projection)), [
+        NasaLayer(width=b.attn2.to_q.weight.shape[0], query_tokens=n,
+                  shared_weights=module_linear_weights(b.attn2.to_k, b.attn2.to_v)) for b in dm.transformer_blocks]
+
+
 def block_groups(model_patcher) -> dict:
     return {"blocks": list(range(len(model_patcher.model.diffusion_model.transformer_blocks)))}
 

@@ -147,6 +147,27 @@ def _forward_wrapper(executor, x, timesteps, context, num_tokens, attention_mask
     return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: cap_embedder and the caption refiner on the negative, then
+    each layer's stream (adaLN, qkv; out and feed_forward except in the last layer), GQA keys repeated to all heads."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    p = dm.patch_size
+    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    width = dm.layers[0].attention.n_local_heads * dm.layers[0].attention.head_dim
+    layers = []
+    for i, layer in enumerate(dm.layers):
+        last = i == len(dm.layers) - 1
+        att = layer.attention
+        rows = module_linear_weights(att.qkv) + (0 if last else module_linear_weights(att.out, layer.feed_forward))
+        layers.append(NasaLayer(width=width, query_tokens=n_img, row_weights=rows,
+                                row_vector_weights=module_linear_weights(layer.adaLN_modulation),
+                                stream_keys=-1 if last else n_img))
+    embedding = Embedding(weights=module_linear_weights(dm.cap_embedder, *dm.context_refiner),
+                          attention=[width] * len(dm.context_refiner))
+    return embedding, layers
+
+
 def block_groups(model_patcher) -> dict:
     return {"layers": list(range(len(model_patcher.model.diffusion_model.layers)))}
 

@@ -114,6 +114,24 @@ def _forward_wrapper(executor, x, timestep, context, attention_mask=None, guidan
     return executor(x, timestep, context, attention_mask, guidance, ref_latents, options, **kwargs)
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: txt_in, then each block's text half on the stream (txt_mod,
+    the added q/k/v projections; to_add_out and txt_mlp except in the last block)."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    p = dm.patch_size
+    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    layers = []
+    for i, b in enumerate(dm.transformer_blocks):
+        last = i == len(dm.transformer_blocks) - 1
+        a = b.attn
+        rows = module_linear_weights(a.add_q_proj, a.add_k_proj, a.add_v_proj)
+        rows += 0 if last else module_linear_weights(a.to_add_out, b.txt_mlp)
+        layers.append(NasaLayer(width=a.add_q_proj.weight.shape[0], query_tokens=n_img, row_weights=rows,
+                                row_vector_weights=module_linear_weights(b.txt_mod), stream_keys=-1 if last else n_img))
+    return Embedding(module_linear_weights(dm.txt_in)), layers
+
+
 def block_groups(model_patcher) -> dict:
     return {"blocks": list(range(len(model_patcher.model.diffusion_model.transformer_blocks)))}
 

@@ -92,6 +92,27 @@ def block_groups(model_patcher) -> dict:
     return {"joint": list(range(len(model_patcher.model.diffusion_model.joint_blocks)))}
 
 
+def flop_layers(model_patcher, latent) -> Optional[tuple]:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: context_embedder, then each joint block's context half on the
+    stream (pre_attention with its modulation; post_attention except in the pre_only last block). None with a
+    context_processor (not described)."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    if dm.context_processor is not None:
+        return None
+    p = dm.patch_size
+    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    layers = []
+    for i, jb in enumerate(dm.joint_blocks):
+        cb = jb.context_block
+        last = i == len(dm.joint_blocks) - 1
+        rows = module_linear_weights(cb.attn.qkv) + (0 if last else module_linear_weights(cb.attn.proj, cb.mlp))
+        layers.append(NasaLayer(width=cb.attn.qkv.weight.shape[0] // 3, query_tokens=n_img, row_weights=rows,
+                                row_vector_weights=module_linear_weights(cb.adaLN_modulation),
+                                stream_keys=-1 if last else n_img))
+    return Embedding(module_linear_weights(dm.context_embedder)), layers
+
+
 def install(model_patcher) -> int:
     dm = model_patcher.model.diffusion_model
     for i in range(len(dm.joint_blocks)):

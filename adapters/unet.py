@@ -50,6 +50,29 @@ def block_groups(model_patcher) -> dict:
     return groups
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) of one forward on a latent of shape (C, H, W), for nasa_core.flops: every
+    cross-attention layer projects the negative with its to_k/to_v once and attends over it from its queries
+    (the latent downscaled by the Downsample blocks before it, ceil-rounded like the strided convs)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+    from ..nasa_core.flops import Embedding, NasaLayer, linear_weights
+    dm = model_patcher.model.diffusion_model
+    factor, ds = {}, 1
+    for i, block in enumerate(dm.input_blocks):
+        ds *= 2 if any(isinstance(m, Downsample) for m in block) else 1
+        factor[("input", i)] = ds
+    factor[("middle", 0)] = ds
+    for i, block in enumerate(dm.output_blocks):
+        factor[("output", i)] = ds
+        ds //= 2 if any(isinstance(m, Upsample) for m in block) else 1
+    h, w = latent[-2:]
+    layers = [NasaLayer(width=attn.to_q.weight.shape[0],
+                        query_tokens=-(-h // factor[key[:2]]) * -(-w // factor[key[:2]]),
+                        shared_weights=linear_weights(attn.to_k.weight.shape, attn.to_v.weight.shape))
+              for key, attn in cross_attention_layers(dm).items()]
+    return Embedding(), layers
+
+
 def cross_attention_layers(diffusion_model) -> dict:
     """{(block_name, block_id, block_index): attn2 module} for every cross-attention layer,
     keyed exactly as ComfyUI keys attn2 replaces."""

@@ -226,6 +226,18 @@ def _make_block(index: int):
     return make
 
 
+def flop_layers(model_patcher, latent) -> tuple:
+    """(Embedding, [NasaLayer]) for nasa_core.flops: text_embedding, then each block's k/v and text attention
+    over the video tokens (the I2V image term is untouched)."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    dm = model_patcher.model.diffusion_model
+    n = _ceil_div(latent[-3], dm.patch_size[0]) * _ceil_div(latent[-2], dm.patch_size[1]) * \
+        _ceil_div(latent[-1], dm.patch_size[2])
+    return Embedding(module_linear_weights(dm.text_embedding)), [
+        NasaLayer(width=b.cross_attn.q.weight.shape[0], query_tokens=n,
+                  shared_weights=module_linear_weights(b.cross_attn.k, b.cross_attn.v)) for b in dm.blocks]
+
+
 def block_groups(model_patcher) -> dict:
     return {"blocks": list(range(len(model_patcher.model.diffusion_model.blocks)))}
 

@@ -1,4 +1,5 @@
-"""NASA's extra FLOPs over the plain forward, counted on ComfyUI's own models at their published sizes.
+"""NASA's extra FLOPs over the plain forward, counted on ComfyUI's own models at their published sizes, and
+the same figure computed from the model's shapes by nasa_core.flops (each adapter's ``flop_layers``).
 
 Each model is built on PyTorch's ``meta`` device (shapes only: no memory, no weights, seconds even
 for 12B-parameter models) and one forward runs under ``torch.utils.flop_counter.FlopCounterMode``
@@ -95,6 +96,7 @@ class CostRow:
     case: CostCase
     plain: int
     nasa: int
+    counted: Optional[int] = None     # NASA's extra FLOPs from the model's shapes (nasa_core.flops), if described
 
     @property
     def extra(self) -> float:
@@ -155,15 +157,17 @@ def count(case: CostCase, adapters, negatives, alpha: float = 0.5, dtype=torch.b
     # what the sampler puts into transformer_options (comfy.samplers, comfy.sampler_helpers) plus the run
     options = {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
                "wrappers": nasa_model.wrappers, negatives.RUN_KEY: run}
-    return CostRow(case, plain, _forward_flops(nasa_model, case, options, dtype))
+    counted = adapters.nasa_flops(plain_model, case.latent, case.neg_tokens)
+    return CostRow(case, plain, _forward_flops(nasa_model, case, options, dtype), counted)
 
 
 def markdown(rows) -> str:
-    lines = ["| model | setting | plain forward | NASA | NASA extra | CFG extra |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | setting | plain forward | NASA | NASA extra | from shapes (nasa_core.flops) | CFG extra |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        counted = "—" if r.counted is None else f"+{r.counted / 1e9:,.1f} GFLOP ({100 * r.counted / r.plain:.2f}%)"
         lines.append(f"| {r.case.name} | {r.case.setting} | {r.plain / 1e12:.2f} TFLOP | {r.nasa / 1e12:.2f} TFLOP "
-                     f"| +{100 * r.extra:.1f}% | +100% |")
+                     f"| +{100 * r.extra:.1f}% | {counted} | +100% |")
     return "\n".join(lines)
 
 

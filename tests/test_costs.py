@@ -39,3 +39,12 @@ def test_alpha_zero_adds_nothing(env):
     case = env["costs"].find_case("FluxSchnell")
     row = env["costs"].count(case, env["adapters"], env["negatives"], alpha=0.0)
     assert row.nasa == row.plain
+
+
+def test_flops_counted_from_shapes_agree_with_torch_within_one_percent(rows):
+    """nasa_core.flops on each family's layer description equals FlopCounterMode's count of the NASA forward
+    minus the plain forward (the same meta models, published sizes) within 1%."""
+    assert all(r.counted is not None for r in rows.values()), [n for n, r in rows.items() if r.counted is None]
+    for name, r in rows.items():
+        measured = r.nasa - r.plain
+        assert abs(r.counted - measured) <= 0.01 * measured, (name, r.counted, measured)
