@@ -183,21 +183,26 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
         return z_pos
     all_rows = _is_all_rows(rows, batch)
     q_rows = q if all_rows else q[rows]
-    delta = None
+    out = None          # Z+ minus the terms so far, on the steered rows; a tensor of our own once set
     for term in active:
         k = term.k if all_rows else _rows_of(term.k, rows)
         v = term.v if all_rows else _rows_of(term.v, rows)
         mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
         _check_qkv(q_rows, k, v, heads, "negative")
         z_neg = attention_fn(q_rows, k, v, heads, mask=mask)
-        contrib = _weighted(z_neg, term, None if all_rows else rows)
-        delta = contrib if delta is None else delta + contrib
-    delta = delta.to(z_pos.dtype)
+        if term.region is None:      # one pass over Z-: out - coef * Z-, no coef * Z- temporary
+            z_neg, coef = z_neg.to(z_pos.dtype), term.coef
+        else:
+            z_neg, coef = _weighted(z_neg, term, None if all_rows else rows).to(z_pos.dtype), 1.0
+        if out is None:
+            out = torch.sub(z_pos if all_rows else z_pos[rows], z_neg, alpha=coef)
+        else:
+            out.sub_(z_neg, alpha=coef)
     if all_rows:
-        return z_pos - delta
-    out = z_pos.clone()
-    out[rows] = z_pos[rows] - delta
-    return out
+        return out
+    full = z_pos.clone()
+    full[rows] = out
+    return full
 
 
 def nasa_attention(q, k_pos, v_pos, k_neg, v_neg, heads: int, alpha: float,

@@ -145,18 +145,23 @@ def _forward_flops(model_patcher, case: CostCase, options: dict, dtype) -> int:
     return counter.get_total_flops()
 
 
+def direct_options(adapters, negatives, nasa_model, negative: torch.Tensor, alpha: float) -> dict:
+    """``transformer_options`` for calling a NASA clone's ``apply_model`` directly (no sampler): what the sampler
+    puts there (comfy.samplers, comfy.sampler_helpers) plus a NasaRun steering one positive row with ``negative``."""
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "nasa_direct")
+    adapters.find_adapter(nasa_model).attach_layers(run, nasa_model.model)
+    return {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
+            "wrappers": nasa_model.wrappers, negatives.RUN_KEY: run}
+
+
 def count(case: CostCase, adapters, negatives, alpha: float = 0.5, dtype=torch.bfloat16) -> CostRow:
     """FLOPs of one forward, plain and with NASA (``adapters``/``negatives``: the pack's modules)."""
     plain_model = _meta_model(case, dtype)
     plain = _forward_flops(plain_model, case, {"cond_or_uncond": [0]}, dtype)
     nasa_model = adapters.apply_nasa(plain_model, negative=None, alpha=alpha, use_sampler_negative=True,
                                      node="nasa_cost")
-    negative = _t(1, case.neg_tokens, case.context[1], dtype=dtype)
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "nasa_cost")
-    adapters.find_adapter(nasa_model).attach_layers(run, nasa_model.model)
-    # what the sampler puts into transformer_options (comfy.samplers, comfy.sampler_helpers) plus the run
-    options = {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
-               "wrappers": nasa_model.wrappers, negatives.RUN_KEY: run}
+    options = direct_options(adapters, negatives, nasa_model, _t(1, case.neg_tokens, case.context[1], dtype=dtype),
+                             alpha)
     counted = adapters.nasa_flops(plain_model, case.latent, case.neg_tokens)
     return CostRow(case, plain, _forward_flops(nasa_model, case, options, dtype), counted)
 

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Time NASA against the plain forward and CFG on ComfyUI's own classes with random weights (a table, not a test).
+
+    python scripts/nasa_bench.py layer                          # one cross-attention layer, SD1.5/SDXL shapes
+    python scripts/nasa_bench.py forward --model sd15           # whole forward: plain / NASA / CFG interleaved
+    python scripts/nasa_bench.py forward --model flux-small     # FLUX at real width, 2 double + 4 single blocks
+    python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
+
+Forward mode: >= 8 rounds after warm-up, the order rotating each round; per mode the median time, the ratio to
+the same round's plain forward (median, min-max), the FLOPs ratio (FlopCounterMode on the same architecture) and
+peak memory on CUDA. Layer mode: many repetitions of one steered layer against the plain layer at real shapes,
+with the target steered <= 1.25 x plain x FLOPs ratio. fp32 by default: bf16 matmuls are ~100x slower on
+CPUs without bf16 units. Needs ComfyUI (COMFYUI_PATH, the custom_nodes location, or ~/ComfyUI), no model files.
+"""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+PACK = Path(__file__).resolve().parent.parent
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("layer", "forward"))
+    parser.add_argument("--model", action="append", default=None,
+                        help="forward: sd15, sdxl, flux-small, flux (repeatable; default sd15 and flux-small); "
+                             "layer: sd15-64, sd15-16, sdxl-64, sdxl-32 (default all)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default forward 8, layer 200)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default forward 2, layer 10)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _load("nasa_runner", PACK / "runner")
+    from nasa_runner import comfy_env
+    comfy_dir, how = comfy_env.find_comfyui()
+    if comfy_dir is None:
+        print(f"nasa_bench: ComfyUI not found ({how}); set COMFYUI_PATH", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("nasa_bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    nodes = comfy_env.bootstrap(comfy_dir, cpu=args.device == "cpu")
+    pack = comfy_env.load_pack(nodes, PACK)
+    bench = comfy_env.pack_submodule(pack, "runner.bench")
+    negatives = comfy_env.pack_submodule(pack, "adapters.negatives")
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    cases = bench.LAYER_CASES if args.mode == "layer" else bench.FORWARD_CASES
+    names = args.model or (list(bench.LAYER_CASES) if args.mode == "layer" else ["sd15", "flux-small"])
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        print(f"nasa_bench: unknown --model {unknown} for {args.mode}; choose from {list(cases)}", file=sys.stderr)
+        return 2
+    print(f"nasa_bench {args.mode}: torch {torch.__version__}, {args.dtype}, {args.device}, "
+          f"{torch.get_num_threads()} threads, ComfyUI {comfy_env.comfyui_version(comfy_dir)}", file=sys.stderr)
+    rows = []
+    for i, name in enumerate(names):
+        if i:
+            print(f"(so far)\n{bench.markdown(rows)}", file=sys.stderr, flush=True)
+        print(f"timing {name} ...", file=sys.stderr)
+        if args.mode == "layer":
+            rows += bench.run_layer(cases[name], negatives, comfy_env.pack_submodule(pack, "adapters.unet"),
+                                    comfy_env.pack_submodule(pack, "nasa_core.flops"), rounds=args.rounds or 200,
+                                    warmup=args.warmup if args.warmup is not None else 10, dtype=dtype, device=device)
+        else:
+            rows += bench.run_forward(cases[name], comfy_env.pack_submodule(pack, "adapters"), negatives,
+                                      rounds=args.rounds or 8, warmup=args.warmup if args.warmup is not None else 2,
+                                      dtype=dtype, device=device)
+    print(bench.markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
