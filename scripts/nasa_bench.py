@@ -13,22 +13,14 @@ with the target steered <= 1.25 x plain x FLOPs ratio. fp32 by default: bf16 mat
 CPUs without bf16 units. Needs ComfyUI (COMFYUI_PATH, the custom_nodes location, or ~/ComfyUI), no model files.
 """
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
+
+import _pack_entry
 
 import torch
 
-PACK = Path(__file__).resolve().parent.parent
+PACK = _pack_entry.ROOT
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv=None) -> int:
@@ -45,8 +37,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    _load("nasa_runner", PACK / "runner")
-    from nasa_runner import comfy_env
+    comfy_env = _pack_entry.runner("comfy_env")
     comfy_dir, how = comfy_env.find_comfyui()
     if comfy_dir is None:
         print(f"nasa_bench: ComfyUI not found ({how}); set COMFYUI_PATH", file=sys.stderr)

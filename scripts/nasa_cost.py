@@ -9,19 +9,11 @@ memory); FLOPs are counted by torch's FlopCounterMode (see runner/costs.py). Nee
 (COMFYUI_PATH, the custom_nodes location, or ~/ComfyUI), no GPU and no model files.
 """
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
-PACK = Path(__file__).resolve().parent.parent
+import _pack_entry
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+PACK = _pack_entry.ROOT
 
 
 def main(argv=None) -> int:
@@ -29,8 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="only cases whose name contains this text")
     parser.add_argument("--alpha", type=float, default=0.5, help="NASA scale (does not change the count unless 0)")
     args = parser.parse_args(argv)
-    _load("nasa_runner", PACK / "runner")
-    from nasa_runner import comfy_env
+    comfy_env = _pack_entry.runner("comfy_env")
     comfy_dir, how = comfy_env.find_comfyui()
     if comfy_dir is None:
         print(f"nasa_cost: ComfyUI not found ({how}); set COMFYUI_PATH", file=sys.stderr)

@@ -31,3 +31,19 @@ def test_interleaving_rotates_the_order(bench):
 def test_a_path_that_does_not_steer_is_refused(bench):
     with pytest.raises(RuntimeError, match="does not steer"):
         bench._check_steers(lambda: torch.ones(2), lambda: torch.ones(2), "x")
+
+
+def test_command_line_layer_mode(comfy, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "nasa_bench.py"
+    env = dict(os.environ, COMFYUI_PATH=str(comfy.dir))
+    r = subprocess.run([sys.executable, str(script), "layer", "--model", "tiny", "--rounds", "2", "--warmup", "0"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| tiny (for tests) | NASA |" in r.stdout
+    bad = subprocess.run([sys.executable, str(script), "layer", "--model", "nope"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "unknown --model ['nope']" in bad.stderr
