@@ -167,22 +167,21 @@ def stream_layers(dm, n_img: int, n_keys: int, modulated: bool = True) -> list:
         if kind == "double":
             rows = linear_weights(b.txt_attn.qkv.weight.shape)
             rows += 0 if last else module_linear_weights(b.txt_attn.proj, b.txt_mlp)
-            mod = "txt_mod"
+            vector = module_linear_weights(b.txt_mod) if modulated else 0     # Chroma's blocks have no txt_mod
         else:
             rows = linear_weights(b.linear1.weight.shape) + (0 if last else linear_weights(b.linear2.weight.shape))
-            mod = "modulation"
+            vector = module_linear_weights(b.modulation) if modulated else 0
         layers.append(NasaLayer(width=dm.hidden_size, query_tokens=n_img, row_weights=rows,
-                                row_vector_weights=module_linear_weights(getattr(b, mod)) if modulated else 0,
-                                stream_keys=-1 if last else n_keys))
+                                row_vector_weights=vector, stream_keys=-1 if last else n_keys))
     return layers
 
 
 def flop_layers(model_patcher, latent, modulated: bool = True) -> tuple:
     """(Embedding, [NasaLayer]) of one forward on a latent (C, H, W), for nasa_core.flops: txt_in, then the stream."""
-    from ..nasa_core.flops import Embedding, module_linear_weights
+    from ..nasa_core.flops import Embedding, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
-    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    n_img = patch_tokens(latent[-2:], p)
     return Embedding(module_linear_weights(dm.txt_in)), stream_layers(dm, n_img, n_img, modulated)
 
 

@@ -26,11 +26,11 @@ HunyuanImage 2.1 (same diffusion-model class, ByT5 glyph tokens, 2D patches) is 
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from . import flux, joint
 from .negatives import RUN_KEY, attach_model, set_wrapper
+from ..nasa_core.flops import patch_tokens
 
 FAMILY = "HunyuanVideo"
 VIDEO = True     # a mask's batch is frames
@@ -58,7 +58,7 @@ def family_name(model_patcher) -> str:
 
 def _tokens(latent, patch_size) -> int:
     """Tokens of a (B, C, T, H, W) latent after the patch embedding (padded up to the patch size)."""
-    return math.prod(-(-n // p) for n, p in zip(latent.shape[2:], patch_size))
+    return patch_tokens(latent.shape[2:], patch_size)
 
 
 def _text_vec(vec, modulation_dims):
@@ -134,7 +134,7 @@ def flop_layers(model_patcher, latent) -> tuple:
         vector_weights=module_linear_weights(refiner.t_embedder, refiner.c_embedder,
                                              *[b.adaLN_modulation for b in blocks]),
         attention=[dm.hidden_size] * len(blocks))
-    n = math.prod(-(-size // p) for size, p in zip(latent[1:], dm.patch_size))
+    n = patch_tokens(latent[1:], dm.patch_size)
     return embedding, flux.stream_layers(dm, n, n)
 
 

@@ -150,10 +150,10 @@ def _forward_wrapper(executor, x, timesteps, context, num_tokens, attention_mask
 def flop_layers(model_patcher, latent) -> tuple:
     """(Embedding, [NasaLayer]) for nasa_core.flops: cap_embedder and the caption refiner on the negative, then
     each layer's stream (adaLN, qkv; out and feed_forward except in the last layer), GQA keys repeated to all heads."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
-    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    n_img = patch_tokens(latent[-2:], p)
     width = dm.layers[0].attention.n_local_heads * dm.layers[0].attention.head_dim
     layers = []
     for i, layer in enumerate(dm.layers):

@@ -179,6 +179,10 @@ class NasaRun:
             f = self._factors[sigma] = self.schedule.ramp(sigma_to_percent(sigma, self.percent_to_sigma)) if inside else 0.0
         return f
 
+    def missed_window(self) -> bool:
+        """A window was set, steps were sampled, and none of them lay inside it (NASA never acted)."""
+        return self.schedule is not None and bool(self._factors) and not any(self._factors.values())
+
     def terms(self, prompts: Sequence[NegativePrompt], sigma: Optional[float], factor: float = 1.0,
               area: Optional[tuple] = None) -> tuple:
         out = []
@@ -378,7 +382,7 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
         to[RUN_KEY] = run
         try:
             out = executor(*args, **kwargs)
-            if run.schedule is not None and run._factors and not any(run._factors.values()):
+            if run.missed_window():
                 s = run.schedule
                 logging.warning("%s: NASA did not act in this run: no sampled step lies in its window (start_percent "
                                 "%g, end_percent %g). One-step models sample at percent 0 only; widen the window.",
@@ -406,6 +410,14 @@ def set_wrapper(model_patcher, kind: str, fn: Callable) -> None:
     model_patcher.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
 
 
+def _check_same_encoder(entries, widths: set, node: str, others: str, fix: str) -> None:
+    """Every entry of a negative has one of ``widths`` (those of the conditioning it goes with), if any."""
+    for t, _ in entries:
+        if widths and t.shape[-1] not in widths:
+            raise ValueError(f"{node}: 'negative' is {t.shape[-1]} wide but {others} {sorted(widths)[0]} wide: they "
+                             f"come from different text encoders. {fix}")
+
+
 def make_carried_negative(conditioning, negative, alpha, node: str):
     """NASA Negative Conditioning: a copy of ``conditioning`` whose entries carry ``negative``."""
     pos = conditioning_entries(conditioning, node, "conditioning")
@@ -413,12 +425,8 @@ def make_carried_negative(conditioning, negative, alpha, node: str):
     if alpha is not None:
         alpha = check_alpha(alpha, node, low=-float("inf"))     # finite, at most 2; any negative value = inherit
         alpha = None if alpha < 0 else alpha
-    widths = {t.shape[-1] for t, _ in pos}
-    for t, _ in neg:
-        if widths and t.shape[-1] not in widths:
-            raise ValueError(f"{node}: 'negative' is {t.shape[-1]} wide but 'conditioning' is "
-                             f"{sorted(widths)[0]} wide: they come from different text encoders. Encode the "
-                             f"negative with the same CLIP as the positive prompt.")
+    _check_same_encoder(neg, {t.shape[-1] for t, _ in pos}, node, "'conditioning' is",
+                        "Encode the negative with the same CLIP as the positive prompt.")
     spec = {"entries": neg, "alpha": alpha}
     return [[t, {**opts, CARRIED_KEY: spec}] for t, opts in pos]
 
@@ -442,10 +450,6 @@ def make_negative_spec(negative, alpha, mask=None, previous=None, node: str = "N
     items = [] if previous is None else list(previous)
     if not all(isinstance(n, NegativeSpec) for n in items):
         raise ValueError(f"{node}: 'negatives' must come from another NASA Negative node.")
-    widths = {t.shape[-1] for s in items for t, _ in s.entries}
-    for t, _ in entries:
-        if widths and t.shape[-1] not in widths:
-            raise ValueError(f"{node}: 'negative' is {t.shape[-1]} wide but the chained negatives are "
-                             f"{sorted(widths)[0]} wide: they come from different text encoders. Encode every "
-                             f"negative with the same CLIP as the positive prompt.")
+    _check_same_encoder(entries, {t.shape[-1] for s in items for t, _ in s.entries}, node,
+                        "the chained negatives are", "Encode every negative with the same CLIP as the positive prompt.")
     return items + [NegativeSpec(entries, None if alpha < 0 else alpha, mask)]

@@ -125,10 +125,10 @@ def block_groups(model_patcher) -> dict:
 
 def flop_layers(model_patcher, latent) -> tuple:
     """(Embedding, [NasaLayer]) for nasa_core.flops: y_embedder, then each block's kv_linear and attention."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
-    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    n_img = patch_tokens(latent[-2:], p)
     return Embedding(module_linear_weights(dm.y_embedder)), [
         NasaLayer(width=b.cross_attn.q_linear.weight.shape[0], query_tokens=n_img,
                   shared_weights=module_linear_weights(b.cross_attn.kv_linear)) for b in dm.blocks]

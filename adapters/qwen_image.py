@@ -117,10 +117,10 @@ def _forward_wrapper(executor, x, timestep, context, attention_mask=None, guidan
 def flop_layers(model_patcher, latent) -> tuple:
     """(Embedding, [NasaLayer]) for nasa_core.flops: txt_in, then each block's text half on the stream (txt_mod,
     the added q/k/v projections; to_add_out and txt_mlp except in the last block)."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
-    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    n_img = patch_tokens(latent[-2:], p)
     layers = []
     for i, b in enumerate(dm.transformer_blocks):
         last = i == len(dm.transformer_blocks) - 1

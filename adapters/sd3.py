@@ -96,12 +96,12 @@ def flop_layers(model_patcher, latent) -> Optional[tuple]:
     """(Embedding, [NasaLayer]) for nasa_core.flops: context_embedder, then each joint block's context half on the
     stream (pre_attention with its modulation; post_attention except in the pre_only last block). None with a
     context_processor (not described)."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     if dm.context_processor is not None:
         return None
     p = dm.patch_size
-    n_img = -(-latent[-2] // p) * -(-latent[-1] // p)
+    n_img = patch_tokens(latent[-2:], p)
     layers = []
     for i, jb in enumerate(dm.joint_blocks):
         cb = jb.context_block

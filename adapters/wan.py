@@ -43,6 +43,7 @@ import torch
 from . import joint
 from .negatives import RUN_KEY, set_wrapper
 from ..nasa_core import steer
+from ..nasa_core.flops import patch_tokens
 
 FAMILY = "Wan 2.1 / 2.2"
 VIDEO = True     # a mask's batch is frames
@@ -177,14 +178,10 @@ def family_name(model_patcher) -> str:
     return f"Wan ({type(model_patcher.model.model_config).__name__})"
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _video_tokens(dm, x, kwargs) -> slice:
     """The generated video's tokens: after reference_latent tokens, before time_dim_concat frames."""
     p = dm.patch_size
-    n_video = _ceil_div(x.shape[2], p[0]) * _ceil_div(x.shape[3], p[1]) * _ceil_div(x.shape[4], p[2])
+    n_video = patch_tokens(x.shape[2:5], p)
     ref = kwargs.get("reference_latent")
     n_ref = (ref.shape[-2] // p[1]) * (ref.shape[-1] // p[2]) if dm.ref_conv is not None and ref is not None else 0
     return slice(n_ref, n_ref + n_video)
@@ -231,8 +228,7 @@ def flop_layers(model_patcher, latent) -> tuple:
     over the video tokens (the I2V image term is untouched)."""
     from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
     dm = model_patcher.model.diffusion_model
-    n = _ceil_div(latent[-3], dm.patch_size[0]) * _ceil_div(latent[-2], dm.patch_size[1]) * \
-        _ceil_div(latent[-1], dm.patch_size[2])
+    n = patch_tokens(latent[-3:], dm.patch_size)
     return Embedding(module_linear_weights(dm.text_embedding)), [
         NasaLayer(width=b.cross_attn.q.weight.shape[0], query_tokens=n,
                   shared_weights=module_linear_weights(b.cross_attn.k, b.cross_attn.v)) for b in dm.blocks]

@@ -31,6 +31,16 @@ class NasaLayer:
     stream_keys: int = -1         # the stream's own attention: keys besides its tokens (image keys); -1 = none
 
 
+def patch_tokens(sizes: Sequence[int], patch) -> int:
+    """Tokens of a latent of spatial ``sizes`` cut into patches (one size per dimension, or one for all),
+    ceil-rounded as the patch embedders pad: prod(ceil(size / patch))."""
+    patches = [patch] * len(sizes) if isinstance(patch, int) else list(patch)
+    total = 1
+    for size, p in zip(sizes, patches):
+        total *= -(-int(size) // int(p))
+    return total
+
+
 def attention_flops(rows: int, queries: int, keys: int, width: int) -> int:
     """softmax(Q K^T) V: Q K^T and P V, each 2 * rows * queries * keys * width."""
     return 4 * rows * queries * keys * width

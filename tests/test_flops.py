@@ -6,7 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasa_core import NegativeTerm, attention, steer
-from nasa_core.flops import Embedding, NasaLayer, attention_flops, cfg_extra_flops, linear_weights, nasa_extra_flops
+from nasa_core.flops import (Embedding, NasaLayer, attention_flops, cfg_extra_flops, linear_weights, nasa_extra_flops,
+                             patch_tokens)
 
 
 def _count(fn):
@@ -43,3 +44,9 @@ def test_stream_terms_and_embedding():
     lin = torch.nn.Linear(width, 3 * width)
     assert _count(lambda: lin(x)) == 2 * n * linear_weights(lin.weight.shape)
     assert cfg_extra_flops(123) == 123
+
+
+def test_patch_tokens_round_up_like_padded_patch_embedders():
+    assert patch_tokens((15, 9), 2) == 8 * 5
+    assert patch_tokens((21, 60, 105), (1, 2, 2)) == 21 * 30 * 53
+    assert patch_tokens((64, 64), 1) == 4096
