@@ -45,7 +45,8 @@ class NegativeTerm:
 
 
 def _weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tensor:
-    """coef * Z- (times the term's per-token region weight, rows selected where it has a batch)."""
+    """coef * Z- (times the term's per-token region weight, rows selected where it has a batch). Z- is
+    (B, Lq, C) or (B, Lq, H, D)."""
     out = z_neg * term.coef
     if term.region is None:
         return out
@@ -55,7 +56,7 @@ def _weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tenso
     if region.shape[-1] != z_neg.shape[1]:
         raise ValueError(f"NASA attention: the region weights {region.shape[-1]} query tokens but the layer has "
                          f"{z_neg.shape[1]}")
-    return out * region[..., None]
+    return out * region.reshape(region.shape + (1,) * (z_neg.ndim - 2))
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, what: str) -> None:
@@ -167,12 +168,30 @@ def _rows_of(t: torch.Tensor, rows) -> torch.Tensor:
     return t if t.shape[0] == 1 else t[rows]
 
 
+def _as_rows(z_neg: torch.Tensor, heads: int) -> torch.Tensor:
+    """Z- as (B, Lq, C) or, when the attention function returned it head-major (B, H, Lq, D) as attention
+    kernels produce it, as the (B, Lq, H, D) view of that: subtracted through a view of Z+, it needs none of
+    the copy that reshaping it to (B, Lq, C) would make."""
+    if z_neg.ndim == 4:
+        if z_neg.shape[1] != heads:
+            raise ValueError(f"NASA attention: a head-major Z- must be (batch, {heads} heads, tokens, dim); got "
+                             f"{tuple(z_neg.shape)}")
+        return z_neg.transpose(1, 2)
+    return z_neg
+
+
+def _like(dst: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+    """``dst`` (B, Lq, C) viewed in ``z_neg``'s (B, Lq, C) or (B, Lq, H, D) shape."""
+    return dst if z_neg.ndim == 3 else dst.view(dst.shape[0], dst.shape[1], z_neg.shape[2], z_neg.shape[3])
+
+
 def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm], heads: int,
-          steer_rows: Rows = None, attention_fn: AttentionFn = attention) -> torch.Tensor:
+          steer_rows: Rows = None, attention_fn: AttentionFn = attention, inplace: bool = False) -> torch.Tensor:
     """Z+ - sum_i coef_i * Z-_i on the steered rows; Z+ is returned untouched where nothing is steered.
 
-    ``attention_fn(q, k, v, heads, mask=None)`` computes each Z-; pass the host's backend
-    so the negative attention runs on the same kernel as the positive one.
+    ``attention_fn(q, k, v, heads, mask=None)`` computes each Z-, as (B, Lq, H*D) or head-major
+    (B, H, Lq, D); pass the host's backend so the negative attention runs on the same kernel as the
+    positive one. ``inplace``: ``z_pos`` is the caller's own fresh tensor and is overwritten (no copy of it).
     """
     active = [t for t in negatives if t.coef != 0.0]
     if not active:
@@ -183,24 +202,34 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
         return z_pos
     all_rows = _is_all_rows(rows, batch)
     q_rows = q if all_rows else q[rows]
-    out = None          # Z+ minus the terms so far, on the steered rows; a tensor of our own once set
+    # in place where Z+ is ours and the rows are a view of it (an index selection is a copy of its own); never
+    # on a Z+ autograd needs for its backward (NASA-T training differentiates through the attention)
+    inplace = inplace and not (torch.is_grad_enabled() and z_pos.requires_grad)
+    in_view = inplace and isinstance(rows, slice)
+    out = None          # Z+ minus the terms so far, on the steered rows; a tensor we may write once set
     for term in active:
         k = term.k if all_rows else _rows_of(term.k, rows)
         v = term.v if all_rows else _rows_of(term.v, rows)
         mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
         _check_qkv(q_rows, k, v, heads, "negative")
-        z_neg = attention_fn(q_rows, k, v, heads, mask=mask)
+        z_neg = _as_rows(attention_fn(q_rows, k, v, heads, mask=mask), heads)
         if term.region is None:      # one pass over Z-: out - coef * Z-, no coef * Z- temporary
             z_neg, coef = z_neg.to(z_pos.dtype), term.coef
         else:
             z_neg, coef = _weighted(z_neg, term, None if all_rows else rows).to(z_pos.dtype), 1.0
         if out is None:
-            out = torch.sub(z_pos if all_rows else z_pos[rows], z_neg, alpha=coef)
-        else:
-            out.sub_(z_neg, alpha=coef)
-    if all_rows:
-        return out
-    full = z_pos.clone()
+            base = z_pos if all_rows else z_pos[rows]
+            if in_view or not (all_rows or isinstance(rows, slice)):
+                out = base                      # Z+ itself (or a view of it), or the copy indexing made
+            elif z_neg.ndim == 3:
+                out = torch.sub(base, z_neg, alpha=coef)
+                continue
+            else:
+                out = base.clone()
+        _like(out, z_neg).sub_(z_neg, alpha=coef)
+    if all_rows or in_view:
+        return z_pos if in_view and not all_rows else out
+    full = z_pos if inplace else z_pos.clone()
     full[rows] = out
     return full
 

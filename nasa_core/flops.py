@@ -52,17 +52,22 @@ class Embedding:
     weights: int = 0                  # in*out of the linears run on each negative token
     vector_weights: int = 0           # in*out of the linears run once (timestep/pooled vectors, modulation)
     attention: Sequence[int] = ()     # widths of the self-attention layers run over the negative's tokens
+    reusable: bool = False            # computed once per multi-step run (cross-attention families), see ``reused``
 
 
 def nasa_extra_flops(layers: Sequence[NasaLayer], negative_tokens: int, rows: int = 1,
-                     embedding: Embedding = Embedding()) -> int:
+                     embedding: Embedding = Embedding(), reused: bool = False) -> int:
     """FLOPs NASA adds to one forward steering ``rows`` batch rows with a negative of ``negative_tokens``
-    (the embedding counted once: it runs on the batch-1 negative)."""
+    (the embedding counted once: it runs on the batch-1 negative). ``reused``: a later step of a multi-step
+    run, where the layers' shared K/V projections and a reusable embedding come from the first step."""
     n = negative_tokens
-    total = 2 * n * embedding.weights + 2 * embedding.vector_weights
-    total += sum(attention_flops(1, n, n, width) for width in embedding.attention)
+    total = 0
+    if not (reused and embedding.reusable):
+        total += 2 * n * embedding.weights + 2 * embedding.vector_weights
+        total += sum(attention_flops(1, n, n, width) for width in embedding.attention)
     for layer in layers:
-        total += 2 * n * layer.shared_weights
+        if not reused:
+            total += 2 * n * layer.shared_weights
         total += rows * (2 * n * layer.row_weights + 2 * layer.row_vector_weights)
         total += attention_flops(rows, layer.query_tokens, n, layer.width)
         if layer.stream_keys >= 0:

@@ -137,3 +137,34 @@ def test_nasa_core_imports_nothing_from_comfyui():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for n in names:
                 assert n.split(".")[0] in {"torch", "math", "copy", "contextlib", "re", "dataclasses", "typing", "__future__"}, (f.name, n)
+
+
+def _head_major(q, k, v, heads, mask=None):
+    """nc.attention's result as attention kernels produce it before the output reshape: (B, H, Lq, D)."""
+    out = nc.attention(q, k, v, heads, mask)
+    b, lq, c = out.shape
+    return out.reshape(b, lq, heads, c // heads).transpose(1, 2)
+
+
+@pytest.mark.parametrize("rows", [None, slice(1, 3), [0, 2]])
+@pytest.mark.parametrize("layout", ["rows", "head-major"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_head_major_and_in_place_steer_equal_the_plain_path(rows, layout, inplace):
+    """Z- returned head-major (subtracted through a view, no reshape copy) and Z+ overwritten in place give the
+    bit-identical result of the plain path; without ``inplace`` Z+ is never written."""
+    g = torch.Generator().manual_seed(3)
+    heads, b, lq, c = 4, 3, 10, 32
+    q = torch.randn(b, lq, c, generator=g)
+    terms = [nc.NegativeTerm(torch.randn(1, 6, c, generator=g), torch.randn(1, 6, c, generator=g), 0.7),
+             nc.NegativeTerm(torch.randn(1, 5, c, generator=g), torch.randn(1, 5, c, generator=g), 0.3,
+                             region=torch.rand(lq, generator=g))]
+    z_pos = torch.randn(b, lq, c, generator=g)
+    want = nc.steer(z_pos.clone(), q, terms, heads, rows)
+    given = z_pos.clone()
+    fn = _head_major if layout == "head-major" else nc.attention
+    got = nc.steer(given, q, terms, heads, rows, attention_fn=fn, inplace=inplace)
+    assert torch.equal(got, want)
+    if inplace:
+        assert got.data_ptr() == given.data_ptr() and torch.equal(given, want)      # no copy of Z+ was made
+    else:
+        assert torch.equal(given, z_pos)

@@ -27,6 +27,9 @@ def test_cross_attention_layer_matches_flop_counter():
     measured = _count(lambda: steer(z, q, [NegativeTerm(to_k(neg), to_v(neg), 0.5)], heads, attention_fn=attention))
     layer = NasaLayer(width=heads * d, query_tokens=lq, shared_weights=linear_weights(to_k.weight.shape, to_v.weight.shape))
     assert nasa_extra_flops([layer], n, rows=rows) == measured
+    k, v = to_k(neg), to_v(neg)                       # steps 2+ of a multi-step run: K-/V- kept from step 1
+    measured = _count(lambda: steer(z, q, [NegativeTerm(k, v, 0.5)], heads, attention_fn=attention))
+    assert nasa_extra_flops([layer], n, rows=rows, reused=True) == measured
 
 
 def test_stream_terms_and_embedding():
@@ -40,6 +43,9 @@ def test_stream_terms_and_embedding():
     assert nasa_extra_flops([layer], n, rows=rows) == want
     emb = Embedding(weights=100, vector_weights=40, attention=(width,))
     assert nasa_extra_flops([], n, embedding=emb) == 2 * n * 100 + 2 * 40 + attention_flops(1, n, n, width)
+    assert nasa_extra_flops([layer], n, embedding=emb, reused=True) == nasa_extra_flops([layer], n, embedding=emb)
+    kept = Embedding(weights=100, reusable=True)      # a cross-attention family's embedding: kept from step 1
+    assert nasa_extra_flops([], n, embedding=kept, reused=True) == 0
     x = torch.randn(1, n, width)
     lin = torch.nn.Linear(width, 3 * width)
     assert _count(lambda: lin(x)) == 2 * n * linear_weights(lin.weight.shape)
