@@ -105,10 +105,11 @@ def _check_specs(negatives, node: str) -> list:
     return list(negatives)
 
 
-def nasa_flops(model_patcher, latent, negative_tokens: int, rows: int = 1) -> Optional[int]:
+def nasa_flops(model_patcher, latent, negative_tokens: int, rows: int = 1, reused: bool = False) -> Optional[int]:
     """NASA's extra FLOPs for one forward of ``model_patcher`` on a latent of shape (C, [T,] H, W) steering
     ``rows`` rows with a negative of ``negative_tokens``, counted from the model's shapes
-    (nasa_core.flops); None for a family whose adapter does not describe its layers yet."""
+    (nasa_core.flops); None for a family whose adapter does not describe its layers yet. ``reused``: a later
+    step of a multi-step run (the negative's projections kept from the first step where the family can)."""
     adapter = find_adapter(model_patcher)
     if not hasattr(adapter, "flop_layers"):
         return None
@@ -116,4 +117,4 @@ def nasa_flops(model_patcher, latent, negative_tokens: int, rows: int = 1) -> Op
     if described is None:
         return None
     embedding, layers = described
-    return nasa_extra_flops(layers, negative_tokens, rows=rows, embedding=embedding)
+    return nasa_extra_flops(layers, negative_tokens, rows=rows, embedding=embedding, reused=reused)

@@ -112,7 +112,11 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
                 if region is not None:
                     z_neg = z_neg * (region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None])
-                out[(s.rows,) + out_tokens[1:]] -= (coef * z_neg).to(out.dtype)
+                index = (s.rows,) + out_tokens[1:]
+                if isinstance(s.rows, slice):       # a view of out: subtract in place, no coef * Z- temporary
+                    out[index].sub_(z_neg.to(out.dtype), alpha=coef)
+                else:
+                    out[index] = torch.sub(out[index], z_neg.to(out.dtype), alpha=coef)
             if with_stream_attention:
                 s.out = func(s.q, torch.cat((s.k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
                              torch.cat((s.v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw)

@@ -68,10 +68,10 @@ def _forward_wrapper(executor, *args, **kwargs):
     keyframes = args[6] if len(args) > 6 else kwargs.get("keyframe_idxs")
     dm = executor.class_obj
 
-    def embed(entry, node):     # as _forward embeds the positive: caption_projection; its mask as the model's
-        neg = entry.on(context.device, context.dtype)
+    def embed(entry, run):     # as _forward embeds the positive: caption_projection; its mask as the model's
         mask = None if entry.attention_mask is None else entry.attention_mask.to(context.device)
-        return dm.caption_projection(neg), _key_bias(mask, neg.shape[1], context.dtype, node)
+        return run.reuse("embed", (dm.caption_projection,), entry.on(context.device, context.dtype),
+                         lambda neg: (dm.caption_projection(neg), _key_bias(mask, neg.shape[1], context.dtype, run.node)))
 
     guides = keyframes.shape[2] if keyframes is not None else 0
     new = forward_options(options, x.shape[0], dm, slice(0, x.shape[2] * x.shape[3] * x.shape[4] - guides), embed)
@@ -88,8 +88,8 @@ def _make_block(index: int):
                 return joint.chain(prior, extra["original_block"])(args)
             attn = fwd.model.transformer_blocks[index].attn2
 
-            def project(text):
-                return attn.k_norm(attn.to_k(text)), attn.to_v(text)
+            def project(text):     # once per sampling run where run.reuse() may keep it
+                return fwd.run.reuse(("kv", index), (attn,), text, lambda t: (attn.k_norm(attn.to_k(t)), attn.to_v(t)))
             return steer_block(args, prior, extra["original_block"], project, 2, 1, args["txt"].shape[1],
                                f"LTXV block {index}", layer=("blocks", index))
         return nasa_ltxv_block
@@ -102,7 +102,7 @@ def flop_layers(model_patcher, latent) -> tuple:
     from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
     dm = model_patcher.model.diffusion_model
     n = latent[-3] * latent[-2] * latent[-1]
-    return Embedding(module_linear_weights(dm.caption_projection)), [
+    return Embedding(module_linear_weights(dm.caption_projection), reusable=True), [
         NasaLayer(width=b.attn2.to_q.weight.shape[0], query_tokens=n,
                   shared_weights=module_linear_weights(b.attn2.to_k, b.attn2.to_v)) for b in dm.transformer_blocks]
 

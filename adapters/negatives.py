@@ -163,6 +163,28 @@ class NasaRun:
         self.layers: dict = {}  # set by the family adapter at sample time
         self._regions: dict = {}
         self._factors: dict = {}    # sigma -> the schedule's factor there (0 outside the window)
+        self.reuse_projections = False  # set by the sampler wrapper for multi-step runs without weight hooks
+        self._reused: dict = {}     # (name, id(x)) -> (x, weights key, result): see reuse()
+
+    def reuse(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
+        """``compute(x)``, computed once per sampling run and reused at later steps while ``x`` (the same
+        object: the negative as this run holds it, or an embedding this method returned) and the parameters of
+        ``modules`` are unchanged. Exact: the same modules on the same input give the same result. Only when
+        ``reuse_projections`` is on (multi-step runs without ComfyUI weight hooks, set by the sampler wrapper:
+        one-step runs keep nothing), never for layers whose weights ComfyUI patches at
+        cast time (lowvram weight functions); never where autograd could flow (gradients must reach every step)."""
+        if not self.reuse_projections:
+            return compute(x)
+        weights = _weights_key(modules, torch.is_grad_enabled())
+        if weights is None or (torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
+            return compute(x)
+        key = (name, id(x))
+        hit = self._reused.get(key)
+        if hit is not None and hit[0] is x and hit[1] == weights:
+            return hit[2]
+        out = compute(x)
+        self._reused[key] = (x, weights, out)      # holding x keeps its id unique for the run
+        return out
 
     def prompts_for(self, uuid) -> list:
         return self.carried.get(uuid, self.default)
@@ -252,18 +274,48 @@ class NasaRun:
                              self.region(t, n_tokens, device, dtype)) for t in terms]
 
     def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
-              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None) -> torch.Tensor:
+              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None, inplace: bool = False) -> torch.Tensor:
         """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q); every query
         token is an image token. ``layer`` ((group, index)) picks the block selection's multiplier.
 
         ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
-        ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel.
+        ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel; ``inplace``: z_pos is the
+        caller's own fresh tensor (nasa_core.steer overwrites it instead of copying).
         """
         for terms, rows in self.groups(extra_options, q.shape[0], layer):
             negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
                                        lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
-            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn)   # a run of rows becomes a slice: no device sync
+            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace)   # a run of rows becomes a slice
         return z_pos
+
+
+def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
+    """What identifies the modules' current weights: each parameter's object, storage and version counter
+    (a replaced parameter, a moved one, an in-place update all change it); None when a layer applies weight
+    patches at cast time (comfy.ops lowvram weight/bias functions), whose result NASA cannot vouch for, or
+    when ``grad`` (autograd on) and a parameter requires grad."""
+    key = []
+    for module in modules:
+        for sub in module.modules():
+            if getattr(sub, "weight_function", None) or getattr(sub, "bias_function", None):
+                return None
+        for p in module.parameters():
+            if grad and p.requires_grad:
+                return None
+            try:
+                version = p._version
+            except RuntimeError:        # inference tensors keep no version counter
+                version = None
+            key.append((id(p), p.data_ptr(), p.device, version))
+    return tuple(key)
+
+
+def _hooked(guider) -> bool:
+    """ComfyUI weight hooks (scheduled LoRA hooks and the like) may change weights between steps or rows."""
+    if getattr(getattr(guider, "model_patcher", None), "hook_patches", None):
+        return True
+    conds = getattr(guider, "conds", None) or {}
+    return any(c.get("hooks") is not None for cs in conds.values() for c in cs if isinstance(c, dict))
 
 
 def _prompt_list(p) -> list:
@@ -374,7 +426,9 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
         guider = args[0] if args else kwargs.get("model_wrap")
         extra_args = args[2] if len(args) > 2 else kwargs["extra_args"]
         noise = args[4] if len(args) > 4 else kwargs.get("noise")
+        sigmas = args[1] if len(args) > 1 else kwargs.get("sigmas")
         run = build_run(guider, settings, None if noise is None else noise.shape)
+        run.reuse_projections = sigmas is not None and len(sigmas) > 2 and not _hooked(guider)
         prepare(run, guider.inner_model)
         _check_replaces(settings, extra_args.get("model_options"))
         to = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})

@@ -68,7 +68,8 @@ class _Forward:
         hit = self._embedded.get(id(neg))      # (neg, embedding): holding neg keeps its id unique
         if hit is None:
             dm = self.run.layers["model"]
-            hit = self._embedded[id(neg)] = (neg, dm.y_embedder(neg.unsqueeze(1), dm.training).squeeze(1))
+            hit = self._embedded[id(neg)] = (neg, self.run.reuse("embed", (dm.y_embedder,), neg, lambda t: dm.y_embedder(
+                t.unsqueeze(1), dm.training).squeeze(1)))
         return hit[1]
 
 
@@ -83,13 +84,15 @@ def _steered_cross_attention(index, layer, x, cond, forward: _Forward):
 
     def project(neg):
         emb = forward.embed(neg)            # batch 1 at sample time; one negative per row in NASA-T training
-        return layer.kv_linear(emb).view(emb.shape[0], -1, 2, c).unbind(2)
+        return forward.run.reuse(("kv", index), (layer.kv_linear,), emb,
+                                 lambda e: layer.kv_linear(e).view(e.shape[0], -1, 2, c).unbind(2))
 
     def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
         n = q_rows.shape[0]
-        return attention(q_rows, k_neg.expand(n, -1, -1), v_neg.expand(n, -1, -1), heads_, mask=mask)
+        return attention(q_rows, k_neg.expand(n, -1, -1), v_neg.expand(n, -1, -1), heads_, mask=mask,
+                         skip_output_reshape=True)
 
-    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn, layer=("blocks", index))
+    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn, layer=("blocks", index), inplace=True)
     return layer.proj_drop(layer.proj(z))
 
 
@@ -129,7 +132,7 @@ def flop_layers(model_patcher, latent) -> tuple:
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
     n_img = patch_tokens(latent[-2:], p)
-    return Embedding(module_linear_weights(dm.y_embedder)), [
+    return Embedding(module_linear_weights(dm.y_embedder), reusable=True), [
         NasaLayer(width=b.cross_attn.q_linear.weight.shape[0], query_tokens=n_img,
                   shared_weights=module_linear_weights(b.cross_attn.kv_linear)) for b in dm.blocks]
 

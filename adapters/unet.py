@@ -93,14 +93,15 @@ def cross_attention_layers(diffusion_model) -> dict:
     return layers
 
 
-def _comfy_attention(q, k, v, heads, extra_options, mask=None):
-    """ComfyUI's selected attention, called exactly as CrossAttention.forward calls it."""
+def _comfy_attention(q, k, v, heads, extra_options, mask=None, **kwargs):
+    """ComfyUI's selected attention, called exactly as CrossAttention.forward calls it (``kwargs``: e.g.
+    skip_output_reshape for the negative, which NASA subtracts head-major without reshaping it)."""
     import comfy.ldm.modules.attention as attention
     if mask is None:
         return attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
-                                             transformer_options=extra_options)
+                                             transformer_options=extra_options, **kwargs)
     return attention.optimized_attention_masked(q, k, v, heads, mask, attn_precision=extra_options.get("attn_precision"),
-                                                transformer_options=extra_options)
+                                                transformer_options=extra_options, **kwargs)
 
 
 def _make_replace(key, prior):
@@ -112,15 +113,16 @@ def _make_replace(key, prior):
             return z_pos
         attn2 = run.layers[key]
 
-        def project(neg):
-            return attn2.to_k(neg), attn2.to_v(neg)
+        def project(neg):     # once per sampling run where run.reuse() may keep it
+            return run.reuse(("kv",) + key, (attn2.to_k, attn2.to_v), neg, lambda t: (attn2.to_k(t), attn2.to_v(t)))
 
         def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
             b = q_rows.shape[0]
             return _comfy_attention(q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_,
-                                    extra_options, mask)
+                                    extra_options, mask, skip_output_reshape=True)
 
-        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2])
+        # Z+ from ComfyUI's attention here is ours to overwrite; a prior replace's output is not
+        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2], inplace=prior is None)
 
     nasa_attn2.nasa_prior = prior
     nasa_attn2.nasa_key = key

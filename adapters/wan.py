@@ -70,9 +70,9 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
                     text_start: int = 0) -> Optional[dict]:
     """``transformer_options`` for this forward with its CrossForward, or None when nothing is steered.
 
-    ``embed(entry, node)`` returns ``(tokens, bias)``: the negative embedded as the model embeds its text,
-    and an additive key bias for ``mask=`` of ComfyUI's attention functions (or None); ``node`` names
-    the node in errors."""
+    ``embed(entry, run)`` returns ``(tokens, bias)``: the negative embedded as the model embeds its text,
+    and an additive key bias for ``mask=`` of ComfyUI's attention functions (or None); ``run`` is the
+    NasaRun (its node names errors; ``run.reuse`` keeps the embedding for later steps)."""
     run = (options or {}).get(RUN_KEY)
     groups = run.groups(options, batch) if run is not None else []
     if not groups:
@@ -81,7 +81,7 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
     for terms, _ in groups:
         for term in terms:
             if id(term.entry) not in fwd.negatives:
-                fwd.negatives[id(term.entry)] = embed(term.entry, run.node)
+                fwd.negatives[id(term.entry)] = embed(term.entry, run)
     return {**options, FORWARD_KEY: fwd}
 
 
@@ -106,7 +106,9 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
             b = q_rows.shape[0]
             kw = dict(rest) if mask is None else {**rest, "mask": mask.expand(b, *mask.shape[1:])}
             neg = (q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_)
-            return prior(func, *neg, **kw) if prior is not None else func(*neg, **kw)
+            if prior is not None:
+                return prior(func, *neg, **kw)
+            return func(*neg, **{**kw, "skip_output_reshape": True})    # head-major: steer needs no reshape
 
         projected = {}      # this layer's K-, V- per negative entry, shared by every group it steers
         tok = fwd.tokens
@@ -120,8 +122,9 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
             terms = [t._replace(coef=t.coef * scale) for t in terms]
             negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
                                           lambda t: fwd.negatives[id(t.entry)][1])
-            z = steer(z, q_tok, negs, heads, rows, attention_fn)
-        out[:, tok] = z
+            z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None)   # z: a view of out
+        if prior is not None:
+            out[:, tok] = z
         return out
     return nasa_cross_attention
 
@@ -193,8 +196,9 @@ def _forward_wrapper(executor, *args, **kwargs):
     x, context = args[0], args[2]
     dm = executor.class_obj
 
-    def embed(entry, node):     # as forward_orig embeds the positive: text_embedding, nothing padded
-        return dm.text_embedding(entry.on(context.device, context.dtype)), None
+    def embed(entry, run):     # as forward_orig embeds the positive: text_embedding, nothing padded
+        return run.reuse("embed", (dm.text_embedding,), entry.on(context.device, context.dtype),
+                         lambda neg: (dm.text_embedding(neg), None))
 
     clip_fea = args[3]
     image_tokens = clip_fea.shape[-2] if clip_fea is not None and dm.img_emb is not None else 0
@@ -215,8 +219,8 @@ def _make_block(index: int):
             image = isinstance(attn, WanI2VCrossAttention)    # I2V: self, image, text; T2V: self, text
             text_keys = args["txt"].shape[1] - fwd.text_start   # as the block splits its context
 
-            def project(text):
-                return attn.norm_k(attn.k(text)), attn.v(text)
+            def project(text):     # once per sampling run where run.reuse() may keep it
+                return fwd.run.reuse(("kv", index), (attn,), text, lambda t: (attn.norm_k(attn.k(t)), attn.v(t)))
             return steer_block(args, prior, extra["original_block"], project, 3 if image else 2, 2 if image else 1,
                                text_keys, f"Wan block {index}", layer=("blocks", index))
         return nasa_wan_block
@@ -229,7 +233,7 @@ def flop_layers(model_patcher, latent) -> tuple:
     from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
     dm = model_patcher.model.diffusion_model
     n = patch_tokens(latent[-3:], dm.patch_size)
-    return Embedding(module_linear_weights(dm.text_embedding)), [
+    return Embedding(module_linear_weights(dm.text_embedding), reusable=True), [
         NasaLayer(width=b.cross_attn.q.weight.shape[0], query_tokens=n,
                   shared_weights=module_linear_weights(b.cross_attn.k, b.cross_attn.v)) for b in dm.blocks]
 

@@ -92,6 +92,12 @@ def per_forward(lengths, forwards):
     return [sorted(lengths[i * n:(i + 1) * n]) for i in range(forwards)]
 
 
+def once_per_run(lengths, pos, neg, forwards):
+    """Token counts of a module that takes the positive at every forward and the negative once per sampling run
+    (a multi-step run reuses the negative's projection at steps 2+): is ``lengths`` exactly that?"""
+    return sorted(lengths) == sorted([pos] * forwards + [neg])
+
+
 def check_close(got, want, base, tol=1e-3):
     """``got`` equals the reference ``want`` within ``tol`` of NASA's effect (``want - base``), and that
     effect is large enough to test anything."""

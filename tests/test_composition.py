@@ -25,25 +25,31 @@ def sd(comfyui):
     clip = rm.build_clip("sd15", "tiny", seed=0)
     unet = comfyui.mod("adapters.unet")
     enc = nodes.CLIPTextEncode()
-    return dict(mp=mp, pos=enc.encode(clip, "a photo of a cat")[0], neg=enc.encode(clip, LONG)[0],
+    return dict(mp=mp, pos=enc.encode(clip, "a photo of a cat")[0], neg=enc.encode(clip, LONG)[0], unet=unet,
                 layers=unet.cross_attention_layers(mp.model.diffusion_model), latent={"samples": torch.zeros(1, 4, 16, 16)})
 
 
-class NegativeProjections:
-    """How often each cross-attention layer projects a 154-token text (the negative) while in use."""
+class NegativeAttention:
+    """How often each cross-attention layer attends over a 154-token text (the negative) while in use: the
+    UNet adapter's calls of ComfyUI's attention, by the layer ComfyUI names in the call's options. (Counting the
+    negative's K projection would miss steps 2+, which reuse it.)"""
 
-    def __init__(self, layers):
-        self.layers, self.hits, self.handles = layers, {k: 0 for k in layers}, []
+    def __init__(self, sd):
+        self.unet, self.hits = sd["unet"], {k: 0 for k in sd["layers"]}
 
     def __enter__(self):
-        for key, attn in self.layers.items():
-            self.handles.append(attn.to_k.register_forward_hook(
-                lambda mod, a, o, key=key: self.hits.__setitem__(key, self.hits[key] + int(a[0].shape[1] == 154))))
+        self.original = original = self.unet._comfy_attention
+
+        def counting(q, k, v, heads, extra_options, *args, **kwargs):
+            if k.shape[1] == 154:
+                block = extra_options["block"]
+                self.hits[(block[0], block[1], extra_options["block_index"])] += 1
+            return original(q, k, v, heads, extra_options, *args, **kwargs)
+        self.unet._comfy_attention = counting
         return self
 
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        self.unet._comfy_attention = self.original
 
     def every_layer(self) -> int:
         """The count every layer shares (asserts it is the same for all)."""
@@ -69,7 +75,7 @@ def _nasa(mp, alpha=1.0, **kw):
                                                 ("euler_ancestral", "normal")])
 def test_ksampler_with_any_sampler_and_scheduler(sd, sampler, scheduler):
     plain = _ksampler(sd["mp"], sd, sampler, scheduler)
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         steered = _ksampler(_nasa(sd["mp"]), sd, sampler, scheduler)
     assert seen.every_layer() >= 3                     # once per model call, at least one call per step
     assert (steered - plain).abs().max() > 1e-3
@@ -82,7 +88,7 @@ def test_ksampler_advanced_step_range(sd):
     def adv(m):
         return nodes.KSamplerAdvanced().sample(m, "enable", 7, 4, 1.0, "euler", "simple", sd["pos"], sd["neg"],
                                                sd["latent"], 1, 3, "disable")[0]["samples"]
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         steered = adv(_nasa(sd["mp"]))
     assert seen.every_layer() == 2                     # steps 1 and 2 of 4
     assert (steered - adv(sd["mp"])).abs().max() > 1e-3
@@ -105,7 +111,7 @@ def _execute(cls_name, **kw):
 
 
 def test_sampler_custom_advanced_cfg_guider_and_basic_guider(sd):
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         steered = _custom_advanced(_nasa(sd["mp"]), sd, sampler="dpmpp_2m")
     assert seen.every_layer() >= 3
     assert (steered - _custom_advanced(sd["mp"], sd, sampler="dpmpp_2m")).abs().max() > 1e-3
@@ -113,7 +119,7 @@ def test_sampler_custom_advanced_cfg_guider_and_basic_guider(sd):
     negs = _execute("NASANegative", negative=sd["neg"], alpha=1.0)
     m = _execute("NASAApplyAttentionAdvanced", model=sd["mp"], negatives=negs, alpha=1.0, use_sampler_negative=True,
                  start_percent=0.0, end_percent=1.0, alpha_end_scale=1.0, blocks="")
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         basic = _custom_advanced(m, sd, guider="basic")
     assert seen.every_layer() == 3
     assert (basic - _custom_advanced(sd["mp"], sd, guider="basic")).abs().max() > 1e-3
@@ -133,7 +139,7 @@ def test_attn2_replace_installed_after_nasa_is_reported(sd, caplog):
         import comfy.ldm.modules.attention as attention
         return attention.optimized_attention(q, k, v, extra["n_heads"])
     m.set_model_attn2_replace(other, *key)
-    with caplog.at_level(logging.WARNING), NegativeProjections(sd["layers"]) as seen:
+    with caplog.at_level(logging.WARNING), NegativeAttention(sd) as seen:
         _ksampler(m, sd, steps=1)
     assert fired and seen.hits[key] == 0 and all(v == 1 for k, v in seen.hits.items() if k != key)
     assert any("replaced NASA" in r.getMessage() and "before Apply NASA Attention" in r.getMessage()
@@ -185,7 +191,7 @@ def test_guidance_nodes_in_either_order(sd, node, kwargs):
     def other(m):
         return _execute(node, model=m, **kwargs)
     nasa_first = _ksampler(other(_nasa(sd["mp"])), sd, steps=2, cfg=2.0)
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         other_first = _ksampler(_nasa(other(sd["mp"])), sd, steps=2, cfg=2.0)
     assert seen.every_layer() >= 2
     assert torch.equal(nasa_first, other_first)
@@ -199,7 +205,7 @@ def test_area_and_timestep_ranged_conditioning(sd):
     early = nodes.ConditioningSetTimestepRange().set_range(sd["pos"], 0.0, 0.5)[0]
     pos = nodes.ConditioningCombine().combine(area, early)[0]
     plain = _ksampler(sd["mp"], sd, steps=3, pos=pos)
-    with NegativeProjections(sd["layers"]) as seen:
+    with NegativeAttention(sd) as seen:
         steered = _ksampler(_nasa(sd["mp"]), sd, steps=3, pos=pos)
     assert seen.every_layer() >= 3
     assert (steered - plain).abs().max() > 1e-3

@@ -48,3 +48,17 @@ def test_flops_counted_from_shapes_agree_with_torch_within_one_percent(rows):
     for name, r in rows.items():
         measured = r.nasa - r.plain
         assert abs(r.counted - measured) <= 0.01 * measured, (name, r.counted, measured)
+
+
+def test_later_steps_reuse_the_negative_projections(rows):
+    """At steps 2+ of a multi-step run the cross-attention families skip the negative's embedding and K/V
+    projections (FlopCounterMode on the second forward of a run with reuse on), as nasa_core.flops counts with
+    ``reused``; joint-attention families propagate a timestep-modulated stream and cannot: their count stays."""
+    cross = {"SD15", "SDXL", "PixArtAlpha", "WAN21_T2V", "LTXV"}      # the cross-attention families' cases
+    for name, r in rows.items():
+        measured = r.nasa_reused - r.plain
+        assert abs(r.counted_reused - measured) <= 0.01 * measured, (name, r.counted_reused, measured)
+        if r.case.config_class in cross:
+            assert r.nasa_reused < r.nasa, name
+        else:
+            assert r.nasa_reused == r.nasa, name

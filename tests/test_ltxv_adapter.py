@@ -1,8 +1,8 @@
 """NASA on ComfyUI's own LTXVModel (LTX-Video), tiny random weights.
 
 Held against code written here, independent of the pack:
-* hooks on every block's attn2.to_k count the negative's projection: once per block per forward; the
-  negative goes through caption_projection once per forward;
+* hooks on every block's attn2.to_k count the negative's projection: once per block per sampling run (steps
+  2+ reuse it); the negative goes through caption_projection once per run;
 * a reference attn2 written out in float64 (RMS norms, projections, the prompt's attention mask, softmax,
   the negative restricted to its unpadded tokens) replaces each block's attn2 through a torch forward hook:
   NASA's output equals it;
@@ -149,9 +149,9 @@ def test_every_cross_attention_steered_exactly_once_per_forward(env):
         for c in (cross_k, self_k, caption, fwd):
             c.close()
     assert fwd.n == 2                                          # cfg 1: one model pass per step
-    for i, lengths in cross_k.calls.items():                   # per forward: the prompt once, the negative once
-        assert support.per_forward(lengths, 2) == [[POS_LEN, NEG_LEN]] * 2, (i, lengths)
-    assert support.per_forward(caption.calls[0], 2) == [[POS_LEN, NEG_LEN]] * 2
+    for i, lengths in cross_k.calls.items():     # per forward the prompt once; the negative once per run (reused)
+        assert support.once_per_run(lengths, POS_LEN, NEG_LEN, 2), (i, lengths)
+    assert support.once_per_run(caption.calls[0], POS_LEN, NEG_LEN, 2)
     assert all(NEG_LEN not in lengths for lengths in self_k.calls.values())
 
 

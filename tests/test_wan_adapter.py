@@ -1,8 +1,8 @@
 """NASA on ComfyUI's own WanModel (Wan 2.1 T2V / I2V, Wan 2.2 TI2V 5B, Wan 2.2 A14B's two experts), tiny random weights.
 
 Held against code written here, independent of the pack:
-* hooks on every block's cross_attn.k count the negative's projection: once per block per forward; the
-  negative goes through text_embedding once per forward, unpadded, exactly as the positive does;
+* hooks on every block's cross_attn.k count the negative's projection: once per block per sampling run (steps
+  2+ reuse it); the negative goes through text_embedding once per run, unpadded, exactly as the positive does;
 * a reference cross-attention written out in float64 (RMS norms, projections, softmax, the image term of
   I2V) replaces each block's cross_attn through a torch forward hook: NASA's output equals it;
 * alpha = 0 is bit-identical; uncond rows at cfg > 1 are bit-identical; cfg 1 runs one pass per step;
@@ -171,9 +171,9 @@ def test_every_text_cross_attention_steered_exactly_once_per_forward(env, family
             if c is not None:
                 c.close()
     assert fwd.n == 2                                               # cfg 1: one model pass per step
-    for i, lengths in text_k.calls.items():                        # per forward: the prompt once, the negative once
-        assert support.per_forward(lengths, 2) == [[POS_LEN, NEG_LEN]] * 2, (i, lengths)
-    assert support.per_forward(embed.calls[0], 2) == [[POS_LEN, NEG_LEN]] * 2   # embedded once per forward, nothing padded
+    for i, lengths in text_k.calls.items():                        # per forward the prompt once; the negative once
+        assert support.once_per_run(lengths, POS_LEN, NEG_LEN, 2), (i, lengths)     # the negative: step 2 reuses it
+    assert support.once_per_run(embed.calls[0], POS_LEN, NEG_LEN, 2)   # embedded once per run, nothing padded
     assert all(NEG_LEN not in lengths for lengths in self_k.calls.values())
     if image_k is not None:                                         # I2V: the image term never sees the negative
         assert all(lengths == [CLIP_TOKENS] * 2 for lengths in image_k.calls.values()), image_k.calls
@@ -405,8 +405,8 @@ def test_wan22_two_experts_each_with_its_own_node(env):
     finally:
         for c in counters:
             c.close()
-    for c in counters:                   # two steps each: the prompt and the negative per forward
-        assert all(support.per_forward(lengths, 2) == [[POS_LEN, NEG_LEN]] * 2 for lengths in c.calls.values()), c.calls
+    for c in counters:                   # two steps each: the prompt per forward, the negative once per expert's run
+        assert all(support.once_per_run(lengths, POS_LEN, NEG_LEN, 2) for lengths in c.calls.values()), c.calls
     base_mid, base = two_stages(high, low)
     want_mid, want = two_stages(high, low, ref_first=True, ref_second=True)
     support.check_close(got_mid, want_mid, base_mid)
