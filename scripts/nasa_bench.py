@@ -5,6 +5,8 @@
     python scripts/nasa_bench.py forward --model sd15           # whole forward: plain / NASA / CFG interleaved
     python scripts/nasa_bench.py forward --model flux-small     # FLUX at real width, 2 double + 4 single blocks
     python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
+    python scripts/nasa_bench.py forward --nag ~/ComfyUI-NAG    # side by side with a ComfyUI-NAG checkout
+    python scripts/nasa_bench.py trim                           # FLUX: does trimming the negative's T5 padding keep NASA?
 
 Forward mode: >= 8 rounds after warm-up, the order rotating each round; per mode the median time, the ratio to
 the same round's plain forward (median, min-max), the FLOPs ratio (FlopCounterMode on the same architecture) and
@@ -25,7 +27,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("layer", "forward"))
+    parser.add_argument("mode", choices=("layer", "forward", "trim"),
+                        help="trim: would trimming the negative's T5 padding keep FLUX's NASA result? (a study)")
     parser.add_argument("--model", action="append", default=None,
                         help="forward: sd15, sdxl, flux-small, flux (repeatable; default sd15 and flux-small); "
                              "layer: sd15-64, sd15-16, sdxl-64, sdxl-32 (default all)")
@@ -34,7 +37,15 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: leave glibc's malloc as it is (by default the bench makes it keep freed memory, "
+                             "as a GPU's caching allocator does; page faults otherwise swamp sub-ms differences)")
+    parser.add_argument("--nag", metavar="PATH", default=None,
+                        help="forward: also time ComfyUI-NAG (its defaults, the same negative) from a checkout of "
+                             "github.com/ChenDarYen/ComfyUI-NAG at PATH; nothing of it is shipped here")
     args = parser.parse_args(argv)
+    if args.nag and args.mode != "forward":
+        parser.error("--nag applies to forward mode")
     if args.threads:
         torch.set_num_threads(args.threads)
     comfy_env = _pack_entry.runner("comfy_env")
@@ -49,16 +60,27 @@ def main(argv=None) -> int:
     pack = comfy_env.load_pack(nodes, PACK)
     bench = comfy_env.pack_submodule(pack, "runner.bench")
     negatives = comfy_env.pack_submodule(pack, "adapters.negatives")
+    kept = args.device == "cpu" and not args.system_malloc and bench.keep_freed_memory()
+    try:
+        nag = bench.load_nag(args.nag) if args.nag else None
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
+    if args.mode == "trim":
+        trim = comfy_env.pack_submodule(pack, "runner.trim")
+        print(trim.trim_markdown(trim.run_trim(comfy_env.pack_submodule(pack, "adapters"), negatives, dtype=dtype)))
+        return 0
     cases = bench.LAYER_CASES if args.mode == "layer" else bench.FORWARD_CASES
-    names = args.model or (list(bench.LAYER_CASES) if args.mode == "layer" else ["sd15", "flux-small"])
+    names = args.model or ([n for n in bench.LAYER_CASES if n != "tiny"] if args.mode == "layer" else ["sd15", "flux-small"])
     unknown = [n for n in names if n not in cases]
     if unknown:
         print(f"nasa_bench: unknown --model {unknown} for {args.mode}; choose from {list(cases)}", file=sys.stderr)
         return 2
     print(f"nasa_bench {args.mode}: torch {torch.__version__}, {args.dtype}, {args.device}, "
-          f"{torch.get_num_threads()} threads, ComfyUI {comfy_env.comfyui_version(comfy_dir)}", file=sys.stderr)
+          f"{torch.get_num_threads()} threads, ComfyUI {comfy_env.comfyui_version(comfy_dir)}"
+          + (", glibc malloc keeping freed memory" if kept else ""), file=sys.stderr)
     rows = []
     for i, name in enumerate(names):
         if i:
@@ -71,7 +93,7 @@ def main(argv=None) -> int:
         else:
             rows += bench.run_forward(cases[name], comfy_env.pack_submodule(pack, "adapters"), negatives,
                                       rounds=args.rounds or 8, warmup=args.warmup if args.warmup is not None else 2,
-                                      dtype=dtype, device=device)
+                                      dtype=dtype, device=device, nag=nag)
     print(bench.markdown(rows))
     return 0
 

@@ -14,11 +14,12 @@ def bench(comfyui):
 def test_layer_mode_rows_and_targets(bench, comfyui):
     rows = bench.run_layer(bench.LAYER_CASES["tiny"], comfyui.mod("adapters.negatives"), comfyui.mod("adapters.unet"),
                            comfyui.mod("nasa_core.flops"), rounds=3, warmup=1, device=torch.device("cpu"))
-    assert [r.mode for r in rows] == ["plain", "NASA"]
-    plain, nasa = rows
+    assert [r.mode for r in rows] == ["plain", "NASA", "NASA, steps 2+"]
+    plain, nasa, later = rows
     assert plain.ratio == 1.0 and nasa.flops_ratio > 1.0 and nasa.target == pytest.approx(1.25 * nasa.flops_ratio)
+    assert 1.0 < later.flops_ratio < nasa.flops_ratio      # K-/V- kept from the first step: fewer FLOPs
     table = bench.markdown(rows)
-    assert "tiny (for tests)" in table and "FLOPs × plain" in table and len(table.splitlines()) == 4
+    assert "tiny (for tests)" in table and "FLOPs × plain" in table and len(table.splitlines()) == 5
 
 
 def test_interleaving_rotates_the_order(bench):
@@ -31,6 +32,34 @@ def test_interleaving_rotates_the_order(bench):
 def test_a_path_that_does_not_steer_is_refused(bench):
     with pytest.raises(RuntimeError, match="does not steer"):
         bench._check_steers(lambda: torch.ones(2), lambda: torch.ones(2), "x")
+    with pytest.raises(RuntimeError, match="reused projections differs"):
+        bench._check_steers(lambda: torch.ones(2), lambda: torch.zeros(2), "x", same=True)
+
+
+def test_framed_calls_are_timed_without_their_set_up(bench):
+    import time
+    seen = []
+    framed = bench.Framed(lambda: (seen.append("on"), time.sleep(0.2)), lambda: seen.append("run"),
+                          lambda: seen.append("off"))
+    times = bench.interleaved({"framed": framed}, rounds=2, warmup=1, device=torch.device("cpu"))
+    assert seen == ["on", "run", "off"] * 3 and max(times["framed"]) < 0.1
+
+
+def test_tensor_peak_counts_live_allocations(bench):
+    def fn():
+        a = torch.zeros(1024)               # 4 KiB
+        b = torch.zeros(2048)               # 8 KiB, both alive: 12 KiB
+        b.add_(1.0)                         # in place: nothing new
+        view = b[:10]                       # a view: nothing new
+        del a, b, view
+        torch.zeros(512)                    # 2 KiB, after the others are freed
+    peak = bench.TensorPeak()
+    assert peak.measure(fn) == 12 * 1024 and peak.live == 0
+
+
+def test_nag_checkout_is_checked(bench, tmp_path):
+    with pytest.raises(ValueError, match="not a ComfyUI-NAG checkout"):
+        bench.load_nag(str(tmp_path))
 
 
 def test_command_line_layer_mode(comfy, tmp_path):
@@ -47,3 +76,14 @@ def test_command_line_layer_mode(comfy, tmp_path):
     bad = subprocess.run([sys.executable, str(script), "layer", "--model", "nope"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown --model ['nope']" in bad.stderr
+
+
+def test_trim_study_counts_real_tokens_and_compares_both_paths(comfyui):
+    """The padding-trim study (nasa_bench trim) on one seed: T5's real tokens (through its end token) of the
+    256 it pads to, and a finite deviation of the trimmed path from the padded one."""
+    trim = comfyui.mod("runner.trim")
+    rows = trim.run_trim(comfyui.mod("adapters"), comfyui.mod("adapters.negatives"), seeds=(0,))
+    assert [r.prompt for r in rows] == list(trim.TRIM_PROMPTS)
+    assert [r.tokens for r in rows] == sorted(r.tokens for r in rows) and rows[0].tokens == 2     # "glasses" + </s>
+    assert all(r.padded == 256 and 0 < r.deviation < float("inf") for r in rows)
+    assert "real / padded tokens" in trim.trim_markdown(rows)
