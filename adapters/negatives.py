@@ -171,8 +171,8 @@ class NasaRun:
         object: the negative as this run holds it, or an embedding this method returned) and the parameters of
         ``modules`` are unchanged. Exact: the same modules on the same input give the same result. Only when
         ``reuse_projections`` is on (multi-step runs without ComfyUI weight hooks, set by the sampler wrapper:
-        one-step runs keep nothing), never for layers whose weights ComfyUI patches at
-        cast time (lowvram weight functions); never where autograd could flow (gradients must reach every step)."""
+        one-step runs keep nothing); never for layers whose weights ComfyUI patches at cast time (lowvram weight
+        functions); never where autograd could flow (gradients must reach every step)."""
         if not self.reuse_projections:
             return compute(x)
         weights = _weights_key(modules, torch.is_grad_enabled())

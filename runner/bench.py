@@ -299,7 +299,8 @@ def run_forward(case: ForwardCase, adapters, negatives, rounds=8, warmup=2, dtyp
     if nag is not None:
         fns["NAG"] = _nag_forward(nag[case.nag], model, x, t, pos, neg, extra1, device, dtype)
     _check_steers(plain, steered, case.name)
-    _check_steers(steered, steered_later, case.name, same=True)
+    if "NASA, steps 2+" in fns:
+        _check_steers(steered, steered_later, case.name, same=True)
     if nag is not None:
         _check_steers(plain, fns["NAG"], case.name + " (ComfyUI-NAG)")
     times = interleaved(fns, rounds, warmup, device)
