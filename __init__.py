@@ -6,6 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
 
+WEB_DIRECTORY = "./web"     # web/docs/<node id>.md: the help pages the frontend's node docs panel shows
+
 
 class NASAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

@@ -51,6 +51,23 @@ def test_every_input_and_output_has_a_tooltip(comfyui):
         assert info["required"] or info["optional"]
 
 
+def test_every_node_has_a_help_page_the_frontend_finds(comfyui):
+    """web/docs/<node id>.md (ComfyUI's node-docs mechanism for custom nodes) for every node, naming each of its
+    inputs; ComfyUI's own loader registered the pack's WEB_DIRECTORY that serves them."""
+    import nodes
+    node_ids = [c.define_schema().node_id for c in comfyui.mod("nodes").NODES]
+    assert len(node_ids) == 7
+    for node_id in node_ids:
+        page = PACK / "web" / "docs" / f"{node_id}.md"
+        assert page.is_file(), page
+        text = page.read_text()
+        schema = nodes.NODE_CLASS_MAPPINGS[node_id].define_schema()
+        assert text.startswith(f"# {schema.display_name}\n"), node_id
+        for item in schema.inputs:
+            assert re.search(rf"\b{re.escape(item.id)}\b", text), (node_id, item.id)
+    assert any(Path(d) == PACK / "web" for d in nodes.EXTENSION_WEB_DIRS.values()), nodes.EXTENSION_WEB_DIRS
+
+
 def test_layout_and_import_rules():
     for folder in ("nodes", "nasa_core", "adapters", "toy", "distill", "workflows", "tests"):
         assert (PACK / folder).is_dir(), folder
