@@ -219,7 +219,7 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
             z_neg, coef = _weighted(z_neg, term, None if all_rows else rows).to(z_pos.dtype), 1.0
         if out is None:
             base = z_pos if all_rows else z_pos[rows]
-            if in_view or not (all_rows or isinstance(rows, slice)):
+            if in_view or not isinstance(rows, slice):
                 out = base                      # Z+ itself (or a view of it), or the copy indexing made
             elif z_neg.ndim == 3:
                 out = torch.sub(base, z_neg, alpha=coef)
@@ -227,8 +227,10 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
             else:
                 out = base.clone()
         _like(out, z_neg).sub_(z_neg, alpha=coef)
-    if all_rows or in_view:
-        return z_pos if in_view and not all_rows else out
+    if in_view:
+        return z_pos                            # written through ``out``, Z+ itself or a view of it
+    if all_rows:
+        return out
     full = z_pos if inplace else z_pos.clone()
     full[rows] = out
     return full

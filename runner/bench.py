@@ -116,6 +116,11 @@ class Framed:
             self.teardown()
 
 
+def _framed(fn) -> Framed:
+    """``fn`` as a :class:`Framed` call (a plain function has nothing to set up)."""
+    return fn if isinstance(fn, Framed) else Framed(lambda: None, fn, lambda: None)
+
+
 def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int, device) -> Dict[str, List[float]]:
     """Times of each function over ``rounds`` rounds; the order rotates each round; ``warmup`` untimed rounds.
     A :class:`Framed` function is timed without its set-up and tear-down."""
@@ -128,18 +133,16 @@ def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int, 
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            fn = fns[name]
-            if isinstance(fn, Framed):
-                fn.setup()
+            framed = _framed(fns[name])
+            framed.setup()
             try:
                 _sync(device)
                 t0 = time.perf_counter()
-                (fn.fn if isinstance(fn, Framed) else fn)()
+                framed.fn()
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
             finally:
-                if isinstance(fn, Framed):
-                    fn.teardown()
+                framed.teardown()
     return times
 
 
@@ -312,14 +315,12 @@ def run_forward(case: ForwardCase, adapters, negatives, rounds=8, warmup=2, dtyp
             fn()
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         else:
-            framed = fn if isinstance(fn, Framed) else None
-            if framed:
-                framed.setup()
+            framed = _framed(fn)
+            framed.setup()
             try:
-                peaks[name] = (weights + TensorPeak().measure(framed.fn if framed else fn)) / 2 ** 20
+                peaks[name] = (weights + TensorPeak().measure(framed.fn)) / 2 ** 20
             finally:
-                if framed:
-                    framed.teardown()
+                framed.teardown()
     return summarize(case.name, times, flops, peaks)
 
 
