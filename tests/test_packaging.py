@@ -17,7 +17,28 @@ def test_pyproject_parses_with_comfyuis_own_config_parser(comfyui):
     assert cfg.project.urls.repository.startswith("https://")
     assert cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name and cfg.tool_comfy.icon
     assert cfg.project.supported_comfyui_version.startswith(">=")
-    assert cfg.project.supported_comfyui_version.removeprefix(">=") <= comfyui.version
+    minimum = tuple(int(x) for x in cfg.project.supported_comfyui_version.removeprefix(">=").split("."))
+    assert minimum <= tuple(int(x) for x in comfyui.version.split(".")[:3]), "requires-comfyui is above the tested ComfyUI"
+
+
+def test_registry_icon_is_in_the_repository_and_square():
+    """pyproject's Icon URL points into this repository (main branch); the file is a square PNG of at most 400 px."""
+    import tomllib
+    from PIL import Image
+    cfg = tomllib.loads((PACK / "pyproject.toml").read_text(encoding="utf-8"))
+    icon_url = cfg["tool"]["comfy"]["Icon"]
+    repo = cfg["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{repo}/main/"
+    assert icon_url.startswith(prefix), f"Icon {icon_url} is not a file of {repo}"
+    with Image.open(PACK / icon_url.removeprefix(prefix)) as icon:
+        assert icon.format == "PNG" and icon.width == icon.height and 128 <= icon.width <= 400
+
+
+def test_changelog_has_an_entry_for_this_version():
+    import tomllib
+    version = tomllib.loads((PACK / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    changelog = (PACK / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## \[?{re.escape(version)}\]?", changelog, re.M), f"CHANGELOG.md has no '## {version}' entry"
 
 
 def test_requirements_do_not_reinstall_what_comfyui_brings():
