@@ -17,17 +17,19 @@ Bounded in time; the browser reaches nothing but the loopback server (every othe
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nasa_runner import comfy_env
 from nasa_core import judges, toy_world as world
@@ -157,6 +159,7 @@ def server(tmp_path_factory):
         harness.ensure_chromium()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+    shutil.rmtree(harness.artifacts_dir())          # this run's screenshots only (the folder is recreated below)
     base = tmp_path_factory.mktemp("comfyui_base")
     harness.install_pack(base / "custom_nodes")
     for folder, names in harness.model_placeholders(WORKFLOWS).items():
@@ -211,7 +214,6 @@ def _input_specs(node_def) -> dict:
 
 def _side_by_side_rows(png: bytes) -> list:
     """The toy judge's side-by-side PNG -> two (16, 3, 24, 24) float batches (without NASA, with NASA)."""
-    from PIL import Image
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
     rows = []
     for r in range(pixels.shape[0] // CELL):
@@ -222,12 +224,10 @@ def _side_by_side_rows(png: bytes) -> list:
 
 
 def _pixels(png: bytes) -> np.ndarray:
-    from PIL import Image
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -282,14 +282,28 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
             f"{workflow.name} node {saved_node['id']} ({saved_node['type']}): the UI shows other values than the file"
         for name, spec in _input_specs(node_def).items():
             assert len(spec) > 1 and spec[1].get("tooltip"), f"{saved_node['type']}.{name} has no tooltip"
-        if names:                                   # hover the first widget on the canvas: its tooltip shows
-            x, y = ui.page.evaluate(JS_FOCUS, [saved_node["id"], names[0]])
-            ui.page.mouse.move(x - 20, y - 20)
+        dom_widgets = ui.page.evaluate("(id) => app.graph.getNodeById(id).widgets.filter(w => w.element).map(w => w.name)",
+                                       saved_node["id"])
+        for name in names:                          # hover each widget on the canvas: its tooltip shows
+            if name in dom_widgets:                 # a multiline text box is an HTML element over the canvas, which the
+                continue                            # canvas hover tooltip does not reach (its nodeDef tooltip is checked)
+            x, y = ui.page.evaluate(JS_FOCUS, [saved_node["id"], name])
+            ui.page.mouse.move(5, 500)
+            ui.page.locator(".node-tooltip").wait_for(state="hidden", timeout=10_000)
+            ui.page.mouse.move(x - 10, y)
             ui.page.mouse.move(x, y)
             tip = ui.page.locator(".node-tooltip")
-            tip.wait_for(state="visible", timeout=10_000)
-            assert tip.inner_text().strip()[:60] == _input_specs(node_def)[names[0]][1]["tooltip"].strip()[:60]
-            ui.page.mouse.move(5, 500)
+            try:
+                tip.wait_for(state="visible", timeout=10_000)
+            except Exception as exc:
+                kind = ui.page.evaluate("([id, name]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === name);"
+                                        " return [w.type, !!w.element, w.element?.title ?? null, w.y, w.computedHeight ?? null]; }",
+                                        [saved_node["id"], name])
+                ui.screenshot(f"{workflow.stem}-TOOLTIP-{name}-FAILED")
+                raise AssertionError(f"{saved_node['type']}.{name} ({kind}): no tooltip on hover") from exc
+            expected = _input_specs(node_def)[name][1]["tooltip"].strip()
+            assert tip.inner_text().strip()[:60] == expected[:60], f"{saved_node['type']}.{name}: hover shows another tooltip"
+        ui.page.mouse.move(5, 500)
     ui.fit_view()
     ui.screenshot(f"{workflow.stem}-opened")
 
@@ -321,7 +335,6 @@ def _check_toy_image(ui, server, workflow, saved, entry, save):
     assert "/api/view?" in shown_src
     png = ui.page.evaluate("""async (src) => { const r = await fetch(src); const b = new Uint8Array(await r.arrayBuffer());
                                 let s = ''; for (const x of b) s += String.fromCharCode(x); return btoa(s); }""", shown_src)
-    import base64
     png = base64.b64decode(png)
     without, with_nasa = _side_by_side_rows(png)
     judge = next(n for n in saved["nodes"] if n["type"] == "NASAToyJudge")

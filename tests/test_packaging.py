@@ -107,3 +107,37 @@ def test_layout_and_import_rules():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert all(n.split(".")[0] in {"torch", "math", "copy", "contextlib", "dataclasses", "typing", "re",
                                            "__future__"} for n in names), (f.name, names)
+
+
+def _comfyui_requirement_names(comfy_dir) -> set:
+    names = set()
+    for line in (Path(comfy_dir) / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.split(r"[<>=!~\[ ;]", line)[0].strip().lower().replace("_", "-"))
+    return names
+
+
+def test_what_comfyui_loads_imports_only_what_comfyui_installs(comfyui):
+    """A fresh install gets ComfyUI's requirements and our (empty) requirements.txt, nothing else: every module the
+    code ComfyUI loads imports (at any depth, lazily too) is the standard library, ComfyUI, the pack, or a package
+    ComfyUI's own requirements.txt names."""
+    import importlib.metadata
+    import sys
+    comfy_modules = {p.stem for p in Path(comfyui.dir).glob("*.py")} | {p.name for p in Path(comfyui.dir).iterdir()
+                                                                        if p.is_dir()}
+    dists = importlib.metadata.packages_distributions()
+    allowed = _comfyui_requirement_names(comfyui.dir)
+    files = [PACK / "__init__.py"] + [f for d in ("nodes", "adapters", "nasa_core", "toy") for f in (PACK / d).glob("*.py")]
+    outside = {}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            roots = [a.name.split(".")[0] for a in node.names] if isinstance(node, ast.Import) else \
+                [(node.module or "").split(".")[0]] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for root in roots:
+                if root in sys.stdlib_module_names or root in comfy_modules:
+                    continue
+                names = {d.lower().replace("_", "-") for d in dists.get(root, [root])}
+                if not names & allowed:
+                    outside.setdefault(root, []).append(f"{f.relative_to(PACK)}")
+    assert not outside, f"imports that neither ComfyUI nor requirements.txt install: {outside}"
