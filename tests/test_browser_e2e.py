@@ -296,8 +296,7 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
             try:
                 tip.wait_for(state="visible", timeout=10_000)
             except Exception as exc:
-                kind = ui.page.evaluate("([id, name]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === name);"
-                                        " return [w.type, !!w.element, w.element?.title ?? null, w.y, w.computedHeight ?? null]; }",
+                kind = ui.page.evaluate("([id, name]) => app.graph.getNodeById(id).widgets.find(w => w.name === name).type",
                                         [saved_node["id"], name])
                 ui.screenshot(f"{workflow.stem}-TOOLTIP-{name}-FAILED")
                 raise AssertionError(f"{saved_node['type']}.{name} ({kind}): no tooltip on hover") from exc
