@@ -92,7 +92,12 @@ class UI:
         self.page, self.server = page, server
         self.page_errors, self.blocked = [], []
         page.on("pageerror", lambda e: self.page_errors.append(_first_line(str(e))))
+        page.on("console", self._console)           # caught errors too: a widget that failed to build logs one
         page.route("**/*", self._route)
+
+    def _console(self, message):
+        if message.type == "error" and "Failed to load resource" not in message.text:   # 404s of optional files
+            self.page_errors.append(_first_line(message.text))
 
     def _route(self, route):
         url = route.request.url
