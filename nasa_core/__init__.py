@@ -1,10 +1,10 @@
 """Framework-agnostic NASA: the attention math and validation helpers. Pure torch; imports nothing from ComfyUI."""
-from .attention import (NegativeTerm, attention, nasa_attention, reference_attention,
+from .attention import (GUARD_MODES, Guard, NegativeTerm, attention, nasa_attention, reference_attention,
                         reference_nasa_attention, row_index, steer)
 from .validation import check_alpha, check_finite
 
-__all__ = ["NegativeTerm", "attention", "nasa_attention", "reference_attention", "reference_nasa_attention",
-           "row_index", "steer", "check_alpha", "check_finite"]
+__all__ = ["GUARD_MODES", "Guard", "NegativeTerm", "attention", "nasa_attention", "reference_attention",
+           "reference_nasa_attention", "row_index", "steer", "check_alpha", "check_finite"]
 
 # alpha guidance from the paper (section 6.1, "Implementation Details"): NASA-I defaults per backbone.
 PAPER_ALPHA = {"SD1.5": 0.1, "SD2.1": 0.2, "PixArt-alpha": 0.5}

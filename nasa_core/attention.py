@@ -44,6 +44,49 @@ class NegativeTerm:
     region: Optional[torch.Tensor] = None
 
 
+GUARD_MODES = ("off", "rescale", "clip")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """An optional stability guard on the steered tokens of Z = Z+ - sum_i c_i Z-_i (default off: plain NASA).
+
+    Per query token, over its channels (all heads), with L2 norms:
+
+    * ``"rescale"``: Z is scaled to the norm of that token's Z+ (the direction moves, the scale stays);
+    * ``"clip"``: where ||Z|| > tau * ||Z+||, Z is scaled down to tau * ||Z+||; other tokens are plain NASA,
+      bit for bit;
+    * ``"off"``: plain NASA, the same code path as no guard.
+
+    Rows that are not steered are Z+ whatever the mode.
+    """
+
+    mode: str = "off"
+    tau: float = 1.0
+
+    def __post_init__(self):
+        if self.mode not in GUARD_MODES:
+            raise ValueError(f"NASA guard: mode must be one of {', '.join(GUARD_MODES)}; got {self.mode!r}")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"NASA guard: tau is the largest allowed ratio ||Z|| / ||Z+||, a positive number "
+                             f"(e.g. 1.0-2.5); got {self.tau}")
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    def scale(self, pos_norm: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The per-token factor (..., 1), float32, that turns Z into the guarded Z; ``pos_norm`` is ||Z+||."""
+        norm = z.float().norm(dim=-1, keepdim=True)
+        one = torch.ones((), dtype=norm.dtype, device=norm.device)
+        if self.mode == "rescale":
+            return torch.where(norm > 0, pos_norm / norm, one)
+        if self.mode == "clip":
+            limit = self.tau * pos_norm
+            return torch.where(norm > limit, limit / norm, one)
+        return one.expand_as(norm)
+
+
 def _weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tensor:
     """coef * Z- (times the term's per-token region weight, rows selected where it has a batch). Z- is
     (B, Lq, C) or (B, Lq, H, D)."""
@@ -111,15 +154,27 @@ def reference_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None
 
 
 def reference_nasa_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm], heads: int,
-                             pos_mask: Optional[torch.Tensor] = None, steer_rows: Rows = None) -> torch.Tensor:
-    """Equations (7)-(9) of the paper, generalised to several negatives: the obvious way."""
-    z = reference_attention(q, k_pos, v_pos, heads, pos_mask).double()
+                             pos_mask: Optional[torch.Tensor] = None, steer_rows: Rows = None,
+                             guard: Optional[Guard] = None) -> torch.Tensor:
+    """Equations (7)-(9) of the paper, generalised to several negatives, and the guard: the obvious way."""
+    z_pos = reference_attention(q, k_pos, v_pos, heads, pos_mask).double()
+    z = z_pos
     rows = row_index(steer_rows, q.shape[0], q.device)
     for term in negatives:
         z_neg = reference_attention(q, term.k, term.v, heads, term.mask).double()
         delta = torch.zeros_like(z)
         delta[rows] = _weighted(z_neg, term)[rows]
         z = z - delta
+    if guard is not None and guard.mode != "off":
+        pos_norm = torch.sqrt((z_pos ** 2).sum(-1, keepdim=True))
+        norm = torch.sqrt((z ** 2).sum(-1, keepdim=True))
+        if guard.mode == "rescale":
+            target = pos_norm
+        else:
+            target = torch.minimum(norm, guard.tau * pos_norm)
+        guarded = torch.where(norm > 0, z * target / norm, z)
+        z = z.clone()
+        z[rows] = guarded[rows]
     return z.to(q.dtype)
 
 
@@ -186,12 +241,14 @@ def _like(dst: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
 
 
 def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm], heads: int,
-          steer_rows: Rows = None, attention_fn: AttentionFn = attention, inplace: bool = False) -> torch.Tensor:
+          steer_rows: Rows = None, attention_fn: AttentionFn = attention, inplace: bool = False,
+          guard: Optional[Guard] = None) -> torch.Tensor:
     """Z+ - sum_i coef_i * Z-_i on the steered rows; Z+ is returned untouched where nothing is steered.
 
     ``attention_fn(q, k, v, heads, mask=None)`` computes each Z-, as (B, Lq, H*D) or head-major
     (B, H, Lq, D); pass the host's backend so the negative attention runs on the same kernel as the
     positive one. ``inplace``: ``z_pos`` is the caller's own fresh tensor and is overwritten (no copy of it).
+    ``guard``: an optional :class:`Guard` applied to the steered rows' result (None or mode "off": plain NASA).
     """
     active = [t for t in negatives if t.coef != 0.0]
     if not active:
@@ -206,6 +263,8 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
     # on a Z+ autograd needs for its backward (NASA-T training differentiates through the attention)
     inplace = inplace and not (torch.is_grad_enabled() and z_pos.requires_grad)
     in_view = inplace and isinstance(rows, slice)
+    guarded = guard is not None and guard.active
+    pos_norm = (z_pos if all_rows else z_pos[rows]).float().norm(dim=-1, keepdim=True) if guarded else None
     out = None          # Z+ minus the terms so far, on the steered rows; a tensor we may write once set
     for term in active:
         k = term.k if all_rows else _rows_of(term.k, rows)
@@ -227,6 +286,9 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
             else:
                 out = base.clone()
         _like(out, z_neg).sub_(z_neg, alpha=coef)
+    if guarded:
+        factor = guard.scale(pos_norm, out).to(out.dtype)
+        out = out * factor if (torch.is_grad_enabled() and out.requires_grad) else out.mul_(factor)
     if in_view:
         return z_pos                            # written through ``out``, Z+ itself or a view of it
     if all_rows:
@@ -238,8 +300,10 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
 
 def nasa_attention(q, k_pos, v_pos, k_neg, v_neg, heads: int, alpha: float,
                    pos_mask: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None,
-                   steer_rows: Rows = None, attention_fn: AttentionFn = attention) -> torch.Tensor:
-    """The paper's NASA layer for one negative: Z+ - alpha * Z-, only on ``steer_rows``."""
+                   steer_rows: Rows = None, attention_fn: AttentionFn = attention,
+                   guard: Optional[Guard] = None) -> torch.Tensor:
+    """The paper's NASA layer for one negative: Z+ - alpha * Z-, only on ``steer_rows`` (optionally guarded)."""
     _check_qkv(q, k_pos, v_pos, heads, "positive")
     z_pos = attention_fn(q, k_pos, v_pos, heads, mask=pos_mask)
-    return steer(z_pos, q, [NegativeTerm(k_neg, v_neg, float(alpha), neg_mask)], heads, steer_rows, attention_fn)
+    return steer(z_pos, q, [NegativeTerm(k_neg, v_neg, float(alpha), neg_mask)], heads, steer_rows, attention_fn,
+                 guard=guard)
