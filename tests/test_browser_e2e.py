@@ -309,7 +309,11 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
             assert tip.inner_text().strip()[:60] == expected[:60], f"{saved_node['type']}.{name}: hover shows another tooltip"
         ui.page.mouse.move(5, 500)
     ui.fit_view()
-    ui.screenshot(f"{workflow.stem}-opened")
+    shot = ui.screenshot(f"{workflow.stem}-opened")
+    if UPDATE:                                      # the gallery in docs/screenshots/workflows (256 colours)
+        (SCREENSHOTS / "workflows").mkdir(parents=True, exist_ok=True)
+        with Image.open(shot) as image:
+            image.convert("RGB").quantize(256).save(SCREENSHOTS / "workflows" / f"{workflow.stem}.png", optimize=True)
 
     with ui.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as posted:
         ui.page.get_by_role("button", name="Run", exact=True).click()
