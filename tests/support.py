@@ -143,3 +143,11 @@ class TinyEps(torch.nn.Module):
             neg, alpha = negative
             f = f - alpha * self.film(torch.cat([neg, tt], 1))
         return self.out(torch.nn.functional.silu(self.inp(x) * (1 + f)[:, :, None, None]))
+
+
+def head_major_attention(q, k, v, heads, mask=None):
+    """nasa_core.attention's result as attention kernels produce it before the output reshape: (B, H, Lq, D)."""
+    import nasa_core
+    out = nasa_core.attention(q, k, v, heads, mask)
+    b, lq, c = out.shape
+    return out.reshape(b, lq, heads, c // heads).transpose(1, 2)

@@ -192,7 +192,7 @@ def object_info(server):
 def ui(server):
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:      # Playwright gives each launch a fresh, empty user-data dir
-        browser = p.chromium.launch(executable_path=str(harness.ensure_chromium()), headless=True,
+        browser = p.chromium.launch(executable_path=str(harness.find_chromium()), headless=True,   # ensured above
                                     args=harness.CHROMIUM_FLAGS)
         context = browser.new_context(viewport={"width": 1600, "height": 1000})
         page = context.new_page()
@@ -241,8 +241,7 @@ def _png(pixels: np.ndarray) -> bytes:
 # --------------------------------------------------------------------------------------------- tests
 def test_pack_installs_fresh_and_loads_without_errors_or_warnings(server, object_info):
     """A copy of the tracked files in a fresh custom_nodes, nothing installed for it: imported, no warning."""
-    requirements = [line for line in (PACK_ROOT / "requirements.txt").read_text().splitlines()
-                    if line.split("#", 1)[0].strip()]
+    requirements = harness.requirement_lines(PACK_ROOT / "requirements.txt")
     assert requirements == [], f"requirements.txt asks for {requirements}: install them in the fresh-install check"
     log = server.log()
     folder = f"custom_nodes/{harness.PACK_FOLDER}"

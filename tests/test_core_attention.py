@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import nasa_core as nc  # loaded by path in conftest.py (the pack root is never on sys.path)
+from nasa_test_support import head_major_attention
 
 
 def _formula(q, kp, vp, kn, vn, heads, alpha):
@@ -139,13 +140,6 @@ def test_nasa_core_imports_nothing_from_comfyui():
                 assert n.split(".")[0] in {"torch", "math", "copy", "contextlib", "re", "dataclasses", "typing", "__future__"}, (f.name, n)
 
 
-def _head_major(q, k, v, heads, mask=None):
-    """nc.attention's result as attention kernels produce it before the output reshape: (B, H, Lq, D)."""
-    out = nc.attention(q, k, v, heads, mask)
-    b, lq, c = out.shape
-    return out.reshape(b, lq, heads, c // heads).transpose(1, 2)
-
-
 @pytest.mark.parametrize("rows", [None, slice(1, 3), [0, 2]])
 @pytest.mark.parametrize("layout", ["rows", "head-major"])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -161,7 +155,7 @@ def test_head_major_and_in_place_steer_equal_the_plain_path(rows, layout, inplac
     z_pos = torch.randn(b, lq, c, generator=g)
     want = nc.steer(z_pos.clone(), q, terms, heads, rows)
     given = z_pos.clone()
-    fn = _head_major if layout == "head-major" else nc.attention
+    fn = head_major_attention if layout == "head-major" else nc.attention
     got = nc.steer(given, q, terms, heads, rows, attention_fn=fn, inplace=inplace)
     assert torch.equal(got, want)
     if inplace:

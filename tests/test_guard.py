@@ -6,14 +6,9 @@ import pytest
 import torch
 
 import nasa_core as nc  # loaded by path in conftest.py
+from nasa_test_support import head_major_attention
 
 HEADS, B, LQ, C = 4, 3, 10, 32
-
-
-def _head_major(q, k, v, heads, mask=None):
-    out = nc.attention(q, k, v, heads, mask)
-    b, lq, c = out.shape
-    return out.reshape(b, lq, heads, c // heads).transpose(1, 2)
 
 
 def _case(seed=3, coef=0.7):
@@ -32,7 +27,7 @@ PATHS = [(rows, layout, inplace) for rows in (None, slice(1, 3), [0, 2])
 
 def _steer(q, kp, vp, terms, rows, layout, inplace, guard):
     z_pos = nc.attention(q, kp, vp, HEADS)
-    fn = _head_major if layout == "head-major" else nc.attention
+    fn = head_major_attention if layout == "head-major" else nc.attention
     return nc.steer(z_pos, q, terms, HEADS, rows, attention_fn=fn, inplace=inplace, guard=guard)
 
 

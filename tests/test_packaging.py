@@ -41,9 +41,18 @@ def test_changelog_has_an_entry_for_this_version():
     assert re.search(rf"^## \[?{re.escape(version)}\]?", changelog, re.M), f"CHANGELOG.md has no '## {version}' entry"
 
 
+def _requirement_names(path) -> set:
+    """The distribution names a requirements file asks for (normalised: lower case, '-' for '_')."""
+    names = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.split(r"[<>=!~\[ ;]", line)[0].strip().lower().replace("_", "-"))
+    return names
+
+
 def test_requirements_do_not_reinstall_what_comfyui_brings():
-    lines = [ln.split("#")[0].strip() for ln in (PACK / "requirements.txt").read_text().splitlines()]
-    names = {re.split(r"[<>=!~\[ ]", ln)[0].lower() for ln in lines if ln}
+    names = _requirement_names(PACK / "requirements.txt")
     assert not names & {"torch", "torchvision", "torchaudio", "numpy", "safetensors", "transformers", "comfyui"}
 
 
@@ -109,15 +118,6 @@ def test_layout_and_import_rules():
                                            "__future__"} for n in names), (f.name, names)
 
 
-def _comfyui_requirement_names(comfy_dir) -> set:
-    names = set()
-    for line in (Path(comfy_dir) / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.add(re.split(r"[<>=!~\[ ;]", line)[0].strip().lower().replace("_", "-"))
-    return names
-
-
 def test_what_comfyui_loads_imports_only_what_comfyui_installs(comfyui):
     """A fresh install gets ComfyUI's requirements and our (empty) requirements.txt, nothing else: every module the
     code ComfyUI loads imports (at any depth, lazily too) is the standard library, ComfyUI, the pack, or a package
@@ -127,7 +127,7 @@ def test_what_comfyui_loads_imports_only_what_comfyui_installs(comfyui):
     comfy_modules = {p.stem for p in Path(comfyui.dir).glob("*.py")} | {p.name for p in Path(comfyui.dir).iterdir()
                                                                         if p.is_dir()}
     dists = importlib.metadata.packages_distributions()
-    allowed = _comfyui_requirement_names(comfyui.dir)
+    allowed = _requirement_names(Path(comfyui.dir) / "requirements.txt")
     files = [PACK / "__init__.py"] + [f for d in ("nodes", "adapters", "nasa_core", "toy") for f in (PACK / d).glob("*.py")]
     outside = {}
     for f in files:

@@ -35,15 +35,15 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOOPBACK = "127.0.0.1"
 
-# Loader nodes of the real-model workflows: class -> (ComfyUI model folder, widget names holding file names).
+# Loader nodes of the real-model workflows -> the ComfyUI model folder their file names are looked up in.
 LOADERS = {
-    "CheckpointLoaderSimple": ("checkpoints", ("ckpt_name",)),
-    "UNETLoader": ("diffusion_models", ("unet_name",)),
-    "CLIPLoader": ("text_encoders", ("clip_name",)),
-    "DualCLIPLoader": ("text_encoders", ("clip_name1", "clip_name2")),
-    "TripleCLIPLoader": ("text_encoders", ("clip_name1", "clip_name2", "clip_name3")),
-    "VAELoader": ("vae", ("vae_name",)),
-    "LoraLoaderModelOnly": ("loras", ("lora_name",)),
+    "CheckpointLoaderSimple": "checkpoints",
+    "UNETLoader": "diffusion_models",
+    "CLIPLoader": "text_encoders",
+    "DualCLIPLoader": "text_encoders",
+    "TripleCLIPLoader": "text_encoders",
+    "VAELoader": "vae",
+    "LoraLoaderModelOnly": "loras",
 }
 
 
@@ -55,7 +55,7 @@ def artifacts_dir() -> Path:
 
 
 # --------------------------------------------------------------------------------------------- packages
-def _requirement_lines(path: Path) -> List[str]:
+def requirement_lines(path: Path) -> List[str]:
     lines = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -66,7 +66,7 @@ def _requirement_lines(path: Path) -> List[str]:
 
 def comfy_frontend_pins(comfy_dir: Path) -> List[str]:
     """The frontend packages exactly as the ComfyUI checkout's requirements.txt pins them."""
-    pins = [line for line in _requirement_lines(Path(comfy_dir) / "requirements.txt")
+    pins = [line for line in requirement_lines(Path(comfy_dir) / "requirements.txt")
             if line.split("==")[0].strip().lower() in FRONTEND_PINS]
     if len(pins) != len(FRONTEND_PINS):
         raise RuntimeError(f"{comfy_dir}/requirements.txt does not pin all of {FRONTEND_PINS} (found {pins}); "
@@ -97,7 +97,7 @@ def _pip_install(requirements: List[str], *flags: str) -> None:
 
 def ensure_python_packages(comfy_dir: Path) -> List[str]:
     """pip-install what the server, the frontend and Playwright need and is missing; returns what was installed."""
-    wanted = comfy_frontend_pins(comfy_dir) + _requirement_lines(HERE / "requirements.txt")
+    wanted = comfy_frontend_pins(comfy_dir) + requirement_lines(HERE / "requirements.txt")
     missing = [r for r in wanted if not _satisfied(r)]
     if missing:
         _pip_install(missing)
@@ -167,7 +167,7 @@ def model_placeholders(workflows: Iterable[Path]) -> Dict[str, List[str]]:
         for node in json.loads(Path(path).read_text(encoding="utf-8"))["nodes"]:
             if node["type"] not in LOADERS:
                 continue
-            folder, _ = LOADERS[node["type"]]
+            folder = LOADERS[node["type"]]
             names = [v for v in node.get("widgets_values", []) if isinstance(v, str) and "." in v]
             wanted.setdefault(folder, [])
             wanted[folder] += [n for n in names if n not in wanted[folder]]
