@@ -9,7 +9,8 @@ An adapter module provides:
 * ``attach_layers(run, base_model)`` (resolve the layers at sample time for the run),
 * ``block_groups(model_patcher) -> {group: [index, ...]}`` (what a block selection may name; every
   steering call site passes its ``(group, index)`` to the run),
-* optionally ``VIDEO = True`` (a mask's batch is frames).
+* optionally ``VIDEO = True`` (a mask's batch is frames), ``JOINT_STREAM = True`` (joint attention: the negative
+  flows as a stream through the text-stream weights, :mod:`.joint`; ``stream`` applies).
 
 To add a family, add its module and list it in ``ADAPTERS``.
 """
@@ -20,7 +21,8 @@ from typing import Optional
 from . import chroma, flux, hunyuan_video, ltxv, lumina2, pixart, qwen_image, sd3, unet, wan
 from .negatives import (CARRIED_KEY, RUN_KEY, NasaRun, NasaSettings, NegativeSpec, check_width, conditioning_entries,
                         make_carried_negative, make_negative_spec, make_sampler_wrapper, nasa_replaces, set_wrapper)
-from ..nasa_core import DEFAULT_ALPHA, check_alpha
+from . import joint
+from ..nasa_core import DEFAULT_ALPHA, Guard, check_alpha
 from ..nasa_core.controls import Schedule, parse_blocks
 from ..nasa_core.flops import nasa_extra_flops
 
@@ -56,14 +58,17 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention"):
 
 def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention",
                negatives=None, start_percent: float = 0.0, end_percent: float = 1.0, alpha_end_scale: float = 1.0,
-               blocks: str = ""):
+               blocks: str = "", guard: Optional[Guard] = None, stream: str = "propagated"):
     """Return a clone of ``model`` with NASA on the selected text-attention layers. ``model`` itself is untouched.
 
     ``negative``: one CONDITIONING steered with ``alpha``; ``negatives``: a NASA_NEGATIVES list
     (:class:`NegativeSpec`, each with its own alpha and optional mask) - at most one of the two.
     ``start_percent``/``end_percent``: the window of the sampling schedule NASA acts in; alpha ramps
     linearly to ``alpha_end_scale`` times itself at its end. ``blocks``: a block selection (see
-    :func:`nasa_core.controls.parse_blocks`); empty = every block."""
+    :func:`nasa_core.controls.parse_blocks`); empty = every block. ``guard``: the stability guard
+    (:class:`nasa_core.Guard`; None or mode "off" = plain NASA). ``stream`` (joint-attention families only):
+    "propagated" (the negative flows through every block's text-stream weights) or "embedded" (each block
+    projects the embedded negative; cheaper, an approximation)."""
     alpha = check_alpha(alpha, node)
     adapter = find_adapter(model, node)
     family = adapter.family_name(model)
@@ -86,11 +91,22 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
             raise ValueError(f"{node}: {what} has a mask of {spec.mask.shape[0]} images; for this {family} image "
                              f"model the mask must be one image (its batch is frames for video models only). "
                              f"Pick one mask (e.g. with ImageToMask/SolidMask) or split the batch.")
+    if stream not in joint.STREAMS:
+        raise ValueError(f"{node}: 'stream' must be one of {', '.join(joint.STREAMS)}; got {stream!r}.")
+    if stream != "propagated" and not getattr(adapter, "JOINT_STREAM", False):
+        raise ValueError(f"{node}: 'stream' {stream!r} applies to joint-attention models (FLUX, SD3, Chroma, ...); "
+                         f"{family} has cross-attention, whose negative is always the embedded prompt. Set it to "
+                         f"'propagated'.")
+    if guard is not None and not isinstance(guard, Guard):
+        raise ValueError(f"{node}: 'guard' must be a nasa_core.Guard, not {type(guard).__name__}.")
     schedule = Schedule(float(start_percent), float(end_percent), float(alpha_end_scale)).check(node)
-    selection = parse_blocks(blocks, adapter.block_groups(model), f"{node}: 'blocks'", f"this {family} model")
+    groups = adapter.block_groups(model)
+    selection = parse_blocks(blocks, groups, f"{node}: 'blocks'", f"this {family} model")
     settings = NasaSettings(alpha=alpha, negatives=specs, use_sampler_negative=bool(use_sampler_negative),
                             node=node, family=family, context_dim=adapter.context_dim(model),
-                            schedule=schedule, blocks=selection)
+                            schedule=schedule, blocks=selection, guard=guard, stream=stream)
+    if selection is not None and getattr(adapter, "JOINT_STREAM", False):
+        settings.stream_last, settings.stream_skip = joint.stream_end(groups, selection)
     m = model.clone()
     adapter.install(m)
     settings.replaces = nasa_replaces(m.model_options)

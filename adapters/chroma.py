@@ -37,6 +37,7 @@ from . import flux, joint
 from .negatives import attach_model
 
 FAMILY = "Chroma"
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("Chroma, Chroma Radiance",)
 
 

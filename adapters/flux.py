@@ -26,6 +26,7 @@ from . import joint
 from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "FLUX.1"
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("FLUX.1 schnell/dev/Fill/Kontext",)
 IMAGE_TOKENS_KEY = "nasa_image_tokens"
 

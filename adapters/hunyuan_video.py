@@ -34,6 +34,7 @@ from ..nasa_core.flops import patch_tokens
 
 FAMILY = "HunyuanVideo"
 VIDEO = True     # a mask's batch is frames
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("HunyuanVideo T2V/I2V, SkyReels I2V",)
 
 # HunyuanVideo._forward's parameters, in order (its DIFFUSION_MODEL executor passes them positionally)

@@ -20,6 +20,12 @@ through the model as a **negative stream** of its own:
 * the adapter then runs the block's text-stream output and MLP on the stream (``finish``).
 
 The image is never duplicated; the extra work is the negative text tokens' share of a forward.
+
+``stream="embedded"`` (a cheaper approximation, measured in the README's joint-attention section) keeps
+the stream at its embedding: every block projects the embedded negative with its own text-stream
+weights, but the stream is never updated (no stream attention, no ``finish``). With a run's ``guard``
+(nasa_core.Guard) each steered image token of Z+ - sum coef Z- is rescaled or clipped against Z+'s norm
+over all heads' channels.
 A family adapter supplies ``prepare``/``finish`` and where the image tokens sit in the joint
 sequence; everything generic lives here.
 """
@@ -35,6 +41,7 @@ from .negatives import RUN_KEY
 
 FORWARD_KEY = "nasa_forward"      # transformer_options key: this forward's ForwardState
 OVERRIDE_KEY = "optimized_attention_override"
+STREAMS = ("propagated", "embedded")
 
 
 @dataclass
@@ -87,10 +94,29 @@ def _tokens(t: torch.Tensor, bhld: bool, rows, tokens: slice) -> torch.Tensor:
     return t[:, :, tokens] if bhld else t[:, tokens]
 
 
+def _token_norms(z: torch.Tensor, head_major: bool) -> torch.Tensor:
+    """Per-token L2 norm over all channels, float32: (B, L, 1) of (B, L, C), or (B, 1, L, 1) of (B, H, L, D)."""
+    if head_major:
+        return z.float().pow(2).sum(dim=(1, 3), keepdim=True).sqrt()
+    return z.float().norm(dim=-1, keepdim=True)
+
+
+def _guard(guard, out: torch.Tensor, out_tokens: tuple, pos_norm: torch.Tensor, rows, head_major: bool) -> None:
+    """The guard on ``out``'s steered rows' image tokens, in place; ``pos_norm``: Z+'s token norms (all rows)."""
+    index = (rows,) + out_tokens[1:]
+    z, pos = out[index], pos_norm[rows]
+    if head_major:      # Guard.scale works on (..., tokens, channels): move heads next to the channels
+        factor = guard.scale(pos.transpose(1, 2).flatten(2), z.transpose(1, 2).flatten(2)).transpose(1, 2)[..., None]
+    else:
+        factor = guard.scale(pos, z)
+    out[index] = z * factor.to(z.dtype)
+
+
 def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_stream_attention: bool, prior,
                    seen: list, steer_call: int, layer):
     streams, run = state.streams, state.run
     scale = 1.0 if run is None or layer is None else run.layer_scale(layer)
+    guard = None if run is None else run.guard
 
     def nasa_joint_attention(func, *args, **kwargs):
         call = len(seen)
@@ -105,6 +131,9 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
         kw = {n: val for n, val in kwargs.items() if n != "mask"}    # the negative has no padding to mask
         cat_dim = 2 if bhld else 1
         n_img = len(range(q.shape[2 if bhld else 1])[image_q])
+        head_major = bool(kwargs.get("skip_output_reshape"))
+        steered = [s for s in streams if s.coef * scale != 0.0]
+        pos_norm = _token_norms(out[out_tokens], head_major) if guard is not None and steered else None
         for s in streams:
             coef = s.coef * scale
             if coef != 0.0:     # a block the selection leaves out: the stream still flows through it
@@ -120,8 +149,23 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
             if with_stream_attention:
                 s.out = func(s.q, torch.cat((s.k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
                              torch.cat((s.v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw)
+        if pos_norm is not None:
+            rows = steered[0].rows if len(steered) == 1 else torch.unique(torch.cat([
+                torch.arange(out.shape[0], device=out.device)[s.rows] for s in steered]))
+            _guard(guard, out, out_tokens, pos_norm, rows, head_major)
         return out
     return nasa_joint_attention
+
+
+def stream_end(groups: dict, selection: dict) -> tuple:
+    """``(last, skip)`` for a block selection: the last steered layer in forward order (``groups`` lists them in
+    forward order, as every joint family's ``block_groups`` does) and the layers after it, where the negative
+    stream is no longer read (skipping them is exact). Nothing steered: ``(None, every layer)``."""
+    order = [(group, index) for group, indices in groups.items() for index in indices]
+    steered = [i for i, layer in enumerate(order) if selection.get(layer, 0.0) != 0.0]
+    if not steered:
+        return None, frozenset(order)
+    return order[steered[-1]], frozenset(order[steered[-1] + 1:])
 
 
 def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict], image_q: slice, image_kv: slice,
@@ -133,10 +177,17 @@ def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict
     ``finish=None`` on the last block that sees the stream: only its K/V are needed there.
     ``steer_call`` picks which attention call of the block is the joint one (SD3.5M runs a second,
     image-only self-attention after it). ``layer`` ((group, index)) names the block for the run's block
-    selection: a block left out subtracts nothing, but the streams still flow through it.
+    selection: a block left out subtracts nothing, but the streams still flow through it up to the last
+    selected block (``NasaRun.stream_last``); after it they stop.
     """
     if not state.streams:
         return call_block(args)
+    run = state.run
+    if run is not None:
+        if layer in run.stream_skip:
+            return call_block(args)     # after the last steered block: nothing reads the stream any more
+        if run.stream == "embedded" or layer == run.stream_last:
+            finish = None       # the stream stays at its embedding / is not read after this block
     for s in state.streams:
         prepare(s)
     options = dict(args.get("transformer_options") or {})

@@ -42,6 +42,7 @@ from . import joint
 from .negatives import RUN_KEY, set_wrapper
 
 FAMILY = "Lumina 2"
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("Lumina Image 2.0 / Neta Lumina (NextDiT)",)
 
 

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
-from ..nasa_core import NegativeTerm, check_alpha, check_finite, steer
+from ..nasa_core import Guard, NegativeTerm, check_alpha, check_finite, steer
 from ..nasa_core.controls import Schedule, sigma_to_percent, token_region
 
 RUN_KEY = "nasa_run"            # transformer_options key holding the NasaRun of the current sampling run
@@ -144,6 +144,10 @@ class NasaSettings:
     schedule: Schedule = field(default_factory=Schedule)
     blocks: Optional[dict] = None       # {(group, index): alpha multiplier}; None = every block at 1
     replaces: frozenset = frozenset()   # NASA's ("attn2" | "dit", key) replaces, checked at sample time
+    guard: Optional[Guard] = None       # the stability guard (nasa_core.Guard); None = plain NASA
+    stream: str = "propagated"          # joint-attention models: the negative stream (joint.STREAMS)
+    stream_last: Optional[tuple] = None  # joint models with a block selection: the last steered layer, and
+    stream_skip: frozenset = frozenset()  # the layers after it (the stream stops there: nothing reads it)
 
 
 class NasaRun:
@@ -151,8 +155,13 @@ class NasaRun:
     (``schedule``), where (``blocks``) and on which region (each prompt's mask) they act."""
 
     def __init__(self, default, carried: dict, node: str, schedule: Optional[Schedule] = None,
-                 percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None):
+                 percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None,
+                 guard: Optional[Guard] = None, stream: str = "propagated"):
         self.default = _prompt_list(default)
+        self.guard = guard if guard is not None and guard.active else None   # None: plain NASA's code path
+        self.stream = stream
+        self.stream_last: Optional[tuple] = None
+        self.stream_skip: frozenset = frozenset()
         self.carried = {uuid: _prompt_list(p) for uuid, p in carried.items()}
         self.node = node
         self.schedule = None if schedule is None or schedule.is_default else schedule
@@ -285,7 +294,7 @@ class NasaRun:
         for terms, rows in self.groups(extra_options, q.shape[0], layer):
             negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
                                        lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
-            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace)   # a run of rows becomes a slice
+            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace, guard=self.guard)  # a run of rows: a slice
         return z_pos
 
 
@@ -392,7 +401,9 @@ def build_run(guider, settings: NasaSettings, latent_shape=None) -> NasaRun:
     else:
         default = None
     percent_to_sigma = getattr(model_sampling, "percent_to_sigma", None)
-    run = NasaRun(default, carried, settings.node, settings.schedule, percent_to_sigma, settings.blocks)
+    run = NasaRun(default, carried, settings.node, settings.schedule, percent_to_sigma, settings.blocks,
+                  settings.guard, settings.stream)
+    run.stream_last, run.stream_skip = settings.stream_last, settings.stream_skip
     if latent_shape is not None:
         run.latent = tuple(int(s) for s in latent_shape[2:])
         if any(p.mask is not None for ps in [run.default, *run.carried.values()] for p in ps):
@@ -447,6 +458,7 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
                 to.pop(RUN_KEY, None)
             else:
                 to[RUN_KEY] = previous
+    nasa_sampler_sample.nasa_settings = settings     # what the node asked for, for inspection (tests, tools)
     return nasa_sampler_sample
 
 

@@ -28,6 +28,7 @@ from . import joint
 from .negatives import attach_model, set_wrapper
 
 FAMILY = "Qwen-Image"
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("Qwen-Image, Qwen-Image-Edit (reference latents are attended to, not steered)",)
 
 

@@ -27,6 +27,7 @@ from . import joint
 from .negatives import RUN_KEY, attach_model
 
 FAMILY = "SD3/SD3.5"
+JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("SD3 Medium, SD3.5 Large/Large Turbo/Medium",)
 
 

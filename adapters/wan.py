@@ -122,7 +122,8 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
             terms = [t._replace(coef=t.coef * scale) for t in terms]
             negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
                                           lambda t: fwd.negatives[id(t.entry)][1])
-            z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None)   # z: a view of out
+            z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
+                      guard=fwd.run.guard)
         if prior is not None:
             out[:, tok] = z
         return out

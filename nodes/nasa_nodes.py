@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..adapters import apply_nasa, make_carried_negative, make_negative_spec
 from ..adapters.explorer import alpha_grid, sampler_options
-from ..nasa_core import DEFAULT_ALPHA
+from ..nasa_core import DEFAULT_ALPHA, GUARD_MODES, Guard
 
 ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every text-attention layer "
                  "(Z = Z+ - alpha*Z-). 0 = off, bit-identical to the unpatched model. Paper settings: "
@@ -119,6 +119,9 @@ class NASANegative(io.ComfyNode):
         return io.NodeOutput(make_negative_spec(negative, alpha, mask, negatives, node="NASA Negative"))
 
 
+GUARD_TAU_DEFAULT = 1.5
+
+
 class NASAApplyAttentionAdvanced(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -153,17 +156,34 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                tooltip="Alpha schedule: alpha goes linearly from alpha at start_percent to "
                                        "alpha x this at end_percent. 1 = constant; 0 = fade out."),
                 io.String.Input("blocks", default="", tooltip=BLOCKS_TOOLTIP),
+                io.Combo.Input("guard", options=list(GUARD_MODES), default="off", optional=True,
+                               tooltip="Stability guard on each steered image token of Z+ - alpha Z-. off: plain "
+                                       "NASA (exactly). rescale: keep each token's norm equal to Z+'s (only its "
+                                       "direction moves). clip: scale a token down where its norm exceeds guard_tau "
+                                       "x Z+'s. Measured on the toy models (README, 'Joint attention and the "
+                                       "stability guard'): neither widened the alpha range there; off is the default."),
+                io.Float.Input("guard_tau", default=GUARD_TAU_DEFAULT, min=0.1, max=10.0, step=0.05, round=0.001,
+                               optional=True,
+                               tooltip="For guard 'clip' only: the largest allowed ratio of a steered token's norm to "
+                                       "its norm without NASA (1 = never larger than Z+)."),
             ],
             outputs=[io.Model.Output(tooltip="The model with NASA installed on the selected layers.")],
         )
 
     @classmethod
     def execute(cls, model, alpha, use_sampler_negative, start_percent, end_percent, alpha_end_scale, blocks,
-                negatives=None) -> io.NodeOutput:
+                negatives=None, guard="off", guard_tau=GUARD_TAU_DEFAULT) -> io.NodeOutput:
+        node = "Apply NASA Attention (Advanced)"
+        if guard not in GUARD_MODES:
+            raise ValueError(f"{node}: input 'guard' is {guard!r}; pick one of {', '.join(GUARD_MODES)}.")
+        try:
+            guard_setting = Guard(guard, float(guard_tau))
+        except ValueError as e:
+            raise ValueError(f"{node}: input 'guard_tau': {e}. Set a value between 0.1 and 10.") from e
         return io.NodeOutput(apply_nasa(model, negatives=negatives, alpha=alpha,
-                                        use_sampler_negative=use_sampler_negative,
-                                        node="Apply NASA Attention (Advanced)", start_percent=start_percent,
-                                        end_percent=end_percent, alpha_end_scale=alpha_end_scale, blocks=blocks))
+                                        use_sampler_negative=use_sampler_negative, node=node,
+                                        start_percent=start_percent, end_percent=end_percent,
+                                        alpha_end_scale=alpha_end_scale, blocks=blocks, guard=guard_setting))
 
 
 class NASAAlphaGrid(io.ComfyNode):

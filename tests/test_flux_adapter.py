@@ -35,7 +35,15 @@ def env(comfyui):
     config = rm.DIT_FAMILIES["flux"][1]
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, flux=flux, model=model, config=config, apply=apply)
+    def sampler_settings(m):
+        """The NasaSettings Apply NASA Attention left on the clone (on its sampler wrapper)."""
+        import comfy.patcher_extension as pe
+        wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, negatives.WRAPPER_KEY)
+        return wrappers[0].nasa_settings
+
+    return dict(rm=rm, negatives=negatives, flux=flux, model=model, config=config, apply=apply,
+                apply_nasa=comfyui.mod("adapters").apply_nasa, core=comfyui.mod("nasa_core"),
+                sampler_settings=sampler_settings)
 
 
 def _conds(config, seed=0, pos_len=256, neg_len=NEG_LEN, width=None):
@@ -50,11 +58,18 @@ def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
     return support.sample(model, torch.zeros(batch, 16, size, size), pos, neg, cfg, steps, capture)
 
 
-def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None):
-    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=None, stream="propagated", blocks=""):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive);
+    ``guard`` (a nasa_core.Guard) and ``stream`` as apply_nasa takes them."""
+    if guard is None and stream == "propagated" and not blocks:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, guard=guard, stream=stream, blocks=blocks)
     negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
+    settings = env["sampler_settings"](m)
+    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test", blocks=settings.blocks,
+                            guard=guard, stream=stream)
+    run.stream_last, run.stream_skip = settings.stream_last, settings.stream_skip
     env["flux"].attach_layers(run, m.model)
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
@@ -85,9 +100,29 @@ def _mod(x, m):
     return x * (1 + m.scale) + m.shift
 
 
-def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_references=False):
+def _guarded(a, steer, alpha_term, guard):
+    """a[:, steer] - alpha_term, then the guard written out: per image token, norms over all channels;
+    ``guard`` = (mode, tau) or None."""
+    pos = a[:, steer].clone()
+    z = pos - alpha_term
+    if guard is not None:
+        mode, tau = guard
+        pn, zn = pos.norm(dim=-1, keepdim=True), z.norm(dim=-1, keepdim=True)
+        if mode == "rescale":
+            z = z * pn / zn
+        elif mode == "clip":
+            z = torch.where(zn > tau * pn, z * (tau * pn) / zn, z)
+    a[:, steer] = z
+
+
+def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_references=False, guard=None,
+               stream="propagated", scales=None):
     """FLUX forward with NASA, written from the paper's formula and FLUX's published block structure,
-    using the model's weights; attention in float64."""
+    using the model's weights; attention in float64. ``guard`` = (mode, tau): the stability guard on the
+    steered tokens; ``stream="embedded"``: the negative is never updated by the blocks; ``scales``: alpha
+    multiplier per ("double" | "single", index), 0 where missing (None: every block at 1)."""
+    def scale(kind, index):
+        return 1.0 if scales is None else scales.get((kind, index), 0.0)
     from comfy.ldm.flux.layers import timestep_embedding
     from einops import rearrange
     img, img_ids = dm.process_img(x)
@@ -103,7 +138,7 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
     txt, neg = dm.txt_in(context), dm.txt_in(negative).expand(b, -1, -1)
     T, H = txt.shape[1], dm.num_heads
     steer = slice(T, None) if steer_references else slice(T, T + n_img)
-    for blk in dm.double_blocks:
+    for bi, blk in enumerate(dm.double_blocks):
         im1, im2 = blk.img_mod(vec)
         tm1, tm2 = blk.txt_mod(vec)
 
@@ -118,17 +153,19 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         v = torch.cat((tv, iv), 2).double()
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        if scale("double", bi):
+            _guarded(a, steer, alpha * scale("double", bi) * _attn(q[:, :, steer], nk, nv), guard)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
         ta, ia = a[:, :T].float(), a[:, T:].float()
         img = img + im1.gate * blk.img_attn.proj(ia)
         img = img + im2.gate * blk.img_mlp(_mod(blk.img_norm2(img), im2))
         txt = txt + tm1.gate * blk.txt_attn.proj(ta)
         txt = txt + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(txt), tm2))
-        neg = neg + tm1.gate * blk.txt_attn.proj(na.float())
-        neg = neg + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(neg), tm2))
+        if stream == "propagated":
+            neg = neg + tm1.gate * blk.txt_attn.proj(na.float())
+            neg = neg + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(neg), tm2))
     h = torch.cat((txt, img), 1)
-    for blk in dm.single_blocks:
+    for bi, blk in enumerate(dm.single_blocks):
         m, _ = blk.modulation(vec)
 
         def lin1(h_):
@@ -140,10 +177,12 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         nq, nk, nv, nmlp = lin1(neg)
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        if scale("single", bi):
+            _guarded(a, steer, alpha * scale("single", bi) * _attn(q[:, :, steer], nk, nv), guard)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
         h = h + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
-        neg = neg + m.gate * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
+        if stream == "propagated":
+            neg = neg + m.gate * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
     out = dm.final_layer(h[:, T:], vec)[:, :n_img]
     return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=x.shape[-2] // 2, w=x.shape[-1] // 2, ph=2, pw=2)
 
@@ -157,17 +196,22 @@ def _inputs(config, seed=3, batch=1, size=8):
     return x, torch.full((batch,), 0.7), context, y, negative
 
 
-def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1e-3):
+def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1e-3, guard=None, stream="propagated",
+                             blocks="", scales=None):
+    """``guard`` = (mode, tau) or None; ``blocks``: the node's block selection, ``scales`` the same written out."""
     x, t, context, y, negative = _inputs(config)
     dm = mp.model.diffusion_model
-    got = _direct(env, mp, x, t, context, y, negative, alpha, ref_latents)
+    got = _direct(env, mp, x, t, context, y, negative, alpha, ref_latents,
+                  guard=None if guard is None else env["core"].Guard(*guard), stream=stream, blocks=blocks)
     with torch.no_grad():
-        want = _reference(dm, x, t, context, y, negative, alpha, ref_latents)
+        want = _reference(dm, x, t, context, y, negative, alpha, ref_latents, guard=guard, stream=stream,
+                          scales=scales)
         base = _reference(dm, x, t, context, y, negative, 0.0, ref_latents)
     effect = (want - base).abs().max().item()
     err = (got - want).abs().max().item()
     assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
     assert err <= tol * effect, (err, effect)
+    return got
 
 
 # ----------------------------------------------------------------------------- tests
@@ -175,6 +219,81 @@ def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1
 def test_matches_independent_reference(env):
     mp = env["model"]()
     _check_against_reference(env, mp, env["config"])
+
+
+@pytest.mark.parametrize("guard", [("rescale", 1.0), ("clip", 0.2)])
+def test_guard_matches_reference(env, guard):
+    """Each guard mode equals the reference with the guard written out, and changes the output (it bites)."""
+    mp = env["model"]()
+    got = _check_against_reference(env, mp, env["config"], alpha=1.0, guard=guard)
+    plain = _direct(env, mp, *_inputs(env["config"]), 1.0)
+    assert (got - plain).abs().max().item() > 1e-3 * plain.abs().max().item(), "the guard never bit: test it harder"
+
+
+def test_guard_off_and_unreached_clip_are_bit_identical(env):
+    mp = env["model"]()
+    args = _inputs(env["config"])
+    plain = _direct(env, mp, *args, 1.0)
+    for guard in (env["core"].Guard("off"), env["core"].Guard("clip", 1e6)):
+        assert torch.equal(_direct(env, mp, *args, 1.0, guard=guard), plain), guard
+
+
+def test_embedded_stream_matches_reference_and_differs_from_propagated(env):
+    mp = env["model"]()
+    got = _check_against_reference(env, mp, env["config"], stream="embedded")
+    propagated = _direct(env, mp, *_inputs(env["config"]), 1.0)
+    assert (got - propagated).abs().max().item() > 1e-3 * propagated.abs().max().item()
+
+
+def test_embedded_stream_with_guard(env):
+    _check_against_reference(env, env["model"](), env["config"], stream="embedded", guard=("clip", 0.2))
+
+
+@pytest.mark.parametrize("blocks,scales", [
+    ("double", {("double", 0): 1.0, ("double", 1): 1.0}),
+    ("single", {("single", 0): 1.0, ("single", 1): 1.0}),
+    ("double:1*0.5, single:0", {("double", 1): 0.5, ("single", 0): 1.0}),
+])
+def test_block_selection_matches_reference(env, blocks, scales):
+    """A selection steers only its blocks (the stream still flows through the others up to the last selected
+    block, and stops after it: exact, nothing reads it there)."""
+    _check_against_reference(env, env["model"](), env["config"], blocks=blocks, scales=scales)
+
+
+def test_stream_stops_after_the_last_selected_block(env):
+    """Hooks on the text-stream projections: with 'double' the single blocks never see the negative; the
+    last selected block projects it (its K/V) but does not run the stream's attention output or MLP."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    seen = []
+    hooks = [b.txt_attn.qkv.register_forward_hook(lambda m, i, o, n=n: seen.append(("qkv", n, i[0].shape[1])))
+             for n, b in enumerate(dm.double_blocks)]
+    hooks += [b.txt_mlp.register_forward_hook(lambda m, i, o, n=n: seen.append(("mlp", n, i[0].shape[1])))
+              for n, b in enumerate(dm.double_blocks)]
+    hooks += [b.linear1.register_forward_hook(lambda m, i, o, n=n: seen.append(("linear1", n, i[0].shape[1])))
+              for n, b in enumerate(dm.single_blocks)]
+    try:
+        _direct(env, mp, *_inputs(env["config"]), 1.0, blocks="double")
+    finally:
+        for h in hooks:
+            h.remove()
+    negative = [s for s in seen if s[2] == NEG_LEN]
+    last = len(dm.double_blocks) - 1
+    assert [s for s in negative if s[0] == "qkv"] == [("qkv", n, NEG_LEN) for n in range(len(dm.double_blocks))]
+    assert [s for s in negative if s[0] == "mlp"] == [("mlp", n, NEG_LEN) for n in range(last)]
+    assert not [s for s in negative if s[0] == "linear1"]
+
+
+def test_stream_and_guard_errors_name_node_input_and_fix(env):
+    mp = env["model"]()
+    neg = [[torch.zeros(1, 4, env["config"]["context_in_dim"]), {}]]
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'stream' must be one of propagated, embedded"):
+        env["apply_nasa"](mp, negative=neg, stream="cached")
+    with pytest.raises(ValueError, match=r"'guard' must be a nasa_core.Guard"):
+        env["apply_nasa"](mp, negative=neg, guard="clip")
+    unet = env["rm"].build_unet_model("sd15", "tiny", seed=0)
+    with pytest.raises(ValueError, match=r"'stream' 'embedded' applies to joint-attention models .* Set it to 'propagated'"):
+        env["apply_nasa"](unet, negative=[[torch.zeros(1, 4, 64), {}]], stream="embedded")
 
 
 def test_kontext_reference_tokens_are_keys_but_not_steered(env):

@@ -83,13 +83,14 @@ def _explicit_attention(q, k, v, heads):
     return (p @ vh).transpose(1, 2).reshape(b, lq, c)
 
 
-def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
+def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None, guard=None):
     """A clone of ``mp`` running NASA as written in the paper, implemented here with ComfyUI's replace hook.
 
     ``negative_tensor`` is one text-encoder output, or a list of (tensor, weight) averaged with those weights.
 
     ``weights`` optionally maps layer key -> (W_k, W_v) to use for the negative's projection.
-    ``prior(q, k, v, extra)`` optionally produces Z+ (to model a chained replace)."""
+    ``prior(q, k, v, extra)`` optionally produces Z+ (to model a chained replace).
+    ``guard`` = (mode, tau): the stability guard on each steered token (norms over all channels)."""
     m = mp.clone()
     mods = _cross_attention_modules(mp.model.diffusion_model)
 
@@ -103,6 +104,7 @@ def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
             negs = negative_tensor if isinstance(negative_tensor, list) else [(negative_tensor, 1.0)]
             chunks = extra["cond_or_uncond"]
             per = q.shape[0] // len(chunks)
+            pos = z.clone()
             for neg, share in negs:
                 neg = neg.to(q.dtype)
                 kn = neg.double() @ wk.double().T
@@ -111,6 +113,12 @@ def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None):
                     if kind == 0:
                         rows = slice(i * per, (i + 1) * per)
                         z[rows] = z[rows] - alpha * share * _explicit_attention(q[rows], kn, vn, heads)
+            if guard is not None:
+                mode, tau = guard
+                pn, zn = pos.norm(dim=-1, keepdim=True), z.norm(dim=-1, keepdim=True)
+                limit = pn if mode == "rescale" else torch.minimum(zn, tau * pn)
+                steered = torch.tensor([kind == 0 for kind in chunks]).repeat_interleave(per)[:, None, None]
+                z = torch.where(steered, z * limit / zn, z)
             return z.to(q.dtype)
         return ref
 
@@ -190,6 +198,23 @@ def test_steered_output_equals_independent_reference(env, neg_text):
     err, effect = _rel_err(got, want, base)
     assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test anything"
     assert err <= 1e-3 * effect, (err, effect)
+
+
+@pytest.mark.parametrize("guard", [("rescale", 1.0), ("clip", 0.3)])
+def test_guard_equals_reference_and_bites(env, comfyui, guard):
+    """The stability guard (nasa_core.Guard) on every cross-attention layer equals the guard written out here
+    (cfg 4: uncond rows unguarded); off, and a clip no token reaches, are plain NASA bit for bit."""
+    core, apply_nasa = comfyui.mod("nasa_core"), comfyui.mod("adapters").apply_nasa
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    plain = env["sample"](apply_nasa(mp, alpha=0.8), pos, neg, cfg=4.0)
+    got = env["sample"](apply_nasa(mp, alpha=0.8, guard=core.Guard(*guard)), pos, neg, cfg=4.0)
+    want = env["sample"](_reference_model(mp, neg[0][0], 0.8, guard=guard), pos, neg, cfg=4.0)
+    err, effect = _rel_err(got, want, plain)
+    assert effect > 1e-2 * plain.abs().max().item(), "the guard never bit: test it harder"
+    assert err <= 1e-3 * effect, (err, effect)
+    for off in (core.Guard("off"), core.Guard("clip", 1e6)):
+        assert torch.equal(env["sample"](apply_nasa(mp, alpha=0.8, guard=off), pos, neg, cfg=4.0), plain)
 
 
 def test_cfg_above_one_steers_only_cond_rows_with_no_extra_pass(env):
