@@ -306,9 +306,29 @@ def test_second_nasa_node_replaces_the_first(sd):
     assert torch.equal(_sample(both, sd), _sample(_advanced(sd["mp"], alpha=0.4, blocks="middle"), sd))
 
 
+def test_guard_inputs_reach_the_run(sd, comfyui):
+    """The node's guard inputs: off (the default, and what a workflow without them gets) is the plain node bit for
+    bit; rescale and clip change the image and equal apply_nasa with the same Guard."""
+    import comfy.patcher_extension as pe
+    negatives = comfyui.mod("adapters.negatives")
+    plain = _sample(_advanced(sd["mp"]), sd)
+    assert torch.equal(_sample(_advanced(sd["mp"], guard="off", guard_tau=0.5), sd), plain)
+    for guard, tau in (("rescale", 1.5), ("clip", 0.5)):
+        m = _advanced(sd["mp"], guard=guard, guard_tau=tau)
+        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, negatives.WRAPPER_KEY)[0].nasa_settings
+        assert (settings.guard.mode, settings.guard.tau) == (guard, tau)
+        assert not torch.equal(_sample(m, sd), plain), guard
+
+
 def test_bad_inputs_name_node_input_and_fix(sd):
     with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): 'blocks': 'output:99' is out of range"):
         _advanced(sd["mp"], blocks="output:99")
+    with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): input 'guard' is 'norm'; pick one of off, "
+                                         r"rescale, clip"):
+        _advanced(sd["mp"], guard="norm")
+    with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): input 'guard_tau': .*got 0.0\. Set a "
+                                         r"value between 0.1 and 10"):
+        _advanced(sd["mp"], guard="clip", guard_tau=0.0)
     with pytest.raises(ValueError, match="mask must be one image"):
         _advanced(sd["mp"], negatives=_negative(sd["neg"], 1.0, mask=torch.ones(2, 8, 8)))
     with pytest.raises(ValueError, match=r"NASA Negative: 'mask' has values in \[0, 2\]"):
