@@ -102,11 +102,12 @@ def _embed(dm, text, weights=None):
 
 
 @contextmanager
-def _reference(mp, negative, alpha, weights=None):
+def _reference(mp, negative, alpha, weights=None, guard=None):
     """Every block's cross_attn of ``mp`` computes NASA written out in float64 while in this context.
 
     ``weights`` maps parameter names (of the diffusion model) to the tensors the negative's path uses
-    instead of the live ones (to model a patch the reference must or must not see)."""
+    instead of the live ones (to model a patch the reference must or must not see). ``guard`` = (mode, tau):
+    the stability guard on each steered token of the text attention (norms over all channels)."""
     dm = mp.model.diffusion_model
     w = weights or {}
     handles = []
@@ -130,7 +131,12 @@ def _reference(mp, negative, alpha, weights=None):
             for c, kind in enumerate(chunks):
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
+                    pos = z[rows].clone()
                     z[rows] = z[rows] - alpha * _attention(q[rows], k_neg, v_neg, heads)
+                    if guard is not None:
+                        pn, zn = pos.norm(dim=-1, keepdim=True), z[rows].norm(dim=-1, keepdim=True)
+                        limit = pn if guard[0] == "rescale" else torch.minimum(zn, guard[1] * pn)
+                        z[rows] = z[rows] * limit / zn
             if image:       # the image term, unsteered (without CLIP-vision input ComfyUI uses the whole context)
                 img = context if n_img is None else context[:, :n_img]
                 z = z + _attention(q, _rms(_lin(img, attn.k_img), attn.norm_k_img), _lin(img, attn.v_img), heads)
@@ -143,8 +149,8 @@ def _reference(mp, negative, alpha, weights=None):
             h.remove()
 
 
-def _reference_sample(mp, negative, alpha, *args, weights=None, **kwargs):
-    with _reference(mp, negative, alpha, weights):
+def _reference_sample(mp, negative, alpha, *args, weights=None, guard=None, **kwargs):
+    with _reference(mp, negative, alpha, weights, guard):
         return _sample(mp, *args, **kwargs)
 
 
@@ -221,6 +227,19 @@ def test_steered_output_equals_independent_reference(env, family, overrides):
     got = _sample(env.apply(mp, alpha=0.8), pos, neg, steps=2)
     want = _reference_sample(mp, neg[0][0], 0.8, pos, neg, steps=2)
     support.check_close(got, want, base)
+
+
+@pytest.mark.parametrize("guard", [("rescale", 1.0), ("clip", 0.3)])
+def test_guard_equals_reference(env, comfyui, guard):
+    """The stability guard on Wan's text cross-attention (before the unsteered image term), at cfg 4."""
+    apply_nasa, core = comfyui.mod("adapters").apply_nasa, comfyui.mod("nasa_core")
+    mp = env.model("wan21_i2v")
+    pos, neg = _conds(env, "wan21_i2v")
+    plain = _sample(apply_nasa(mp, alpha=0.8), pos, neg, cfg=4.0)
+    got = _sample(apply_nasa(mp, alpha=0.8, guard=core.Guard(*guard)), pos, neg, cfg=4.0)
+    want = _reference_sample(mp, neg[0][0], 0.8, pos, neg, guard=guard, cfg=4.0)
+    support.check_close(got, want, plain)
+    assert torch.equal(_sample(apply_nasa(mp, alpha=0.8, guard=core.Guard("off")), pos, neg, cfg=4.0), plain)
 
 
 def test_i2v_without_clip_vision_input(env):
