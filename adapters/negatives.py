@@ -156,12 +156,12 @@ class NasaRun:
 
     def __init__(self, default, carried: dict, node: str, schedule: Optional[Schedule] = None,
                  percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None,
-                 guard: Optional[Guard] = None, stream: str = "propagated"):
+                 guard: Optional[Guard] = None, stream: str = "propagated", stream_last: Optional[tuple] = None,
+                 stream_skip: frozenset = frozenset()):
         self.default = _prompt_list(default)
         self.guard = guard if guard is not None and guard.active else None   # None: plain NASA's code path
         self.stream = stream
-        self.stream_last: Optional[tuple] = None
-        self.stream_skip: frozenset = frozenset()
+        self.stream_last, self.stream_skip = stream_last, stream_skip      # see NasaSettings
         self.carried = {uuid: _prompt_list(p) for uuid, p in carried.items()}
         self.node = node
         self.schedule = None if schedule is None or schedule.is_default else schedule
@@ -402,8 +402,7 @@ def build_run(guider, settings: NasaSettings, latent_shape=None) -> NasaRun:
         default = None
     percent_to_sigma = getattr(model_sampling, "percent_to_sigma", None)
     run = NasaRun(default, carried, settings.node, settings.schedule, percent_to_sigma, settings.blocks,
-                  settings.guard, settings.stream)
-    run.stream_last, run.stream_skip = settings.stream_last, settings.stream_skip
+                  settings.guard, settings.stream, settings.stream_last, settings.stream_skip)
     if latent_shape is not None:
         run.latent = tuple(int(s) for s in latent_shape[2:])
         if any(p.mask is not None for ps in [run.default, *run.carried.values()] for p in ps):

@@ -68,8 +68,8 @@ def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=
     negatives = env["negatives"]
     settings = env["sampler_settings"](m)
     run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test", blocks=settings.blocks,
-                            guard=guard, stream=stream)
-    run.stream_last, run.stream_skip = settings.stream_last, settings.stream_skip
+                            guard=guard, stream=stream, stream_last=settings.stream_last,
+                            stream_skip=settings.stream_skip)
     env["flux"].attach_layers(run, m.model)
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
