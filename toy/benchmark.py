@@ -84,10 +84,11 @@ def score(images: torch.Tensor, pair: world.PromptPair) -> Scores:
 class Bench:
     """Loads the shipped models once and samples any (sampler, method, pair) cell."""
 
-    def __init__(self, weights_dir=models.WEIGHTS_DIR, seeds: int = 100, first_seed: int = 1000, log=print):
-        self.loaded = {name: models.load_checkpoint(name, weights_dir) for name in (TEACHER, STUDENT)}
-        self.clip = self.loaded[TEACHER][1]
-        self.vae = self.loaded[TEACHER][2]
+    def __init__(self, weights_dir=models.WEIGHTS_DIR, seeds: int = 100, first_seed: int = 1000, log=print,
+                 names: Sequence[str] = (TEACHER, STUDENT)):
+        self.loaded = {name: models.load_checkpoint(name, weights_dir) for name in names}
+        self.clip = self.loaded[names[0]][1]
+        self.vae = self.loaded[names[0]][2]
         self.seeds = list(range(first_seed, first_seed + seeds))
         self.log = log
         self._cond: Dict[str, list] = {}
@@ -104,8 +105,10 @@ class Bench:
             self._cond[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
         return self._cond[text]
 
-    def images(self, sampler: Sampler, pair: world.PromptPair, method: str, value: Optional[float]) -> torch.Tensor:
-        """method: "none", "cfg" (value = kappa) or "nasa" (value = alpha)."""
+    def images(self, sampler: Sampler, pair: world.PromptPair, method: str, value: Optional[float],
+               nasa_options: Optional[dict] = None) -> torch.Tensor:
+        """method: "none", "cfg" (value = kappa) or "nasa" (value = alpha; ``nasa_options``: more
+        :func:`..adapters.apply_nasa` keywords, e.g. blocks, guard, stream)."""
         import comfy.sample
         model = self.loaded[sampler.model][0]
         negative, cfg = self.cond(""), sampler.base_cfg
@@ -113,7 +116,7 @@ class Bench:
             negative, cfg = self.cond(pair.negative), float(value)
         elif method == "nasa":
             model = apply_nasa(model, negative=self.cond(pair.negative), alpha=float(value), use_sampler_negative=False,
-                               node="toy benchmark")
+                               node="toy benchmark", **(nasa_options or {}))
         elif method != "none":
             raise ValueError(f"unknown method {method!r}")
         latent = torch.zeros_like(self.noise)
@@ -121,8 +124,9 @@ class Bench:
                                   self.cond(pair.positive), negative, latent, disable_pbar=True, seed=self.seeds[0])
         return self.vae.decode(out).movedim(-1, 1).float().clamp(0, 1)
 
-    def cell(self, sampler: Sampler, pairs: Sequence[world.PromptPair], method: str, value=None) -> Tuple[Scores, list]:
-        per_pair = [score(self.images(sampler, p, method, value), p) for p in pairs]
+    def cell(self, sampler: Sampler, pairs: Sequence[world.PromptPair], method: str, value=None,
+             nasa_options: Optional[dict] = None) -> Tuple[Scores, list]:
+        per_pair = [score(self.images(sampler, p, method, value, nasa_options), p) for p in pairs]
         return Scores.mean(per_pair), per_pair
 
 
@@ -194,22 +198,33 @@ def sweep_table(result: Result) -> str:
 
 def grid(bench: Bench, result: Result, path, pairs: Sequence[world.PromptPair] = None, per_row: int = 8) -> None:
     """A labeled PNG: for each pair, one row of ``per_row`` seeds per (sampler, method) of the table."""
-    from PIL import Image, ImageDraw
     pairs = pairs or world.pairs("heldout")[:3]
-    scale, label_w, head = 3, 260, 16
-    cell = world.SIZE * scale
-    rows = [(pair, row) for pair in pairs for row in result.rows]
-    img = Image.new("RGB", (label_w + per_row * cell, len(rows) * (cell + 2) + head * len(pairs)), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    y = 0
-    for pi, pair in enumerate(pairs):
-        draw.text((4, y + 2), f'positive "{pair.positive}"   negative "{pair.negative}"', fill=(0, 0, 0))
-        y += head
+    sections = []
+    for pair in pairs:
+        rows = []
         for row in result.rows:
             sampler = next(s for s in SAMPLERS if s.label == row["sampler"])
-            images = bench.images(sampler, pair, row["key"], row["value"])[:per_row]
-            draw.text((4, y + cell // 2 - 6), f"{row['sampler']}: {row['method']}", fill=(0, 0, 0))
-            for i, im in enumerate(images):
+            rows.append((f"{row['sampler']}: {row['method']}", bench.images(sampler, pair, row["key"], row["value"])[:per_row]))
+        sections.append((f'positive "{pair.positive}"   negative "{pair.negative}"', rows))
+    draw_rows(sections, path, per_row)
+
+
+def draw_rows(sections: Sequence[Tuple[str, Sequence[Tuple[str, torch.Tensor]]]], path, per_row: int = 8,
+              label_w: int = 260) -> None:
+    """Write a PNG of titled sections, each a list of (label, images (B, 3, H, W) in [0, 1]) rows."""
+    from PIL import Image, ImageDraw
+    scale, head = 3, 16
+    cell = world.SIZE * scale
+    n_rows = sum(len(rows) for _, rows in sections)
+    img = Image.new("RGB", (label_w + per_row * cell, n_rows * (cell + 2) + head * len(sections)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    y = 0
+    for title, rows in sections:
+        draw.text((4, y + 2), title, fill=(0, 0, 0))
+        y += head
+        for label, images in rows:
+            draw.text((4, y + cell // 2 - 6), label, fill=(0, 0, 0))
+            for i, im in enumerate(images[:per_row]):
                 arr = (im.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
                 tile = Image.fromarray(arr).resize((cell, cell), Image.NEAREST)
                 img.paste(tile, (label_w + i * cell, y))

@@ -4,6 +4,7 @@
     train-teacher   the multi-step teacher (writes toy_clip + toy_teacher)
     train-student   a one-step student distilled from the teacher image-free: SBv2 or NASA-T (--mode)
     benchmark       the removal table (markdown) and a labeled image grid
+    joint-study     NASA's variants on the FLUX-class toy and the stability guard on both toy models (issue 9)
     ablation        the NASA-T ablation table from students trained with train-student --mode
 """
 from __future__ import annotations
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--checkpoint-every", type=_positive, default=250 if cls is train.TeacherConfig else 100,
                        help="steps between resumable checkpoints (<file>.ckpt next to the output)")
         _add_config(t, cls)
+        if cls is train.TeacherConfig:
+            t.add_argument("--arch", choices=train.ARCHS, default="unet",
+                           help="unet: the SD UNet toy (default); mmdit: the FLUX-class toy (ComfyUI's Flux class, "
+                                "flow matching)")
+            t.add_argument("--weights", default=None,
+                           help="--arch mmdit: folder of the toy CLIP the MMDiT reads (default: the shipped one)")
         if cls is train.StudentConfig:
             t.add_argument("--mode", choices=sorted(vsd.MODES), default=None,
                            help="where the negative prompt enters distillation (sets the three switches): "
@@ -67,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=str(models.WEIGHTS_DIR))
     b.add_argument("--seeds", type=int, default=100, help="seeds per prompt pair (default 100)")
     b.add_argument("--out", default="output/toy_benchmark", help="folder for grid.png and results.json")
+    js = sub.add_parser("joint-study", help="variants x alpha on joint attention, the guard on both toy models")
+    js.add_argument("--worlds", nargs="*", default=["mmdit", "mmdit4", "unet", "unet4"],
+                    help="some of mmdit, mmdit4 (FLUX-class student, 1 and 4 steps), unet, unet4 (default: all)")
+    js.add_argument("--weights", default=str(models.WEIGHTS_DIR))
+    js.add_argument("--seeds", type=_positive, default=100, help="seeds per held-out prompt pair (default 100)")
+    js.add_argument("--out", default="output/joint_study", help="folder for <world>.json and the grids")
+    js.add_argument("--tables-from", nargs="*", default=[], help="earlier <world>.json results to put in the tables")
+    js.add_argument("--grids", action="store_true", help="also write <world>_grid.png: no negative, best, worst")
+    js.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
     return p
 
 
@@ -81,7 +97,7 @@ def main(argv=None) -> int:
         return 0 if min(acc.values()) >= 0.99 else 1
     if args.command == "train-teacher":
         train.train_teacher(args.out, _config(train.TeacherConfig, args), log=log, resume=not args.no_resume,
-                            checkpoint_every=args.checkpoint_every)
+                            checkpoint_every=args.checkpoint_every, arch=args.arch, weights_dir=args.weights)
         return 0
     if args.command == "train-student":
         if args.mode is not None:
@@ -89,6 +105,11 @@ def main(argv=None) -> int:
                 setattr(args, k, on)
         train.train_student(args.out, args.weights or args.out, _config(train.StudentConfig, args), log=log,
                             resume=not args.no_resume, checkpoint_every=args.checkpoint_every, out_file=args.out_file)
+        return 0
+    if args.command == "joint-study":
+        from . import joint_study
+        print(joint_study.main(args.worlds, args.seeds, args.out, args.tables_from, args.grids, args.weights,
+                               resume=not args.no_resume, log=log))
         return 0
     if args.command == "ablation":
         from . import ablation

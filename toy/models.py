@@ -29,6 +29,14 @@ MODEL_FILES = {
     "student NASA-T (one-step)": "toy_student_nasat.safetensors",
 }
 """Loader choices -> UNet files. The CLIP file is shared by all of them."""
+MMDIT_TEACHER = "MMDiT teacher (multi-step)"
+MMDIT_STUDENT = "MMDiT student SBv2 (one-step)"
+MMDIT_FILES = {
+    MMDIT_TEACHER: "toy_mmdit_teacher.safetensors",
+    MMDIT_STUDENT: "toy_mmdit_student_sbv2.safetensors",
+}
+"""Loader choices -> the FLUX-class toy model's files (:mod:`.mmdit`); same CLIP file."""
+ALL_FILES = {**MODEL_FILES, **MMDIT_FILES}
 
 UNET_CONFIG = {
     "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
@@ -154,11 +162,13 @@ class TextEncoder:
     unweighted prompts of one 77-token chunk that is exactly ``clip_l(token ids)``.
     """
 
-    def __init__(self, clip):
+    def __init__(self, clip, pooled: bool = False):
         self.clip = clip
+        self.pooled = pooled
         self.module = clip.cond_stage_model.clip_l
         self._tokens: Dict[str, List[int]] = {}
         self._cache: Dict[str, torch.Tensor] = {}
+        self._pooled: Dict[str, torch.Tensor] = {}
 
     def tokens(self, prompt: str) -> List[int]:
         if prompt not in self._tokens:
@@ -169,12 +179,19 @@ class TextEncoder:
         return self._tokens[prompt]
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str]):
+        """(B, 77, 64) hidden states; with ``pooled`` the FLUX-class model's conds
+        ``{"c_crossattn": hidden, "y": projected pooled (B, 64)}`` (CLIPTextEncode's pooled_output)."""
         new = sorted({p for p in prompts if p not in self._cache})
         if new:
-            for p, c in zip(new, self.module([self.tokens(p) for p in new])[0].float()):
-                self._cache[p] = c
-        return torch.stack([self._cache[p] for p in prompts])
+            out = self.module([self.tokens(p) for p in new])
+            for i, p in enumerate(new):
+                self._cache[p] = out[0][i].float()
+                self._pooled[p] = out[1][i].float()
+        hidden = torch.stack([self._cache[p] for p in prompts])
+        if not self.pooled:
+            return hidden
+        return {"c_crossattn": hidden, "y": torch.stack([self._pooled[p] for p in prompts])}
 
 
 def eps(diffusion_model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -211,26 +228,33 @@ def read_file(path, kind: str, rebuild: str):
                                 f"repository or rebuild them with `python scripts/nasa_toy.py {rebuild}`")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    if meta.get("nasa_toy") != ("clip" if kind == "clip" else "unet"):
+    if meta.get("nasa_toy") not in (("clip",) if kind == "clip" else ("unet", "mmdit")):
         raise ValueError(f"{path} is not a NASA toy {kind} file (metadata nasa_toy={meta.get('nasa_toy')!r})")
     return load_file(str(path)), meta
 
 
 def load_unet(path, rebuild: str = "train-student"):
-    """``(model, info)``: a toy UNet file as a ComfyUI ModelPatcher (frozen)."""
+    """``(model, info)``: a toy diffusion model file (UNet or MMDiT) as a ComfyUI ModelPatcher (frozen)."""
     unet_sd, meta = read_file(path, "unet", rebuild)
-    model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]), prediction=meta.get("prediction", "eps"))
+    if meta["nasa_toy"] == "mmdit":
+        from . import mmdit
+        model = mmdit.build_model(unet_sd, flux_config=json.loads(meta["flux_config"]))
+    else:
+        model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]),
+                            prediction=meta.get("prediction", "eps"))
     model.model.requires_grad_(False)
     return model, json.loads(meta.get("info", "{}"))
 
 
 def load_checkpoint(choice: str, weights_dir=WEIGHTS_DIR):
     """``(model, clip, vae, info)`` of a shipped toy model ("teacher (multi-step)", ...)."""
-    if choice not in MODEL_FILES:
-        raise ValueError(f"unknown toy model {choice!r}; expected one of {list(MODEL_FILES)}")
+    if choice not in ALL_FILES:
+        raise ValueError(f"unknown toy model {choice!r}; expected one of {list(ALL_FILES)}")
     weights_dir = Path(weights_dir)
-    model, info = load_unet(weights_dir / MODEL_FILES[choice],
-                            "train-teacher" if choice.startswith("teacher") else "train-student")
+    rebuild = "train-teacher" if "teacher" in choice else "train-student"
+    if choice in MMDIT_FILES:
+        rebuild += " --arch mmdit"
+    model, info = load_unet(weights_dir / ALL_FILES[choice], rebuild)
     clip_sd, _ = read_file(weights_dir / CLIP_FILE, "clip", "train-teacher")
     clip = build_clip(clip_sd)
     clip.cond_stage_model.requires_grad_(False)

@@ -6,6 +6,7 @@ the student uses nasa_core's SwiftBrush-v2 trainer (:mod:`..nasa_core.vsd`).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,13 @@ from ..nasa_core import toy_world as world
 from . import models
 
 Log = Callable[[str], None]
+ARCHS = ("unet", "mmdit")
+"""The toy world's two diffusion models: the SD UNet (:mod:`.models`) and the FLUX-class MMDiT (:mod:`.mmdit`)."""
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"toy model architecture must be one of {ARCHS}, not {arch!r}")
 
 
 @dataclass
@@ -35,23 +43,35 @@ class TeacherConfig:
 
 
 def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = print, resume: bool = True,
-                  checkpoint_every: int = 250) -> dict:
-    """Train the text encoder's reader, the teacher UNet, on the world; write toy_clip and toy_teacher."""
+                  checkpoint_every: int = 250, arch: str = "unet", weights_dir=None) -> dict:
+    """Train the text encoder's reader, the teacher, on the world; write toy_clip and toy_teacher
+    (``arch`` "unet"), or toy_mmdit_teacher (``arch`` "mmdit": a flow-matching FLUX-class model reading
+    the CLIP of ``weights_dir``, default the shipped one, so both toy models share one text encoder)."""
+    _check_arch(arch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    clip = models.build_clip(seed=config.seed)
+    if arch == "mmdit":
+        from . import mmdit
+        clip_path = Path(weights_dir or models.WEIGHTS_DIR) / models.CLIP_FILE
+        clip_sd, _ = models.read_file(clip_path, "clip", "train-teacher")
+        clip = models.build_clip(clip_sd)
+        if not (out_dir / models.CLIP_FILE).exists():      # the folder then holds all train-student --arch mmdit reads
+            shutil.copyfile(clip_path, out_dir / models.CLIP_FILE)
+        patcher = mmdit.build_model(seed=config.seed)
+    else:
+        clip = models.build_clip(seed=config.seed)
+        patcher = models.build_model(seed=config.seed)
     clip.cond_stage_model.requires_grad_(False)
-    encode = models.TextEncoder(clip)
-    patcher = models.build_model(seed=config.seed)
+    encode = models.TextEncoder(clip, pooled=arch == "mmdit")
     unet = patcher.model.diffusion_model
     unet.requires_grad_(True)
     ac = distill.alphas_cumprod(patcher.model)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     ema = diffusion.EMA(unet, config.ema)
     start, losses = 0, []
-    ckpt = out_dir / "teacher.ckpt"
+    ckpt = out_dir / ("teacher.ckpt" if arch == "unet" else "mmdit_teacher.ckpt")
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -73,8 +93,11 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         for group in opt.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        loss = diffusion.denoising_loss(eps_fn, world.to_model(images), encode(captions), ac, generator,
-                                        offset_noise=config.offset_noise)
+        if arch == "mmdit":
+            loss = mmdit.flow_loss(patcher.model, world.to_model(images), encode(captions), generator)
+        else:
+            loss = diffusion.denoising_loss(eps_fn, world.to_model(images), encode(captions), ac, generator,
+                                            offset_noise=config.offset_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -90,11 +113,16 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
             vsd.save_checkpoint(ckpt, unet=unet.state_dict(), ema=ema.module.state_dict(), ema_steps=ema.steps,
                         opt=opt.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                         step=step + 1, losses=losses)
-    info = {"kind": "teacher", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1),
+    info = {"kind": "teacher", "arch": arch, "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1),
             "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 4)}
-    models.save_clip(out_dir / models.CLIP_FILE, clip, {"seed": config.seed, "trained": False})
-    models.save_unet(out_dir / models.MODEL_FILES["teacher (multi-step)"], ema.module, info)
-    (out_dir / "toy_teacher.losses.json").write_text(json.dumps(losses))
+    if arch == "mmdit":
+        path = out_dir / models.MMDIT_FILES[models.MMDIT_TEACHER]
+        mmdit.save(path, ema.module, info)
+    else:
+        path = out_dir / models.MODEL_FILES["teacher (multi-step)"]
+        models.save_clip(out_dir / models.CLIP_FILE, clip, {"seed": config.seed, "trained": False})
+        models.save_unet(path, ema.module, info)
+    path.with_suffix(".losses.json").write_text(json.dumps(losses))
     if ckpt.is_file():
         ckpt.unlink()
     log(f"teacher: wrote {out_dir} ({info})")
@@ -137,6 +165,7 @@ class StudentConfig:
     alpha_high: float = 1.0
     init: str = ""                 # a toy student file to start from (skips the warm start), e.g. the shipped SBv2 student
     seed: int = 0
+    arch: str = "unet"             # "mmdit": distil the FLUX-class toy (a flow student; prediction is not used)
 
     @property
     def mode(self) -> str:
@@ -148,9 +177,19 @@ def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=
     """nasa_core's SBv2/NASA-T trainer on the toy models, through ComfyUI's own model path
     (:func:`..adapters.distill.comfy_eps`): student = a ComfyUI model of the student's prediction type
     with the teacher's weights (or ``student_state``)."""
+    _check_arch(config.arch)
     teacher = teacher_patcher.model
     state = student_state if student_state is not None else teacher.diffusion_model.state_dict()
-    student = models.build_model(state, prediction=config.prediction).model
+    eps_fn = distill.comfy_eps
+    if config.arch == "mmdit":
+        from . import mmdit
+        student = mmdit.build_model(state).model
+
+        def eps_fn(module, x_t, t, cond, negative=None):
+            with mmdit.trainable():
+                return distill.comfy_eps(module, x_t, t, cond, negative)
+    else:
+        student = models.build_model(state, prediction=config.prediction).model
     for net in (student, teacher):
         net.train(False)           # no dropout anywhere; gradients still flow
     vsd_config = vsd.VSDConfig(student_lr=config.student_lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
@@ -163,11 +202,17 @@ def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=
     lora = vsd.LoRA(teacher, config.lora_rank, config.lora_scale,
                     select=lambda name, m: config.lora_convs or isinstance(m, torch.nn.Linear))
     pool = vsd.NegativePool(world.negative_prompts(), exclude=world.heldout_combinations())
-    return vsd.SBv2Trainer(student, teacher, distill.comfy_eps, models.TextEncoder(clip), distill.alphas_cumprod(teacher),
+    return vsd.SBv2Trainer(student, teacher, eps_fn, models.TextEncoder(clip, pooled=config.arch == "mmdit"),
+                           distill.alphas_cumprod(teacher),
                            (3, world.SIZE, world.SIZE), vsd_config, lora=lora, negatives=pool)
 
 
 def student_file(config: StudentConfig) -> str:
+    if config.arch == "mmdit":
+        if config.student_nasa:
+            raise ValueError("train-student --arch mmdit: NASA-T students are trained for the UNet toy only; "
+                             "give --out-file to name an experimental one")
+        return models.MMDIT_FILES[models.MMDIT_STUDENT]
     return models.MODEL_FILES["student NASA-T (one-step)" if config.student_nasa else "student SBv2 (one-step)"]
 
 
@@ -178,17 +223,21 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    teacher, clip, _, _ = models.load_checkpoint("teacher (multi-step)", weights_dir)
+    _check_arch(config.arch)
+    path = out_dir / (out_file or student_file(config))
+    teacher, clip, _, _ = models.load_checkpoint(models.MMDIT_TEACHER if config.arch == "mmdit" else "teacher (multi-step)",
+                                                 weights_dir)
     init_state = None
     if config.init:
         init_state, meta = models.read_file(config.init, "unet", "train-student")
-        if meta.get("prediction", "eps") != config.prediction:
+        if (meta["nasa_toy"] == "mmdit") != (config.arch == "mmdit"):
+            raise ValueError(f"train-student: --init {config.init} is a {meta['nasa_toy']} file but --arch is {config.arch!r}")
+        if config.arch == "unet" and meta.get("prediction", "eps") != config.prediction:
             raise ValueError(f"train-student: --init {config.init} predicts {meta.get('prediction', 'eps')!r} "
                              f"but --prediction is {config.prediction!r}")
     trainer = student_trainer(teacher, clip, config, init_state)
     warm_steps = 0 if config.init else config.warm_steps
     prompts_rng = torch.Generator().manual_seed(config.seed + 1)
-    path = out_dir / (out_file or student_file(config))
     ckpt = path.with_suffix(".ckpt")
     history = []
     if resume and ckpt.is_file():
@@ -222,7 +271,11 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
         if s % checkpoint_every == 0 and s < config.steps:
             vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
     info = {"kind": f"student_{config.mode}", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
-    models.save_unet(path, trainer.student.diffusion_model, info, config.prediction)
+    if config.arch == "mmdit":
+        from . import mmdit
+        mmdit.save(path, trainer.student.diffusion_model, info)
+    else:
+        models.save_unet(path, trainer.student.diffusion_model, info, config.prediction)
     (path.with_suffix(".losses.json")).write_text(json.dumps(history))
     if ckpt.is_file():
         ckpt.unlink()
