@@ -22,6 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
+from . import models
+
 FLUX_CONFIG = {
     "image_model": "flux", "in_channels": 3, "out_channels": 3, "vec_in_dim": 64, "context_in_dim": 64,
     "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 4, "depth": 2, "depth_single_blocks": 2,
@@ -52,7 +54,6 @@ def model_config(flux_config: Optional[dict] = None):
 
 def _reset(module: torch.nn.Module) -> None:
     """torch's default init (ComfyUI's ops leave parameters empty) and RMSNorm scales of one."""
-    from . import models
     models._reset(module)
     scale = getattr(module, "scale", None)
     if isinstance(scale, torch.nn.Parameter) and type(module).__name__ == "RMSNorm":
@@ -62,20 +63,7 @@ def _reset(module: torch.nn.Module) -> None:
 
 def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, flux_config: Optional[dict] = None):
     """A ComfyUI ModelPatcher around the toy MMDiT: ``state_dict`` (diffusion_model keys) or a seeded init."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    model = model_config(flux_config).get_model({}, "")
-    if state_dict is None:
-        torch.manual_seed(seed)
-        model.diffusion_model.apply(_reset)
-    else:
-        missing, unexpected = model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()},
-                                                                    strict=False)
-        if missing or unexpected:
-            raise ValueError(f"toy MMDiT weights do not match the toy config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return models.patcher(model_config(flux_config).get_model({}, ""), state_dict, seed, _reset, "MMDiT")
 
 
 @contextlib.contextmanager
@@ -102,7 +90,5 @@ def flow_loss(base_model, x0: torch.Tensor, cond: dict, generator: torch.Generat
 
 def save(path, diffusion_model: torch.nn.Module, info: dict) -> None:
     from safetensors.torch import save_file
-
-    from .models import _half
     meta = {"nasa_toy": "mmdit", "flux_config": json.dumps(FLUX_CONFIG), "info": json.dumps(info)}
-    save_file(_half(diffusion_model.state_dict()), str(path), metadata=meta)
+    save_file(models._half(diffusion_model.state_dict()), str(path), metadata=meta)

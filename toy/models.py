@@ -87,18 +87,21 @@ def model_config(unet_config: Optional[dict] = None, prediction: str = "eps"):
 def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, unet_config: Optional[dict] = None,
                 prediction: str = "eps"):
     """A ComfyUI ModelPatcher around the toy UNet: ``state_dict`` (diffusion_model keys) or a seeded init."""
+    return patcher(model_config(unet_config, prediction).get_model({}, ""), state_dict, seed, _reset, "UNet")
+
+
+def patcher(model, state_dict: Optional[Dict[str, torch.Tensor]], seed: int, reset, what: str):
+    """A ComfyUI ModelPatcher around a toy BaseModel: weights from ``state_dict`` or a seeded ``reset`` init."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    config = model_config(unet_config, prediction)
-    model = config.get_model({}, "")
     if state_dict is None:
         torch.manual_seed(seed)
-        model.diffusion_model.apply(_reset)
+        model.diffusion_model.apply(reset)
     else:
         missing, unexpected = model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()},
                                                                     strict=False)
         if missing or unexpected:
-            raise ValueError(f"toy UNet weights do not match the toy config: missing {missing[:5]}, "
+            raise ValueError(f"toy {what} weights do not match the toy config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())

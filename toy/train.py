@@ -17,7 +17,7 @@ import torch
 from ..adapters import distill
 from ..nasa_core import diffusion, vsd
 from ..nasa_core import toy_world as world
-from . import models
+from . import mmdit, models
 
 Log = Callable[[str], None]
 ARCHS = ("unet", "mmdit")
@@ -53,7 +53,6 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if arch == "mmdit":
-        from . import mmdit
         clip_path = Path(weights_dir or models.WEIGHTS_DIR) / models.CLIP_FILE
         clip_sd, _ = models.read_file(clip_path, "clip", "train-teacher")
         clip = models.build_clip(clip_sd)
@@ -182,7 +181,6 @@ def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=
     state = student_state if student_state is not None else teacher.diffusion_model.state_dict()
     eps_fn = distill.comfy_eps
     if config.arch == "mmdit":
-        from . import mmdit
         student = mmdit.build_model(state).model
 
         def eps_fn(module, x_t, t, cond, negative=None):
@@ -272,7 +270,6 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
             vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history)
     info = {"kind": f"student_{config.mode}", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
     if config.arch == "mmdit":
-        from . import mmdit
         mmdit.save(path, trainer.student.diffusion_model, info)
     else:
         models.save_unet(path, trainer.student.diffusion_model, info, config.prediction)
