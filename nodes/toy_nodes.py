@@ -24,19 +24,23 @@ class NASAToyModelLoader(io.ComfyNode):
             display_name="NASA Toy Model Loader",
             category="loaders/nasa",
             description=("Loads the pack's tiny toy-world models (shipped, < 20 MB, no download): a 24x24-pixel "
-                         "text-to-image UNet, ComfyUI's CLIP with the real tokenizer, and the pixel-space VAE. "
+                         "text-to-image UNet or FLUX-class MMDiT (ComfyUI's own Flux model class), ComfyUI's CLIP "
+                         "with the real tokenizer, and the pixel-space VAE. "
                          "Use with the stock KSampler, VAEDecode and SaveImage; an EmptyLatentImage of 192x192 "
                          "is one 24x24 image. Prompts name shapes (circle, square, triangle), colors, size, "
                          "position, background and defects (blurry, noisy, with a stray dot)."),
-            inputs=[io.Combo.Input("model", options=list(models.MODEL_FILES), default="student SBv2 (one-step)",
+            inputs=[io.Combo.Input("model", options=list(models.ALL_FILES), default="student SBv2 (one-step)",
                                    tooltip="teacher: a multi-step model (10 steps, euler, scheduler normal, cfg 3). "
                                            "student SBv2: the one-step model distilled from it SwiftBrush-v2 style "
                                            "(1 or 4 steps, sampler lcm, scheduler sgm_uniform, cfg 1). student "
                                            "NASA-T: the same student fine-tuned with negative prompts inside "
                                            "distillation (NASA-T); sample it the same way, with Apply NASA Attention "
-                                           "for the negative.")],
-            outputs=[io.Model.Output(tooltip="The toy UNet (SD1.5-type model in pixel space: the teacher predicts "
-                                             "eps, the students v)."),
+                                           "for the negative. MMDiT teacher: a FLUX-class flow model (ComfyUI's Flux "
+                                           "class, 2 double + 2 single blocks; 8 steps, euler, scheduler simple, "
+                                           "cfg 3). MMDiT student SBv2: its one-step student (1 or 4 steps, euler, "
+                                           "simple, cfg 1); Apply NASA Attention steers it like FLUX.1-schnell.")],
+            outputs=[io.Model.Output(tooltip="The toy diffusion model: an SD1.5-type UNet in pixel space (the "
+                                             "teacher predicts eps, the students v) or the FLUX-class MMDiT (flow)."),
                      io.Clip.Output(tooltip="The toy text encoder (ComfyUI's SD1 CLIP at 64 wide)."),
                      io.Vae.Output(tooltip="ComfyUI's pixel-space VAE (no weights).")],
         )
