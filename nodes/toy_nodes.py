@@ -23,7 +23,7 @@ class NASAToyModelLoader(io.ComfyNode):
             node_id="NASAToyModelLoader",
             display_name="NASA Toy Model Loader",
             category="loaders/nasa",
-            description=("Loads the pack's tiny toy-world models (shipped, < 20 MB, no download): a 24x24-pixel "
+            description=("Loads the pack's tiny toy-world models (shipped, < 25 MB, no download): a 24x24-pixel "
                          "text-to-image UNet or FLUX-class MMDiT (ComfyUI's own Flux model class), ComfyUI's CLIP "
                          "with the real tokenizer, and the pixel-space VAE. "
                          "Use with the stock KSampler, VAEDecode and SaveImage; an EmptyLatentImage of 192x192 "
