@@ -376,8 +376,19 @@ def _check_toy_image(ui, server, workflow, saved, entry, save):
             (SCREENSHOTS / "toy_workflow.png").write_bytes(shot.read_bytes())
         for path, pixels in pictures.items():
             assert path.exists(), f"{path} missing: run the browser test once with NASA_UPDATE_SCREENSHOTS=1"
-            assert np.array_equal(_pixels(path.read_bytes()), pixels), \
+            committed = _pixels(path.read_bytes())
+            assert _same_picture(committed, pixels), \
                 f"{path} is not what the UI produces now: rerun with NASA_UPDATE_SCREENSHOTS=1"
+
+
+def _same_picture(committed: np.ndarray, produced: np.ndarray) -> bool:
+    """The committed picture is what the UI shows, up to float rounding between CPUs: the same torch build on two
+    machines (different vector units) differs by 1/255 in a few pixels of the toy model's output (measured: 0.035%
+    of the pixels of toy_before_after.png). Any real change of the image moves far more, by far more."""
+    if committed.shape != produced.shape:
+        return False
+    diff = np.abs(committed.astype(np.int16) - produced.astype(np.int16))
+    return int(diff.max()) <= 1 and float((diff > 0).mean()) <= 0.002
 
 
 def _workflow_with(node_type: str) -> Path:
