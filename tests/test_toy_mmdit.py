@@ -209,5 +209,7 @@ def test_study_cli_parses(comfy):
     assert (args.worlds, args.seeds, args.grids, args.tables_from) == (["mmdit"], 3, True, [])
     args = cli.build_parser().parse_args(["train-teacher", "--arch", "mmdit", "--steps", "5"])
     assert (args.arch, args.steps) == ("mmdit", 5)
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["train-teacher", "--arch", "dit"])
+    assert cli.build_parser().parse_args(["train-student", "--arch", "mmdit"]).arch == "mmdit"
+    for command in ("train-teacher", "train-student"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([command, "--arch", "dit"])

@@ -26,6 +26,9 @@ def _add_config(p: argparse.ArgumentParser, cls) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
         elif isinstance(f.default, tuple):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs="+", default=list(f.default))
+        elif f.name == "arch":
+            p.add_argument("--arch", choices=train.ARCHS, default=f.default,
+                           help="unet: the SD UNet toy (default); mmdit: the FLUX-class toy")
         else:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
