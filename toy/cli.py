@@ -27,8 +27,7 @@ def _add_config(p: argparse.ArgumentParser, cls) -> None:
         elif isinstance(f.default, tuple):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs="+", default=list(f.default))
         elif f.name == "arch":
-            p.add_argument("--arch", choices=train.ARCHS, default=f.default,
-                           help="unet: the SD UNet toy (default); mmdit: the FLUX-class toy")
+            continue           # one --arch for both trainers, in build_parser
         else:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
@@ -57,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--checkpoint-every", type=_positive, default=250 if cls is train.TeacherConfig else 100,
                        help="steps between resumable checkpoints (<file>.ckpt next to the output)")
         _add_config(t, cls)
+        t.add_argument("--arch", choices=train.ARCHS, default="unet",
+                       help="unet: the SD UNet toy (default); mmdit: the FLUX-class toy (ComfyUI's Flux class, "
+                            "flow matching)")
         if cls is train.TeacherConfig:
-            t.add_argument("--arch", choices=train.ARCHS, default="unet",
-                           help="unet: the SD UNet toy (default); mmdit: the FLUX-class toy (ComfyUI's Flux class, "
-                                "flow matching)")
             t.add_argument("--weights", default=None,
                            help="--arch mmdit: folder of the toy CLIP the MMDiT reads (default: the shipped one)")
         if cls is train.StudentConfig:
