@@ -159,8 +159,7 @@ def tables(results: Sequence[dict]) -> str:
         out.append("|---|" + "---|" * len(ALPHAS))
         settings: Dict[str, List[dict]] = {}
         for c in r["cells"]:
-            label = c["variant"] if c["guard"] == "off" else f"{c['variant']} + guard {c['guard']}"
-            settings.setdefault(label, []).append(c)
+            settings.setdefault(Setting(c["variant"], c["guard"]).label, []).append(c)
         for label, cells in settings.items():
             row = []
             for c in cells:
@@ -210,12 +209,12 @@ def grid(bench: benchmark.Bench, result: dict, path, pairs: Optional[Sequence[wo
     """A labeled PNG: for two held-out pairs, no negative, the best and the worst setting of the world."""
     w = WORLDS[result["world"]]
     pairs = pairs or world.pairs("heldout")[:2]
-    by_label = {s.variant + "|" + s.guard: s for s in w.settings}
+    by_key = {(s.variant, s.guard): s for s in w.settings}
     sections = []
     for pair in pairs:
         rows = [(f"{w.sampler.label}: no negative", bench.images(w.sampler, pair, "none", None)[:per_row])]
         for tag, c in zip(("best", "worst"), extremes(result)):
-            s = by_label[c["variant"] + "|" + c["guard"]]
+            s = by_key[c["variant"], c["guard"]]
             rows.append((f"{tag}: {s.label}, alpha {c['alpha']:g}",
                          bench.images(w.sampler, pair, "nasa", c["alpha"], s.nasa_options())[:per_row]))
         sections.append((f'positive "{pair.positive}"   negative "{pair.negative}"', rows))

@@ -45,11 +45,7 @@ def _config_class():
 
 
 def model_config(flux_config: Optional[dict] = None):
-    import comfy.model_management as mm
-    config = _config_class()(dict(flux_config or FLUX_CONFIG))
-    config.set_inference_dtype(torch.float32, mm.unet_manual_cast(torch.float32, mm.get_torch_device(),
-                                                                  config.supported_inference_dtypes))
-    return config
+    return models.float32(_config_class()(dict(flux_config or FLUX_CONFIG)))
 
 
 def _reset(module: torch.nn.Module) -> None:

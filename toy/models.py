@@ -73,12 +73,17 @@ PREDICTIONS = ("eps", "v")
 
 
 def model_config(unet_config: Optional[dict] = None, prediction: str = "eps"):
-    import comfy.model_management as mm
     if prediction not in PREDICTIONS:
         raise ValueError(f"toy model prediction must be one of {PREDICTIONS}, not {prediction!r}")
     config = _config_class()(dict(unet_config or UNET_CONFIG))
     config.prediction = prediction
     config.unet_config.update(HEAD_CONFIG)
+    return float32(config)
+
+
+def float32(config):
+    """A toy model config set to run in float32, as ComfyUI's loader sets a checkpoint's inference dtype."""
+    import comfy.model_management as mm
     config.set_inference_dtype(torch.float32, mm.unet_manual_cast(torch.float32, mm.get_torch_device(),
                                                                   config.supported_inference_dtypes))
     return config
