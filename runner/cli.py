@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -301,6 +302,16 @@ def _apply_random_weights(nodes, prompt: dict, spec: str, report: _Report) -> li
 
 # --- running ----------------------------------------------------------------------------------------
 
+def _prompt_executor(execution, server):
+    """ComfyUI's PromptExecutor with the classic cache, built as main.py builds it for ``--cache-classic``:
+    bound by parameter name (0.3.7x added ``cache_args``, which its execute step then reads)."""
+    params = inspect.signature(execution.PromptExecutor).parameters
+    kwargs = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in params:
+        kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return execution.PromptExecutor(server, **kwargs)
+
+
 def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out_dir=None,
                  random_weights: Optional[str] = None, quiet: bool = True, *, comfyui=None,
                  cpu: Optional[bool] = None, verbose_errors: bool = False) -> RunResult:
@@ -356,7 +367,7 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
     report.info(f"executing {len(good_outputs)} output node(s): "
                 + ", ".join(f"{o} ({prompt[o]['class_type']})" for o in sorted(good_outputs)))
     try:
-        executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+        executor = _prompt_executor(execution, server)
         executor.execute(prompt, prompt_id, extra_data, list(good_outputs))
         outputs = (getattr(executor, "history_result", None) or {}).get("outputs", {})
         files = _collect_files(outputs)

@@ -122,8 +122,8 @@ def bootstrap(comfy_dir, cpu: Optional[bool] = None, pytorch_attention: Optional
     if pytorch_attention:
         args.use_pytorch_cross_attention = True
 
-    from . import torchvision_standin
-    torchvision_standin.install("(headless NASA run)")
+    from . import standins
+    standins.install("(headless NASA run)")
 
     import comfy.model_management  # noqa: F401  (reads args.cpu)
     nodes = importlib.import_module("nodes")

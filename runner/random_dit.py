@@ -229,9 +229,12 @@ def _shrink_vision_tower(clip_model, width: int, dtype) -> None:
 
 # A key of each real VAE file, with its shape there: ComfyUI's VAE() picks the class, the latent
 # channels, the scale factors and the working dtypes from it.
-_VAE_MARKERS = {
-    "flux16": ("decoder.conv_in.weight", (512, 16, 3, 3)),          # FLUX ae / SD3 / Lumina 2 VAE
-    "wan21": ("decoder.middle.0.residual.0.gamma", (384, 1, 1, 1)),  # Wan 2.1 VAE (also Qwen-Image's)
+_VAE_MARKERS = {   # kind -> the real VAE file's keys (with their shapes) ComfyUI's VAE detection reads
+    "flux16": {"decoder.conv_in.weight": (512, 16, 3, 3)},          # FLUX ae / SD3 / Lumina 2 VAE
+    "wan21": {"decoder.middle.0.residual.0.gamma": (384, 1, 1, 1),  # Wan 2.1 VAE (also Qwen-Image's); ComfyUI
+              "decoder.head.0.gamma": (96, 1, 1, 1),               # 0.3.7x+ also reads its width and image/output
+              "encoder.conv1.weight": (96, 3, 3, 3, 3),            # channels from these
+              "decoder.head.2.weight": (3, 96, 3, 3, 3)},
 }
 _WAN_TINY_DIM = 16
 
@@ -260,9 +263,8 @@ def build_vae(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     kind = _pipeline(family).vae
     if kind == "sd4":
         return rm.build_vae("tiny", dtype, seed)
-    key, shape = _VAE_MARKERS[kind]
     with _no_missing_key_warning():
-        vae = comfy.sd.VAE(sd={key: torch.zeros(shape)}, dtype=dtype)
+        vae = comfy.sd.VAE(sd={key: torch.zeros(shape) for key, shape in _VAE_MARKERS[kind].items()}, dtype=dtype)
     probe = vae.first_stage_model
     if kind == "wan21":
         tiny = type(probe)(dim=_WAN_TINY_DIM, z_dim=probe.z_dim, dim_mult=probe.dim_mult, num_res_blocks=1,

@@ -438,6 +438,33 @@ FLUX_FULL_WIDTH = dict(image_model="flux", in_channels=16, out_channels=16, vec_
                        axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
 
 
+# What ComfyUI's own checkpoint detection (comfy/model_detection.py) writes into the config of the checkpoints the
+# tiny models imitate (FLUX.1, Chroma, Chroma Radiance, HunyuanVideo 1.0), for parameters that newer ComfyUI versions
+# added to the model's params dataclass without a default: image_model -> (module, dataclass, values).
+DETECTED_PARAMS = {
+    "flux": ("comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": [], "yak_mlp": False, "txt_norm": False}),
+    "chroma": ("comfy.ldm.chroma.model", "ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}),
+    "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams",
+                        {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "use_sequential_txt_ids": False}),
+    "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams",
+                      {"use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False}),
+}
+
+
+def detected_config(config: dict) -> dict:
+    """``config`` completed as the running ComfyUI's detection completes a real checkpoint's: the
+    :data:`DETECTED_PARAMS` values of its image_model that this version's params dataclass declares and
+    ``config`` does not set (one table serves every ComfyUI version)."""
+    import dataclasses
+    import importlib
+    entry = DETECTED_PARAMS.get(config.get("image_model"))
+    if entry is None:
+        return dict(config)
+    module, name, values = entry
+    declared = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    return {**{k: v for k, v in values.items() if k in declared}, **config}
+
+
 def build_diffusion_model(config_class: str, config: dict, dtype: torch.dtype = torch.float32, seed: int = 0,
                           std_scale: Optional[dict] = None, scope: str = "dit"):
     """A ComfyUI ModelPatcher around ``comfy.supported_models.<config_class>(config)``'s model with
@@ -447,7 +474,7 @@ def build_diffusion_model(config_class: str, config: dict, dtype: torch.dtype = 
     import comfy.supported_models as sm
     if dtype not in _BUILD_DTYPES:
         raise ValueError(f"unsupported dtype {dtype}; expected one of {_BUILD_DTYPES}")
-    model_config = getattr(sm, config_class)(dict(config))
+    model_config = getattr(sm, config_class)(detected_config(config))
     manual_cast = mm.unet_manual_cast(dtype, mm.get_torch_device(), model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model({}, "")

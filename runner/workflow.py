@@ -63,7 +63,8 @@ def workflow_format(data: dict) -> str:
 
 # --- node definitions ----------------------------------------------------------------------------
 
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "DYNAMIC_COMBO")
+DYNAMIC_COMBO_TYPES = ("COMFY_DYNAMICCOMBO_V3",)   # V3 DynamicCombo: a combo whose choice brings its own inputs
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "model_upload", "file_upload")
 UPLOAD_VALUES = ("image", "video", "audio", "upload", "file", "model", "", None)
@@ -73,11 +74,20 @@ SEED_NAMES = ("seed", "noise_seed")
 @dataclass
 class WidgetSpec:
     name: str
-    type: str            # INT, FLOAT, STRING, BOOLEAN or COMBO
+    type: str            # INT, FLOAT, STRING, BOOLEAN, COMBO or DYNAMIC_COMBO
     optional: bool
     control: bool        # the frontend stores a control_after_generate value after it
     filter_list: bool    # ... and, for a COMBO with control, a control_filter_list value
     upload: bool         # an upload button whose value ("image") is stored too
+    options: Optional[dict] = None   # DYNAMIC_COMBO: choice -> its inputs ({"required": ..., "optional": ...})
+
+    def chosen(self, value, node_id, class_type) -> list:
+        """The widgets a DYNAMIC_COMBO's choice ``value`` adds right after it, named ``<name>.<input>`` as
+        ComfyUI's V3 schema names them (their values follow the combo's in ``widgets_values``)."""
+        if value not in self.options:
+            raise WorkflowError(f"node {node_id} ({class_type}): '{self.name}' is {value!r}; this ComfyUI offers "
+                                f"{', '.join(map(repr, self.options))}. Open the workflow in ComfyUI and save it again.")
+        return _specs(_input_entries(self.options[value]), f"{self.name}.")
 
     def extras(self) -> int:
         return int(self.control) + int(self.filter_list) + int(self.upload)
@@ -97,8 +107,20 @@ def _type_name(t) -> Optional[str]:
     if isinstance(t, (list, tuple)):
         return "COMBO"
     if isinstance(t, str):
-        return str.__str__(t) if type(t) is not str else t
+        t = str.__str__(t) if type(t) is not str else t
+        return "DYNAMIC_COMBO" if t in DYNAMIC_COMBO_TYPES else t
     return None
+
+
+def _input_entries(spec: dict) -> list[tuple[str, str, Any, dict]]:
+    out = []
+    for category in ("required", "optional"):
+        for name, info in ((spec or {}).get(category) or {}).items():
+            if not isinstance(info, (list, tuple)) or not info:
+                continue
+            opts = info[1] if len(info) > 1 and isinstance(info[1], dict) else {}
+            out.append((name, category, info[0], opts))
+    return out
 
 
 def input_definitions(class_def) -> list[tuple[str, str, Any, dict]]:
@@ -107,31 +129,30 @@ def input_definitions(class_def) -> list[tuple[str, str, Any, dict]]:
         spec = class_def.INPUT_TYPES()
     except Exception as e:  # a broken custom node: report, do not crash
         raise WorkflowError(f"{getattr(class_def, '__name__', class_def)}.INPUT_TYPES() failed: {e}") from None
-    out = []
-    for category in ("required", "optional"):
-        for name, info in (spec.get(category) or {}).items():
-            if not isinstance(info, (list, tuple)) or not info:
-                continue
-            opts = info[1] if len(info) > 1 and isinstance(info[1], dict) else {}
-            out.append((name, category, info[0], opts))
-    return out
+    return _input_entries(spec)
 
 
-def widget_specs(class_def) -> list[WidgetSpec]:
-    """The widgets the frontend creates for a node class, in the order of ``widgets_values``."""
+def _specs(entries, prefix: str = "") -> list[WidgetSpec]:
     specs = []
-    for name, category, raw_type, opts in input_definitions(class_def):
+    for name, category, raw_type, opts in entries:
         t = _type_name(raw_type)
-        if t not in WIDGET_TYPES or opts.get("forceInput"):
+        if t not in WIDGET_TYPES or opts.get("forceInput") or opts.get("hidden"):
             continue
         control = opts.get("control_after_generate")
         if control is None:
             control = t == "INT" and name in SEED_NAMES
         control = bool(control) and t in ("INT", "FLOAT", "COMBO")
         upload = any(opts.get(flag) for flag in UPLOAD_FLAGS)
-        specs.append(WidgetSpec(name=name, type=t, optional=category == "optional", control=control,
-                                filter_list=control and t == "COMBO", upload=upload))
+        options = {o["key"]: o.get("inputs") or {} for o in opts.get("options") or []} if t == "DYNAMIC_COMBO" else None
+        specs.append(WidgetSpec(name=prefix + name, type=t, optional=category == "optional", control=control,
+                                filter_list=control and t == "COMBO", upload=upload, options=options))
     return specs
+
+
+def widget_specs(class_def) -> list[WidgetSpec]:
+    """The widgets the frontend creates for a node class, in the order of ``widgets_values`` (a V3
+    DynamicCombo's chosen inputs follow it: :meth:`WidgetSpec.chosen`)."""
+    return _specs(input_definitions(class_def))
 
 
 def input_names(class_def) -> list[str]:
@@ -151,22 +172,31 @@ def map_widget_values(node_id, class_type, specs: list[WidgetSpec], values) -> d
     if values is None:
         values = []
     if isinstance(values, dict):
-        return {s.name: values[s.name] for s in specs if s.name in values}
+        out, queue = {}, list(specs)
+        while queue:
+            spec = queue.pop(0)
+            if spec.name in values:
+                out[spec.name] = values[spec.name]
+                if spec.options is not None:
+                    queue[:0] = spec.chosen(values[spec.name], node_id, class_type)
+        return out
     if not isinstance(values, list):
         raise _widget_error(node_id, class_type, specs, values, "widgets_values is neither a list nor an object")
-    n_plain = len(specs)
-    n_full = n_plain + sum(s.extras() for s in specs)
+    n_full = len(specs) + sum(s.extras() for s in specs)
     exact = len(values) == n_full  # every frontend extra is stored: consume them by position
-    out, i = {}, 0
-    for k, spec in enumerate(specs):
+    out, i, queue = {}, 0, list(specs)
+    while queue:
+        spec = queue.pop(0)
         if i >= len(values):
-            if all(s.optional for s in specs[k:]):
+            if spec.optional and all(s.optional for s in queue):
                 break  # trailing optional widgets missing: the node's defaults apply
             raise _widget_error(node_id, class_type, specs, values,
                                 f"widgets_values has {len(values)} values, too few (no value for '{spec.name}')")
         out[spec.name] = values[i]
         i += 1
-        remaining_plain = n_plain - k - 1
+        if spec.options is not None:        # a DynamicCombo: its choice's widgets come next
+            queue[:0] = spec.chosen(values[i - 1], node_id, class_type)
+        remaining_plain = len(queue)
 
         def can_skip():
             return i < len(values) and len(values) - i > remaining_plain

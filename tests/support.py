@@ -5,7 +5,17 @@ against a reference. Each family's independent reference of the formula stays in
 """
 from __future__ import annotations
 
+import pytest
 import torch
+
+MISSING_FAMILY = "model family missing in this ComfyUI"
+"""The one skip reason CI accepts with a ComfyUI found (tests/conftest.py)."""
+
+
+def skip_missing_family(family: str, needs: str) -> None:
+    """Skip a test of ``family`` on a ComfyUI version that lacks it; ``needs``: what is missing (a class name)."""
+    import comfyui_version
+    pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {comfyui_version.__version__})")
 
 
 def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="simple", seed=1, noise=None,
@@ -151,3 +161,17 @@ def head_major_attention(q, k, v, heads, mask=None):
     out = nasa_core.attention(q, k, v, heads, mask)
     b, lq, c = out.shape
     return out.reshape(b, lq, heads, c // heads).transpose(1, 2)
+
+
+def steered_layers(model) -> frozenset:
+    """The layers ((group, index)) NASA steered in the last sampling run of ``model`` (a patched clone): what
+    its sampler wrapper recorded."""
+    import comfy.patcher_extension as pe
+    wrappers = model.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, "nasa")
+    assert len(wrappers) == 1, f"expected NASA's one sampler wrapper, found {len(wrappers)}"
+    return wrappers[0].last_steered
+
+
+def all_layers(adapter, model) -> frozenset:
+    """Every (group, index) layer the adapter's block selection may name: what a canary expects steered."""
+    return frozenset((group, i) for group, indices in adapter.block_groups(model).items() for i in indices)

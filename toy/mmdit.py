@@ -23,6 +23,7 @@ from typing import Dict, Optional
 import torch
 
 from . import models
+from ..runner.random_models import detected_config
 
 FLUX_CONFIG = {
     "image_model": "flux", "in_channels": 3, "out_channels": 3, "vec_in_dim": 64, "context_in_dim": 64,
@@ -33,19 +34,20 @@ FLUX_CONFIG = {
 
 
 def _config_class():
-    import comfy.latent_formats
     import comfy.supported_models
 
     class ToyPixelFlux(comfy.supported_models.FluxSchnell):
         """FLUX.1-schnell's model class and flow schedule (shift 1), in pixel space."""
-        latent_format = comfy.latent_formats.ChromaRadiance
+        latent_format = models.latent_format()
         unet_config = {}
 
     return ToyPixelFlux
 
 
 def model_config(flux_config: Optional[dict] = None):
-    return models.float32(_config_class()(dict(flux_config or FLUX_CONFIG)))
+    """The toy's FLUX config (or the one a weights file's metadata holds), completed for the running ComfyUI
+    as its checkpoint detection completes a FLUX.1 checkpoint's (e.g. ``txt_ids_dims`` from 0.3.7x on)."""
+    return models.float32(_config_class()(detected_config(dict(flux_config or FLUX_CONFIG))))
 
 
 def _reset(module: torch.nn.Module) -> None:

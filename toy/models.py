@@ -7,14 +7,16 @@
   noise schedule (teacher eps-prediction, student v-prediction), 32 base channels, levels 24/12/6 px
   with cross-attention on the two lower levels and the middle block (7 cross-attention layers);
 * "VAE": ComfyUI's pixel-space VAE (``comfy.sd.VAE`` with ``pixel_space_vae``): the model works
-  directly on 24x24 RGB pixels, latent format ChromaRadiance's identity 3-channel format. A stock
-  EmptyLatentImage of 192x192 is a 24x24 latent (ComfyUI divides by 8 and fills the channels).
+  directly on 24x24 RGB pixels, latent format ChromaRadiance's identity 3-channel format declared 8x
+  downscaled (:func:`latent_format`): a stock EmptyLatentImage of 192x192 is a 24x24 latent on every ComfyUI
+  version (ComfyUI divides by 8 and fills the channels).
 
 Weights are safetensors files in ``toy/weights`` (float16 on disk, float32 in memory); each
 file's metadata holds its configs, so :func:`load_checkpoint` needs nothing else.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -52,13 +54,26 @@ TEXT_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads
                "num_hidden_layers": 2, "projection_dim": 64}
 
 
-def _config_class():
+@functools.lru_cache(maxsize=None)
+def latent_format():
+    """The toy models' latent format: ChromaRadiance's identity RGB format, declared 8x smaller than the image
+    size an EmptyLatentImage is asked for. ComfyUI 0.3.64 always divides that size by 8; from 0.3.7x on it
+    divides by the model's ``spacial_downscale_ratio`` (1 for a real pixel-space model), so this declaration
+    keeps "EmptyLatentImage 192x192 = the toy's 24x24 pixels" on every version."""
     import comfy.latent_formats
+
+    class ToyPixels(comfy.latent_formats.ChromaRadiance):
+        spacial_downscale_ratio = 8
+
+    return ToyPixels
+
+
+def _config_class():
     import comfy.supported_models
 
     class ToyPixelSD(comfy.supported_models.SD15):
         """SD1.5's noise schedule, in pixel space; eps- or v-prediction (``prediction``)."""
-        latent_format = comfy.latent_formats.ChromaRadiance
+        latent_format = latent_format()
         unet_config = {}
         prediction = "eps"
 

@@ -3,11 +3,12 @@ server it starts, and Chromium.
 
 * Python packages: ComfyUI's server and frontend as the found ComfyUI checkout pins them in its own
   requirements.txt (comfyui-frontend-package, comfyui-workflow-templates, comfyui-embedded-docs), the server's
-  other dependencies and Playwright (tests/browser/requirements.txt); installed from PyPI into the running
-  interpreter's environment when missing.
-* Chromium: Debian's package (``/usr/bin/chromium``), installed with apt-get when missing and this process may
-  (root); or any Chromium named by ``NASA_CHROMIUM``. Browser drivers that download their own browser are not
-  used.
+  other dependencies and Playwright (tests/browser/requirements.txt).
+* Chromium: Debian's package (``/usr/bin/chromium``), or any Chromium named by ``NASA_CHROMIUM``. Browser
+  drivers that download their own browser are not used.
+
+The test installs nothing: ``python tests/browser/install.py COMFYUI_DIR`` (run by ``.ci/run`` for each
+ComfyUI) installs both; the test reports what is missing with that command.
 * The server: ComfyUI's own main.py (through tests/browser/serve.py) on a free loopback port, with a fresh base
   directory whose custom_nodes holds a copy of this pack's tracked files, as a user's install would.
 """
@@ -95,16 +96,25 @@ def _pip_install(requirements: List[str], *flags: str) -> None:
         raise RuntimeError(f"browser test: could not install {requirements} ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
 
 
-def ensure_python_packages(comfy_dir: Path) -> List[str]:
-    """pip-install what the server, the frontend and Playwright need and is missing; returns what was installed."""
-    wanted = comfy_frontend_pins(comfy_dir) + requirement_lines(HERE / "requirements.txt")
-    missing = [r for r in wanted if not _satisfied(r)]
-    if missing:
-        _pip_install(missing)
-    missing_no_deps = [r for r in NO_DEPS if not _satisfied(r)]
-    if missing_no_deps:
-        _pip_install(missing_no_deps, "--no-deps")
-    return missing + missing_no_deps
+def wanted_python_packages(comfy_dir: Path) -> List[str]:
+    """What the server, the frontend and Playwright need for this ComfyUI checkout (its own frontend pins)."""
+    return comfy_frontend_pins(comfy_dir) + requirement_lines(HERE / "requirements.txt") + list(NO_DEPS)
+
+
+def missing_python_packages(comfy_dir: Path) -> List[str]:
+    return [r for r in wanted_python_packages(comfy_dir) if not _satisfied(r)]
+
+
+def install_python_packages(comfy_dir: Path) -> List[str]:
+    """pip-install what :func:`missing_python_packages` lists (setup only: tests never install); returns it."""
+    missing = missing_python_packages(comfy_dir)
+    with_deps = [r for r in missing if r not in NO_DEPS]
+    if with_deps:
+        _pip_install(with_deps)
+    no_deps = [r for r in missing if r in NO_DEPS]
+    if no_deps:
+        _pip_install(no_deps, "--no-deps")
+    return missing
 
 
 # --------------------------------------------------------------------------------------------- chromium
@@ -118,17 +128,16 @@ def find_chromium() -> Optional[Path]:
     return None
 
 
-def ensure_chromium() -> Path:
-    """Debian's Chromium, installed with apt-get when missing (root only)."""
+def install_chromium() -> Path:
+    """Debian's Chromium, installed with apt-get when missing (setup only, root: tests never install)."""
     found = find_chromium()
     if found:
         return found
-    how = ("install Debian's Chromium (`apt-get install chromium`) or point NASA_CHROMIUM at a Chromium binary; "
-           "set NASA_SKIP_BROWSER=1 to skip the browser test on purpose")
+    how = "install Debian's Chromium (`apt-get install chromium`) or point NASA_CHROMIUM at a Chromium binary"
     if os.environ.get("NASA_CHROMIUM"):
-        raise RuntimeError(f"browser test: NASA_CHROMIUM={os.environ['NASA_CHROMIUM']} does not exist; {how}")
+        raise RuntimeError(f"NASA_CHROMIUM={os.environ['NASA_CHROMIUM']} does not exist; {how}")
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        raise RuntimeError(f"browser test: no Chromium found and apt-get is not usable here (needs root); {how}")
+        raise RuntimeError(f"no Chromium found and apt-get is not usable here (needs root); {how}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
     done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=1200)
@@ -137,8 +146,23 @@ def ensure_chromium() -> Path:
         done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=1200)
     found = find_chromium()
     if done.returncode != 0 or not found:
-        raise RuntimeError(f"browser test: `{' '.join(install)}` failed:\n{done.stderr[-3000:]}\n{how}")
+        raise RuntimeError(f"`{' '.join(install)}` failed:\n{done.stderr[-3000:]}\n{how}")
     return found
+
+
+def setup_command(comfy_dir: Path) -> str:
+    """The command that installs what the browser test needs for this ComfyUI (tests/browser/install.py)."""
+    return f"python tests/browser/install.py {comfy_dir}"
+
+
+def missing_setup(comfy_dir: Path) -> Optional[str]:
+    """What the browser test lacks here and the command that installs it, or None when nothing is missing."""
+    missing = missing_python_packages(comfy_dir)
+    lacks = ([f"Python packages {', '.join(missing)}"] if missing else []) + \
+        ([] if find_chromium() else ["Chromium (Debian's package, or NASA_CHROMIUM)"])
+    if not lacks:
+        return None
+    return f"missing {' and '.join(lacks)}; run `{setup_command(comfy_dir)}` in this environment"
 
 
 # --------------------------------------------------------------------------------------------- the pack

@@ -2,10 +2,10 @@
 
 Usage: python serve.py COMFYUI_DIR [main.py arguments...]
 
-The only thing added to a plain ``python main.py``: where torchvision cannot be imported (this CPU machine
-has no torchvision wheel for its torch), the pack's torchvision stand-in is registered first. ComfyUI
-imports torchvision at module-import time for Cascade/Cosmos/ACE code the test never runs; the stand-in
-raises if anything calls it (runner/torchvision_standin.py). With a real torchvision it does nothing.
+The only thing added to a plain ``python main.py``: where torchvision or torchaudio cannot be imported (this
+CPU machine has no wheel of either for its torch), the pack's stand-in is registered first. ComfyUI imports
+them at module-import time for Cascade/Cosmos/ACE and audio code the test never runs; a stand-in raises if
+anything calls it (runner/standins.py). With the real packages it does nothing.
 """
 import importlib.util
 import logging
@@ -21,15 +21,16 @@ def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python serve.py COMFYUI_DIR [main.py arguments...]")
     comfy_dir = Path(sys.argv[1]).resolve()
-    spec = importlib.util.spec_from_file_location("nasa_torchvision_standin", PACK_ROOT / "runner" / "torchvision_standin.py")
+    spec = importlib.util.spec_from_file_location("nasa_standins", PACK_ROOT / "runner" / "standins.py")
     standin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(standin)
     quiet = logging.NullHandler()       # the stand-in's own warning must not configure logging before ComfyUI does
     logging.getLogger().addHandler(quiet)
     try:
-        if standin.install("(browser-test server launcher)"):
-            print("[tests/browser/serve.py] torchvision is not importable here: registered the pack's torchvision "
-                  "stand-in before starting ComfyUI", file=sys.stderr, flush=True)
+        installed = standin.install("(browser-test server launcher)")
+        if installed:
+            print(f"[tests/browser/serve.py] {' and '.join(installed)} not importable here: registered the pack's "
+                  f"stand-in before starting ComfyUI", file=sys.stderr, flush=True)
     finally:
         logging.getLogger().removeHandler(quiet)
     os.chdir(comfy_dir)
