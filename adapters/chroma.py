@@ -34,7 +34,8 @@ import functools
 from typing import Optional
 
 from . import flux, joint
-from .negatives import attach_model
+from .binding import wrapped_call
+from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "Chroma"
 JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
@@ -48,7 +49,15 @@ def _chroma_classes():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) in _chroma_classes()
+    """A Chroma config on ComfyUI's Chroma or Chroma Radiance class whose text positions are zeros: Radiance
+    checkpoints made after 2026-05 give text tokens sequential RoPE positions (``use_sequential_txt_ids``),
+    which the negative stream does not model yet."""
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    return (type(dm) in _chroma_classes() and isinstance(getattr(base, "model_config", None), sm.Chroma)
+            and not getattr(dm.params, "use_sequential_txt_ids", False)
+            and all(getattr(b, "txt_mod", None) is None for b in dm.double_blocks))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -74,10 +83,28 @@ def _single_prepare(block, mod):
     return flux.text_stream_single(block, lambda s: _rows(mod, s.rows))
 
 
+def _check_text_positions(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: Chroma Radiance's text RoPE positions can be switched to sequential per run
+    (ChromaRadianceOptions' ``force_sequential_txt_ids``); the negative stream assumes the zeros of every other
+    Chroma, so such a run is refused instead of steered with the wrong positions."""
+    dm = executor.class_obj
+    call = wrapped_call(executor, args, kwargs, f"{type(dm).__name__}._forward", needs=("transformer_options",))
+    options = call["transformer_options"]
+    override = getattr(dm, "radiance_get_override_params", None)
+    if isinstance(options, dict) and options.get(RUN_KEY) is not None and override is not None and \
+            getattr(override(options.get("chroma_radiance_options", {})), "use_sequential_txt_ids", False):
+        raise ValueError(f"{options[RUN_KEY].node}: this Chroma Radiance run gives text tokens sequential positions "
+                         f"(ChromaRadianceOptions' force_sequential_txt_ids), which NASA does not support yet. Turn "
+                         f"that option off, or bypass the NASA node for this model.")
+    return executor(*args, **kwargs)
+
+
 def install(model_patcher) -> int:
-    return joint.install_double_single(
+    count = joint.install_double_single(
         model_patcher, functools.partial(flux.make_double, prepare_for=_double_prepare, family="Chroma"),
         functools.partial(flux.make_single, prepare_for=_single_prepare, family="Chroma"))
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", _check_text_positions)
+    return count
 
 
 block_groups = joint.double_single_groups

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from . import joint
+from .binding import wrapped_call
 from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "FLUX.1"
@@ -37,7 +38,21 @@ def _flux_class():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _flux_class()
+    """A FLUX.1 config (dev, schnell, Fill, Kontext and configs built on them) on ComfyUI's FLUX.1 model
+    class, with FLUX.1's structure. ComfyUI builds FLUX.2 / Klein, LongCat-Image and Ovis on the same
+    ``Flux`` class; they differ in what NASA relies on: text RoPE ids (``txt_ids_dims``: text positions are
+    no longer zeros), shared modulation (``global_modulation``), the text norm and the MLP."""
+    import comfy.model_base
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    if type(dm) is not _flux_class() or type(base) is not comfy.model_base.Flux \
+            or not isinstance(getattr(base, "model_config", None), sm.Flux):
+        return False
+    p = dm.params
+    return (not getattr(p, "txt_ids_dims", None) and not getattr(p, "global_modulation", False)
+            and not getattr(p, "txt_norm", False) and not getattr(p, "yak_mlp", False)
+            and p.vec_in_dim is not None and all(hasattr(b, "txt_mod") for b in dm.double_blocks))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -187,13 +202,15 @@ def flop_layers(model_patcher, latent, modulated: bool = True) -> tuple:
 
 
 def _image_tokens_wrapper(executor, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: Flux._forward(x, timestep, context, y, guidance, ref_latents, control,
-    transformer_options); the generated image has ceil(h/p) * ceil(w/p) tokens, Kontext references follow."""
-    x = args[0]
-    options = args[7] if len(args) > 7 else kwargs.get("transformer_options")
-    if options is not None:
+    """DIFFUSION_MODEL wrapper around Flux._forward (arguments bound by name): the generated image has
+    ceil(h/p) * ceil(w/p) tokens, Kontext references follow. Records it in a copy of transformer_options."""
+    call = wrapped_call(executor, args, kwargs, "Flux._forward", needs=("x", "transformer_options"))
+    x, options = call["x"], call["transformer_options"]
+    if isinstance(options, dict) and options.get(RUN_KEY) is not None:
         p = executor.class_obj.patch_size
-        options[IMAGE_TOKENS_KEY] = ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)
+        call["transformer_options"] = {**options,
+                                       IMAGE_TOKENS_KEY: ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)}
+        return call.invoke(executor)
     return executor(*args, **kwargs)
 
 

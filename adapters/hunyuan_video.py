@@ -1,34 +1,47 @@
 """HunyuanVideo adapter: T2V, I2V (concat, replace and reference-latent guidance), SkyReels I2V
 (``comfy.ldm.hunyuan_video``).
 
-HunyuanVideo uses FLUX's double and single block classes with the image FIRST in the joint
-sequence ([video; text]) and embeds its text with a token refiner (``txt_in``: two self-attention
-blocks modulated by the timestep and the prompt's mean token). NASA's negative flows through the
-text-stream weights as a stream of its own (see :mod:`.joint`):
+HunyuanVideo uses FLUX's double and single block classes on a joint sequence of text and video tokens
+and embeds its text with a token refiner (``txt_in``: two self-attention blocks modulated by the
+timestep and the prompt's mean token). NASA's negative flows through the text-stream weights as a
+stream of its own (see :mod:`.joint`):
 
 * embedded per forward by ``txt_in`` exactly as the model embeds the prompt: the same timestep
-  (each row's own), no mask (the negative has no padding; ComfyUI 0.3.64 encodes a single prompt
-  unpadded and drops an all-ones mask); text RoPE ids are zeros, so nothing to rotate;
-* double and single blocks: FLUX's text-stream steps (:func:`.flux._double_prepare` /
-  :func:`.flux._single_prepare`, the same classes) with the row's ``vec`` (timestep + guidance +
-  pooled CLIP-L of the positive). With a guiding frame (I2V "v2 (replace)") ``vec`` holds one
-  vector per token group and the text uses the last group's, as the blocks do;
+  (each row's own), no mask (the negative has no padding; ComfyUI encodes a single prompt unpadded
+  and drops an all-ones mask); text RoPE ids are zeros, so nothing to rotate;
+* double and single blocks: FLUX's text-stream steps (:func:`.flux.text_stream_double` /
+  :func:`.flux.text_stream_single`, the same classes) with the row's ``vec`` (timestep + guidance +
+  pooled CLIP-L of the positive). With a guiding frame (I2V "v2 (replace)") ``vec`` holds one vector
+  per token group and ``modulation_dims`` assigns groups to sequence positions; each negative token
+  takes the group of the position the text has there, as ComfyUI's ``apply_mod`` modulates the
+  text (where the text comes first, the single blocks' first frame's worth of positions is text);
 * every block's joint attention subtracts alpha * softmax(Q_vid K-^T) V- on the generated video's
   query rows only. Conditioning tokens are keys the negative stream attends to but are never
   steered: the reference latent's tokens (prepended, "custom" I2V) and the guiding frame's tokens
   (the first latent frame, which the model modulates as a clean frame, "v2 (replace)").
   The positive's text mask stays on the positive's own attention.
 
-Hooks: a ``DIFFUSION_MODEL`` wrapper that starts the negative streams (the token refiner needs the
-timestep, which blocks are not given) and records where the video tokens are, and a ``"dit"``
-replace per double and single block (chaining any replace installed before).
-HunyuanImage 2.1 (same diffusion-model class, ByT5 glyph tokens, 2D patches) is not covered.
+The joint order changed in ComfyUI: [video; text] in older releases (0.3.64:
+``DoubleStreamBlock(flipped_img_txt=True)``, single blocks on ``cat(img, txt)``), [text; video] in newer
+ones (0.33). It is read from the model, never from a version: the double blocks' ``flipped_img_txt``; the
+first single block's sequence compared with the last double block's outputs, and ComfyUI's ``img_slice``
+where given. An order NASA cannot establish is an error.
+
+Hooks: a ``DIFFUSION_MODEL`` wrapper (arguments bound by name, :mod:`.binding`) that starts the negative
+streams (the token refiner needs the timestep, which blocks are not given) and records where the video
+tokens are, and a ``"dit"`` replace per double and single block (chaining any replace installed before).
+Only HunyuanVideo 1.0 is claimed (:func:`matches`): HunyuanVideo 1.5 and HunyuanImage 2.1 run the same
+diffusion-model class with other text sequences (vision and ByT5 tokens, 2D patches) and are refused.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
+import torch
+
 from . import flux, joint
+from .binding import wrapped_call
 from .negatives import RUN_KEY, attach_model, set_wrapper
 from ..nasa_core.flops import patch_tokens
 
@@ -37,16 +50,27 @@ VIDEO = True     # a mask's batch is frames
 JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
 SUPPORTED = ("HunyuanVideo T2V/I2V, SkyReels I2V",)
 
-# HunyuanVideo._forward's parameters, in order (its DIFFUSION_MODEL executor passes them positionally)
-_FORWARD_ARGS = ("x", "timestep", "context", "y", "txt_byt5", "guidance", "attention_mask", "guiding_frame_index",
-                 "ref_latent", "disable_time_r", "control", "transformer_options")
+_MODEL_CLASSES = ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")   # comfy.model_base, by name
+TEXT_FIRST_KEY = "text_first"      # ForwardState.info: the joint sequence is [text; image] (else [image; text])
 
 
 def matches(model_patcher) -> bool:
+    """Exactly HunyuanVideo 1.0 (T2V, I2V, SkyReels I2V): ComfyUI's model classes of those, around the
+    HunyuanVideo diffusion model built with 3D patches, a pooled CLIP vector and the token refiner's text alone.
+    The same diffusion-model class also runs HunyuanVideo 1.5 (vision tokens, ByT5 glyph tokens and a
+    condition-type embedding in the text sequence, MeanFlow timesteps) and HunyuanImage 2.1 (2D patches, ByT5):
+    their text sequence is not what NASA's negative stream reproduces, so they are not claimed."""
     import comfy.model_base
     from comfy.ldm.hunyuan_video.model import HunyuanVideo
-    return (isinstance(model_patcher.model, comfy.model_base.HunyuanVideo)
-            and type(getattr(model_patcher.model, "diffusion_model", None)) is HunyuanVideo)
+    model = getattr(model_patcher, "model", None)
+    dm = getattr(model, "diffusion_model", None)
+    classes = tuple(c for c in (getattr(comfy.model_base, n, None) for n in _MODEL_CLASSES) if c is not None)
+    if type(dm) is not HunyuanVideo or type(model) not in classes:
+        return False      # model_base.HunyuanVideo15 subclasses model_base.HunyuanVideo
+    p = dm.params
+    return (len(p.patch_size) == 3 and p.vec_in_dim is not None and not p.byt5 and not p.meanflow
+            and not getattr(p, "use_cond_type_embedding", False) and getattr(p, "vision_in_dim", None) is None
+            and all(getattr(dm, m, None) is None for m in ("byt5_in", "time_r_in", "vision_in", "cond_type_embedding")))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -62,55 +86,153 @@ def _tokens(latent, patch_size) -> int:
     return patch_tokens(latent.shape[2:], patch_size)
 
 
-def _text_vec(vec, modulation_dims):
-    """The text tokens' modulation vector. With a guiding frame ``vec`` is (B, groups, D) and
-    ``modulation_dims`` maps token ranges to groups; the text is the range running to the end."""
-    if modulation_dims is None:
-        return vec
-    start, end, group = modulation_dims[-1]
-    if end is not None:
-        raise RuntimeError(f"NASA: HunyuanVideo's modulation ranges {modulation_dims} do not cover the text tokens. "
-                           f"This ComfyUI version changed the model: please report it.")
-    return vec[:, group]
-
-
 def _start_forward(executor, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper: embed the negative(s) with the token refiner at this forward's
-    timestep; record the joint sequence's video tokens: [reference latent][guiding frame][video]."""
-    a = {**dict(zip(_FORWARD_ARGS, args)), **kwargs}
-    options = a.get("transformer_options")
-    if options is not None and options.get(RUN_KEY) is not None:
-        dm = executor.class_obj
-        x, timestep, context = a["x"], a["timestep"], a["context"]
-        n_ref = 0 if a.get("ref_latent") is None else _tokens(a["ref_latent"], dm.patch_size)
-        n_guide = 0
-        if a.get("guiding_frame_index") is not None:      # the tokens of one latent frame, as the model counts them
-            n_guide = (x.shape[-1] // dm.patch_size[-1]) * (x.shape[-2] // dm.patch_size[-2])
-        n_image = n_ref + _tokens(x, dm.patch_size)
-        state = joint.start_forward(options, x.shape[0], x.device, context.dtype,
-                                    lambda neg: dm.txt_in(neg, timestep, None, transformer_options=options))
-        state.info.update(image=slice(0, n_image), steer=slice(n_ref + n_guide, n_image))
-    return executor(*args, **kwargs)
+    """DIFFUSION_MODEL wrapper of HunyuanVideo._forward, its arguments bound by name: embed the negative(s)
+    with the token refiner at this forward's timestep; record the image side of the joint sequence:
+    [reference latent][guiding frame][video]."""
+    call = wrapped_call(executor, args, kwargs, "HunyuanVideo._forward",
+                        needs=("x", "timestep", "context", "guiding_frame_index", "ref_latent", "transformer_options"))
+    options = call["transformer_options"]
+    if not options or options.get(RUN_KEY) is None:
+        return executor(*args, **kwargs)
+    options = dict(options)      # this forward's own: the streams are not written into the caller's options
+    dm = executor.class_obj
+    x, timestep, context, ref = call["x"], call["timestep"], call["context"], call["ref_latent"]
+    n_ref = 0 if ref is None else _tokens(ref, dm.patch_size)
+    n_guide = 0
+    if call["guiding_frame_index"] is not None:      # the tokens of one latent frame, as the model counts them
+        n_guide = (x.shape[-1] // dm.patch_size[-1]) * (x.shape[-2] // dm.patch_size[-2])
+    n_image = n_ref + _tokens(x, dm.patch_size)
+    state = joint.start_forward(options, x.shape[0], x.device, context.dtype,
+                                lambda neg: dm.txt_in(neg, timestep, None, transformer_options=options))
+    state.info.update(image=n_image, steer=n_ref + n_guide)
+    call["transformer_options"] = options
+    return call.invoke(executor)
 
 
-def _run(args, extra, prior, index: int, kind: str, dims_key: str, prepare_for):
+def _groups(dims, start: int, length: int, where: str) -> list:
+    """The modulation group of each of the ``length`` tokens at ``start`` of a sequence, as ComfyUI's flux
+    ``apply_mod`` assigns ``modulation_dims`` ranges ((first, end or None, group)) to positions. A token no
+    range covers, or several do, is not a modulation NASA can reproduce: an error."""
+    groups = [None] * length
+    for first, end, group in dims:
+        lo, hi = max(first - start, 0), length if end is None else min(end - start, length)
+        for i in range(lo, hi):
+            if groups[i] is not None:
+                raise RuntimeError(f"NASA: {where}: modulation ranges {dims} overlap. This ComfyUI version changed "
+                                   f"the model: please report it.")
+            groups[i] = group
+    if None in groups:
+        raise RuntimeError(f"NASA: {where}: modulation ranges {dims} leave text tokens unmodulated. This ComfyUI "
+                           f"version changed the model: please report it.")
+    return groups
+
+
+def _modulation(module, vec, dims, start: int, where: str):
+    """``modulation(stream)`` for flux's text-stream steps: ``module`` (txt_mod or a single block's modulation)
+    on each stream row's ``vec``. With per-token modulation (a guiding frame: ``vec`` is (B, groups, D) and
+    ``dims`` maps token ranges to groups) every stream token gets the group its position ``start + i`` in the
+    block's sequence gets, as the block modulates its own text there."""
+    if dims is None:
+        return lambda s: module(joint.rows_of(vec, s.rows))
+
+    def per_token(s):
+        groups = _groups(dims, start, s.x.shape[1], where)
+        mods = module(joint.rows_of(vec, s.rows))       # ModulationOuts of (R, groups, D)
+        if len(set(groups)) == 1:
+            index = slice(groups[0], groups[0] + 1)
+        else:
+            index = torch.tensor(groups, device=vec.device)
+        return tuple(None if m is None else dataclasses.replace(m, shift=m.shift[:, index], scale=m.scale[:, index],
+                                                                 gate=m.gate[:, index]) for m in mods)
+    return per_token
+
+
+def _check_text_rope(pe, text: slice, where: str) -> None:
+    """The joint sequence's RoPE (``pe``, (B, 1, tokens, D/2, 2, 2)) is the identity on the positions NASA takes
+    for the text: the text's ids are zeros, so nothing rotates the negative stream. Image tokens have distinct
+    ids (at most one of them zeros), so positions taken from the wrong side of the sequence fail this too."""
+    rot = pe[:, :, text]
+    eye = torch.eye(2, dtype=rot.dtype, device=rot.device)
+    if not torch.equal(rot, eye.expand_as(rot)):
+        raise RuntimeError(f"NASA: {where}: the joint sequence's tokens {text.start}..{text.stop - 1}, where NASA "
+                           f"takes the text to be, are rotated by RoPE; the text's positions are zeros. This ComfyUI "
+                           f"version changed the model: please report it.")
+
+
+def _check_order(state, args, index: int, text_len: int, n_image: int) -> bool:
+    """Whether single block ``index`` gets [text; image]: ComfyUI concatenates the last double block's outputs
+    (image first in older releases, text first in newer ones); read from the sequence itself at the first single
+    block, and held against ``img_slice`` where ComfyUI gives it."""
+    where = f"HunyuanVideo single block {index}"
+    text_first = state.info.get(TEXT_FIRST_KEY)
+    seq = args["img"]
+    last = state.info.pop("double_out", None)
+    if last is not None and index == 0:     # later blocks' sequences are no longer the double blocks' outputs
+        txt, img = last
+        as_text_first = torch.equal(seq[:, :text_len], txt) and torch.equal(seq[:, text_len:], img)
+        as_image_first = torch.equal(seq[:, :n_image], img) and torch.equal(seq[:, n_image:], txt)
+        if as_text_first == as_image_first:
+            raise RuntimeError(f"NASA: {where}: its sequence is not the double blocks' text and image joined. This "
+                               f"ComfyUI version changed the model: please report it.")
+        text_first = as_text_first
+        state.info[TEXT_FIRST_KEY] = text_first
+    if text_first is None:
+        raise RuntimeError(f"NASA: {where}: the order of text and image tokens is unknown. Please report it.")
+    img_slice = (args.get("transformer_options") or {}).get("img_slice")
+    if img_slice is not None:
+        want = [text_len, text_len + n_image] if text_first else [0, n_image]
+        if list(img_slice) != want:
+            raise RuntimeError(f"NASA: {where}: ComfyUI places the image at {list(img_slice)}, NASA at {want}. This "
+                               f"ComfyUI version changed the model: please report it.")
+    return text_first
+
+
+def _run(args, extra, prior, index: int, kind: str):
     run_block, state, dm = joint.steered_block(args, extra, prior)
     if state is None:
         return run_block(args)
-    if kind == "double" and args["img"].shape[1] != state.info["image"].stop:
-        raise RuntimeError(f"NASA: HunyuanVideo double block {index} got {args['img'].shape[1]} image tokens, expected "
-                           f"{state.info['image'].stop}. This ComfyUI version changed the model: please report it.")
-    blocks = dm.double_blocks if kind == "double" else dm.single_blocks
-    prepare, finish = prepare_for(blocks[index], _text_vec(args["vec"], args.get(dims_key)))
-    last = index == len(blocks) - 1 and (kind == "single" or len(dm.single_blocks) == 0)
-    return joint.run_block(state, args, run_block, state.info["steer"], state.info["image"], prepare,
-                           None if last else finish, f"HunyuanVideo {kind} block {index}", layer=(kind, index))
+    where = f"HunyuanVideo {kind} block {index}"
+    n_image, steer_from = state.info["image"], state.info["steer"]
+    if kind == "double":
+        block = dm.double_blocks[index]
+        if args["img"].shape[1] != n_image:
+            raise RuntimeError(f"NASA: {where} got {args['img'].shape[1]} image tokens, expected {n_image}. This "
+                               f"ComfyUI version changed the model: please report it.")
+        text_len = args["txt"].shape[1]
+        text_first = not getattr(block, "flipped_img_txt", False)   # ComfyUI's DoubleStreamBlock joins [txt; img]
+        state.info.update(text_len=text_len)                          # unless flipped (older releases)
+        state.info[TEXT_FIRST_KEY] = text_first
+        if index == 0:
+            _check_text_rope(args["pe"], slice(0, text_len) if text_first else slice(n_image, n_image + text_len),
+                             where)
+        prepare, finish = flux.text_stream_double(
+            block, _modulation(block.txt_mod, args["vec"], args.get("modulation_dims_txt"), 0, where))
+    else:
+        block = dm.single_blocks[index]
+        text_len = state.info["text_len"]
+        if args["img"].shape[1] != n_image + text_len:
+            raise RuntimeError(f"NASA: {where} got {args['img'].shape[1]} tokens, expected {n_image} image and "
+                               f"{text_len} text tokens. This ComfyUI version changed the model: please report it.")
+        text_first = _check_order(state, args, index, text_len, n_image)
+        modulation = _modulation(lambda v: block.modulation(v)[:1], args["vec"], args.get("modulation_dims"),
+                                 0 if text_first else n_image, where)
+        prepare, finish = flux.text_stream_single(block, lambda s: modulation(s)[0])
+    offset = text_len if text_first else 0
+    image = slice(offset, offset + n_image)
+    last = index == len(dm.single_blocks) - 1 if kind == "single" else (
+        index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0)
+    out = joint.run_block(state, args, run_block, slice(offset + steer_from, offset + n_image), image, prepare,
+                          None if last else finish, where, layer=(kind, index))
+    if kind == "double" and index == len(dm.double_blocks) - 1:
+        state.info["double_out"] = (out["txt"], out["img"])     # what the single blocks' sequence is made of
+    return out
 
 
 def _make_double(index):
     def make(prior):
         def nasa_double_block(args, extra):
-            return _run(args, extra, prior, index, "double", "modulation_dims_txt", flux._double_prepare)
+            return _run(args, extra, prior, index, "double")
         return nasa_double_block
     return make
 
@@ -118,7 +240,7 @@ def _make_double(index):
 def _make_single(index):
     def make(prior):
         def nasa_single_block(args, extra):
-            return _run(args, extra, prior, index, "single", "modulation_dims", flux._single_prepare)
+            return _run(args, extra, prior, index, "single")
         return nasa_single_block
     return make
 

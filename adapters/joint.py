@@ -50,10 +50,10 @@ class Stream:
     x: torch.Tensor                 # (R, L, D) the negative's hidden state (text stream)
     coef: float                     # alpha times the entry's share of its prompt
     rows: object                    # slice or index tensor into the batch
-    q: Optional[torch.Tensor] = None    # this block's projections, in the layout the block's attention uses
-    k: Optional[torch.Tensor] = None
+    q: Optional[torch.Tensor] = None    # this block's projections, as the block lays out its own, or (R, L, H*D):
+    k: Optional[torch.Tensor] = None    # the attention override brings them to its call's layout (_to_layout)
     v: Optional[torch.Tensor] = None
-    out: Optional[torch.Tensor] = None  # this block's attention output for the stream, (R, L, H*D)
+    out: Optional[torch.Tensor] = None  # this block's attention output for the stream, always (R, L, H*D)
     scratch: dict = field(default_factory=dict)   # family data between prepare and finish (modulation, ...)
     term: object = None             # the negatives.Term it carries (its prompt's mask, area crop)
 
@@ -94,6 +94,30 @@ def _tokens(t: torch.Tensor, bhld: bool, rows, tokens: slice) -> torch.Tensor:
     return t[:, :, tokens] if bhld else t[:, tokens]
 
 
+def _to_layout(t: torch.Tensor, like: torch.Tensor, bhld: bool) -> torch.Tensor:
+    """A stream tensor in the layout of ``like``, the block's own tensor in its attention call. A stream tensor
+    of the call's rank is taken as it is (a family prepares its stream as its block does); a 3-D (R, L, H*D)
+    one is split into heads for a 4-D call, head-major (R, H, L, D) under ``skip_reshape``, else (R, L, H, D);
+    a 4-D one for a 3-D call is head-major and is merged back. ComfyUI moves blocks between these layouts
+    across releases (Qwen-Image went head-major in 0.3.6x)."""
+    if t.ndim == like.ndim:
+        return t
+    if t.ndim == 3 and like.ndim == 4:
+        heads = like.shape[1] if bhld else like.shape[2]
+        t = t.view(t.shape[0], t.shape[1], heads, -1)
+        return t.transpose(1, 2) if bhld else t
+    if t.ndim == 4 and like.ndim == 3:
+        return t.transpose(1, 2).flatten(2)
+    raise RuntimeError(f"NASA: a negative stream tensor of shape {tuple(t.shape)} cannot take the layout of the "
+                       f"block's attention call ({tuple(like.shape)}). This ComfyUI version changed the block: "
+                       f"please report it.")
+
+
+def _rows_layout(t: torch.Tensor) -> torch.Tensor:
+    """An attention output as (R, L, H*D): head-major (``skip_output_reshape``) outputs are brought back."""
+    return t.transpose(1, 2).flatten(2) if t.ndim == 4 else t
+
+
 def _token_norms(z: torch.Tensor, head_major: bool) -> torch.Tensor:
     """Per-token L2 norm over all channels, float32: (B, L, 1) of (B, L, C), or (B, 1, L, 1) of (B, H, L, D)."""
     if head_major:
@@ -126,7 +150,7 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
             return out
         q, k, v = args[:3]
         rest = args[3:4] + (None,) * (len(args) > 4) + args[5:]   # heads if positional; positional mask -> None
-        bhld = bool(kwargs.get("skip_reshape", False))           # (B, H, L, D) in, else (B, L, H*D)
+        bhld = q.ndim == 4 and bool(kwargs.get("skip_reshape", False))     # (B, H, L, D) in, else (B, L, ...)
         out_tokens = (slice(None), slice(None), image_q) if kwargs.get("skip_output_reshape") else (slice(None), image_q)
         kw = {n: val for n, val in kwargs.items() if n != "mask"}    # the negative has no padding to mask
         cat_dim = 2 if bhld else 1
@@ -136,8 +160,9 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
         pos_norm = _token_norms(out[out_tokens], head_major) if guard is not None and steered else None
         for s in streams:
             coef = s.coef * scale
+            s_k, s_v = _to_layout(s.k, k, bhld), _to_layout(s.v, v, bhld)
             if coef != 0.0:     # a block the selection leaves out: the stream still flows through it
-                z_neg = func(_tokens(q, bhld, s.rows, image_q), s.k, s.v, *rest, **kw)
+                z_neg = func(_tokens(q, bhld, s.rows, image_q), s_k, s_v, *rest, **kw)
                 region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
                 if region is not None:
                     z_neg = z_neg * (region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None])
@@ -146,9 +171,12 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                     out[index].sub_(z_neg.to(out.dtype), alpha=coef)
                 else:
                     out[index] = torch.sub(out[index], z_neg.to(out.dtype), alpha=coef)
+                if run is not None:
+                    run.mark_steered(layer)
             if with_stream_attention:
-                s.out = func(s.q, torch.cat((s.k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
-                             torch.cat((s.v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw)
+                s.out = _rows_layout(func(_to_layout(s.q, q, bhld),
+                                          torch.cat((s_k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
+                                          torch.cat((s_v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw))
         if pos_norm is not None:
             rows = steered[0].rows if len(steered) == 1 else torch.unique(torch.cat([
                 torch.arange(out.shape[0], device=out.device)[s.rows] for s in steered]))

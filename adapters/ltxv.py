@@ -4,7 +4,16 @@ Every transformer block has a separate text cross-attention, ``attn2`` (``to_q``
 RMS ``q_norm``/``k_norm``, no RoPE, ``to_out``). Its forward passes ``transformer_options`` to
 ComfyUI's attention function, so NASA uses the same hook as Wan (see :mod:`.wan`): a
 ``DIFFUSION_MODEL`` wrapper plus a ``"dit"`` ``double_block`` replace per block whose attention
-override steers the block's second attention call (attn1, then attn2).
+override steers the block's text cross-attention call.
+
+Which call that is, is read from the call itself, not from its position: a block makes one self-attention
+call (attn1) and one text call (attn2) in the plain case, but two or three self-attention calls when
+``LTXVAddGuide`` attenuates guide attention (a ``GuideAttentionMask``: the queries split into noisy, tracked
+guide and remaining tokens, each over all keys), and none when spatio-temporal guidance makes attn1 a
+value passthrough (``stg_skip_self_attn``). The text call is the one whose queries are all of the block's
+tokens and whose keys are the prompt's tokens; where the two counts are equal the call must also carry the
+prompt's mask (the same object the block was given), and a block with equal counts and no mask is refused
+before it runs. A block that makes no such call, or more than one, is an error.
 
 What LTXV's forward does with the text, and NASA does with the negative alike:
 
@@ -17,6 +26,9 @@ What LTXV's forward does with the text, and NASA does with the negative alike:
 
 Guide-frame tokens that ``LTXVAddGuide`` appends after the video (``keyframe_idxs``) are
 conditioning, not the video being generated, and are never steered.
+
+Only LTX-Video 0.9.x is claimed: LTX-2 (``LTXAVModel``, audio-video) and LTXV models built with its
+cross-attention AdaLN, gated attention or connector-side caption projection are refused as unsupported.
 """
 from __future__ import annotations
 
@@ -25,20 +37,30 @@ from typing import Optional
 import torch
 
 from . import joint
-from .wan import FORWARD_KEY, forward_options, install_blocks, options_arg, steer_block
+from .binding import wrapped_call
+from .wan import FORWARD_KEY, forward_options, install_blocks, keyword_arg, steer_block
 
 FAMILY = "LTX-Video"
 VIDEO = True     # a mask's batch is frames
 SUPPORTED = ("LTX-Video 0.9.x (2B, 13B, distilled)",)
 
 
-def _ltxv_class():
-    from comfy.ldm.lightricks.model import LTXVModel
-    return LTXVModel
-
-
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _ltxv_class()
+    """Exactly LTX-Video 0.9.x: ComfyUI's LTXV model around an LTXVModel whose blocks are the plain
+    self-attention + text cross-attention ones, its text projected by PixArt's caption projection."""
+    import comfy.model_base
+    from comfy.ldm.lightricks.model import LTXVModel, PixArtAlphaTextProjection
+    model = getattr(model_patcher, "model", None)
+    dm = getattr(model, "diffusion_model", None)
+    if type(dm) is not LTXVModel or type(model) is not getattr(comfy.model_base, "LTXV", None):
+        return False      # LTX-2's LTXAVModel subclasses LTXVModel
+    if getattr(dm, "cross_attention_adaln", False) or getattr(dm, "caption_proj_before_connector", False):
+        return False
+    if not isinstance(getattr(dm, "caption_projection", None), PixArtAlphaTextProjection):
+        return False
+    return all(not getattr(b, "cross_attention_adaln", False)
+               and getattr(b.attn1, "to_gate_logits", None) is None and getattr(b.attn2, "to_gate_logits", None) is None
+               for b in dm.transformer_blocks)
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -61,11 +83,18 @@ def _key_bias(mask: Optional[torch.Tensor], tokens: int, dtype, node: str) -> Op
     return mask.to(dtype)
 
 
+def _tokens(dm, x) -> int:
+    """Tokens of a (B, C, F, H, W) latent after LTXV's patchifier."""
+    p = dm.patchifier.patch_size
+    return (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
+
+
 def _forward_wrapper(executor, *args, **kwargs):
-    """LTXVModel._forward(x, timestep, context, attention_mask, frame_rate, transformer_options, keyframe_idxs)."""
-    options = options_arg(args, 5, "LTXVModel")
-    x, context = args[0], args[2]
-    keyframes = args[6] if len(args) > 6 else kwargs.get("keyframe_idxs")
+    """DIFFUSION_MODEL wrapper of LTXVModel._forward (x, timestep, context, attention_mask, frame_rate,
+    transformer_options, keyframe_idxs, [denoise_mask,] **kwargs), its arguments bound by name."""
+    call = wrapped_call(executor, args, kwargs, "LTXVModel._forward",
+                        needs=("x", "context", "transformer_options", "keyframe_idxs"))
+    x, context, keyframes = call["x"], call["context"], call["keyframe_idxs"]
     dm = executor.class_obj
 
     def embed(entry, run):     # as _forward embeds the positive: caption_projection; its mask as the model's
@@ -74,10 +103,37 @@ def _forward_wrapper(executor, *args, **kwargs):
                          lambda neg: (dm.caption_projection(neg), _key_bias(mask, neg.shape[1], context.dtype, run.node)))
 
     guides = keyframes.shape[2] if keyframes is not None else 0
-    new = forward_options(options, x.shape[0], dm, slice(0, x.shape[2] * x.shape[3] * x.shape[4] - guides), embed)
+    n_video = _tokens(dm, x) - guides
+    denoise_mask = keyword_arg(call, "denoise_mask")
+    if guides and denoise_mask is not None and denoise_mask.ndim == 5 and denoise_mask.shape[2] == x.shape[2]:
+        video_frames = n_video // (_tokens(dm, x) // x.shape[2])
+        if bool((denoise_mask[:, :, :video_frames] < 0).any()):
+            # ComfyUI drops the tokens of a negative denoise mask (dilated IC-LoRA guides), never the video's
+            raise RuntimeError("NASA: LTXV's denoise_mask is negative on frames of the video being generated, so "
+                               "the model drops some of its tokens and NASA cannot tell which tokens remain the "
+                               "video's. Please report it to the NASA pack with your workflow.")
+    new = forward_options(call["transformer_options"], x.shape[0], dm, slice(0, n_video), embed)
     if new is None:
         return executor(*args, **kwargs)
-    return executor(*args[:5], new, *args[6:], **kwargs)
+    call["transformer_options"] = new
+    return call.invoke(executor)
+
+
+def _text_call(args: dict, where: str):
+    """``is_text`` for :func:`.wan.steer_block`: the block's text cross-attention is the attention call whose
+    queries are all the block's tokens and whose keys are the prompt's tokens (attn1's calls, however many, have
+    the block's tokens as keys). Equal counts: it must also carry the prompt's mask (the same object)."""
+    tokens, text_keys, mask = args["img"].shape[1], args["txt"].shape[1], args.get("attention_mask")
+    if tokens == text_keys and mask is None:
+        raise RuntimeError(f"NASA: {where}: the video has as many tokens as the prompt ({tokens}) and the prompt has "
+                           f"no attention_mask, so NASA cannot tell the block's text cross-attention from its "
+                           f"self-attention. Change the video's size or length by one latent frame, or encode the "
+                           f"prompt with LTX-Video's T5 (which gives the mask).")
+
+    def is_text(call, q, k, call_mask) -> bool:
+        return (q.ndim == 3 and k.ndim == 3 and q.shape[1] == tokens and k.shape[1] == text_keys
+                and (tokens != text_keys or call_mask is mask))
+    return is_text
 
 
 def _make_block(index: int):
@@ -87,11 +143,12 @@ def _make_block(index: int):
             if fwd is None:
                 return joint.chain(prior, extra["original_block"])(args)
             attn = fwd.model.transformer_blocks[index].attn2
+            where = f"LTXV block {index}"
 
             def project(text):     # once per sampling run where run.reuse() may keep it
                 return fwd.run.reuse(("kv", index), (attn,), text, lambda t: (attn.k_norm(attn.to_k(t)), attn.to_v(t)))
-            return steer_block(args, prior, extra["original_block"], project, 2, 1, args["txt"].shape[1],
-                               f"LTXV block {index}", layer=("blocks", index))
+            return steer_block(args, prior, extra["original_block"], project, _text_call(args, where), where,
+                               layer=("blocks", index))
         return nasa_ltxv_block
     return make
 

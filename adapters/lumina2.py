@@ -14,11 +14,17 @@ through the model as a stream of its own (see :mod:`.joint`):
   steered rows; caption query rows are untouched, and the positive's caption padding mask applies
   to the positive's own attention only.
 
-RoPE: the model places the image at position ``cap_len`` on the first axis, right after its
-caption. Rotary scores depend only on position differences, so the negative's tokens get
-``cap_len - neg_len + j`` in the main layers: each negative token sits at the distance from the
-image it has in a forward on the negative prompt, and the stream's own attention matches that
-forward's (in the refiner, which sees no image, the negative keeps the model's ``0..neg_len-1``).
+RoPE: rotary scores depend only on position differences. The model gives the caption consecutive
+positions on the first axis and puts the image right after it (0.3.64: caption ``0..P-1``, image ``P``;
+0.33: caption ``1..P``, image ``P+1``). The negative's tokens get ``image - neg_len + j`` in the main
+layers: each negative token sits at the distance from the image it has in a forward on the negative
+prompt, and the stream's own attention matches that forward's. The image's position is read from the RoPE
+table the model hands its layers (the first image token's first-axis rotation), not assumed; the
+caption refiner, which sees no image, gives the negative ``0..neg_len-1``.
+
+Where the image sits: the last ``h * w`` tokens of the main layers' sequence. A model that masks caption
+padding (0.3.64) places each row's image right after that row's unpadded caption; rows whose captions
+differ in length (the layers' mask rows differ) are refused. 0.33 ignores the caption mask.
 
 Hooks. NextDiT exposes no ``"dit"`` block replace, and ``transformer_options`` reaches its
 attention calls but an ``optimized_attention_override`` alone sees only one call's q/k/v: it cannot
@@ -27,19 +33,25 @@ feed-forward on the stream. So:
 
 * an object patch (``ModelPatcher.add_object_patch``, restored by ComfyUI on unpatch) on each
   main layer's ``forward`` runs that layer through :func:`.joint.run_block` (chaining an object
-  patch installed on the same key before NASA);
-* a ``DIFFUSION_MODEL`` wrapper embeds and refines the negative once per forward and records
-  where the image tokens sit, in a copy of ``transformer_options`` that ends with the forward.
+  patch installed on the same key before NASA); it binds the layer's arguments by name and passes
+  those it does not know (``timestep_zero_index``, 0.33) through;
+* a ``DIFFUSION_MODEL`` wrapper embeds and refines the negative once per forward and records the
+  image's token count, in a copy of ``transformer_options`` that ends with the forward.
+
+Z-Image (ComfyUI's ``ZImage`` config), NewBie (pooled CLIP in the modulation) and the Omni reference path
+run on the same class with another sequence layout and modulation; ``matches`` leaves the first two out
+and a layer refuses the third, rather than steer them wrongly.
 """
 from __future__ import annotations
 
-import functools
+import inspect
 from typing import Optional
 
 import torch
 
 from . import joint
-from .negatives import RUN_KEY, set_wrapper
+from .binding import Call, SignatureChanged, wrapped_call
+from .negatives import set_wrapper
 
 FAMILY = "Lumina 2"
 JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
@@ -52,7 +64,20 @@ def _model_class():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _model_class()
+    """ComfyUI's Lumina 2 config on its NextDiT class itself, with Lumina 2's structure. ComfyUI builds Z-Image
+    (the ZImage config: caption and image padding tokens, SigLIP features for Omni, time_scale 1000) and NewBie
+    (the Lumina2 config with a pooled CLIP projection in the modulation) on the same class; their sequences and
+    modulation differ from what NASA binds to."""
+    import comfy.model_base
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    if type(dm) is not _model_class() or type(base) is not comfy.model_base.Lumina2 \
+            or type(getattr(base, "model_config", None)) is not sm.Lumina2:
+        return False
+    return (getattr(dm, "pad_tokens_multiple", None) is None and getattr(dm, "siglip_embedder", None) is None
+            and getattr(dm, "clip_text_pooled_proj", None) is None and getattr(dm, "time_scale", 1.0) == 1.0
+            and all(getattr(layer, "modulation", False) for layer in dm.layers))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -64,14 +89,53 @@ def family_name(model_patcher) -> str:
 
 
 def _caption_rope(dm, positions, dtype):
-    """The model's RoPE table for caption tokens at ``positions`` on the first axis (0 on the others)."""
+    """The model's RoPE table for caption tokens at ``positions`` on the first axis (0 on the others), laid out
+    as the model lays out its own: (1, tokens, 1, dim / 2, 2, 2)."""
     ids = torch.zeros(1, positions.shape[0], 3, dtype=torch.int32, device=positions.device)
     ids[0, :, 0] = positions
     return dm.rope_embedder(ids).movedim(1, 2).to(dtype)
 
 
+def _negative_rope(state, freqs_cis, image_start: int, node: str) -> dict:
+    """The negative's main-layer RoPE tables (one per negative length n, cached for the forward): positions
+    ``image - n + j`` on the first axis, 0 on the others. ``image`` is the first axis of the image tokens in
+    ``freqs_cis``, the model's own table: its rotation there composed with that of ``j - n`` (rotations by
+    angles add) - whichever origin this ComfyUI version counts positions from."""
+    pe = state.info.get("pe")
+    if pe is None:
+        if freqs_cis.ndim != 6 or freqs_cis.shape[-2:] != (2, 2) or freqs_cis.shape[2] != 1:
+            raise SignatureChanged(f"NASA: {node} got a RoPE table of shape {tuple(freqs_cis.shape)}, not (batch, "
+                                   f"tokens, 1, dim / 2, 2, 2): this ComfyUI version changed NextDiT's RoPE. Please "
+                                   f"report it to the NASA pack.")
+        first = state.info["axis0"]
+        anchor = freqs_cis[:1, image_start, :, :first].float()              # (1, 1, first, 2, 2)
+        pe = {}
+        for n, relative in state.info["relative"].items():
+            axis0 = anchor.unsqueeze(1) @ relative[..., :first, :, :]
+            pe[n] = torch.cat((axis0, relative[..., first:, :, :]), dim=-3).to(freqs_cis.dtype)
+        state.info["pe"] = pe
+    return pe
+
+
+def _image_tokens(state, x, x_mask, node: str) -> slice:
+    """The image tokens of a main layer's sequence: its last h * w. Under a caption mask the model honours (the
+    mask reaches the layers), rows whose captions differ in length have their image elsewhere: refused."""
+    start = x.shape[1] - state.info["image_tokens"]
+    if x_mask is not None:
+        mask = x_mask.reshape(x_mask.shape[0], -1)[:, :start]
+        masked = (mask != 0) if mask.is_floating_point() else ~mask.bool()     # additive float or boolean mask
+        lengths = sorted(set((start - masked.sum(dim=1)).tolist()))
+        if len(lengths) > 1:
+            raise ValueError(f"{node}: this Lumina 2 batch holds captions of different lengths {lengths} under an "
+                             f"attention mask, so its image tokens start at different places per row; NASA needs "
+                             f"one caption length per batch. Sample these prompts separately.")
+    return slice(start, x.shape[1])
+
+
 def _layer_streams(layer, adaln_input, pe):
-    from comfy.ldm.lumina.model import modulate
+    from comfy.ldm.flux.math import apply_rope1
+    from comfy.ldm.lumina import model as lumina
+    clamp = getattr(lumina, "clamp_fp16", None) or (lambda t: t)   # 0.33's layers clamp fp16 overflow, 0.3.64's not
     att = layer.attention
     kv = att.n_local_kv_heads * att.head_dim
     sizes = [att.n_local_heads * att.head_dim, kv, kv]
@@ -80,9 +144,9 @@ def _layer_streams(layer, adaln_input, pe):
         mod = layer.adaLN_modulation(joint.rows_of(adaln_input, s.rows))
         scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4, dim=1)
         r, n = s.x.shape[:2]
-        q, k, v = torch.split(att.qkv(modulate(layer.attention_norm1(s.x), scale_msa)), sizes, dim=-1)
-        q = att.apply_rotary_emb(att.q_norm(q.view(r, n, att.n_local_heads, att.head_dim)), freqs_cis=pe[n])
-        k = att.apply_rotary_emb(att.k_norm(k.view(r, n, att.n_local_kv_heads, att.head_dim)), freqs_cis=pe[n])
+        q, k, v = torch.split(att.qkv(lumina.modulate(layer.attention_norm1(s.x), scale_msa)), sizes, dim=-1)
+        q = apply_rope1(att.q_norm(q.view(r, n, att.n_local_heads, att.head_dim)), pe[n])
+        k = apply_rope1(att.k_norm(k.view(r, n, att.n_local_kv_heads, att.head_dim)), pe[n])
         v = v.view(r, n, att.n_local_kv_heads, att.head_dim)
         rep = att.n_local_heads // att.n_local_kv_heads
         s.q = q.movedim(1, 2)
@@ -92,38 +156,67 @@ def _layer_streams(layer, adaln_input, pe):
 
     def finish(s):
         gate_msa, scale_mlp, gate_mlp = s.scratch["mod"]
-        x = s.x + gate_msa.unsqueeze(1).tanh() * layer.attention_norm2(att.out(s.out))
-        mlp = layer.feed_forward(modulate(layer.ffn_norm1(x), scale_mlp))
-        s.x = x + gate_mlp.unsqueeze(1).tanh() * layer.ffn_norm2(mlp)
+        x = s.x + gate_msa.unsqueeze(1).tanh() * layer.attention_norm2(clamp(att.out(s.out)))
+        mlp = layer.feed_forward(lumina.modulate(layer.ffn_norm1(x), scale_mlp))
+        s.x = x + gate_mlp.unsqueeze(1).tanh() * layer.ffn_norm2(clamp(mlp))
     return prepare, finish
 
 
 def _make_layer_forward(index, layer, last, prior):
-    original = prior if prior is not None else functools.partial(type(layer).forward, layer)
+    own = type(layer).forward.__get__(layer, type(layer))      # the signature the model calls the layer with
+    original = prior if prior is not None else own
+    where = f"Lumina 2 layer {index} ({type(layer).__name__}.forward)"
 
-    def call(a):
-        return original(a["x"], a["x_mask"], a["freqs_cis"], a["adaln_input"],
-                        transformer_options=a["transformer_options"])
-
-    def nasa_layer_forward(x, x_mask, freqs_cis, adaln_input=None, transformer_options={}):
-        args = dict(x=x, x_mask=x_mask, freqs_cis=freqs_cis, adaln_input=adaln_input,
-                    transformer_options=transformer_options)
-        state = joint.forward_state(transformer_options)
+    def nasa_layer_forward(*args, **kwargs):
+        call = Call(own, args, kwargs, where, needs=("x", "x_mask", "freqs_cis", "adaln_input", "transformer_options"))
+        state = joint.forward_state(call["transformer_options"])
         if state is None or not state.streams:
-            return call(args)
-        image = state.info["image"]
-        prepare, finish = _layer_streams(layer, adaln_input, state.info["pe"])
-        return joint.run_block(state, args, call, image, image, prepare, None if last else finish,
-                               f"Lumina 2 layer {index}", layer=("layers", index))
+            return call.invoke(original)
+        node = state.run.node
+        if call.get("timestep_zero_index") is not None:
+            raise ValueError(f"{node}: this Lumina 2 run has reference latents (the Omni edit path: reference images "
+                             f"and captions in the sequence, modulated at timestep 0), which NASA does not support "
+                             f"yet. Remove the reference latents, or bypass the NASA node for this run.")
+
+        def call_block(a):
+            call["transformer_options"] = a["transformer_options"]
+            return call.invoke(original)
+
+        x = call["x"]
+        image = _image_tokens(state, x, call["x_mask"], node)
+        pe = _negative_rope(state, call["freqs_cis"], image.start, where)
+        prepare, finish = _layer_streams(layer, call["adaln_input"], pe)
+        return joint.run_block(state, {"x": x, "transformer_options": call["transformer_options"]}, call_block,
+                               image, image, prepare, None if last else finish, f"Lumina 2 layer {index}",
+                               layer=("layers", index))
     return nasa_layer_forward
 
 
-def _forward_wrapper(executor, x, timesteps, context, num_tokens, attention_mask=None, **kwargs):
-    """DIFFUSION_MODEL wrapper around NextDiT._forward: embed and refine the negative(s) as the model does the
-    caption, and record where the image tokens sit and the RoPE table each negative length gets there."""
+def _own_options(call) -> dict:
+    """A copy of the call's ``transformer_options``, put in its place: a parameter of ``NextDiT._forward`` in
+    0.33, one of its ``**kwargs`` in 0.3.64."""
+    if "transformer_options" in call.signature.parameters:
+        options = dict(call["transformer_options"] or {})
+        call["transformer_options"] = options
+        return options
+    var = [p.name for p in call.signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    if not var:
+        raise SignatureChanged(f"NASA: NextDiT._forward takes no transformer_options any more (its signature is "
+                               f"{call.signature}). Please report it to the NASA pack.")
+    extra = call.bound.arguments.setdefault(var[0], {})
+    options = dict(extra.get("transformer_options") or {})
+    extra["transformer_options"] = options
+    return options
+
+
+def _forward_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper around NextDiT._forward (arguments bound by name): embed and refine the negative(s)
+    as the model does the caption, and record the image's token count and the relative RoPE tables the layers
+    place each negative length with."""
     dm = executor.class_obj
-    options = dict(kwargs.get("transformer_options") or {})
-    kwargs["transformer_options"] = options
+    call = wrapped_call(executor, args, kwargs, "NextDiT._forward", needs=("x", "context"))
+    x, context = call["x"], call["context"]
+    options = _own_options(call)
 
     def embed(neg):
         h = dm.cap_embedder(neg)
@@ -134,18 +227,12 @@ def _forward_wrapper(executor, x, timesteps, context, num_tokens, attention_mask
 
     state = joint.start_forward(options, x.shape[0], x.device, context.dtype, embed)
     if state is not None and state.streams:
-        cap_lens = attention_mask.sum(dim=1).tolist() if attention_mask is not None else [num_tokens]
-        if len(set(cap_lens)) > 1:
-            raise ValueError(f"{options[RUN_KEY].node}: this Lumina 2 batch holds captions of different lengths "
-                             f"{sorted(set(cap_lens))} under an attention mask, so its image tokens start at "
-                             f"different places per row; NASA needs one caption length per batch. Sample these "
-                             f"prompts separately.")
-        cap_len, p = int(cap_lens[0]), dm.patch_size
-        n_img = ((x.shape[-2] + p - 1) // p) * ((x.shape[-1] + p - 1) // p)
-        state.info["image"] = slice(cap_len, cap_len + n_img)
-        state.info["pe"] = {n: _caption_rope(dm, torch.arange(cap_len - n, cap_len, device=x.device), x.dtype)
-                            for n in {s.x.shape[1] for s in state.streams}}
-    return executor(x, timesteps, context, num_tokens, attention_mask, **kwargs)
+        p = dm.patch_size
+        state.info["image_tokens"] = ((x.shape[-2] + p - 1) // p) * ((x.shape[-1] + p - 1) // p)
+        state.info["axis0"] = dm.axes_dims[0] // 2
+        state.info["relative"] = {n: _caption_rope(dm, torch.arange(-n, 0, device=x.device), torch.float32)
+                                  for n in {s.x.shape[1] for s in state.streams}}
+    return call.invoke(executor)
 
 
 def flop_layers(model_patcher, latent) -> tuple:

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from ..nasa_core import Guard, NegativeTerm, check_alpha, check_finite, steer
+from .binding import wrapped_call
 from ..nasa_core.controls import Schedule, sigma_to_percent, token_region
 
 RUN_KEY = "nasa_run"            # transformer_options key holding the NasaRun of the current sampling run
@@ -174,6 +175,30 @@ class NasaRun:
         self._factors: dict = {}    # sigma -> the schedule's factor there (0 outside the window)
         self.reuse_projections = False  # set by the sampler wrapper for multi-step runs without weight hooks
         self._reused: dict = {}     # (name, id(x)) -> (x, weights key, result): see reuse()
+        self.steered: set = set()   # the layers ((group, index)) that subtracted a negative in this run
+
+    def mark_steered(self, layer) -> None:
+        """Every steering call site reports its layer here (``(group, index)``, as block selections name it;
+        None where the caller has no name): a run that steers nothing is an error (:func:`check_steered`)."""
+        self.steered.add(layer)
+
+    def expects_steering(self, sigmas, positive_conds: Sequence[dict] = ()) -> bool:
+        """Whether this run, sampled at ``sigmas``, has something to steer somewhere: a positive prompt with a
+        negative of alpha != 0, an entry active, inside the schedule's window at some sampled sigma, and a block
+        selection with a non-zero multiplier."""
+        if self.blocks is not None and not any(v != 0.0 for v in self.blocks.values()):
+            return False
+        sampled = [float(s) for s in sigmas[:-1]] if sigmas is not None else [None]
+        conds = [c for c in positive_conds if isinstance(c, dict)] or [{}]
+        for c in conds:
+            prompts = self.prompts_for(c.get("uuid"))
+            start, end = float(c.get("timestep_start", float("inf"))), float(c.get("timestep_end", 0.0))
+            for sigma in sampled:
+                if sigma is not None and (sigma > start or sigma < end):
+                    continue            # the positive itself is not sampled at this sigma
+                if self.factor(sigma) != 0.0 and self.terms(prompts, sigma):
+                    return True
+        return False
 
     def reuse(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
         """``compute(x)``, computed once per sampling run and reused at later steps while ``x`` (the same
@@ -295,18 +320,23 @@ class NasaRun:
             negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
                                        lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
             z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace, guard=self.guard)  # a run of rows: a slice
+            self.mark_steered(layer)
         return z_pos
+
+
+_CAST_TIME_PATCHES = ("weight_function", "bias_function", "weight_lowvram_function", "bias_lowvram_function")
 
 
 def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
     """What identifies the modules' current weights: each parameter's object, storage and version counter
     (a replaced parameter, a moved one, an in-place update all change it); None when a layer applies weight
-    patches at cast time (comfy.ops lowvram weight/bias functions), whose result NASA cannot vouch for, or
-    when ``grad`` (autograd on) and a parameter requires grad."""
+    patches at cast time (comfy.ops lowvram weight/bias functions; ComfyUI 0.33's dynamic-VRAM patcher keeps them
+    as ``weight_lowvram_function`` / ``bias_lowvram_function``), whose result NASA cannot vouch for, or when
+    ``grad`` (autograd on) and a parameter requires grad."""
     key = []
     for module in modules:
         for sub in module.modules():
-            if getattr(sub, "weight_function", None) or getattr(sub, "bias_function", None):
+            if any(getattr(sub, name, None) for name in _CAST_TIME_PATCHES):
                 return None
         for p in module.parameters():
             if grad and p.requires_grad:
@@ -433,10 +463,9 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
     ``prepare(run, base_model)`` lets the family adapter resolve its layers on the model being sampled.
     """
     def nasa_sampler_sample(executor, *args, **kwargs):
-        guider = args[0] if args else kwargs.get("model_wrap")
-        extra_args = args[2] if len(args) > 2 else kwargs["extra_args"]
-        noise = args[4] if len(args) > 4 else kwargs.get("noise")
-        sigmas = args[1] if len(args) > 1 else kwargs.get("sigmas")
+        call = wrapped_call(executor, args, kwargs, "ComfyUI's sampler (KSAMPLER.sample)",
+                            needs=("model_wrap", "sigmas", "extra_args", "noise"))
+        guider, extra_args, noise, sigmas = call["model_wrap"], call["extra_args"], call["noise"], call["sigmas"]
         run = build_run(guider, settings, None if noise is None else noise.shape)
         run.reuse_projections = sigmas is not None and len(sigmas) > 2 and not _hooked(guider)
         prepare(run, guider.inner_model)
@@ -446,6 +475,8 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
         to[RUN_KEY] = run
         try:
             out = executor(*args, **kwargs)
+            nasa_sampler_sample.last_steered = frozenset(run.steered)
+            check_steered(run, settings, guider, sigmas, extra_args.get("model_options"))
             if run.missed_window():
                 s = run.schedule
                 logging.warning("%s: NASA did not act in this run: no sampled step lies in its window (start_percent "
@@ -458,7 +489,25 @@ def make_sampler_wrapper(settings: NasaSettings, prepare: Callable):
             else:
                 to[RUN_KEY] = previous
     nasa_sampler_sample.nasa_settings = settings     # what the node asked for, for inspection (tests, tools)
+    nasa_sampler_sample.last_steered = frozenset()    # the layers the last run steered (tests, tools)
     return nasa_sampler_sample
+
+
+def check_steered(run: NasaRun, settings: NasaSettings, guider, sigmas, model_options) -> None:
+    """No silent no-op: a run that had a negative to apply and steered no layer at all raises. NASA binds to
+    ComfyUI internals; when a ComfyUI release moves one of them the result must be an error, not an image
+    without the negative."""
+    if run.steered or not run.expects_steering(sigmas, (getattr(guider, "conds", None) or {}).get("positive") or ()):
+        return
+    model = getattr(getattr(guider, "inner_model", None), "diffusion_model", None)
+    lost = settings.replaces - nasa_replaces(model_options)
+    hint = (f" A node applied after Apply NASA Attention replaced all {len(settings.replaces)} of NASA's layer "
+            f"patches: move that node before it." if settings.replaces and lost == settings.replaces else "")
+    raise RuntimeError(
+        f"{settings.node}: NASA steered no layer of this {settings.family} model ({type(model).__name__}) in "
+        f"this sampling run although it had a negative to apply: the negative prompt was NOT honoured.{hint} "
+        f"If nothing else patches the model, this ComfyUI version changed something NASA binds to: please "
+        f"report it to the NASA pack with your ComfyUI version and model.")
 
 
 def attach_model(run: NasaRun, base_model) -> None:

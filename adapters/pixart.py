@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
+from .binding import wrapped_call
 from .negatives import RUN_KEY, attach_model, set_wrapper
 
 FAMILY = "PixArt"
@@ -39,7 +40,13 @@ def _pixart_class():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _pixart_class()
+    """A PixArt-α/Σ config on ComfyUI's PixArtMS class whose blocks hold the plain cross-attention NASA
+    re-runs (q_linear, kv_linear, proj)."""
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    return (type(dm) is _pixart_class() and isinstance(getattr(base, "model_config", None), sm.PixArtAlpha)
+            and all(all(hasattr(b.cross_attn, n) for n in ("q_linear", "kv_linear", "proj")) for b in dm.blocks))
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -109,9 +116,10 @@ def _make_forward(index, layer, original, local):
 
 def _make_wrapper(local):
     def nasa_apply_model(executor, *args, **kwargs):
-        """BaseModel.apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)."""
-        x = args[0] if args else kwargs["x"]
-        options = (args[5] if len(args) > 5 else kwargs.get("transformer_options")) or {}
+        """BaseModel._apply_model's call, bound by name: its x and transformer_options."""
+        call = wrapped_call(executor, args, kwargs, "BaseModel._apply_model", needs=("x", "transformer_options"))
+        x, options = call["x"], call["transformer_options"]
+        options = options if isinstance(options, dict) else {}
         run = options.get(RUN_KEY)
         previous = getattr(local, "forward", None)
         local.forward = _Forward(run, options) if run is not None and run.groups(options, x.shape[0]) else None

@@ -1,4 +1,4 @@
-"""Qwen-Image family adapter: Qwen-Image and Qwen-Image-Edit (``comfy.ldm.qwen_image``).
+"""Qwen-Image family adapter: Qwen-Image, Qwen-Image-Edit (also 2511) and Qwen-Image-Layered (``comfy.ldm.qwen_image``).
 
 Every Qwen-Image block attends jointly over [text; image] with separate text weights
 (``add_q_proj``/``add_k_proj``/``add_v_proj``, ``norm_added_q``/``norm_added_k``, ``to_add_out``)
@@ -10,13 +10,21 @@ negative flows through those weights as a stream of its own (see :mod:`.joint`):
   ``txt_start`` half the image's longer token side (so text sits after the image, whatever its
   length). The negative's tokens get the same rule for the negative's length - the positions a
   forward on the negative prompt would give them - through the model's own ``pe_embedder``;
-* every block subtracts alpha * softmax(Q_img K-^T) V- on the generated image's query rows. Edit
-  reference latents (appended after the image) are keys the negative stream attends to, never steered.
+* every block subtracts alpha * softmax(Q_img K-^T) V- on the generated image's query rows (all ``T * h * w``
+  of them: Qwen-Image-Layered generates ``T`` layers at once). Edit reference latents (appended after the
+  image) are keys the negative stream attends to, never steered;
+* Qwen-Image-Edit-2511 (``index_timestep_zero``) modulates its reference tokens at timestep 0: the block gets
+  ``vec`` for 2B rows, the regular timestep's first, and modulates text (hence the negative) with those.
 
 Hooks: a ``"dit"`` replace per ``("double_block", i)`` (the keys the model exposes; each chains a
-replace installed before NASA), and a ``DIFFUSION_MODEL`` wrapper that embeds the negative for the
-forward and records the image size the text positions and image token count come from. The wrapper
-keeps this forward's state in a copy of ``transformer_options``, so nothing outlives the forward.
+replace installed before NASA), and a ``DIFFUSION_MODEL`` wrapper (bound to ``_forward``'s parameters by
+name: ComfyUI dropped ``guidance`` and added ``additional_t_cond`` between releases) that embeds the negative
+for the forward and records the image size the text positions and image token count come from. The
+wrapper keeps this forward's state in a copy of ``transformer_options``, so nothing outlives the forward.
+
+The negative's RoPE is applied with ``comfy.ldm.flux.math.apply_rope1`` on (rows, tokens, heads, dim) and a
+(1, tokens, 1, ...) table, whatever layout the block's own attention uses (ComfyUI moved it from
+(B, L, H, D) to head-major in 0.33; :mod:`.joint` brings the stream to the block's layout).
 """
 from __future__ import annotations
 
@@ -25,11 +33,15 @@ from typing import Optional
 import torch
 
 from . import joint
+from .binding import wrapped_call
 from .negatives import attach_model, set_wrapper
 
 FAMILY = "Qwen-Image"
 JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("Qwen-Image, Qwen-Image-Edit (reference latents are attended to, not steered)",)
+SUPPORTED = ("Qwen-Image, Qwen-Image-Edit / Edit-2511 (reference latents are attended to, not steered), "
+             "Qwen-Image-Layered",)
+REF_METHODS = ("index", "index_timestep_zero", "negative_index")
+"""The ``default_ref_method`` values of the checkpoints ComfyUI builds (Qwen-Image and Edit, Edit-2511, Layered)."""
 
 
 def _model_class():
@@ -38,15 +50,35 @@ def _model_class():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _model_class()
+    """ComfyUI's Qwen-Image config on its Qwen-Image model class itself (its ControlNet subclasses it, MageFlow
+    reuses its blocks in a model of its own), with the blocks NASA projects the negative through and a reference
+    method NASA knows (a new one could change the timestep each token is modulated with)."""
+    import comfy.model_base
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    if type(dm) is not _model_class() or type(base) is not comfy.model_base.QwenImage \
+            or type(getattr(base, "model_config", None)) is not sm.QwenImage:
+        return False
+    return (getattr(dm, "default_ref_method", "index") in REF_METHODS and hasattr(dm, "proj_out")
+            and all(hasattr(b, "txt_mod") and hasattr(b.attn, "add_q_proj") for b in dm.transformer_blocks))
 
 
 def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.txt_in.in_features
 
 
+def _variant(dm) -> Optional[str]:
+    if getattr(dm.time_text_embed, "use_additional_t_cond", False):
+        return "Layered"
+    if getattr(dm, "default_ref_method", "index") == "index_timestep_zero":
+        return "Edit-2511"
+    return None
+
+
 def family_name(model_patcher) -> str:
-    return f"Qwen-Image ({type(model_patcher.model.model_config).__name__})"
+    variant = _variant(model_patcher.model.diffusion_model)
+    return f"Qwen-Image ({type(model_patcher.model.model_config).__name__}{', ' + variant if variant else ''})"
 
 
 def _modulate(x, params):
@@ -55,12 +87,13 @@ def _modulate(x, params):
 
 
 def _text_rope(dm, positions, dtype):
-    """The model's RoPE table for text tokens at ``positions`` (the same on all three axes)."""
+    """The model's RoPE table for text tokens at ``positions`` (the same on all three axes), laid out for
+    (rows, tokens, heads, dim): ``pe_embedder`` gives (1, 1, tokens, ...)."""
     return dm.pe_embedder(positions.reshape(1, -1, 1).repeat(1, 1, 3)).squeeze(1).unsqueeze(2).to(dtype)
 
 
 def _block_streams(block, temb, pe):
-    from comfy.ldm.qwen_image.model import apply_rotary_emb
+    from comfy.ldm.flux.math import apply_rope1
     attn = block.attn
 
     def prepare(s):
@@ -69,8 +102,8 @@ def _block_streams(block, temb, pe):
         q = attn.norm_added_q(attn.add_q_proj(x).unflatten(-1, (attn.heads, -1)))
         k = attn.norm_added_k(attn.add_k_proj(x).unflatten(-1, (attn.heads, -1)))
         rope = pe[s.x.shape[1]]
-        s.q = apply_rotary_emb(q, rope).flatten(start_dim=2)
-        s.k = apply_rotary_emb(k, rope).flatten(start_dim=2)
+        s.q = apply_rope1(q, rope).flatten(start_dim=2)
+        s.k = apply_rope1(k, rope).flatten(start_dim=2)
         s.v = attn.add_v_proj(x)
         s.scratch["mod"] = (gate1, mod2)
 
@@ -88,9 +121,12 @@ def _make_block(index):
             run_block, state, dm = joint.steered_block(args, extra, prior)
             if state is None:
                 return run_block(args)
-            t = args["txt"].shape[1]
-            n_img = min(state.info["image_tokens"], args["img"].shape[1])
-            prepare, finish = _block_streams(dm.transformer_blocks[index], args["vec"], state.info["pe"])
+            img, t, temb = args["img"], args["txt"].shape[1], args["vec"]
+            n_img = min(state.info["image_tokens"], img.shape[1])
+            if temb.shape[0] == 2 * img.shape[0]:
+                # Edit-2511's index_timestep_zero: [regular; timestep 0] rows; the block modulates text with the first
+                temb = temb[:img.shape[0]]
+            prepare, finish = _block_streams(dm.transformer_blocks[index], temb, state.info["pe"])
             last = index == len(dm.transformer_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
                                    None if last else finish, f"Qwen-Image block {index}", layer=("blocks", index))
@@ -98,21 +134,26 @@ def _make_block(index):
     return make
 
 
-def _forward_wrapper(executor, x, timestep, context, attention_mask=None, guidance=None, ref_latents=None,
-                     transformer_options={}, **kwargs):
-    """DIFFUSION_MODEL wrapper around QwenImageTransformer2DModel._forward: embed the negative(s) as the model
-    embeds ``context`` and give them the text RoPE the model gives text of their length for this image."""
+def _forward_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper around QwenImageTransformer2DModel._forward (arguments bound by name): embed the
+    negative(s) as the model embeds ``context`` and give them the text RoPE the model gives text of their length
+    for this image. The generated image has T * h * w tokens (T > 1: Qwen-Image-Layered's layers)."""
     dm = executor.class_obj
-    options = dict(transformer_options)
+    call = wrapped_call(executor, args, kwargs, "QwenImageTransformer2DModel._forward",
+                        needs=("x", "context", "transformer_options"))
+    x, context = call["x"], call["context"]
+    options = dict(call["transformer_options"] or {})
+    call["transformer_options"] = options
     state = joint.start_forward(options, x.shape[0], x.device, context.dtype, lambda neg: dm.txt_in(dm.txt_norm(neg)))
     if state is not None and state.streams:
         p = dm.patch_size
         h_len, w_len = (x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p
+        t_len = x.shape[-3] if x.ndim == 5 else 1
         txt_start = round(max(w_len // 2, h_len // 2))
-        state.info["image_tokens"] = h_len * w_len          # reference latents follow the generated image
+        state.info["image_tokens"] = t_len * h_len * w_len      # reference latents follow the generated image
         state.info["pe"] = {n: _text_rope(dm, torch.arange(txt_start, txt_start + n, device=x.device), x.dtype)
                             for n in {s.x.shape[1] for s in state.streams}}
-    return executor(x, timestep, context, attention_mask, guidance, ref_latents, options, **kwargs)
+    return call.invoke(executor)
 
 
 def flop_layers(model_patcher, latent) -> tuple:
@@ -121,7 +162,7 @@ def flop_layers(model_patcher, latent) -> tuple:
     from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
     dm = model_patcher.model.diffusion_model
     p = dm.patch_size
-    n_img = patch_tokens(latent[-2:], p)
+    n_img = patch_tokens(latent[-3:], (1, p, p)) if len(latent) == 4 else patch_tokens(latent[-2:], p)   # (C, [T,] H, W)
     layers = []
     for i, b in enumerate(dm.transformer_blocks):
         last = i == len(dm.transformer_blocks) - 1

@@ -37,7 +37,15 @@ def _mmdit_class():
 
 
 def matches(model_patcher) -> bool:
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _mmdit_class()
+    """An SD3 config on ComfyUI's MMDiT class without register tokens (the stream does not prepend them),
+    whose joint blocks expose the context block's pre/post-attention steps the stream runs."""
+    import comfy.supported_models as sm
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    return (type(dm) is _mmdit_class() and isinstance(getattr(base, "model_config", None), sm.SD3)
+            and not getattr(dm, "register_length", 0)
+            and all(hasattr(jb.context_block, "pre_attention") and hasattr(jb.context_block, "post_attention")
+                    for jb in dm.joint_blocks))
 
 
 def context_dim(model_patcher) -> Optional[int]:

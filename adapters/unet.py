@@ -27,10 +27,21 @@ def _config_classes():
 
 
 def matches(model_patcher) -> bool:
+    """An SD1.x/SD2.x/SDXL config (or a derivative's config built on one: SSD-1B, Vega, KOALA, IP2P, unCLIP)
+    whose diffusion model is exactly ComfyUI's UNetModel, without temporal layers, and whose text
+    cross-attention layers sit where ComfyUI's attn2 replace keys them (checked by building that map)."""
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     base = model_patcher.model
-    return isinstance(getattr(base, "model_config", None), _config_classes()) \
-        and isinstance(getattr(base, "diffusion_model", None), UNetModel)
+    dm = getattr(base, "diffusion_model", None)
+    if not isinstance(getattr(base, "model_config", None), _config_classes()) or type(dm) is not UNetModel:
+        return False
+    config = base.model_config.unet_config
+    if config.get("use_temporal_attention") or config.get("use_temporal_resblock") or not config.get("context_dim"):
+        return False
+    try:
+        return len(cross_attention_layers(dm)) > 0
+    except RuntimeError:        # two spatial transformers in one block: attn2 keys cannot tell them apart
+        return False
 
 
 def context_dim(model_patcher) -> Optional[int]:

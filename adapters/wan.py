@@ -16,12 +16,13 @@ ComfyUI's ``optimized_attention``, which honours ``transformer_options["optimize
   the NasaRun, the negatives embedded as the model embeds its text, which query tokens belong to
   the generated video) and hands it to the blocks in a copy of ``transformer_options``.
 * A ``"dit"`` ``double_block`` replace per block (chaining a replace installed before) runs the
-  original block with an attention override in its ``transformer_options``. The block makes a fixed
-  sequence of attention calls (Wan T2V: self, text; I2V: self, image, text; LTXV: attn1, attn2); the
-  override lets every call through (or through an override installed before NASA), and on the text
-  cross-attention call subtracts ``coef * softmax(Q K-^T/sqrt(d)) V-`` from the positive rows' video
-  queries, computing Z- with the same attention function. The block's ``o`` projection follows.
-  If a ComfyUI version changes the number of calls or the text call's key count, NASA raises.
+  original block with an attention override in its ``transformer_options``. The override lets every
+  call through (or through an override installed before NASA), and on the text cross-attention call
+  subtracts ``coef * softmax(Q K-^T/sqrt(d)) V-`` from the positive rows' video queries, computing Z-
+  with the same attention function. The block's ``o`` projection follows. Which call is the text one,
+  the family says (:func:`steer_block`'s ``is_text``): Wan's blocks make a fixed sequence (T2V: self,
+  text; I2V: self, image, text), LTXV's are told by their queries and keys (see :mod:`.ltxv`). A block
+  that makes another number of calls, or not exactly one text call, makes NASA raise.
 
 Nothing of the block is re-implemented: Z+, the image term, the output projection, the FFN all run
 as ComfyUI wrote them, and weight patches (LoRA: CausVid, self-forcing, lightx2v) reach the
@@ -41,6 +42,7 @@ from typing import Callable, Optional
 import torch
 
 from . import joint
+from .binding import wrapped_call
 from .negatives import RUN_KEY, set_wrapper
 from ..nasa_core import steer
 from ..nasa_core.flops import patch_tokens
@@ -85,20 +87,36 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
     return {**options, FORWARD_KEY: fwd}
 
 
-def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, steer_call: int, text_keys: int,
-                   where: str, layer):
+def keyword_arg(call, name: str):
+    """Argument ``name`` of a bound call (:class:`.binding.Call`): a parameter of the signature, or one passed
+    through its ``**kwargs`` (ComfyUI hands model conditioning such as ``reference_latent`` or, in older
+    releases, LTXV's ``denoise_mask`` on that way); None where not given."""
+    if name in call.signature.parameters:
+        return call[name]
+    var = [p.name for p in call.signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    return call.bound.arguments.get(var[0], {}).get(name) if var else None
+
+
+def _mask_arg(args: tuple, kwargs: dict):
+    """The ``mask`` of a call of ComfyUI's attention function (q, k, v, heads, mask=None, ...): keyword in newer
+    releases, positional (``optimized_attention_masked``) in older ones."""
+    return kwargs["mask"] if "mask" in kwargs else (args[4] if len(args) > 4 else None)
+
+
+def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matched: list, is_text: Callable,
+                   layer):
     scale = fwd.run.layer_scale(layer)
 
     def nasa_cross_attention(func, *args, **kwargs):
         call = len(seen)
         seen.append(call)
         out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
-        if call != steer_call or scale == 0.0:
-            return out
         q, k = args[0], args[1]
-        if q.ndim != 3 or k.shape[1] != text_keys:
-            raise RuntimeError(f"NASA: {where}: attention call {call + 1} has keys {tuple(k.shape)}, expected the "
-                               f"{text_keys} text tokens. This ComfyUI version changed the block: please report it.")
+        if not is_text(call, q, k, _mask_arg(args, kwargs)):
+            return out
+        matched.append(call)
+        if scale == 0.0:
+            return out
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         rest = {n: v for n, v in kwargs.items() if n not in ("heads", "mask")}
 
@@ -124,25 +142,47 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, stee
                                           lambda t: fwd.negatives[id(t.entry)][1])
             z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
                       guard=fwd.run.guard)
+            fwd.run.mark_steered(layer)
         if prior is not None:
             out[:, tok] = z
         return out
     return nasa_cross_attention
 
 
-def steer_block(args: dict, prior: Optional[Callable], original_block: Callable, project: Callable, calls: int,
-                steer_call: int, text_keys: int, where: str, layer=None) -> dict:
-    """Run one block with NASA on its text cross-attention, attention call ``steer_call`` of the ``calls``
-    the block makes; ``project(text)`` gives the layer's (K-, V-) of embedded text. ``prior`` is a block
-    replace installed before NASA: it runs the block (or may skip it, then nothing is steered)."""
+def call_at(index: int, text_keys: int, where: str) -> Callable:
+    """``is_text`` for :func:`steer_block` of a block whose text cross-attention is always its attention call
+    ``index`` (Wan: self, [image,] text). That call must have ``text_keys`` keys, or NASA raises."""
+    def is_text(call, q, k, mask) -> bool:
+        if call != index:
+            return False
+        if q.ndim != 3 or k.ndim != 3 or k.shape[1] != text_keys:
+            raise RuntimeError(f"NASA: {where}: attention call {call + 1} has keys {tuple(k.shape)}, expected the "
+                               f"{text_keys} text tokens. This ComfyUI version changed the block: please report it.")
+        return True
+    return is_text
+
+
+def steer_block(args: dict, prior: Optional[Callable], original_block: Callable, project: Callable,
+                is_text: Callable, where: str, layer=None, calls: Optional[int] = None) -> dict:
+    """Run one block with NASA on its text cross-attention; ``project(text)`` gives the layer's (K-, V-) of
+    embedded text. ``is_text(call, q, k, mask)`` tells, for each attention call of the block (its index among the
+    block's calls, the queries, keys and mask ComfyUI's attention function receives), whether it is the text
+    cross-attention: NASA steers that call only, and the block must make exactly one such call (and ``calls``
+    calls in all, where given) or NASA raises. ``prior`` is a block replace installed before NASA: it runs the
+    block (or may skip it: no attention call at all, then nothing is steered)."""
     options = args["transformer_options"]
     seen: list = []
-    override = _make_override(options[FORWARD_KEY], project, options.get(joint.OVERRIDE_KEY), seen, steer_call,
-                              text_keys, where, layer)
+    matched: list = []
+    override = _make_override(options[FORWARD_KEY], project, options.get(joint.OVERRIDE_KEY), seen, matched,
+                              is_text, layer)
     out = joint.chain(prior, original_block)({**args, "transformer_options": {**options, joint.OVERRIDE_KEY: override}})
-    if len(seen) != calls and not (prior is not None and not seen):
+    if prior is not None and not seen:
+        return out      # a replace installed before NASA skipped the block
+    if len(matched) != 1 or (calls is not None and len(seen) != calls):
+        expected = f"{calls} call(s), " if calls is not None else ""
         raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function, "
-                           f"expected {calls}. This ComfyUI version changed the block: please report it.")
+                           f"{len(matched)} of them its text cross-attention; expected {expected}exactly one text "
+                           f"cross-attention. This ComfyUI version changed the block: please report it.")
     return out
 
 
@@ -154,14 +194,6 @@ def install_blocks(model_patcher, count: int, make_block: Callable, forward_wrap
     return count
 
 
-def options_arg(args: tuple, index: int, where: str) -> dict:
-    """The transformer_options positional argument of a diffusion model's forward, checked."""
-    if len(args) <= index or not isinstance(args[index], dict):
-        raise RuntimeError(f"NASA: {where}'s forward no longer takes transformer_options as argument {index + 1}. "
-                           f"This ComfyUI version changed the model: please report it.")
-    return args[index]
-
-
 # ----------------------------------------------------------------------------- Wan
 
 def _wan_class():
@@ -170,8 +202,21 @@ def _wan_class():
 
 
 def matches(model_patcher) -> bool:
-    # Exactly WanModel: VACE, camera, S2V, HuMo and Animate models subclass it with other forwards.
-    return type(getattr(model_patcher.model, "diffusion_model", None)) is _wan_class()
+    """Wan 2.1 / 2.2 T2V and I2V: ComfyUI's WAN21 / WAN22 model around exactly WanModel, whose blocks are plain
+    WanAttentionBlocks with a T2V or I2V text cross-attention (the attention-call order NASA steers by). VACE,
+    camera, S2V, HuMo, Animate, SCAIL, WanDancer and causal models subclass WanModel or its block with other
+    forwards and extra attention calls; FlowRVS runs WanModel as an image-to-image flow: all refused."""
+    import comfy.model_base as mb
+    import comfy.supported_models as sm
+    from comfy.ldm.wan.model import WanAttentionBlock, WanI2VCrossAttention, WanT2VCrossAttention
+    base = model_patcher.model
+    dm = getattr(base, "diffusion_model", None)
+    if type(dm) is not _wan_class() or type(base) not in (mb.WAN21, getattr(mb, "WAN22", mb.WAN21)) \
+            or not isinstance(getattr(base, "model_config", None), sm.WAN21_T2V):
+        return False
+    return dm.model_type in ("t2v", "i2v") and all(
+        type(b) is WanAttentionBlock and type(b.cross_attn) in (WanT2VCrossAttention, WanI2VCrossAttention)
+        for b in dm.blocks)
 
 
 def context_dim(model_patcher) -> Optional[int]:
@@ -182,31 +227,34 @@ def family_name(model_patcher) -> str:
     return f"Wan ({type(model_patcher.model.model_config).__name__})"
 
 
-def _video_tokens(dm, x, kwargs) -> slice:
+def _video_tokens(dm, x, ref) -> slice:
     """The generated video's tokens: after reference_latent tokens, before time_dim_concat frames."""
     p = dm.patch_size
     n_video = patch_tokens(x.shape[2:5], p)
-    ref = kwargs.get("reference_latent")
     n_ref = (ref.shape[-2] // p[1]) * (ref.shape[-1] // p[2]) if dm.ref_conv is not None and ref is not None else 0
     return slice(n_ref, n_ref + n_video)
 
 
 def _forward_wrapper(executor, *args, **kwargs):
-    """WanModel._forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)."""
-    options = options_arg(args, 5, "WanModel")
-    x, context = args[0], args[2]
+    """DIFFUSION_MODEL wrapper of WanModel._forward (x, timestep, context, clip_fea, time_dim_concat,
+    transformer_options, **kwargs), its arguments bound by name."""
+    call = wrapped_call(executor, args, kwargs, "WanModel._forward", needs=("x", "context", "clip_fea",
+                                                                            "transformer_options"))
+    x, context = call["x"], call["context"]
     dm = executor.class_obj
 
     def embed(entry, run):     # as forward_orig embeds the positive: text_embedding, nothing padded
         return run.reuse("embed", (dm.text_embedding,), entry.on(context.device, context.dtype),
                          lambda neg: (dm.text_embedding(neg), None))
 
-    clip_fea = args[3]
+    clip_fea = call["clip_fea"]
     image_tokens = clip_fea.shape[-2] if clip_fea is not None and dm.img_emb is not None else 0
-    new = forward_options(options, x.shape[0], dm, _video_tokens(dm, x, kwargs), embed, image_tokens)
+    tokens = _video_tokens(dm, x, keyword_arg(call, "reference_latent"))
+    new = forward_options(call["transformer_options"], x.shape[0], dm, tokens, embed, image_tokens)
     if new is None:
         return executor(*args, **kwargs)
-    return executor(*args[:5], new, *args[6:], **kwargs)
+    call["transformer_options"] = new
+    return call.invoke(executor)
 
 
 def _make_block(index: int):
@@ -222,8 +270,10 @@ def _make_block(index: int):
 
             def project(text):     # once per sampling run where run.reuse() may keep it
                 return fwd.run.reuse(("kv", index), (attn,), text, lambda t: (attn.norm_k(attn.k(t)), attn.v(t)))
-            return steer_block(args, prior, extra["original_block"], project, 3 if image else 2, 2 if image else 1,
-                               text_keys, f"Wan block {index}", layer=("blocks", index))
+            where = f"Wan block {index}"
+            return steer_block(args, prior, extra["original_block"], project,
+                               call_at(2 if image else 1, text_keys, where), where, layer=("blocks", index),
+                               calls=3 if image else 2)
         return nasa_wan_block
     return make
 

@@ -2,13 +2,17 @@
 
 Held against code written here, independent of the pack:
 * a float64-attention HunyuanVideo forward with the negative stream and NASA written out (``_reference``):
-  [video; text] joint order, the negative embedded by the token refiner at the row's timestep without a
-  mask, per-token modulation for I2V guiding frames, conditioning tokens (reference latent, guiding frame)
-  attended to but never steered, the positive's text mask on the positive's attention only,
+  the negative embedded by the token refiner at the row's timestep without a mask, per-token modulation for
+  I2V guiding frames (in single blocks by position in the joint sequence, whose order - [video; text] up to
+  ComfyUI 0.3.6x, [text; video] since - is read from what the model computes, see ``_model_order``),
+  conditioning tokens (reference latent, guiding frame) attended to but never steered, the positive's text
+  mask on the positive's attention only,
 * hooks counting each block's (and the token refiner's) projection of the negative: once per forward,
 * the negative stream entering double blocks 0 and 1 equals the text stream of a plain forward on the negative,
 * alpha = 0 is bit-identical; text-query rows of the first block are untouched; uncond rows at cfg > 1
-  are untouched; cfg 1 runs one pass per step; batch rows at different timesteps each get their own.
+  are untouched; cfg 1 runs one pass per step; batch rows at different timesteps each get their own;
+* a 1-step run steers every block; an adapter that reads the forward's arguments from the wrong slots raises
+  instead of sampling without the negative; HunyuanVideo 1.5, HunyuanImage 2.1 and MeanFlow models are refused.
 
 The random-weight builder leaves RMSNorm scales (the q/k norms) at 0, which makes every query and key zero
 (uniform attention); the model here gets scales drawn around 1 so that attention patterns show.
@@ -107,10 +111,16 @@ def _positions(latent):
     return grid.reshape(1, t * h * w, 3).float().expand(latent.shape[0], -1, -1).clone()
 
 
-def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_index=None, steer_conditioning=False):
+def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_index=None, steer_conditioning=False,
+               text_first=False):
     """HunyuanVideo forward with NASA, written from the paper's formula and the published HunyuanVideo structure,
-    using the model's weights; attention in float64. Modulation is written per token: a guiding frame's tokens
-    use the vector of its own timestep, every other token (text included) the sampled timestep's."""
+    using the model's weights; attention in float64. Modulation is written per token: with a guiding frame, one
+    latent frame's worth of tokens uses the vector of the guiding frame's timestep, every other token the sampled
+    timestep's. Double blocks and the last layer count image tokens (the guiding frame's are the first), the text
+    always takes the sampled timestep's; the single blocks count positions of the joint sequence, as ComfyUI
+    does, so there it depends on its order: ``text_first`` ([text; video]) or [video; text], and the negative
+    stream's tokens take the positions the text has. Nothing else depends on the order (attention over the
+    joint sequence, its RoPE ids and mask carried along with the tokens, is the same in either)."""
     from comfy.ldm.flux.layers import timestep_embedding
     from einops import rearrange
     x, t, context, y, guidance, negative = inputs
@@ -169,11 +179,17 @@ def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_
         txt = txt + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(txt), tm2))
         neg = neg + tm1.gate * blk.txt_attn.proj(na.float())
         neg = neg + tm2.gate * blk.txt_mlp(_mod(blk.txt_norm2(neg), tm2))
-    hs = torch.cat((img, txt), 1)
-    vec_all = torch.cat((vec_img, vec.expand(b, T, -1)), 1)
+    hs = torch.cat((img, txt), 1)       # this reference's order; the modulation follows the model's positions
+    L = neg.shape[1]
+    img_pos, txt_pos = (torch.arange(N) + T, torch.arange(T)) if text_first else (torch.arange(N), torch.arange(T) + N)
+    neg_pos = txt_pos[0] + torch.arange(L)
+    vec_all, vec_neg = vec.expand(b, N + T, -1).clone(), vec.expand(b, L, -1).clone()
+    if guiding_frame_index is not None:
+        vec_all[:, torch.cat((img_pos, txt_pos)) < frame] = (gvec + cond)[:, None]
+        vec_neg[:, neg_pos < frame] = (gvec + cond)[:, None]
     for blk in dm.single_blocks:
         m, _ = blk.modulation(vec_all)
-        mn, _ = blk.modulation(vec)
+        mn, _ = blk.modulation(vec_neg)
 
         def lin1(h_, m_):
             qkv_, mlp = torch.split(blk.linear1(_mod(blk.pre_norm(h_), m_)), [3 * blk.hidden_size, blk.mlp_hidden_dim], -1)
@@ -202,12 +218,32 @@ def _inputs(config, seed=3, batch=1):
     return x, torch.full((batch,), 700.0), context, y, torch.full((batch,), 6.0), negative
 
 
+def _model_order(env) -> bool:
+    """Whether the model joins [text; video] for its single blocks, read from what it computes: with a guiding
+    frame the single blocks modulate by sequence position, and exactly one order's reference (at alpha 0) is the
+    model's own forward."""
+    if "text_first" not in env:
+        dm = env["model"]().model.diffusion_model
+        inputs = _inputs(env["config"])
+        x, t, context, y, guidance, _ = inputs
+        index = torch.tensor([0.0])
+        with torch.no_grad():
+            plain = dm(x, t, context, y=y, guidance=guidance, guiding_frame_index=index, transformer_options={})
+            errors = {order: (plain - _reference(dm, inputs, 0.0, guiding_frame_index=index, text_first=order))
+                      .abs().max().item() for order in (True, False)}
+        scale = plain.abs().max().item()
+        assert min(errors.values()) <= 1e-4 * scale and max(errors.values()) > 1e-2 * scale, errors
+        env["text_first"] = min(errors, key=errors.get)
+    return env["text_first"]
+
+
 def _check_against_reference(env, alpha=1.0, tol=1e-3, **conditioning):
     mp = env["model"]()
     inputs = _inputs(env["config"])
     dm = mp.model.diffusion_model
     direct = {"attention_mask": conditioning.get("txt_mask"), "ref_latent": conditioning.get("ref_latent"),
               "guiding_frame_index": conditioning.get("guiding_frame_index")}
+    conditioning["text_first"] = _model_order(env)
     got = _direct(env, mp, inputs, alpha, **direct)
     with torch.no_grad():
         want = _reference(dm, inputs, alpha, **conditioning)
@@ -237,6 +273,7 @@ def _conditioning_tokens_check(env, **conditioning):
     mp = env["model"]()
     inputs = _inputs(env["config"])
     got = _check_against_reference(env, **conditioning)
+    conditioning["text_first"] = _model_order(env)
     with torch.no_grad():
         wrong = _reference(mp.model.diffusion_model, inputs, 1.0, steer_conditioning=True, **conditioning)
         right = _reference(mp.model.diffusion_model, inputs, 1.0, **conditioning)
@@ -252,8 +289,25 @@ def test_reference_latent_tokens_are_keys_but_not_steered(env):
 
 def test_guiding_frame_is_not_steered_and_text_uses_the_video_modulation(env):
     """I2V "v2 (replace)": the first latent frame is the clean start image (modulated at guiding_frame_index); it
-    is not steered, and the negative stream takes the text's modulation (the sampled timestep's), as the positive."""
+    is not steered, and the negative stream takes the modulation the model gives its text (the sampled
+    timestep's in the double blocks; in the single blocks that of the text's sequence positions)."""
     _conditioning_tokens_check(env, guiding_frame_index=torch.tensor([0.0]))     # as ComfyUI's CONDRegular gives it
+
+
+def test_single_block_modulation_of_the_negative_follows_the_text_positions(env):
+    """With a guiding frame the single blocks modulate the first frame's worth of POSITIONS of the joint sequence
+    with the guiding frame's vector: text positions where the text comes first. The negative stream must take
+    the modulation of the positions the text has; a reference placing the text on the other side is measurably
+    off NASA's result (by the order read from the model, ``_model_order``, not from a ComfyUI version)."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    inputs = _inputs(env["config"])
+    index = torch.tensor([0.0])
+    got = _direct(env, mp, inputs, 1.0, guiding_frame_index=index)
+    with torch.no_grad():
+        right = _reference(dm, inputs, 1.0, guiding_frame_index=index, text_first=_model_order(env))
+        other = _reference(dm, inputs, 1.0, guiding_frame_index=index, text_first=not _model_order(env))
+    assert (got - other).abs().max() > 100 * (got - right).abs().max()
 
 
 def test_every_block_and_the_token_refiner_project_the_negative_once_per_forward(env):
@@ -321,7 +375,7 @@ def test_negative_stream_equals_a_real_forward_on_the_negative(env):
 
 
 def test_only_video_queries_are_steered(env):
-    """In double block 0 (joint order [video; text]) the text tokens' attention output (input of txt_attn.proj)
+    """In double block 0 the text tokens' attention output (input of txt_attn.proj)
     is bit-identical with and without NASA; the video tokens' (input of img_attn.proj) is not."""
     mp = env["model"]()
     dm = mp.model.diffusion_model
@@ -390,13 +444,93 @@ def test_second_nasa_node_replaces_the_first(env):
     assert torch.equal(once, twice)
 
 
+def _not_supported(env, comfyui, mp, family):
+    """``mp`` is not claimed: the node refuses it with the unsupported-family error."""
+    adapters = comfyui.mod("adapters")
+    assert not env["hunyuan"].matches(mp)
+    with pytest.raises(adapters.UnsupportedModelError, match=f"model family '{family}' is not supported"):
+        adapters.find_adapter(mp)
+    with pytest.raises(adapters.UnsupportedModelError, match=f"model family '{family}' is not supported"):
+        env["apply"](mp)
+
+
 def test_hunyuan_image_21_is_not_claimed(env, comfyui):
     """HunyuanImage 2.1 shares the diffusion-model class but not the text path (ByT5 glyph tokens, 2D patches):
     this adapter does not claim it, so the node reports the family as unsupported instead of steering wrongly."""
-    adapters = comfyui.mod("adapters")
     config = dict(env["config"], vec_in_dim=None, patch_size=[1, 1], axes_dim=[8, 8], guidance_embed=False)
-    mp = env["rm"].build_diffusion_model("HunyuanImage21", config)
-    assert not env["hunyuan"].matches(mp)
     assert env["hunyuan"].matches(env["model"]())
-    with pytest.raises(ValueError, match="model family 'HunyuanImage21' is not supported"):
-        adapters.find_adapter(mp)
+    _not_supported(env, comfyui, env["rm"].build_diffusion_model("HunyuanImage21", config), "HunyuanImage21")
+
+
+def test_hunyuan_video_15_is_not_claimed(env, comfyui):
+    """HunyuanVideo 1.5 runs the same diffusion-model class (ComfyUI's HunyuanVideo15 model subclasses its
+    HunyuanVideo model) with CLIP-vision tokens and a condition-type embedding in its text sequence: not claimed.
+    Neither is a model of ComfyUI's plain HunyuanVideo class built with either of those: the match reads the
+    model's structure, not only its class."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "HunyuanVideo15"):
+        support.skip_missing_family("HunyuanVideo 1.5", "HunyuanVideo15")
+    v15 = dict(env["config"], vision_in_dim=24, use_cond_type_embedding=True, meanflow_sum=True, patch_size=[1, 1, 1])
+    _not_supported(env, comfyui, env["rm"].build_diffusion_model("HunyuanVideo15", v15), "HunyuanVideo15")
+    for structure in (dict(use_cond_type_embedding=True), dict(vision_in_dim=24)):
+        mp = env["rm"].build_diffusion_model("HunyuanVideo", {**env["config"], **structure})
+        assert type(mp.model).__name__ == "HunyuanVideo"
+        _not_supported(env, comfyui, mp, "HunyuanVideo")
+
+
+def test_meanflow_hunyuan_video_is_not_claimed(env, comfyui):
+    """A MeanFlow model of ComfyUI's HunyuanVideo class (a second timestep embedding, ``time_r_in``, as HunyuanVideo
+    1.5's step-distilled checkpoints have) is refused although ComfyUI loads it as its HunyuanVideo model."""
+    mp = env["rm"].build_diffusion_model("HunyuanVideo", dict(env["config"], meanflow=True))
+    assert type(mp.model).__name__ == "HunyuanVideo" and mp.model.diffusion_model.time_r_in is not None
+    _not_supported(env, comfyui, mp, "HunyuanVideo")
+
+
+def _last_steered(mp):
+    """The layers NASA steered in ``mp``'s last sampling run (its SAMPLER_SAMPLE wrapper records them)."""
+    import comfy.patcher_extension as pe
+    return mp.wrappers[pe.WrappersMP.SAMPLER_SAMPLE]["nasa"][0].last_steered
+
+
+def test_one_step_run_steers_every_block(env):
+    """Canary: a 1-step NASA run steers every double and single block (a ComfyUI change that bypasses NASA in some
+    blocks shows here, even where the output still moves)."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env["config"])
+    m = env["apply"](mp, alpha=0.5)
+    _sample(m, env["config"], pos, neg, steps=1)
+    groups = env["hunyuan"].block_groups(m)
+    assert _last_steered(m) == {(group, i) for group, indices in groups.items() for i in indices}
+    assert len(_last_steered(m)) == len(dm.double_blocks) + len(dm.single_blocks) == 4
+
+
+def test_misread_forward_arguments_raise_instead_of_sampling_unsteered(env, comfyui, monkeypatch):
+    """No silent no-op: where NASA's view of HunyuanVideo._forward's signature has one parameter more before
+    transformer_options than ComfyUI's (what a positional table of an older release made of the clip_fea ComfyUI
+    added), NASA reads no run from the forward's arguments and steers nothing: the sampling run must fail, saying
+    the negative was not honoured. The same run with ComfyUI's real signature steers."""
+    import inspect
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    binding = comfyui.mod("adapters.binding")
+    real = binding.signature_of
+
+    def shifted(func):
+        sig = real(func)
+        if getattr(func, "__func__", None) is not HunyuanVideo._forward:
+            return sig
+        params = list(sig.parameters.values())
+        at = [p.name for p in params].index("transformer_options")
+        added = inspect.Parameter("added_before_transformer_options", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  default=None)
+        return sig.replace(parameters=params[:at] + [added] + params[at:])
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    monkeypatch.setattr(binding, "signature_of", shifted)
+    with pytest.raises(RuntimeError, match="NASA steered no layer of this HunyuanVideo .* the negative prompt was "
+                                           "NOT honoured"):
+        _sample(env["apply"](mp, alpha=1.0), env["config"], pos, neg, steps=1)
+    monkeypatch.undo()
+    m = env["apply"](mp, alpha=1.0)
+    _sample(m, env["config"], pos, neg, steps=1)
+    assert len(_last_steered(m)) == 4

@@ -8,13 +8,18 @@ Held against code written here, independent of the pack:
   NASA's output equals it;
 * the negative's padding tokens (attention_mask 0) are ignored, as the model ignores the prompt's;
 * alpha = 0 is bit-identical; uncond rows at cfg > 1 are bit-identical; cfg 1 runs one pass per step;
-  guide-frame tokens (keyframe_idxs) are not steered.
+  guide-frame tokens (keyframe_idxs, from ComfyUI's own LTXVAddGuide code) are not steered;
+* NASA steers the text cross-attention call however many self-attention calls the block makes: two or three
+  with a guide attention mask (LTXVAddGuide at strength != 1), none with spatio-temporal guidance's
+  value-passthrough self-attention; with as many video as prompt tokens the prompt's mask tells the calls apart;
+* a 1-step run steers every block; LTX-2 (audio-video) and LTXV models with its cross-attention AdaLN are refused.
 
 The random-weight builder leaves RMSNorm weights at 0 (its init knows LayerNorm/GroupNorm only), which
 would make every attention uniform; the models here get random RMSNorm weights in [0.5, 2).
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -64,8 +69,42 @@ def _conds(env, seed=0, neg_len=NEG_LEN, neg_valid=NEG_VALID):
     return _prompt(env, POS_LEN, POS_VALID, seed), _prompt(env, neg_len, neg_valid, seed + 1)
 
 
-def _sample(mp, pos, neg, cfg=1.0, steps=1, batch=1, frames=2, size=4, capture=None):
-    return support.sample(mp, torch.zeros(batch, 128, frames, size, size), pos, neg, cfg, steps, capture)
+def _sample(mp, pos, neg, cfg=1.0, steps=1, batch=1, frames=2, size=4, capture=None, latent=None, noise_mask=None):
+    latent = torch.zeros(batch, 128, frames, size, size) if latent is None else latent
+    return support.sample(mp, latent, pos, neg, cfg, steps, capture, noise_mask=noise_mask)
+
+
+def _add_guide(mp, pos, neg, strength, frames=2, size=4, seed=5):
+    """LTXVAddGuide at frame 0 through ComfyUI's own code (comfy_extras.nodes_lt), a random latent standing for
+    the VAE-encoded guide image: keyframe_idxs on both prompts, the guide frame appended to the latent with its
+    noise mask, and, where this ComfyUI tracks guides for attention control, the guide's attention entry.
+    Returns (pos, neg, latent, noise_mask)."""
+    import comfy_extras.nodes_lt as lt
+    latent = torch.zeros(1, 128, frames, size, size)
+    guide = torch.randn(1, 128, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    noise_mask = lt.get_noise_mask({"samples": latent})
+    scale_factors = mp.model.diffusion_model.vae_scale_factors
+    pos, neg, latent, noise_mask = lt.LTXVAddGuide.append_keyframe(pos, neg, 0, latent, noise_mask, guide, strength,
+                                                                   scale_factors)
+    track = getattr(lt, "_append_guide_attention_entry", None)
+    if track is not None:
+        pos, neg = track(pos, neg, guide[0, 0].numel(), list(guide.shape[2:]), strength=strength)
+    return pos, neg, latent, noise_mask
+
+
+def _attention_calls(mp, *args, **kwargs):
+    """(query tokens, key tokens) of every attention call of one plain sampling run of ``mp`` (an attention
+    override counting them, as any node may install one)."""
+    calls = []
+    m = mp.clone()
+    options = m.model_options.setdefault("transformer_options", {})
+
+    def count(func, *a, **kw):
+        calls.append((a[0].shape[1], a[1].shape[1]))
+        return func(*a, **kw)
+    options["optimized_attention_override"] = count
+    _sample(m, *args, **kwargs)
+    return calls
 
 
 # ----------------------------------------------------------------------------- independent reference
@@ -93,9 +132,10 @@ def _attention(q, k, v, heads, bias=None):
 
 
 @contextmanager
-def _reference(mp, negative, alpha):
+def _reference(mp, negative, alpha, video_tokens=None):
     """Every block's attn2 of ``mp`` computes NASA written out in float64 while in this context.
-    ``negative`` is a conditioning entry [tensor, {"attention_mask": ...}]; only its real tokens count."""
+    ``negative`` is a conditioning entry [tensor, {"attention_mask": ...}]; only its real tokens count.
+    ``video_tokens``: only the first that many query tokens are steered (the rest are guide frames)."""
     dm = mp.model.diffusion_model
     text, opts = negative
     if "attention_mask" in opts:
@@ -117,7 +157,8 @@ def _reference(mp, negative, alpha):
             for c, kind in enumerate(chunks):
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
-                    z[rows] = z[rows] - alpha * _attention(q[rows], k_neg, v_neg, heads)
+                    tok = slice(0, video_tokens)
+                    z[rows, tok] = z[rows, tok] - alpha * _attention(q[rows, tok], k_neg, v_neg, heads)
             return _lin(z, attn.to_out[0]).to(x.dtype)
         handles.append(attn.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -127,8 +168,8 @@ def _reference(mp, negative, alpha):
             h.remove()
 
 
-def _reference_sample(mp, negative, alpha, *args, **kwargs):
-    with _reference(mp, negative, alpha):
+def _reference_sample(mp, negative, alpha, *args, video_tokens=None, **kwargs):
+    with _reference(mp, negative, alpha, video_tokens):
         return _sample(mp, *args, **kwargs)
 
 
@@ -259,20 +300,199 @@ def test_guide_frame_tokens_are_not_steered(env):
     mp = env.model()
     pos, neg = _conds(env)
     guide = 4 * 4                                       # one appended 4x4 latent frame
-    coords = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0) * 32, torch.arange(4.0) * 32,
-                                        indexing="ij")).reshape(1, 3, guide)
-    pos = [[pos[0][0], {**pos[0][1], "keyframe_idxs": coords}]]
+    pos, neg, latent, noise_mask = _add_guide(mp, pos, neg, strength=1.0)
     outs = []
-    h = mp.model.diffusion_model.transformer_blocks[0].attn2.register_forward_hook(lambda m, i, o: outs.append(o.clone()))
+    attn2 = mp.model.diffusion_model.transformer_blocks[0].attn2
+    h = attn2.register_forward_hook(lambda m, i, o: outs.append(o.clone()))
     try:
-        _sample(mp, pos, neg, frames=3)
-        _sample(env.apply(mp, alpha=1.0), pos, neg, frames=3)
+        _sample(mp, pos, neg, latent=latent, noise_mask=noise_mask)
+        _sample(env.apply(mp, alpha=1.0), pos, neg, latent=latent, noise_mask=noise_mask)
     finally:
         h.remove()
     plain, nasa = outs
     assert plain.shape[1] == 3 * 16
     assert torch.equal(nasa[:, -guide:], plain[:, -guide:])
     assert ((nasa[:, :-guide] - plain[:, :-guide]).abs().amax(-1) > 0).all()
+
+
+def test_guide_attention_mask_self_attention_calls(env):
+    """LTXVAddGuide at strength 0.5: where ComfyUI attenuates guide attention, attn1 gets a GuideAttentionMask and
+    splits its queries into one call per token group (video, tracked guide), each over all 48 keys, before attn2's
+    call. NASA steers exactly the text call (all 48 queries over the prompt's keys), only on the video's tokens,
+    and equals the reference. There, also the three-way split (:func:`_untracked_guide_tokens_case`)."""
+    mp = env.model()
+    pos, neg = _conds(env)
+    pos, neg, latent, noise_mask = _add_guide(mp, pos, neg, strength=0.5)
+    n, video, layers = 48, 32, len(mp.model.diffusion_model.transformer_blocks)
+    from comfy.ldm.lightricks import model as ltxv_model
+    guide_mask_class = getattr(ltxv_model, "GuideAttentionMask", None)
+    masks = []
+    h = mp.model.diffusion_model.transformer_blocks[0].attn1.register_forward_pre_hook(
+        lambda m, a, kw: masks.append(kw.get("mask")), with_kwargs=True)
+    try:
+        calls = _attention_calls(mp, pos, neg, latent=latent, noise_mask=noise_mask)
+    finally:
+        h.remove()
+    self_calls = [c for c in calls if c[1] == n]
+    assert [c for c in calls if c[1] != n] == [(n, POS_LEN)] * layers           # the text calls
+    if guide_mask_class is not None:                    # this ComfyUI builds the guide attention mask
+        assert all(isinstance(m, guide_mask_class) for m in masks) and masks
+        assert self_calls == [(video, n), (n - video, n)] * layers
+    else:
+        assert self_calls == [(n, n)] * layers
+    base = _sample(mp, pos, neg, latent=latent, noise_mask=noise_mask)
+    got = _sample(env.apply(mp, alpha=0.8), pos, neg, latent=latent, noise_mask=noise_mask)
+    want = _reference_sample(mp, neg[0], 0.8, pos, neg, latent=latent, noise_mask=noise_mask, video_tokens=video)
+    support.check_close(got, want, base)
+    if guide_mask_class is not None:
+        _untracked_guide_tokens_case(env, guide_mask_class)
+
+
+def _untracked_guide_tokens_case(env, mask_class):
+    """A GuideAttentionMask tracking only part of the guide tokens (a guide's pixel mask covering fewer tokens
+    than survive) makes attn1 split its queries three ways: video, tracked guide tokens, the rest. The mask is
+    ComfyUI's own class, handed to the blocks by a "dit" replace installed before NASA (ComfyUI builds it in the
+    model's forward); NASA steers exactly attn2's call and equals the reference."""
+    mp = env.model()
+    pos, neg = _conds(env)
+    pos, neg, latent, noise_mask = _add_guide(mp, pos, neg, strength=1.0)
+    n, video, tracked, layers = 48, 32, 8, len(mp.model.diffusion_model.transformer_blocks)
+    masked = mp.clone()
+
+    def with_mask(args, extra):
+        mask = mask_class(n, video, tracked, torch.full((1, tracked), 0.5))
+        return extra["original_block"]({**args, "self_attention_mask": mask})
+    for i in range(layers):
+        masked.set_model_patch_replace(with_mask, "dit", "double_block", i)
+    calls = _attention_calls(masked, pos, neg, latent=latent, noise_mask=noise_mask)
+    assert calls == [(video, n), (tracked, n), (n - video - tracked, n), (n, POS_LEN)] * layers
+    base = _sample(masked, pos, neg, latent=latent, noise_mask=noise_mask)
+    assert not torch.equal(base, _sample(mp, pos, neg, latent=latent, noise_mask=noise_mask))    # the mask acts
+    got = _sample(env.apply(masked, alpha=0.8), pos, neg, latent=latent, noise_mask=noise_mask)
+    want = _reference_sample(masked, neg[0], 0.8, pos, neg, latent=latent, noise_mask=noise_mask, video_tokens=video)
+    support.check_close(got, want, base)
+
+
+def _honours_stg_option(attn) -> bool:
+    """Whether this ComfyUI's LTXV self-attention skips attention under transformer_options["stg_skip_self_attn"]."""
+    calls = []
+    options = {"stg_skip_self_attn": True,
+               "optimized_attention_override": lambda func, *a, **kw: calls.append(1) or func(*a, **kw)}
+    with torch.no_grad():
+        attn(torch.zeros(1, 4, attn.to_q.in_features), transformer_options=options)
+    return not calls
+
+
+def _with_stg(mp, how):
+    """A clone of ``mp`` with spatio-temporal guidance's perturbation on every block, installed before NASA as a
+    "dit" replace: each block's self-attention returns its values (no attention call). ``how``: "option"
+    through ComfyUI's own stg_skip_self_attn; "passthrough": attn1 swapped for that passthrough for the call,
+    as nodes outside ComfyUI perturb it."""
+    m = mp.clone()
+    blocks = mp.model.diffusion_model.transformer_blocks
+
+    def passthrough(attn, x, context=None, mask=None, pe=None, transformer_options=None, **kwargs):
+        return attn.to_out(attn.to_v(x))
+
+    def make(i):
+        def stg_block(args, extra):
+            if how == "option":
+                options = {**args["transformer_options"], "stg_skip_self_attn": True}
+                return extra["original_block"]({**args, "transformer_options": options})
+            attn = blocks[i].attn1
+            attn.forward = functools.partial(passthrough, attn)
+            try:
+                return extra["original_block"](args)
+            finally:
+                del attn.forward
+        return stg_block
+    for i in range(len(blocks)):
+        m.set_model_patch_replace(make(i), "dit", "double_block", i)
+    return m
+
+
+def test_stg_self_attention_without_attention_calls(env):
+    """Spatio-temporal guidance's perturbed pass: attn1 makes no attention call, so attn2's is the block's only
+    one. NASA still steers exactly it (through the STG replace installed before it) and equals the reference;
+    through ComfyUI's own stg_skip_self_attn where its LTXV attention honours it, and as an outside node does."""
+    mp = env.model()
+    pos, neg = _conds(env)
+    layers = len(mp.model.diffusion_model.transformer_blocks)
+    ways = ["passthrough"] + (["option"] if _honours_stg_option(mp.model.diffusion_model.transformer_blocks[0].attn1)
+                              else [])
+    for how in ways:
+        stg = _with_stg(mp, how)
+        assert _attention_calls(stg, pos, neg) == [(32, POS_LEN)] * layers, how
+        base = _sample(stg, pos, neg)
+        got = _sample(env.apply(stg, alpha=0.8), pos, neg)
+        support.check_close(got, _reference_sample(stg, neg[0], 0.8, pos, neg), base)
+        assert (base - _sample(mp, pos, neg)).abs().max() > 1e-2 * base.abs().max(), how    # STG changed the run
+
+
+def test_as_many_video_as_prompt_tokens(env, comfyui):
+    """One 4x4 latent frame has as many tokens as the prompt (16): attn1 and attn2 calls have the same shapes, and
+    the prompt's mask (the object the block passes attn2) tells them apart; NASA equals the reference. Called
+    without a prompt mask (ComfyUI's sampler always passes LTXV one) the two cannot be told apart, and NASA
+    refuses instead of guessing."""
+    mp = env.model()
+    pos, neg = _conds(env)
+    base = _sample(mp, pos, neg, frames=1)
+    got = _sample(env.apply(mp, alpha=0.8), pos, neg, frames=1)
+    support.check_close(got, _reference_sample(mp, neg[0], 0.8, pos, neg, frames=1), base)
+
+    negatives = comfyui.mod("adapters.negatives")
+    m = env.apply(mp, alpha=0.8, negative=neg, use_sampler_negative=False)
+    run = negatives.NasaRun(negatives.negative_prompt([(neg[0][0], neg[0][1])], 0.8), {}, "test")
+    options = {**m.model_options["transformer_options"], negatives.RUN_KEY: run, "cond_or_uncond": [0],
+               "wrappers": m.wrappers}      # as the sampler passes them (comfy.sampler_helpers)
+    dm = m.model.diffusion_model
+    with torch.no_grad():
+        for frames in (2, 1):
+            x, context = torch.randn(1, 128, frames, 4, 4), pos[0][0]
+            if frames == 2:         # 32 video tokens: no ambiguity, it steers
+                dm(x, torch.tensor([0.5]), context, None, transformer_options=dict(options))
+                continue
+            with pytest.raises(RuntimeError, match="cannot tell the block's text cross-attention from its "
+                                                   "self-attention"):
+                dm(x, torch.tensor([0.5]), context, None, transformer_options=dict(options))
+    assert run.steered == {("blocks", 0), ("blocks", 1)}
+
+
+def _last_steered(mp):
+    """The layers NASA steered in ``mp``'s last sampling run (its SAMPLER_SAMPLE wrapper records them)."""
+    import comfy.patcher_extension as pe
+    return mp.wrappers[pe.WrappersMP.SAMPLER_SAMPLE]["nasa"][0].last_steered
+
+
+def test_one_step_run_steers_every_block(env, comfyui):
+    """Canary: a 1-step NASA run steers every block."""
+    mp = env.model()
+    pos, neg = _conds(env)
+    m = env.apply(mp, alpha=0.5)
+    _sample(m, pos, neg, steps=1)
+    groups = comfyui.mod("adapters.ltxv").block_groups(m)
+    assert _last_steered(m) == {("blocks", i) for i in groups["blocks"]} == {("blocks", 0), ("blocks", 1)}
+
+
+def test_ltx2_is_not_claimed(env, comfyui):
+    """LTX-2 (audio-video: LTXAVModel subclasses LTXVModel, ComfyUI's LTXAV config subclasses LTXV) is refused, and
+    so is an LTXV model built with LTX-2's cross-attention AdaLN (its attn2 runs on modulated text)."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "LTXAV"):
+        support.skip_missing_family("LTX-2", "LTXAV")
+    adapters = comfyui.mod("adapters")
+    rm = comfyui.mod("runner.random_models")
+    ltx2 = rm.build_diffusion_model("LTXAV", dict(
+        image_model="ltxav", in_channels=128, audio_in_channels=128, cross_attention_dim=32,
+        audio_cross_attention_dim=32, attention_head_dim=16, audio_attention_head_dim=16, num_attention_heads=2,
+        audio_num_attention_heads=2, caption_channels=72, num_layers=2))
+    adaln = rm.build_diffusion_model("LTXV", dict(rm.DIT_FAMILIES["ltxv"][1], cross_attention_adaln=True))
+    assert type(adaln.model).__name__ == "LTXV" and adaln.model.diffusion_model.cross_attention_adaln
+    assert comfyui.mod("adapters.ltxv").matches(env.model())
+    for mp, family in ((ltx2, "LTXAV"), (adaln, "LTXV")):
+        assert not comfyui.mod("adapters.ltxv").matches(mp)
+        with pytest.raises(adapters.UnsupportedModelError, match=f"model family '{family}' is not supported"):
+            env.apply(mp)
 
 
 # ----------------------------------------------------------------------------- the node's input, bad input

@@ -11,15 +11,25 @@ Held against code written here, independent of the pack:
 * the negative stream after the context refiner and after main layer 0 equals the caption stream of a
   plain forward on the negative,
 * alpha = 0 is bit-identical; caption-query rows are untouched; a caption padding mask stays on the
-  positive; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step; NASA's object patches
-  are gone from the layers once the plain model is loaded again.
+  positive where the model honours it (0.3.64) and NASA places the image where the model does where it
+  does not (0.33); uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step; NASA's object
+  patches are gone from the layers once the plain model is loaded again,
+* the variants ComfyUI builds on NextDiT that NASA does not support, where this ComfyUI has them (Z-Image,
+  NewBie, the Omni reference path), are refused with an error naming them,
+* a one-step NASA run steers every main layer (the sampler wrapper's record of the steered layers).
+
+The reference gives the caption positions 0..P-1 and the image P (ComfyUI 0.3.64's layout); 0.33 counts from
+1 (caption 1..P, image P+1). Rotary attention depends on position differences only, so one reference holds
+for both.
 
 The random-weight builder leaves RMSNorm weights at 0 (every caption embedding, query and key, and every
 layer's residual branch would be zero); the model here gets weights drawn around 1.
 """
 from __future__ import annotations
 
+import inspect
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,9 +79,10 @@ def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
     return support.sample(model, torch.zeros(batch, 16, H, W), pos, neg, cfg, steps, capture)
 
 
-def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None):
+def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extra):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all
-    positive). The clone is loaded as the sampler loads it, which applies its object patches."""
+    positive). The clone is loaded as the sampler loads it, which applies its object patches. ``extra``: more
+    keyword arguments of the model's forward."""
     import comfy.model_management
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
     negatives = env["negatives"]
@@ -84,7 +95,7 @@ def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None):
     num_tokens = context.shape[1] if attention_mask is None else int(attention_mask[0].sum())
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, num_tokens, attention_mask=attention_mask,
-                                       transformer_options=options)
+                                       transformer_options=options, **extra)
 
 
 # ----------------------------------------------------------------------------- independent reference
@@ -294,24 +305,48 @@ def test_only_image_queries_are_steered(env):
 
 
 def test_caption_padding_mask_stays_on_the_positive(env):
-    """A positive padded with 5 random tokens and masked gives what the unpadded positive gives (the padding
-    never reaches the image, and the mask never reaches the negative, whose lengths differ)."""
+    """A positive padded with 5 random tokens under a mask. A model that honours the mask (0.3.64: the unpatched
+    model gives what the unpadded positive gives) gives that with NASA too: the padding never reaches the image,
+    and the mask never reaches the negative, whose lengths differ. A model that ignores it (0.33: the padding is
+    caption, the image follows all 25 tokens) gives with NASA what it gives without the mask, and that is the
+    reference on the padded caption: NASA places the image where the model does, not after the mask's 20."""
     mp, config = env["model"](), env["config"]
+    dm = mp.model.diffusion_model
     x, t, context, negative = _inputs(config)
     padded = torch.cat((context, torch.randn(1, 5, _width(config), generator=torch.Generator().manual_seed(4))), 1)
     mask = torch.cat((torch.ones(1, POS_LEN), torch.zeros(1, 5)), 1).long()
+    with torch.no_grad():
+        plain_padded = dm(x, t, padded, POS_LEN, attention_mask=mask, transformer_options={})
+        plain = dm(x, t, context, POS_LEN, transformer_options={})
+        plain_unmasked = dm(x, t, padded, POS_LEN + 5, transformer_options={})
+    honoured = (plain_padded - plain).abs().max() < 1e-4 * plain.abs().max()
+    assert honoured or torch.allclose(plain_padded, plain_unmasked, rtol=1e-4, atol=1e-5)   # one or the other
     got = _direct(env, mp, x, t, padded, negative, 1.0, attention_mask=mask)
-    plain = _direct(env, mp, x, t, context, negative, 1.0)
-    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+    if honoured:
+        torch.testing.assert_close(got, _direct(env, mp, x, t, context, negative, 1.0), rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(got, _direct(env, mp, x, t, padded, negative, 1.0), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            want = _reference(dm, config, x, t, padded, negative, 1.0)
+            base = _reference(dm, config, x, t, padded, negative, 0.0)
+        support.check_close(got, want, base)
 
 
 def test_rows_with_different_caption_lengths_are_refused(env):
-    mp, config = env["model"](), env["config"]
-    x, t, context, negative = _inputs(config, batch=2)
-    mask = torch.ones(2, POS_LEN, dtype=torch.long)
-    mask[1, -3:] = 0
+    """Where the model masks caption padding in its main layers (0.3.64), a row's image follows that row's own
+    caption; rows whose masks say their captions differ in length have their images at different places, and
+    NASA refuses the batch. Held on the layers' mask as 0.3.64 builds it (additive, -max on the padding): the
+    model itself cannot run such a batch through its caption refiner in 0.3.64, and 0.33 ignores the mask."""
+    lumina = env["lumina"]
+    state = SimpleNamespace(info={"image_tokens": IMAGE_TOKENS})
+    x = torch.zeros(2, POS_LEN + IMAGE_TOKENS, 8)
+    mask = torch.zeros(2, POS_LEN + IMAGE_TOKENS)
+    mask[1, POS_LEN - 3:POS_LEN] = -torch.finfo(torch.float32).max
     with pytest.raises(ValueError, match=r"test: this Lumina 2 batch holds captions of different lengths \[17, 20\]"):
-        _direct(env, mp, x, t, context, negative, 1.0, attention_mask=mask)
+        lumina._image_tokens(state, x, mask, "test")
+    image = slice(POS_LEN, POS_LEN + IMAGE_TOKENS)
+    assert lumina._image_tokens(state, x, torch.zeros_like(mask), "test") == image
+    assert lumina._image_tokens(state, x, None, "test") == image
 
 
 @pytest.mark.parametrize("neg_len", [NEG_LEN, POS_LEN], ids=["separate_passes", "one_batch"])
@@ -377,3 +412,55 @@ def test_second_nasa_node_replaces_the_first(env):
     once = _direct(env, mp, x, t, context, negative, 1.0)
     twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
     assert torch.equal(once, twice)
+
+
+def test_one_step_run_steers_every_layer(env):
+    """The canary: after a one-step NASA run at alpha > 0 the sampler wrapper's record of the steered layers
+    holds every main layer the selection may name (a layer NASA's patches no longer reach would be missing)."""
+    import comfy.patcher_extension
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    m = env["apply"](mp, alpha=0.5)
+    _sample(m, pos, neg, steps=1)
+    wrapper = m.wrappers[comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE][env["negatives"].WRAPPER_KEY][0]
+    groups = env["lumina"].block_groups(m)
+    assert wrapper.last_steered == {(g, i) for g, indices in groups.items() for i in indices}
+    assert len(wrapper.last_steered) == len(mp.model.diffusion_model.layers)
+
+
+def _refused(env, mp, name):
+    assert not env["lumina"].matches(mp)
+    with pytest.raises(ValueError, match=rf"Apply NASA Attention: model family '{name}' is not supported"):
+        env["apply"](mp)
+
+
+def test_z_image_is_refused(env):
+    """Z-Image (ComfyUI's ZImage config on NextDiT: caption and image padding tokens, its own modulation and
+    timestep scale) is not the Lumina 2 NASA binds to."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "ZImage"):
+        support.skip_missing_family("Z-Image", "ZImage")
+    config = dict(env["config"], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32, rope_theta=256.0)
+    _refused(env, env["rm"].build_diffusion_model("ZImage", config), "ZImage")
+
+
+def test_newbie_is_refused(env):
+    """NewBie (the Lumina2 config with a pooled CLIP projection in the layers' modulation): the config class alone
+    does not tell it from Lumina 2, the model's structure does."""
+    from comfy.ldm.lumina.model import NextDiT
+    if "clip_text_dim" not in inspect.signature(NextDiT.__init__).parameters:
+        support.skip_missing_family("NewBie", "NextDiT(clip_text_dim)")
+    _refused(env, env["rm"].build_dit_model("lumina2", clip_text_dim=32), "Lumina2")
+
+
+def test_omni_reference_latents_are_refused(env):
+    """NextDiT's Omni path (reference latents and their captions in the sequence, modulated at timestep 0) gives
+    the layers another layout: a NASA forward with reference latents raises, naming them."""
+    from comfy.ldm.lumina.model import NextDiT
+    if "ref_latents" not in inspect.signature(NextDiT._forward).parameters:
+        support.skip_missing_family("Lumina 2 Omni", "NextDiT._forward(ref_latents)")
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    ref = torch.randn(1, 16, H, W, generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match=r"test: this Lumina 2 run has reference latents"):
+        _direct(env, mp, x, t, context, negative, 1.0, ref_latents=[ref], ref_contexts=[context])

@@ -7,13 +7,18 @@ Held against code written here, independent of the pack:
 * hooks counting each block's text projection of the negative (one per block per forward),
 * the negative stream after block 0 equals the text stream of a plain forward on the negative,
 * alpha = 0 is bit-identical; text-query rows of the first block are untouched; Edit reference
-  latents are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step.
+  latents are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step,
+* the variants ComfyUI builds on the same class where this ComfyUI has them (Edit-2511: reference tokens
+  modulated at timestep 0; Layered: T layers of image tokens and an extra timestep embedding) against the
+  same reference; MageFlow (Qwen-Image's blocks in a model of its own) is refused,
+* a one-step NASA run steers every block (the sampler wrapper's record of the steered layers).
 
 The random-weight builder leaves RMSNorm weights at 0 (every query and key would be zero, every
 attention uniform, and no RoPE choice would show); the model here gets weights drawn around 1.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -32,11 +37,12 @@ def env(comfyui):
     qwen = comfyui.mod("adapters.qwen_image")
     cache = {}
 
-    def model(dtype=torch.float32):
-        if dtype not in cache:
-            cache[dtype] = rm.build_dit_model("qwen_image", dtype=dtype, seed=0)
-            support.sharpen_rms_norms(cache[dtype].model.diffusion_model)
-        return cache[dtype]
+    def model(dtype=torch.float32, **variant):
+        key = (dtype, tuple(sorted(variant.items())))
+        if key not in cache:
+            cache[key] = rm.build_dit_model("qwen_image", dtype=dtype, seed=0, **variant)
+            support.sharpen_rms_norms(cache[key].model.diffusion_model)
+        return cache[key]
 
     apply = support.apply_nasa
 
@@ -89,10 +95,12 @@ def _attn(q, k, v):
     return o.transpose(1, 2).flatten(2)
 
 
-def _image_ids(b, h_len, w_len, index=0):
-    rows = torch.arange(h_len).view(-1, 1).expand(h_len, w_len) - h_len // 2
-    cols = torch.arange(w_len).view(1, -1).expand(h_len, w_len) - w_len // 2
-    ids = torch.stack((torch.full_like(rows, index), rows, cols), -1).reshape(1, -1, 3)
+def _image_ids(b, h_len, w_len, index=0, frames=1):
+    """(index or frame, row, column) of each image token; several frames (Layered) are numbered 0..T-1."""
+    rows = torch.arange(h_len).view(1, -1, 1).expand(frames, h_len, w_len) - h_len // 2
+    cols = torch.arange(w_len).view(1, 1, -1).expand(frames, h_len, w_len) - w_len // 2
+    first = torch.arange(frames).view(-1, 1, 1).expand(frames, h_len, w_len) if frames > 1 else torch.full_like(rows, index)
+    ids = torch.stack((first, rows, cols), -1).reshape(1, -1, 3)
     return ids.expand(b, -1, -1)
 
 
@@ -101,8 +109,14 @@ def _text_ids(b, start, n):
 
 
 def _mod(x, params):
-    shift, scale, gate = params.chunk(3, dim=-1)
-    return x * (1 + scale[:, None]) + shift[:, None], gate[:, None]
+    """Shift/scale/gate modulation; ``params`` (B, 3D) for every token or (B, L, 3D) per token."""
+    shift, scale, gate = (params if params.ndim == 3 else params[:, None]).chunk(3, dim=-1)
+    return x * (1 + scale) + shift, gate
+
+
+def _per_token(params, params0, n, total):
+    """(B, total, 3D) modulation: the first ``n`` tokens with ``params``, the rest with ``params0`` (timestep 0)."""
+    return torch.cat((params[:, None].expand(-1, n, -1), params0[:, None].expand(-1, total - n, -1)), 1)
 
 
 def _mlp(x, norm, mlp, params):
@@ -111,17 +125,21 @@ def _mlp(x, norm, mlp, params):
 
 
 def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, steer_references=False,
-               negative_text_start=None):
+               negative_text_start=None, ref_timestep_zero=False, steered_tokens=None):
     """Qwen-Image forward with NASA from the paper's formula and the published block structure, with the
     model's weights; attention and RoPE in float64. Text RoPE: both prompts start at half the image's
-    longer token side (``negative_text_start`` overrides the negative's, to show a wrong choice is caught)."""
+    longer token side (``negative_text_start`` overrides the negative's, to show a wrong choice is caught).
+    ``x`` is (B, C, T, H, W): T > 1 frames (Layered) are all generated image tokens, numbered by frame on the
+    first RoPE axis. ``ref_timestep_zero`` (Edit-2511): reference tokens are modulated with timestep 0's
+    embedding, everything else with the regular one. ``steered_tokens``: steer only that many image tokens (a
+    wrong choice the tests show is caught)."""
     axes = config["axes_dims_rope"]
-    b, h_len, w_len = x.shape[0], x.shape[-2] // 2, x.shape[-1] // 2
+    b, frames, h_len, w_len = x.shape[0], x.shape[2], x.shape[-2] // 2, x.shape[-1] // 2
 
     def patchify(lat):
-        lat = lat[:, :, 0].view(b, -1, lat.shape[-2] // 2, 2, lat.shape[-1] // 2, 2)
-        return lat.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
-    img, img_ids = patchify(x), _image_ids(b, h_len, w_len)
+        c, f, hh, ww = lat.shape[1], lat.shape[2], lat.shape[-2] // 2, lat.shape[-1] // 2
+        return lat.reshape(b, c, f, hh, 2, ww, 2).permute(0, 2, 3, 5, 1, 4, 6).flatten(4).flatten(1, 3)
+    img, img_ids = patchify(x), _image_ids(b, h_len, w_len, frames=frames)
     n_img = img.shape[1]
     for i, ref in enumerate(ref_latents or []):
         img = torch.cat((img, patchify(ref)), 1)
@@ -131,12 +149,14 @@ def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, ste
     ids = torch.cat((_text_ids(b, start, T), img_ids), 1)
     neg_ids = _text_ids(b, start if negative_text_start is None else negative_text_start, negative.shape[1])
     temb = dm.time_text_embed(t, img)
+    temb0 = dm.time_text_embed(t * 0, img) if ref_timestep_zero else temb
     img = dm.img_in(img)
     txt, neg = dm.txt_in(dm.txt_norm(context)), dm.txt_in(dm.txt_norm(negative)).expand(b, -1, -1)
-    steer = slice(T, None) if steer_references else slice(T, T + n_img)
+    steer = slice(T, None) if steer_references else slice(T, T + (steered_tokens or n_img))
     for blk in dm.transformer_blocks:
         a, heads = blk.attn, config["num_attention_heads"]
-        im1, im2 = blk.img_mod(temb).chunk(2, dim=-1)
+        im1, im2 = (_per_token(p, p0, n_img, img.shape[1]) for p, p0 in
+                    zip(blk.img_mod(temb).chunk(2, dim=-1), blk.img_mod(temb0).chunk(2, dim=-1)))
         tm1, tm2 = blk.txt_mod(temb).chunk(2, dim=-1)
 
         def split(t_):
@@ -163,12 +183,13 @@ def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, ste
         txt = _mlp(txt, blk.txt_norm2, blk.txt_mlp, tm2)
         neg = _mlp(neg, blk.txt_norm2, blk.txt_mlp, tm2)
     out = dm.proj_out(dm.norm_out(img, temb))[:, :n_img]
-    return out.view(b, h_len, w_len, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, 1, x.shape[-2], x.shape[-1])
+    out = out.view(b, frames, h_len, w_len, -1, 2, 2).permute(0, 4, 1, 2, 5, 3, 6)
+    return out.reshape(b, -1, frames, x.shape[-2], x.shape[-1])
 
 
-def _inputs(config, batch=1, seed=3):
+def _inputs(config, batch=1, seed=3, frames=1):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 16, 1, H, W, generator=g)
+    x = torch.randn(batch, 16, frames, H, W, generator=g)
     context = torch.randn(batch, POS_LEN, _width(config), generator=g)
     negative = torch.randn(1, NEG_LEN, _width(config), generator=g)
     return x, torch.full((batch,), 0.7), context, negative
@@ -178,13 +199,14 @@ def _ref_latents():
     return [torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(9))]
 
 
-def _check(env, alpha=1.0, ref_latents=None, tol=1e-3):
-    mp, config = env["model"](), env["config"]
-    x, t, context, negative = _inputs(config)
+def _check(env, alpha=1.0, ref_latents=None, tol=1e-3, mp=None, frames=1, ref_timestep_zero=False):
+    mp, config = mp or env["model"](), env["config"]
+    x, t, context, negative = _inputs(config, frames=frames)
     got = _direct(env, mp, x, t, context, negative, alpha, ref_latents)
     with torch.no_grad():
-        want = _reference(mp.model.diffusion_model, config, x, t, context, negative, alpha, ref_latents)
-        base = _reference(mp.model.diffusion_model, config, x, t, context, negative, 0.0, ref_latents)
+        dm = mp.model.diffusion_model
+        want = _reference(dm, config, x, t, context, negative, alpha, ref_latents, ref_timestep_zero=ref_timestep_zero)
+        base = _reference(dm, config, x, t, context, negative, 0.0, ref_latents, ref_timestep_zero=ref_timestep_zero)
     effect = (want - base).abs().max().item()
     err = (got - want).abs().max().item()
     assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
@@ -347,3 +369,70 @@ def test_second_nasa_node_replaces_the_first(env):
     twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
     assert torch.equal(once, twice)
 
+
+
+def test_one_step_run_steers_every_block(env):
+    """The canary: after a one-step NASA run at alpha > 0 the sampler wrapper's record of the steered layers
+    holds every block the selection may name (a block NASA's hooks no longer reach would be missing)."""
+    import comfy.patcher_extension
+    mp = env["model"]()
+    pos, neg = _conds(env["config"])
+    m = env["apply"](mp, alpha=0.5)
+    _sample(m, pos, neg, steps=1)
+    wrapper = m.wrappers[comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE][env["negatives"].WRAPPER_KEY][0]
+    groups = env["qwen"].block_groups(m)
+    assert wrapper.last_steered == {(g, i) for g, indices in groups.items() for i in indices}
+    assert len(wrapper.last_steered) == len(mp.model.diffusion_model.transformer_blocks)
+
+
+def _model_takes(name):
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+    return name in inspect.signature(QwenImageTransformer2DModel.__init__).parameters
+
+
+def test_edit_2511_references_modulated_at_timestep_zero(env):
+    """Qwen-Image-Edit-2511 (``index_timestep_zero``): the block gets vec for [regular; timestep 0] rows and
+    modulates the reference tokens with the second; the negative, like the text, takes the regular timestep's.
+    The reference that modulates the reference tokens at timestep 0 matches; one that does not, does not."""
+    if not _model_takes("default_ref_method"):
+        support.skip_missing_family("Qwen-Image-Edit-2511", "QwenImageTransformer2DModel(default_ref_method)")
+    mp = env["model"](default_ref_method="index_timestep_zero")
+    assert env["qwen"].matches(mp) and "Edit-2511" in env["qwen"].family_name(mp)
+    got = _check(env, ref_latents=_ref_latents(), mp=mp, ref_timestep_zero=True)
+    x, t, context, negative = _inputs(env["config"])
+    with torch.no_grad():
+        wrong = _reference(mp.model.diffusion_model, env["config"], x, t, context, negative, 1.0, _ref_latents())
+        right = _reference(mp.model.diffusion_model, env["config"], x, t, context, negative, 1.0, _ref_latents(),
+                           ref_timestep_zero=True)
+    assert (got - wrong).abs().max() > 10 * (got - right).abs().max()
+
+
+def test_layered_steers_every_layer_of_the_image(env):
+    """Qwen-Image-Layered: a (B, C, T, H, W) latent is T * h * w generated image tokens (frame index on the first
+    RoPE axis) and the timestep embedding has an extra term; all T layers are steered. The reference that steers
+    only the first layer's tokens is far from the adapter's output."""
+    if not _model_takes("use_additional_t_cond"):
+        support.skip_missing_family("Qwen-Image-Layered", "QwenImageTransformer2DModel(use_additional_t_cond)")
+    mp = env["model"](use_additional_t_cond=True, default_ref_method="negative_index")
+    assert env["qwen"].matches(mp) and "Layered" in env["qwen"].family_name(mp)
+    got = _check(env, mp=mp, frames=2)
+    x, t, context, negative = _inputs(env["config"], frames=2)
+    with torch.no_grad():
+        dm = mp.model.diffusion_model
+        right = _reference(dm, env["config"], x, t, context, negative, 1.0)
+        first = _reference(dm, env["config"], x, t, context, negative, 1.0, steered_tokens=(H // 2) * (W // 2))
+    assert (got - first).abs().max() > 10 * (got - right).abs().max()
+
+
+def test_mage_flow_is_refused(env):
+    """MageFlow runs Qwen-Image's blocks in a model of its own (own timestep embedding, patch size 1): it is
+    not the Qwen-Image NASA binds to, so Apply NASA Attention names it unsupported."""
+    import comfy.supported_models
+    if not hasattr(comfy.supported_models, "MageFlow"):
+        support.skip_missing_family("MageFlow", "MageFlow")
+    mp = env["rm"].build_diffusion_model("MageFlow", dict(image_model="mage_flow", in_channels=16, out_channels=16,
+                                                          num_layers=2, attention_head_dim=16, num_attention_heads=4,
+                                                          joint_attention_dim=56, axes_dims_rope=(4, 6, 6)))
+    assert not env["qwen"].matches(mp)
+    with pytest.raises(ValueError, match=r"Apply NASA Attention: model family 'MageFlow' is not supported"):
+        env["apply"](mp)

@@ -1,0 +1,84 @@
+"""Binding to ComfyUI's call signatures by parameter name, never by position.
+
+ComfyUI adds, removes and reorders parameters of its model forwards and sampler functions from one release
+to the next (HunyuanVideo's ``_forward`` gained ``clip_fea`` before ``transformer_options``; Qwen-Image's lost
+``guidance``). A ModelPatcher wrapper receives the call's arguments as its caller passed them, positionally
+or not; :class:`Call` binds them to the wrapped function's own signature, so a wrapper reads and replaces
+arguments by name, and passes everything it does not know through unchanged. A parameter NASA needs that
+the signature lacks is a loud error naming the function, not a wrong slot read in silence.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, Iterable
+
+
+class SignatureChanged(RuntimeError):
+    """A ComfyUI function NASA wraps no longer has a parameter NASA binds to."""
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(func) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def signature_of(func: Callable) -> inspect.Signature:
+    """``func``'s signature (bound methods without ``self``), cached per underlying function."""
+    target = getattr(func, "__func__", None)
+    if target is not None:      # a bound method: the function's signature without its first parameter
+        params = list(_signature(target).parameters.values())[1:]
+        return _signature(target).replace(parameters=params)
+    return _signature(func)
+
+
+class Call:
+    """The arguments of one call of ``func``, by parameter name.
+
+    ``call[name]`` reads one, ``call[name] = value`` replaces it, :meth:`invoke` calls a function of the same
+    signature (the wrapper's ``executor``) with them: positional parameters stay positional, keywords stay
+    keywords, extra ``**kwargs`` pass through."""
+
+    def __init__(self, func: Callable, args: tuple, kwargs: dict, where: str, needs: Iterable[str] = ()):
+        self.signature = signature_of(func)
+        self.where = where
+        missing = [n for n in needs if n not in self.signature.parameters]
+        if missing:
+            raise SignatureChanged(
+                f"NASA: {where} has no parameter {', '.join(repr(n) for n in missing)} any more (its signature is "
+                f"{self.signature}). This ComfyUI version changed it: please report it to the NASA pack.")
+        try:
+            self.bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise SignatureChanged(f"NASA: the call of {where} does not fit its own signature {self.signature} "
+                                   f"({exc}). Please report it to the NASA pack.") from exc
+        # Defaults are read, never filled in: a mutable default (``transformer_options={}``) must not be
+        # handed on, where a wrapper further in could write into ComfyUI's shared default object.
+
+    def __getitem__(self, name: str):
+        if name in self.bound.arguments:
+            return self.bound.arguments[name]
+        param = self.signature.parameters[name]
+        if param.default is inspect.Parameter.empty:
+            raise KeyError(name)
+        return param.default
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __setitem__(self, name: str, value) -> None:
+        if name not in self.signature.parameters:
+            raise SignatureChanged(f"NASA: {self.where} has no parameter {name!r}. Please report it to the NASA pack.")
+        self.bound.arguments[name] = value
+
+    def invoke(self, func: Callable):
+        return func(*self.bound.args, **self.bound.kwargs)
+
+
+def wrapped_call(executor, args: tuple, kwargs: dict, where: str, needs: Iterable[str] = ()) -> Call:
+    """The arguments of a ModelPatcher wrapper's call, bound to the signature of the function it wraps
+    (``executor.original``, ComfyUI's ``WrapperExecutor``)."""
+    return Call(executor.original, args, kwargs, where, needs)
