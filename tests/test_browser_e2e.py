@@ -136,6 +136,12 @@ class UI:
                                  f"dialogs: {self.dialogs()})") from exc
         self.page.wait_for_timeout(800)
 
+    def run_button(self):
+        """The Run (queue) button: its test id from frontend 1.4x on (a "Run" menu trigger sits beside it), else by
+        its role and name."""
+        by_id = self.page.locator('[data-testid="queue-button"]')
+        return by_id if by_id.count() else self.page.get_by_role("button", name="Run", exact=True)
+
     def dialogs(self):
         return self.page.evaluate(JS_DIALOGS)
 
@@ -275,13 +281,15 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
     ui.load_workflow(workflow)
     assert ui.dialogs() == [], f"{workflow.name}: a dialog opened on load (missing nodes or models?)"
     nodes = ui.page.evaluate(JS_NODES)
-    assert sorted((n["id"], n["type"]) for n in nodes) == sorted((n["id"], n["type"]) for n in saved["nodes"])
-    by_id = {n["id"]: n for n in nodes}
+    # node ids as the frontend keeps them: numbers up to frontend 1.3x, strings in 1.4x (compared as text)
+    assert sorted((str(n["id"]), n["type"]) for n in nodes) == sorted((str(n["id"]), n["type"]) for n in saved["nodes"])
+    by_id = {str(n["id"]): n for n in nodes}
     nasa = [n for n in saved["nodes"] if n["type"] in NASA_TYPES]
     assert nasa, f"{workflow.name} has no NASA node"
     for saved_node in nasa:
         node_def = object_info[saved_node["type"]]
-        shown = by_id[saved_node["id"]]
+        shown = by_id[str(saved_node["id"])]
+        saved_node = {**saved_node, "id": shown["id"]}      # the id the frontend's own lookups take
         names = [w["name"] for w in shown["widgets"] if w["name"] != "control_after_generate"]
         assert names == _widget_inputs(node_def), f"{workflow.name} node {saved_node['id']}: widgets {names}"
         assert [w["value"] for w in shown["widgets"]] == saved_node.get("widgets_values", []), \
@@ -317,7 +325,7 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
             image.convert("RGB").quantize(256).save(SCREENSHOTS / "workflows" / f"{workflow.stem}.png", optimize=True)
 
     with ui.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as posted:
-        ui.page.get_by_role("button", name="Run", exact=True).click()
+        ui.run_button().click()
     answer = posted.value.json()
     assert posted.value.status == 200 and not answer.get("node_errors"), \
         f"{workflow.name}: the server rejected the prompt the UI built: {answer}"
@@ -326,6 +334,7 @@ def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, workflow):
     if workflow in TOY_WORKFLOWS:
         assert status["status_str"] == "success", f"{workflow.name}: {status}"
         save = next(n for n in saved["nodes"] if n["type"] == "SaveImage")
+        save = {**save, "id": by_id[str(save["id"])]["id"]}
         ui.page.wait_for_function(JS_IMAGE_SHOWN, arg=save["id"], timeout=60_000)
         _check_toy_image(ui, server, workflow, saved, entry, save)
     else:                                           # no weights here: it must stop at a loader, nowhere else
@@ -405,7 +414,7 @@ def test_help_page_opens_from_the_node(ui, object_info, node_type):
     """Select the node on the canvas, press the selection toolbox's info button: our page, its picture loads."""
     workflow = _workflow_with(node_type)
     ui.load_workflow(workflow)
-    node_id = next(n["id"] for n in json.loads(workflow.read_text(encoding="utf-8"))["nodes"] if n["type"] == node_type)
+    node_id = next(n["id"] for n in ui.page.evaluate(JS_NODES) if n["type"] == node_type)   # as the frontend keys it
     x, y = ui.page.evaluate(JS_FOCUS, [node_id, None])
     ui.page.mouse.click(x, y)
     display = object_info[node_type]["display_name"]

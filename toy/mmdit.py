@@ -89,4 +89,8 @@ def flow_loss(base_model, x0: torch.Tensor, cond: dict, generator: torch.Generat
 def save(path, diffusion_model: torch.nn.Module, info: dict) -> None:
     from safetensors.torch import save_file
     meta = {"nasa_toy": "mmdit", "flux_config": json.dumps(FLUX_CONFIG), "info": json.dumps(info)}
-    save_file(models._half(diffusion_model.state_dict()), str(path), metadata=meta)
+    # FLUX's checkpoint key format (RMSNorm ``*_norm.scale``), which ComfyUI 0.3.64's blocks use and newer ones
+    # convert on load (their norms hold ``.weight``): files saved on any version load on every version
+    state = {(k[:-len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
+             for k, v in diffusion_model.state_dict().items()}
+    save_file(models._half(state), str(path), metadata=meta)

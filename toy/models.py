@@ -117,7 +117,8 @@ def patcher(model, state_dict: Optional[Dict[str, torch.Tensor]], seed: int, res
     if state_dict is None:
         torch.manual_seed(seed)
         model.diffusion_model.apply(reset)
-    else:
+    else:   # through the config's own key conversion, as ComfyUI's loader (0.3.7x+ FLUX: *_norm.scale -> .weight)
+        state_dict = model.model_config.process_unet_state_dict(dict(state_dict))
         missing, unexpected = model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()},
                                                                     strict=False)
         if missing or unexpected:
