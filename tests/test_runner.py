@@ -267,6 +267,32 @@ def test_combo_control_and_upload_extras_are_skipped(comfy):
     assert wf_mod.map_widget_values(1, "LoadImage", load_image, ["x.png", "image"]) == {"image": "x.png"}
 
 
+def test_dynamic_combo_widgets_follow_their_choice(comfy):
+    """SaveVideo's format/codec: plain combos in 0.3.64, V3 DynamicCombos in 0.33 whose choice brings nested
+    widgets named '<combo>.<input>'. The same saved values convert on both, and ComfyUI validates the result."""
+    import asyncio
+
+    import execution
+    save_video = comfy.nodes.NODE_CLASS_MAPPINGS["SaveVideo"]
+    specs = wf_mod.widget_specs(save_video)
+    got = wf_mod.map_widget_values(14, "SaveVideo", specs, ["video/x", "auto", "auto"])
+    if any(s.type == "DYNAMIC_COMBO" for s in specs):
+        assert got == {"filename_prefix": "video/x", "format": "auto", "format.codec": "auto"}
+        deep = wf_mod.map_widget_values(14, "SaveVideo", specs, ["video/x", "mp4", "h264", "re-encode", 20.0, "sRGB"])
+        assert deep == {"filename_prefix": "video/x", "format": "mp4", "format.codec": "h264",
+                        "format.codec.encoding": "re-encode", "format.codec.encoding.crf": 20.0,
+                        "format.codec.encoding.color_space": "sRGB"}
+        with pytest.raises(WorkflowError, match=r"node 14 \(SaveVideo\): 'format' is 'gif'; this ComfyUI offers"):
+            wf_mod.map_widget_values(14, "SaveVideo", specs, ["video/x", "gif", "auto"])
+    else:
+        assert got == {"filename_prefix": "video/x", "format": "auto", "codec": "auto"}
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 0}},
+              "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8.0}},
+              "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], **got}}}
+    valid = asyncio.run(execution.validate_prompt("dyn", prompt, None))
+    assert valid[0] and not valid[3], valid
+
+
 def test_optional_widget_and_definition_order(comfy):
     specs = wf_mod.widget_specs(comfy.nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"])
     assert [s.name for s in specs] == ["alpha", "use_sampler_negative"]
