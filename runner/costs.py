@@ -126,7 +126,8 @@ def _meta_model(case: CostCase, dtype):
         from .random_models import model_config
         config = model_config(case.unet_config["random_models"], "full", dtype)
     else:
-        config = getattr(sm, case.config_class)(dict(case.unet_config))
+        from .random_models import detected_config
+        config = getattr(sm, case.config_class)(detected_config(case.unet_config))
         config.set_inference_dtype(dtype, None)
     model = config.get_model({}, "", device=META)
     model.model_sampling = _MetaSampling()

@@ -167,7 +167,7 @@ def text_encoder_configs(family: str) -> tuple:
     import comfy.text_encoders.sd3_clip as sd3_clip
     pipe = _pipeline(family)
     config = dit_config(family)
-    model_config = getattr(sm, rm.DIT_FAMILIES[pipe.dit][0])(dict(config))
+    model_config = getattr(sm, rm.DIT_FAMILIES[pipe.dit][0])(rm.detected_config(config))
     target = model_config.clip_target()
     tokenizer_data = {}
     if pipe.text == "flux":       # T5-XXL tokens + CLIP-L pooled (unprojected)
