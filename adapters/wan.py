@@ -130,7 +130,9 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
 
         projected = {}      # this layer's K-, V- per negative entry, shared by every group it steers
         tok = fwd.tokens
-        z, q_tok = out[:, tok], q[:, tok]
+        view = out[:, tok]
+        z, q_tok = view, q[:, tok]
+
         def projected_kv(term):
             if id(term.entry) not in projected:
                 projected[id(term.entry)] = project(fwd.negatives[id(term.entry)][0])
@@ -143,7 +145,7 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
             z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
                       guard=fwd.run.guard)
             fwd.run.mark_steered(layer)
-        if prior is not None:
+        if z is not view:       # steer could not write into out (a prior's output, or autograd on): put it back
             out[:, tok] = z
         return out
     return nasa_cross_attention

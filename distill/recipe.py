@@ -198,6 +198,14 @@ def build_trainer(student_patcher, teacher_patcher, clip, negatives: vsd.Negativ
                            (channels, side, side), vsd_config, lora=lora, device=device, negatives=negatives)
 
 
+def checkpoint_state_dict(model_patcher, clip_sd=None, vae_sd=None) -> dict:
+    """The checkpoint state dict ComfyUI saves for ``model_patcher`` (with a CLIP's and a VAE's state dicts),
+    as comfy.sd.save_checkpoint builds it, bound by name: the ModelPatcher's method from ComfyUI 0.3.7x on (the
+    model's own then takes the diffusion model's state dict first), the model's before."""
+    saving = getattr(model_patcher, "state_dict_for_saving", None) or model_patcher.model.state_dict_for_saving
+    return saving(clip_state_dict=clip_sd, vae_state_dict=vae_sd)
+
+
 def save_student(path, student_patcher, clip, vae, dtype: torch.dtype, info: dict) -> Path:
     """A checkpoint ComfyUI loads: with CheckpointLoaderSimple when the teacher came as one (its CLIP and
     VAE are stored alongside), else the diffusion model alone (Load Diffusion Model)."""
@@ -208,7 +216,7 @@ def save_student(path, student_patcher, clip, vae, dtype: torch.dtype, info: dic
         mm.load_models_gpu([clip.load_model()], force_full_load=True)
         clip_sd = clip.get_sd()
         vae_sd = vae.get_sd()
-    sd = student_patcher.model.state_dict_for_saving(clip_sd, vae_sd)
+    sd = checkpoint_state_dict(student_patcher, clip_sd, vae_sd)
     sd = {k: (v.to(dtype) if torch.is_floating_point(v) else v).contiguous() for k, v in sd.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,15 @@ def linear_weights(*shapes) -> int:
 
 
 def module_linear_weights(*modules) -> int:
-    """Sum of in*out of every torch.nn.Linear in ``modules`` (recursively; None entries skipped)."""
+    """Sum of in*out of every linear layer in ``modules`` (recursively; None entries skipped): a torch.nn.Linear, or
+    any module that declares integer ``in_features``/``out_features`` and holds a ``weight`` (mixed-precision
+    layers whose weight is a quantized tensor subclass are no torch.nn.Linear; their logical shape counts)."""
     import torch
-    return linear_weights(*[m.weight.shape for mod in modules if mod is not None for m in mod.modules()
-                            if isinstance(m, torch.nn.Linear)])
+    return linear_weights(*[(m.out_features, m.in_features) for mod in modules if mod is not None
+                            for m in mod.modules() if _is_linear(m, torch)])
+
+
+def _is_linear(m, torch) -> bool:
+    return isinstance(m, torch.nn.Linear) or (
+        isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)
+        and isinstance(getattr(m, "weight", None), torch.Tensor))

@@ -8,7 +8,6 @@ equal each row run alone (toy UNet and PixArt-α); a steered forward leaves the 
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -107,8 +106,8 @@ def test_per_row_negatives_on_pixart(comfyui, env):
 def test_the_gradient_reaches_the_student_through_the_negative(env):
     """NASA-T trains the student through its NASA attention: the loss's gradient flows into the
     negative branch (the negative's encoding gets a gradient) and changes the weights' gradient."""
-    student = copy.deepcopy(env["model"].model)
-    student.requires_grad_(True)
+    student = env["models"].load_checkpoint("student SBv2 (one-step)")[0].model   # its own copy (ComfyUI 0.33's
+    student.requires_grad_(True)                                                    # model configs refuse deepcopy)
     x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([999, 999])
     cond = env["text"](["a circle", "a square"])
@@ -251,7 +250,7 @@ def test_recipe_trains_saves_and_resumes(comfyui, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     prefixes = {k.split(".")[0] for k in a}
     assert prefixes >= {"model", "cond_stage_model", "first_stage_model"}, prefixes
-    teacher = _loaded(rm)[1].model.state_dict_for_saving(None, None)
+    teacher = recipe.checkpoint_state_dict(_loaded(rm)[1])
     unet = [k for k in a if k.startswith("model.diffusion_model.")]
     assert unet and set(unet) <= set(teacher)
     assert any(not torch.equal(a[k], teacher[k].float()) for k in unet), "the student must have trained"
@@ -283,7 +282,7 @@ def test_recipe_on_pixart_saves_the_diffusion_model(comfyui, tmp_path):
                                  lora_rank=4, lora_scale=8.0, student_lr=1e-3, precision="fp32", save_dtype="fp32")
     path = recipe.run(tmp_path, prompts, NEGATIVES, config, loaded=loaded, progress=False, log=lambda s: None)
     saved = comfy.utils.load_torch_file(str(path))
-    teacher = rm.build_dit_model("pixart", seed=0).model.state_dict_for_saving(None, None)
+    teacher = recipe.checkpoint_state_dict(rm.build_dit_model("pixart", seed=0))
     assert saved.keys() == teacher.keys() and all(k.startswith("model.diffusion_model.") for k in saved)
     assert any(not torch.equal(saved[k], teacher[k].float()) for k in saved)
     whole = recipe.RecipeConfig(**{**config.__dict__, "micro_batch": 0})
@@ -304,7 +303,7 @@ def test_recipe_on_sd21_v_prediction(comfyui, tmp_path):
     path = recipe.run(tmp_path, PROMPTS, NEGATIVES, config, loaded=(student, teacher, clip, vae), progress=False,
                       log=lambda s: None)
     saved = comfy.utils.load_torch_file(str(path))
-    reference = teacher.model.state_dict_for_saving(None, None)
+    reference = recipe.checkpoint_state_dict(teacher)
     unet = [k for k in saved if k.startswith("model.diffusion_model.")]
     assert set(unet) == {k for k in reference if k.startswith("model.diffusion_model.")}
     assert any(not torch.equal(saved[k], reference[k]) for k in unet)

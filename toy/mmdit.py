@@ -51,12 +51,16 @@ def model_config(flux_config: Optional[dict] = None):
 
 
 def _reset(module: torch.nn.Module) -> None:
-    """torch's default init (ComfyUI's ops leave parameters empty) and RMSNorm scales of one."""
+    """torch's default init (ComfyUI's ops leave parameters empty) and RMSNorm scales of one (FLUX's own RMSNorm
+    holds ``scale`` in ComfyUI 0.3.64; from 0.3.7x it is ComfyUI's torch.nn.RMSNorm, which holds ``weight``)."""
     models._reset(module)
-    scale = getattr(module, "scale", None)
-    if isinstance(scale, torch.nn.Parameter) and type(module).__name__ == "RMSNorm":
-        with torch.no_grad():
-            scale.fill_(1.0)
+    if type(module).__name__ != "RMSNorm" and not isinstance(module, torch.nn.RMSNorm):
+        return
+    for name in ("scale", "weight"):
+        param = getattr(module, name, None)
+        if isinstance(param, torch.nn.Parameter):
+            with torch.no_grad():
+                param.fill_(1.0)
 
 
 def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, flux_config: Optional[dict] = None):
@@ -67,9 +71,21 @@ def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int 
 @contextlib.contextmanager
 def trainable():
     """Autograd through ComfyUI's FLUX blocks: every tensor saved for backward is saved as a copy, so the
-    blocks' in-place additions cannot invalidate it."""
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
-        yield
+    blocks' in-place additions cannot invalidate it; and ComfyUI's own training switch
+    (``comfy.model_management.in_training``, where the version has it, as its training nodes set it) is on, so
+    its blocks take their differentiable paths (from 0.3.7x, RoPE otherwise runs comfy-kitchen kernels that have
+    no backward)."""
+    import comfy.model_management as mm
+    switch = hasattr(mm, "in_training")
+    before = mm.in_training if switch else None
+    if switch:
+        mm.in_training = True
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            yield
+    finally:
+        if switch:
+            mm.in_training = before
 
 
 def flow_loss(base_model, x0: torch.Tensor, cond: dict, generator: torch.Generator) -> torch.Tensor:
