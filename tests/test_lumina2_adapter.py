@@ -417,15 +417,12 @@ def test_second_nasa_node_replaces_the_first(env):
 def test_one_step_run_steers_every_layer(env):
     """The canary: after a one-step NASA run at alpha > 0 the sampler wrapper's record of the steered layers
     holds every main layer the selection may name (a layer NASA's patches no longer reach would be missing)."""
-    import comfy.patcher_extension
     mp = env["model"]()
     pos, neg = _conds(env["config"])
     m = env["apply"](mp, alpha=0.5)
     _sample(m, pos, neg, steps=1)
-    wrapper = m.wrappers[comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE][env["negatives"].WRAPPER_KEY][0]
-    groups = env["lumina"].block_groups(m)
-    assert wrapper.last_steered == {(g, i) for g, indices in groups.items() for i in indices}
-    assert len(wrapper.last_steered) == len(mp.model.diffusion_model.layers)
+    assert support.steered_layers(m) == support.all_layers(env["lumina"], m)
+    assert len(support.steered_layers(m)) == len(mp.model.diffusion_model.layers)
 
 
 def _refused(env, mp, name):

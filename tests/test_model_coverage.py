@@ -5,12 +5,12 @@
   block groups). A ComfyUI release that moves a hook NASA binds to makes this fail by name, per family.
 * No silent no-op: a run in which NASA had a negative to apply and steered nothing is an error naming the
   node and the model class; shown here with a deliberately wrong argument binding (the Wan adapter's wrapper
-  reads the wrong argument), and the legitimate cases that steer nothing (alpha 0, a window no step reaches, all blocks
-  at multiplier 0) stay quiet.
+  reads the wrong argument), and the legitimate cases that steer nothing (alpha 0, a window no step reaches,
+  all blocks at multiplier 0) stay quiet.
 * Strict matching: models ComfyUI builds on the classes of NASA's families but that NASA does not
   understand (FLUX.2 / Klein, LongCat-Image and Ovis on FLUX's class; Wan FlowRVS, causal, camera, VACE and
-  HuMo on Wan's; Chroma Radiance with sequential text positions) are refused with the "not supported" error before anything runs. Families a ComfyUI version
-  lacks are skipped there by name (the only skip CI accepts).
+  HuMo on Wan's; Chroma Radiance with sequential text positions) are refused with the "not supported" error
+  before anything runs. Families a ComfyUI version lacks are skipped there by name (the only skip CI accepts).
 
 The Qwen-Image, Lumina 2, HunyuanVideo and LTX-Video canaries and refusals live in their adapters' test files.
 """
