@@ -37,7 +37,9 @@ class Call:
 
     ``call[name]`` reads one, ``call[name] = value`` replaces it, :meth:`invoke` calls a function of the same
     signature (the wrapper's ``executor``) with them: positional parameters stay positional, keywords stay
-    keywords, extra ``**kwargs`` pass through."""
+    keywords, extra ``**kwargs`` pass through. A name the signature does not declare is looked up in (and set
+    into) its ``**kwargs``, where it has them: ComfyUI passes model conditioning (``reference_latent``) that way,
+    and moves parameters in and out of ``**kwargs`` between releases (Lumina 2's ``transformer_options``)."""
 
     def __init__(self, func: Callable, args: tuple, kwargs: dict, where: str, needs: Iterable[str] = ()):
         self.signature = signature_of(func)
@@ -54,11 +56,18 @@ class Call:
                                    f"({exc}). Please report it to the NASA pack.") from exc
         # Defaults are read, never filled in: a mutable default (``transformer_options={}``) must not be
         # handed on, where a wrapper further in could write into ComfyUI's shared default object.
+        self._var_keyword = next((p.name for p in self.signature.parameters.values()
+                                  if p.kind is inspect.Parameter.VAR_KEYWORD), None)
 
     def __getitem__(self, name: str):
         if name in self.bound.arguments:
             return self.bound.arguments[name]
-        param = self.signature.parameters[name]
+        param = self.signature.parameters.get(name)
+        if param is None:
+            extra = self.bound.arguments.get(self._var_keyword, {}) if self._var_keyword else {}
+            if name in extra:
+                return extra[name]
+            raise KeyError(name)
         if param.default is inspect.Parameter.empty:
             raise KeyError(name)
         return param.default
@@ -70,9 +79,13 @@ class Call:
             return default
 
     def __setitem__(self, name: str, value) -> None:
-        if name not in self.signature.parameters:
-            raise SignatureChanged(f"NASA: {self.where} has no parameter {name!r}. Please report it to the NASA pack.")
-        self.bound.arguments[name] = value
+        if name in self.signature.parameters:
+            self.bound.arguments[name] = value
+        elif self._var_keyword is not None:
+            self.bound.arguments.setdefault(self._var_keyword, {})[name] = value
+        else:
+            raise SignatureChanged(f"NASA: {self.where} has no parameter {name!r} and takes no **kwargs. Please "
+                                   f"report it to the NASA pack.")
 
     def invoke(self, func: Callable):
         return func(*self.bound.args, **self.bound.kwargs)

@@ -38,7 +38,7 @@ import torch
 
 from . import joint
 from .binding import wrapped_call
-from .wan import FORWARD_KEY, forward_options, install_blocks, keyword_arg, steer_block
+from .wan import FORWARD_KEY, forward_options, install_blocks, steer_block
 
 FAMILY = "LTX-Video"
 VIDEO = True     # a mask's batch is frames
@@ -104,7 +104,7 @@ def _forward_wrapper(executor, *args, **kwargs):
 
     guides = keyframes.shape[2] if keyframes is not None else 0
     n_video = _tokens(dm, x) - guides
-    denoise_mask = keyword_arg(call, "denoise_mask")
+    denoise_mask = call.get("denoise_mask")      # a parameter in newer releases, in **kwargs in older ones
     if guides and denoise_mask is not None and denoise_mask.ndim == 5 and denoise_mask.shape[2] == x.shape[2]:
         video_frames = n_video // (_tokens(dm, x) // x.shape[2])
         if bool((denoise_mask[:, :, :video_frames] < 0).any()):

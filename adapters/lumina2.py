@@ -44,7 +44,6 @@ and a layer refuses the third, rather than steer them wrongly.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
@@ -192,23 +191,6 @@ def _make_layer_forward(index, layer, last, prior):
     return nasa_layer_forward
 
 
-def _own_options(call) -> dict:
-    """A copy of the call's ``transformer_options``, put in its place: a parameter of ``NextDiT._forward`` in
-    0.33, one of its ``**kwargs`` in 0.3.64."""
-    if "transformer_options" in call.signature.parameters:
-        options = dict(call["transformer_options"] or {})
-        call["transformer_options"] = options
-        return options
-    var = [p.name for p in call.signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
-    if not var:
-        raise SignatureChanged(f"NASA: NextDiT._forward takes no transformer_options any more (its signature is "
-                               f"{call.signature}). Please report it to the NASA pack.")
-    extra = call.bound.arguments.setdefault(var[0], {})
-    options = dict(extra.get("transformer_options") or {})
-    extra["transformer_options"] = options
-    return options
-
-
 def _forward_wrapper(executor, *args, **kwargs):
     """DIFFUSION_MODEL wrapper around NextDiT._forward (arguments bound by name): embed and refine the negative(s)
     as the model does the caption, and record the image's token count and the relative RoPE tables the layers
@@ -216,7 +198,8 @@ def _forward_wrapper(executor, *args, **kwargs):
     dm = executor.class_obj
     call = wrapped_call(executor, args, kwargs, "NextDiT._forward", needs=("x", "context"))
     x, context = call["x"], call["context"]
-    options = _own_options(call)
+    options = dict(call.get("transformer_options") or {})    # a parameter in 0.33, in **kwargs in 0.3.64: this
+    call["transformer_options"] = options                     # forward's own copy either way
 
     def embed(neg):
         h = dm.cap_embedder(neg)

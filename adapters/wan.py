@@ -87,16 +87,6 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
     return {**options, FORWARD_KEY: fwd}
 
 
-def keyword_arg(call, name: str):
-    """Argument ``name`` of a bound call (:class:`.binding.Call`): a parameter of the signature, or one passed
-    through its ``**kwargs`` (ComfyUI hands model conditioning such as ``reference_latent`` or, in older
-    releases, LTXV's ``denoise_mask`` on that way); None where not given."""
-    if name in call.signature.parameters:
-        return call[name]
-    var = [p.name for p in call.signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-    return call.bound.arguments.get(var[0], {}).get(name) if var else None
-
-
 def _mask_arg(args: tuple, kwargs: dict):
     """The ``mask`` of a call of ComfyUI's attention function (q, k, v, heads, mask=None, ...): keyword in newer
     releases, positional (``optimized_attention_masked``) in older ones."""
@@ -251,7 +241,7 @@ def _forward_wrapper(executor, *args, **kwargs):
 
     clip_fea = call["clip_fea"]
     image_tokens = clip_fea.shape[-2] if clip_fea is not None and dm.img_emb is not None else 0
-    tokens = _video_tokens(dm, x, keyword_arg(call, "reference_latent"))
+    tokens = _video_tokens(dm, x, call.get("reference_latent"))     # model conditioning: in **kwargs
     new = forward_options(call["transformer_options"], x.shape[0], dm, tokens, embed, image_tokens)
     if new is None:
         return executor(*args, **kwargs)
