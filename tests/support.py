@@ -125,6 +125,16 @@ def apply_nasa(mp, **kw):
     return nodes.NODE_CLASS_MAPPINGS["NASAApplyAttention"].execute(model=mp, **kw).result[0]
 
 
+def apply_nasa_advanced(mp, **kw):
+    """Apply NASA Attention (Advanced), run as ComfyUI runs the node (alpha 1, the sampler's negative, the whole
+    schedule and every block by default)."""
+    import nodes
+    args = dict(alpha=1.0, use_sampler_negative=True, start_percent=0.0, end_percent=1.0, alpha_end_scale=1.0,
+                blocks="")
+    args.update(kw)
+    return nodes.NODE_CLASS_MAPPINGS["NASAApplyAttentionAdvanced"].execute(model=mp, **args).result[0]
+
+
 def sharpen_rms_norms(dm, seed=0):
     """Give every torch RMSNorm of ``dm`` random weights around 1, so a reference that skipped one shows."""
     g = torch.Generator().manual_seed(seed)

@@ -122,12 +122,7 @@ def sd(comfyui):
                 layers=unet.cross_attention_layers(mp.model.diffusion_model), groups=unet.block_groups(mp))
 
 
-def _advanced(mp, **kw):
-    import nodes
-    args = dict(alpha=1.0, use_sampler_negative=True, start_percent=0.0, end_percent=1.0, alpha_end_scale=1.0,
-                blocks="")
-    args.update(kw)
-    return nodes.NODE_CLASS_MAPPINGS["NASAApplyAttentionAdvanced"].execute(model=mp, **args).result[0]
+_advanced = support.apply_nasa_advanced
 
 
 def _negative(cond, alpha=-1.0, mask=None, previous=None):

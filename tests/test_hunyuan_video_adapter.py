@@ -486,12 +486,6 @@ def test_meanflow_hunyuan_video_is_not_claimed(env, comfyui):
     _not_supported(env, comfyui, mp, "HunyuanVideo")
 
 
-def _last_steered(mp):
-    """The layers NASA steered in ``mp``'s last sampling run (its SAMPLER_SAMPLE wrapper records them)."""
-    import comfy.patcher_extension as pe
-    return mp.wrappers[pe.WrappersMP.SAMPLER_SAMPLE]["nasa"][0].last_steered
-
-
 def test_one_step_run_steers_every_block(env):
     """Canary: a 1-step NASA run steers every double and single block (a ComfyUI change that bypasses NASA in some
     blocks shows here, even where the output still moves)."""
@@ -500,9 +494,8 @@ def test_one_step_run_steers_every_block(env):
     pos, neg = _conds(env["config"])
     m = env["apply"](mp, alpha=0.5)
     _sample(m, env["config"], pos, neg, steps=1)
-    groups = env["hunyuan"].block_groups(m)
-    assert _last_steered(m) == {(group, i) for group, indices in groups.items() for i in indices}
-    assert len(_last_steered(m)) == len(dm.double_blocks) + len(dm.single_blocks) == 4
+    assert support.steered_layers(m) == support.all_layers(env["hunyuan"], m)
+    assert len(support.steered_layers(m)) == len(dm.double_blocks) + len(dm.single_blocks) == 4
 
 
 def test_misread_forward_arguments_raise_instead_of_sampling_unsteered(env, comfyui, monkeypatch):
@@ -533,4 +526,4 @@ def test_misread_forward_arguments_raise_instead_of_sampling_unsteered(env, comf
     monkeypatch.undo()
     m = env["apply"](mp, alpha=1.0)
     _sample(m, env["config"], pos, neg, steps=1)
-    assert len(_last_steered(m)) == 4
+    assert len(support.steered_layers(m)) == 4

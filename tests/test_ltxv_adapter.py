@@ -458,20 +458,14 @@ def test_as_many_video_as_prompt_tokens(env, comfyui):
     assert run.steered == {("blocks", 0), ("blocks", 1)}
 
 
-def _last_steered(mp):
-    """The layers NASA steered in ``mp``'s last sampling run (its SAMPLER_SAMPLE wrapper records them)."""
-    import comfy.patcher_extension as pe
-    return mp.wrappers[pe.WrappersMP.SAMPLER_SAMPLE]["nasa"][0].last_steered
-
-
 def test_one_step_run_steers_every_block(env, comfyui):
     """Canary: a 1-step NASA run steers every block."""
     mp = env.model()
     pos, neg = _conds(env)
     m = env.apply(mp, alpha=0.5)
     _sample(m, pos, neg, steps=1)
-    groups = comfyui.mod("adapters.ltxv").block_groups(m)
-    assert _last_steered(m) == {("blocks", i) for i in groups["blocks"]} == {("blocks", 0), ("blocks", 1)}
+    expected = support.all_layers(comfyui.mod("adapters.ltxv"), m)
+    assert support.steered_layers(m) == expected == {("blocks", 0), ("blocks", 1)}
 
 
 def test_ltx2_is_not_claimed(env, comfyui):

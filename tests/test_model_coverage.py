@@ -95,18 +95,11 @@ def test_nothing_steered_where_nothing_is_asked_stays_quiet(env):
     mp, pos, neg, latent = env["case"]("flux")
     plain = support.sample(mp, torch.zeros(latent), pos, neg)
     for kw in (dict(alpha=0.0), dict(start_percent=0.5, end_percent=1.0)):
-        m = support.apply_nasa(mp, **kw) if "alpha" in kw else _advanced(mp, **kw)
+        m = support.apply_nasa(mp, **kw) if "alpha" in kw else support.apply_nasa_advanced(mp, alpha=0.5, **kw)
         assert torch.equal(support.sample(m, torch.zeros(latent), pos, neg), plain), kw
         assert support.steered_layers(m) == frozenset()
-    m = _advanced(mp, blocks="double*0, single*0")
+    m = support.apply_nasa_advanced(mp, alpha=0.5, blocks="double*0, single*0")
     assert torch.equal(support.sample(m, torch.zeros(latent), pos, neg), plain)
-
-
-def _advanced(mp, alpha=0.5, blocks="", start_percent=0.0, end_percent=1.0):
-    import nodes
-    node = nodes.NODE_CLASS_MAPPINGS["NASAApplyAttentionAdvanced"]
-    return node.execute(model=mp, alpha=alpha, use_sampler_negative=True, start_percent=start_percent,
-                        end_percent=end_percent, alpha_end_scale=1.0, blocks=blocks).result[0]
 
 
 def test_a_wrong_argument_binding_is_a_loud_error_not_a_silent_no_op(env, monkeypatch):
