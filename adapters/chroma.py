@@ -23,8 +23,8 @@ Chroma's blocks take is the optional bias of Redux/regional conditioning on the 
 [text; image] sequence; it stays on the positive attention and does not apply to the negative.
 
 Hook: a ``"dit"`` replace per double and single block (chaining any replace installed before):
-FLUX's block replaces (:func:`.flux.make_double` / :func:`.flux.make_single`) and text-stream
-``finish`` steps, with this module's ``prepare`` steps: only the modulation source differs. Chroma
+the FLUX-style block replaces (:func:`.double_single.make_double` / :func:`.double_single.make_single`) and
+text-stream ``finish`` steps, with this module's ``prepare`` steps: only the modulation source differs. Chroma
 has no Kontext reference tokens, so every token after the text is steered.
 """
 from __future__ import annotations
@@ -33,13 +33,11 @@ import dataclasses
 import functools
 from typing import Optional
 
-from . import flux, joint
+from . import double_single, joint
 from .binding import wrapped_call
-from .negatives import RUN_KEY, attach_model, set_wrapper
-
-FAMILY = "Chroma"
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("Chroma, Chroma Radiance",)
+from .run import RUN_KEY
+from .sampler import set_wrapper
+from .family import Family
 
 
 def _chroma_classes():
@@ -64,7 +62,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.params.context_in_dim
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"Chroma ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -76,11 +74,11 @@ def _rows(mod, rows):
 
 def _double_prepare(block, vec):
     _, (mod1, mod2) = vec                      # ((img_mod1, img_mod2), (txt_mod1, txt_mod2))
-    return flux.text_stream_double(block, lambda s: (_rows(mod1, s.rows), _rows(mod2, s.rows)))
+    return double_single.text_stream_double(block, lambda s: (_rows(mod1, s.rows), _rows(mod2, s.rows)))
 
 
 def _single_prepare(block, mod):
-    return flux.text_stream_single(block, lambda s: _rows(mod, s.rows))
+    return double_single.text_stream_single(block, lambda s: _rows(mod, s.rows))
 
 
 def _check_text_positions(executor, *args, **kwargs):
@@ -100,13 +98,15 @@ def _check_text_positions(executor, *args, **kwargs):
 
 
 def install(model_patcher) -> int:
-    count = joint.install_double_single(
-        model_patcher, functools.partial(flux.make_double, prepare_for=_double_prepare, family="Chroma"),
-        functools.partial(flux.make_single, prepare_for=_single_prepare, family="Chroma"))
+    count = double_single.install_double_single(
+        model_patcher, functools.partial(double_single.make_double, prepare_for=_double_prepare, family="Chroma"),
+        functools.partial(double_single.make_single, prepare_for=_single_prepare, family="Chroma"))
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _check_text_positions)
     return count
 
 
-block_groups = joint.double_single_groups
-flop_layers = functools.partial(flux.flop_layers, modulated=False)    # modulation is precomputed for all blocks
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="Chroma", supported=("Chroma, Chroma Radiance",),
+    matches=matches, model_name=model_name, context_dim=context_dim, block_groups=double_single.double_single_groups,
+    install=install, joint_stream=True,
+    flop_layers=functools.partial(double_single.flop_layers, modulated=False))   # modulation precomputed for all blocks

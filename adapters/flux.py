@@ -13,23 +13,21 @@ negative flows through the text-stream weights as a stream of its own (see :mod:
   query rows. Kontext reference tokens (appended after the image) are keys the negative stream
   attends to, but are never steered.
 
-Hooks: a ``"dit"`` replace per double and single block (chaining any replace installed before),
-and a ``DIFFUSION_MODEL`` wrapper that records how many tokens the generated image has.
+Hooks: a ``"dit"`` replace per double and single block (chaining any replace installed before;
+:mod:`.double_single`), and a ``DIFFUSION_MODEL`` wrapper that records how many tokens the generated
+image has.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
-import torch
 
-from . import joint
+from . import double_single, joint
 from .binding import wrapped_call
-from .negatives import RUN_KEY, attach_model, set_wrapper
-
-FAMILY = "FLUX.1"
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("FLUX.1 schnell/dev/Fill/Kontext",)
-IMAGE_TOKENS_KEY = "nasa_image_tokens"
+from .family import Family
+from .run import RUN_KEY
+from .sampler import set_wrapper
 
 
 def _flux_class():
@@ -59,146 +57,16 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.params.context_in_dim
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"FLUX ({type(model_patcher.model.model_config).__name__})"
 
 
-def _apply_mod(x, scale, shift):
-    return torch.addcmul(shift, x, 1 + scale)
-
-
-def _split_heads(qkv, heads):
-    return qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
-
-
-def text_stream_double(block, modulation):
-    """``prepare``/``finish`` of a negative stream through a double block's text half;
-    ``modulation(stream)`` returns the text modulation (mod1, mod2) for the stream's rows."""
-    def prepare(s):
-        mod1, mod2 = modulation(s)
-        q, k, v = _split_heads(block.txt_attn.qkv(_apply_mod(block.txt_norm1(s.x), mod1.scale, mod1.shift)),
-                               block.num_heads)
-        s.q, s.k = block.txt_attn.norm(q, k, v)
-        s.v = v
-        s.scratch["mod"] = (mod1, mod2)
-
-    def finish(s):
-        mod1, mod2 = s.scratch["mod"]
-        x = s.x + mod1.gate * block.txt_attn.proj(s.out)
-        s.x = x + mod2.gate * block.txt_mlp(_apply_mod(block.txt_norm2(x), mod2.scale, mod2.shift))
-        if s.x.dtype == torch.float16:        # as the block does for its own text stream
-            s.x = torch.nan_to_num(s.x, nan=0.0, posinf=65504, neginf=-65504)
-    return prepare, finish
-
-
-def text_stream_single(block, modulation):
-    """``prepare``/``finish`` of a negative stream through a single block; ``modulation(stream)``
-    returns the block's modulation for the stream's rows."""
-    def prepare(s):
-        mod = modulation(s)
-        qkv, mlp = torch.split(block.linear1(_apply_mod(block.pre_norm(s.x), mod.scale, mod.shift)),
-                               [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
-        q, k, v = _split_heads(qkv, block.num_heads)
-        s.q, s.k = block.norm(q, k, v)
-        s.v = v
-        s.scratch["mod"] = (mod, mlp)
-
-    def finish(s):
-        mod, mlp = s.scratch["mod"]
-        s.x = s.x + mod.gate * block.linear2(torch.cat((s.out, block.mlp_act(mlp)), 2))
-        if s.x.dtype == torch.float16:
-            s.x = torch.nan_to_num(s.x, nan=0.0, posinf=65504, neginf=-65504)
-    return prepare, finish
-
-
 def _double_prepare(block, vec):
-    return text_stream_double(block, lambda s: block.txt_mod(joint.rows_of(vec, s.rows)))
+    return double_single.text_stream_double(block, lambda s: block.txt_mod(joint.rows_of(vec, s.rows)))
 
 
 def _single_prepare(block, vec):
-    return text_stream_single(block, lambda s: block.modulation(joint.rows_of(vec, s.rows))[0])
-
-
-def _image_tokens(options, total):
-    """The generated image's tokens among ``total`` image-side tokens (Kontext references follow them);
-    all of them where the forward wrapper did not count (Chroma)."""
-    n = options.get(IMAGE_TOKENS_KEY)
-    return total if n is None else min(int(n), total)
-
-
-def make_double(index, prepare_for=_double_prepare, family="FLUX"):
-    """NASA's replace maker for double block ``index``; ``prepare_for(block, vec)`` gives the stream's
-    text-stream steps (Chroma passes its own: only where the modulation comes from differs)."""
-    def make(prior):
-        def nasa_double_block(args, extra):
-            options = args.get("transformer_options") or {}
-            run_block = joint.chain(prior, extra["original_block"])
-            run = options.get(RUN_KEY)
-            if run is None:
-                return run_block(args)
-            dm = run.layers["model"]
-            img, txt = args["img"], args["txt"]
-            state = joint.forward_state(options)
-            if index == 0 or state is None:
-                state = joint.start_forward(options, img.shape[0], img.device, txt.dtype, dm.txt_in)
-            state.info["txt_len"] = txt.shape[1]
-            if not state.streams:
-                return run_block(args)
-            t, n_img = txt.shape[1], _image_tokens(options, img.shape[1])
-            prepare, finish = prepare_for(dm.double_blocks[index], args["vec"])
-            last = index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0
-            return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"{family} double block {index}", layer=("double", index))
-        return nasa_double_block
-    return make
-
-
-def make_single(index, prepare_for=_single_prepare, family="FLUX"):
-    """NASA's replace maker for single block ``index`` (see :func:`make_double`)."""
-    def make(prior):
-        def nasa_single_block(args, extra):
-            run_block, state, dm = joint.steered_block(args, extra, prior)
-            if state is None:
-                return run_block(args)
-            t = state.info["txt_len"]
-            n_img = _image_tokens(args["transformer_options"], args["img"].shape[1] - t)
-            prepare, finish = prepare_for(dm.single_blocks[index], args["vec"])
-            last = index == len(dm.single_blocks) - 1
-            return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
-                                   None if last else finish, f"{family} single block {index}", layer=("single", index))
-        return nasa_single_block
-    return make
-
-
-def stream_layers(dm, n_img: int, n_keys: int, modulated: bool = True) -> list:
-    """[NasaLayer] of a negative stream through a FLUX-style model's double and single blocks (FLUX, Chroma,
-    HunyuanVideo): the text-stream weights per steered row (the modulation recomputed for the stream where
-    ``modulated``; Chroma's is precomputed), ``n_img`` image queries steered, ``n_keys`` image keys for the
-    stream's own attention; the last block needs only its K/V."""
-    from ..nasa_core.flops import NasaLayer, linear_weights, module_linear_weights
-    blocks = [("double", b) for b in dm.double_blocks] + [("single", b) for b in dm.single_blocks]
-    layers = []
-    for i, (kind, b) in enumerate(blocks):
-        last = i == len(blocks) - 1
-        if kind == "double":
-            rows = linear_weights(b.txt_attn.qkv.weight.shape)
-            rows += 0 if last else module_linear_weights(b.txt_attn.proj, b.txt_mlp)
-            vector = module_linear_weights(b.txt_mod) if modulated else 0     # Chroma's blocks have no txt_mod
-        else:
-            rows = linear_weights(b.linear1.weight.shape) + (0 if last else linear_weights(b.linear2.weight.shape))
-            vector = module_linear_weights(b.modulation) if modulated else 0
-        layers.append(NasaLayer(width=dm.hidden_size, query_tokens=n_img, row_weights=rows,
-                                row_vector_weights=vector, stream_keys=-1 if last else n_keys))
-    return layers
-
-
-def flop_layers(model_patcher, latent, modulated: bool = True) -> tuple:
-    """(Embedding, [NasaLayer]) of one forward on a latent (C, H, W), for nasa_core.flops: txt_in, then the stream."""
-    from ..nasa_core.flops import Embedding, module_linear_weights, patch_tokens
-    dm = model_patcher.model.diffusion_model
-    p = dm.patch_size
-    n_img = patch_tokens(latent[-2:], p)
-    return Embedding(module_linear_weights(dm.txt_in)), stream_layers(dm, n_img, n_img, modulated)
+    return double_single.text_stream_single(block, lambda s: block.modulation(joint.rows_of(vec, s.rows))[0])
 
 
 def _image_tokens_wrapper(executor, *args, **kwargs):
@@ -209,16 +77,21 @@ def _image_tokens_wrapper(executor, *args, **kwargs):
     if isinstance(options, dict) and options.get(RUN_KEY) is not None:
         p = executor.class_obj.patch_size
         call["transformer_options"] = {**options,
-                                       IMAGE_TOKENS_KEY: ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)}
+                                       double_single.IMAGE_TOKENS_KEY: ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)}
         return call.invoke(executor)
     return executor(*args, **kwargs)
 
 
 def install(model_patcher) -> int:
-    count = joint.install_double_single(model_patcher, make_double, make_single)
+    count = double_single.install_double_single(
+        model_patcher, functools.partial(double_single.make_double, prepare_for=_double_prepare, family="FLUX"),
+        functools.partial(double_single.make_single, prepare_for=_single_prepare, family="FLUX"))
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _image_tokens_wrapper)
     return count
 
 
-block_groups = joint.double_single_groups
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="FLUX.1", supported=("FLUX.1 schnell/dev/Fill/Kontext",),
+    matches=matches, model_name=model_name, context_dim=context_dim,
+    block_groups=double_single.double_single_groups, install=install, flop_layers=double_single.flop_layers,
+    joint_stream=True)

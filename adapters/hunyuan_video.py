@@ -9,8 +9,8 @@ stream of its own (see :mod:`.joint`):
 * embedded per forward by ``txt_in`` exactly as the model embeds the prompt: the same timestep
   (each row's own), no mask (the negative has no padding; ComfyUI encodes a single prompt unpadded
   and drops an all-ones mask); text RoPE ids are zeros, so nothing to rotate;
-* double and single blocks: FLUX's text-stream steps (:func:`.flux.text_stream_double` /
-  :func:`.flux.text_stream_single`, the same classes) with the row's ``vec`` (timestep + guidance +
+* double and single blocks: FLUX's text-stream steps (:func:`.double_single.text_stream_double` /
+  :func:`.double_single.text_stream_single`, the same classes) with the row's ``vec`` (timestep + guidance +
   pooled CLIP-L of the positive). With a guiding frame (I2V "v2 (replace)") ``vec`` holds one vector
   per token group and ``modulation_dims`` assigns groups to sequence positions; each negative token
   takes the group of the position the text has there, as ComfyUI's ``apply_mod`` modulates the
@@ -41,15 +41,13 @@ from typing import Optional
 
 import torch
 
-from . import flux, joint
+from . import double_single, joint
 from .binding import wrapped_call
-from .negatives import RUN_KEY, attach_model, set_wrapper
+from .run import RUN_KEY
+from .sampler import set_wrapper
+from .family import Family
 from ..nasa_core.flops import patch_tokens
 
-FAMILY = "HunyuanVideo"
-VIDEO = True     # a mask's batch is frames
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("HunyuanVideo T2V/I2V, SkyReels I2V",)
 
 _MODEL_CLASSES = ("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V")   # comfy.model_base, by name
 TEXT_FIRST_KEY = "text_first"      # ForwardState.info: the joint sequence is [text; image] (else [image; text])
@@ -78,7 +76,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.params.context_in_dim
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"HunyuanVideo ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -200,7 +198,7 @@ def _run(args, extra, prior, index: int, kind: str):
         if index == 0:
             _check_text_rope(args["pe"], slice(0, text_len) if text_first else slice(n_image, n_image + text_len),
                              where)
-        prepare, finish = flux.text_stream_double(
+        prepare, finish = double_single.text_stream_double(
             block, _modulation(block.txt_mod, args["vec"], args.get("modulation_dims_txt"), 0, where))
     else:
         block = dm.single_blocks[index]
@@ -211,7 +209,7 @@ def _run(args, extra, prior, index: int, kind: str):
         text_first = _check_order(state, args, index, text_len, n_image)
         modulation = _modulation(lambda v: block.modulation(v)[:1], args["vec"], args.get("modulation_dims"),
                                  0 if text_first else n_image, where)
-        prepare, finish = flux.text_stream_single(block, lambda s: modulation(s)[0])
+        prepare, finish = double_single.text_stream_single(block, lambda s: modulation(s)[0])
     offset = text_len if text_first else 0
     image = slice(offset, offset + n_image)
     last = index == len(dm.single_blocks) - 1 if kind == "single" else (
@@ -249,14 +247,16 @@ def flop_layers(model_patcher, latent) -> tuple:
                                              *[b.adaLN_modulation for b in blocks]),
         attention=[dm.hidden_size] * len(blocks))
     n = patch_tokens(latent[1:], dm.patch_size)
-    return embedding, flux.stream_layers(dm, n, n)
+    return embedding, double_single.stream_layers(dm, n, n)
 
 
 def install(model_patcher) -> int:
-    count = joint.install_double_single(model_patcher, _make_double, _make_single)
+    count = double_single.install_double_single(model_patcher, _make_double, _make_single)
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _start_forward)
     return count
 
 
-block_groups = joint.double_single_groups
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="HunyuanVideo", supported=("HunyuanVideo T2V/I2V, SkyReels I2V",), matches=matches, model_name=model_name,
+    context_dim=context_dim, block_groups=double_single.double_single_groups, install=install,
+    flop_layers=flop_layers, video=True, joint_stream=True)

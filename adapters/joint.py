@@ -21,7 +21,7 @@ through the model as a **negative stream** of its own:
 
 The image is never duplicated; the extra work is the negative text tokens' share of a forward.
 
-``stream="embedded"`` (a cheaper approximation, measured in the README's joint-attention section) keeps
+``stream="embedded"`` (a cheaper approximation, measured in docs/joint-attention.md) keeps
 the stream at its embedding: every block projects the embedded negative with its own text-stream
 weights, but the stream is never updated (no stream attention, no ``finish``). With a run's ``guard``
 (nasa_core.Guard) each steered image token of Z+ - sum coef Z- is rescaled or clipped against Z+'s norm
@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from ..nasa_core import row_index
-from .negatives import RUN_KEY
+from .run import RUN_KEY
 
 FORWARD_KEY = "nasa_forward"      # transformer_options key: this forward's ForwardState
 OVERRIDE_KEY = "optimized_attention_override"
@@ -268,23 +268,6 @@ def install_dit_replace(model_patcher, block_name: str, index: int, make: Callab
     replace = make(prior)
     replace.nasa_prior = prior
     model_patcher.set_model_patch_replace(replace, "dit", block_name, index)
-
-
-def install_double_single(model_patcher, make_double: Callable, make_single: Callable) -> int:
-    """A ``"dit"`` replace per double and per single block of a FLUX-style model (FLUX, Chroma,
-    HunyuanVideo): ``make_double(i)`` / ``make_single(i)`` give block i's ``make(prior)``."""
-    dm = model_patcher.model.diffusion_model
-    for i in range(len(dm.double_blocks)):
-        install_dit_replace(model_patcher, "double_block", i, make_double(i))
-    for i in range(len(dm.single_blocks)):
-        install_dit_replace(model_patcher, "single_block", i, make_single(i))
-    return len(dm.double_blocks) + len(dm.single_blocks)
-
-
-def double_single_groups(model_patcher) -> dict:
-    """Block selection groups of a FLUX-style model: its double and single blocks."""
-    dm = model_patcher.model.diffusion_model
-    return {"double": list(range(len(dm.double_blocks))), "single": list(range(len(dm.single_blocks)))}
 
 
 def rows_of(t: torch.Tensor, rows) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Every transformer block has a separate text cross-attention, ``attn2`` (``to_q``/``to_k``/``to_v``,
 RMS ``q_norm``/``k_norm``, no RoPE, ``to_out``). Its forward passes ``transformer_options`` to
-ComfyUI's attention function, so NASA uses the same hook as Wan (see :mod:`.wan`): a
+ComfyUI's attention function, so NASA uses the same hook as Wan (see :mod:`.cross_blocks`): a
 ``DIFFUSION_MODEL`` wrapper plus a ``"dit"`` ``double_block`` replace per block whose attention
 override steers the block's text cross-attention call.
 
@@ -38,11 +38,8 @@ import torch
 
 from . import joint
 from .binding import wrapped_call
-from .wan import FORWARD_KEY, forward_options, install_blocks, steer_block
-
-FAMILY = "LTX-Video"
-VIDEO = True     # a mask's batch is frames
-SUPPORTED = ("LTX-Video 0.9.x (2B, 13B, distilled)",)
+from .cross_blocks import FORWARD_KEY, forward_options, install_blocks, steer_block
+from .family import Family, no_layers
 
 
 def matches(model_patcher) -> bool:
@@ -67,7 +64,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.caption_projection.linear_1.in_features
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"LTX-Video ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -120,7 +117,7 @@ def _forward_wrapper(executor, *args, **kwargs):
 
 
 def _text_call(args: dict, where: str):
-    """``is_text`` for :func:`.wan.steer_block`: the block's text cross-attention is the attention call whose
+    """``is_text`` for :func:`.cross_blocks.steer_block`: the block's text cross-attention is the attention call whose
     queries are all the block's tokens and whose keys are the prompt's tokens (attn1's calls, however many, have
     the block's tokens as keys). Equal counts: it must also carry the prompt's mask (the same object)."""
     tokens, text_keys, mask = args["img"].shape[1], args["txt"].shape[1], args.get("attention_mask")
@@ -173,5 +170,7 @@ def install(model_patcher) -> int:
                           _forward_wrapper)
 
 
-def attach_layers(run, base_model) -> None:
-    """Nothing to resolve ahead: the forward wrapper reads the model it runs on."""
+FAMILY = Family(
+    name="LTX-Video", supported=("LTX-Video 0.9.x (2B, 13B, distilled)",), matches=matches, model_name=model_name,
+    context_dim=context_dim, block_groups=block_groups, install=install, layers=no_layers, flop_layers=flop_layers,
+    video=True)

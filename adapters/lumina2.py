@@ -50,11 +50,8 @@ import torch
 
 from . import joint
 from .binding import Call, SignatureChanged, wrapped_call
-from .negatives import set_wrapper
-
-FAMILY = "Lumina 2"
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("Lumina Image 2.0 / Neta Lumina (NextDiT)",)
+from .sampler import set_wrapper
+from .family import Family, no_layers
 
 
 def _model_class():
@@ -83,7 +80,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.cap_embedder[1].in_features
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"Lumina 2 ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -255,5 +252,7 @@ def install(model_patcher) -> int:
     return len(dm.layers)
 
 
-def attach_layers(run, base_model) -> None:
-    """Nothing to resolve at sample time: each layer's object patch is bound to its layer."""
+FAMILY = Family(
+    name="Lumina 2", supported=("Lumina Image 2.0 / Neta Lumina (NextDiT)",), matches=matches, model_name=model_name,
+    context_dim=context_dim, block_groups=block_groups, install=install, layers=no_layers, flop_layers=flop_layers,
+    joint_stream=True)

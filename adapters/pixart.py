@@ -28,10 +28,9 @@ import threading
 from typing import Optional
 
 from .binding import wrapped_call
-from .negatives import RUN_KEY, attach_model, set_wrapper
-
-FAMILY = "PixArt"
-SUPPORTED = ("PixArt-α", "PixArt-Σ")
+from .run import RUN_KEY
+from .sampler import set_wrapper
+from .family import Family
 
 
 def _pixart_class():
@@ -54,7 +53,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.y_embedder.y_proj.fc1.in_features
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"PixArt ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -163,4 +162,6 @@ def install(model_patcher) -> int:
     return len(blocks)
 
 
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="PixArt", supported=("PixArt-α", "PixArt-Σ"), matches=matches, model_name=model_name,
+    context_dim=context_dim, block_groups=block_groups, install=install, flop_layers=flop_layers)

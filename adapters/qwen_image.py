@@ -34,12 +34,9 @@ import torch
 
 from . import joint
 from .binding import wrapped_call
-from .negatives import attach_model, set_wrapper
+from .sampler import set_wrapper
+from .family import Family
 
-FAMILY = "Qwen-Image"
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("Qwen-Image, Qwen-Image-Edit / Edit-2511 (reference latents are attended to, not steered), "
-             "Qwen-Image-Layered",)
 REF_METHODS = ("index", "index_timestep_zero", "negative_index")
 """The ``default_ref_method`` values of the checkpoints ComfyUI builds (Qwen-Image and Edit, Edit-2511, Layered)."""
 
@@ -76,7 +73,7 @@ def _variant(dm) -> Optional[str]:
     return None
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     variant = _variant(model_patcher.model.diffusion_model)
     return f"Qwen-Image ({type(model_patcher.model.model_config).__name__}{', ' + variant if variant else ''})"
 
@@ -186,4 +183,9 @@ def install(model_patcher) -> int:
     return len(dm.transformer_blocks)
 
 
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="Qwen-Image",
+    supported=("Qwen-Image, Qwen-Image-Edit / Edit-2511 (reference latents are attended to, not steered), "
+               "Qwen-Image-Layered",),
+    matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
+    flop_layers=flop_layers, joint_stream=True)

@@ -24,11 +24,8 @@ from __future__ import annotations
 from typing import Optional
 
 from . import joint
-from .negatives import RUN_KEY, attach_model
-
-FAMILY = "SD3/SD3.5"
-JOINT_STREAM = True     # a negative stream through the text-stream weights (joint.STREAMS applies)
-SUPPORTED = ("SD3 Medium, SD3.5 Large/Large Turbo/Medium",)
+from .run import RUN_KEY
+from .family import Family
 
 
 def _mmdit_class():
@@ -52,8 +49,8 @@ def context_dim(model_patcher) -> Optional[int]:
     return getattr(model_patcher.model.diffusion_model.context_embedder, "in_features", None)
 
 
-def family_name(model_patcher) -> str:
-    return FAMILY
+def model_name(model_patcher) -> str:
+    return FAMILY.name
 
 
 def _embed(dm):
@@ -129,4 +126,7 @@ def install(model_patcher) -> int:
     return len(dm.joint_blocks)
 
 
-attach_layers = attach_model     # the blocks read the model being sampled from the run
+FAMILY = Family(
+    name="SD3/SD3.5", supported=("SD3 Medium, SD3.5 Large/Large Turbo/Medium",), matches=matches,
+    model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
+    flop_layers=flop_layers, joint_stream=True)

@@ -1,24 +1,16 @@
-"""UNet family adapter: SD1.x, SD2.x (eps and v-prediction), SDXL and their derivatives.
+"""UNet family: SD1.x, SD2.x (eps and v-prediction), SDXL and their derivatives.
 
-Every cross-attention layer (``attn2`` of each BasicTransformerBlock in the input, middle
-and output blocks) gets an attn2 replace through ``ModelPatcher.set_model_attn2_replace``.
-ComfyUI hands the replace the projected q, k, v; the replace:
-
-* computes Z+ exactly as the unpatched layer would (ComfyUI's own attention function), or
-  by calling an attn2 replace that was installed before NASA (IPAdapter-style), so that
-  one keeps working;
-* projects the negative with this layer's ``to_k``/``to_v`` modules at sample time (LoRA
-  and other weight patches, and lowvram casting, apply), and subtracts alpha * Z- on the
-  positive prompt's rows only. ComfyUI then applies the layer's ``to_out``.
+Every cross-attention layer (``attn2`` of each BasicTransformerBlock in the input, middle and output blocks) gets
+NASA's attn2 replace (:mod:`.attn2`) through ``ModelPatcher.set_model_attn2_replace``: Z+ as ComfyUI computes it
+(or through an attn2 replace installed before NASA), minus alpha * Z- with the negative projected by the layer's
+own ``to_k``/``to_v``, on the positive prompt's rows only; ComfyUI then applies the layer's ``to_out``.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from .negatives import RUN_KEY
-
-FAMILY = "SD1.x / SD2.x / SDXL (UNet)"
-SUPPORTED = ("SD1.5", "SD2.0/2.1 (incl. v-prediction)", "SDXL (incl. Turbo, DMD2, Lightning, Refiner, SSD-1B, Vega)")
+from . import attn2
+from .family import Family
 
 
 def _config_classes():
@@ -48,7 +40,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.model_config.unet_config.get("context_dim")
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return type(model_patcher.model.model_config).__name__
 
 
@@ -104,55 +96,18 @@ def cross_attention_layers(diffusion_model) -> dict:
     return layers
 
 
-def _comfy_attention(q, k, v, heads, extra_options, mask=None, **kwargs):
-    """ComfyUI's selected attention, called exactly as CrossAttention.forward calls it (``kwargs``: e.g.
-    skip_output_reshape for the negative, which NASA subtracts head-major without reshaping it)."""
-    import comfy.ldm.modules.attention as attention
-    if mask is None:
-        return attention.optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
-                                             transformer_options=extra_options, **kwargs)
-    return attention.optimized_attention_masked(q, k, v, heads, mask, attn_precision=extra_options.get("attn_precision"),
-                                                transformer_options=extra_options, **kwargs)
-
-
-def _make_replace(key, prior):
-    def nasa_attn2(q, k, v, extra_options):
-        heads = extra_options["n_heads"]
-        z_pos = prior(q, k, v, extra_options) if prior is not None else _comfy_attention(q, k, v, heads, extra_options)
-        run = extra_options.get(RUN_KEY)
-        if run is None:
-            return z_pos
-        attn2 = run.layers[key]
-
-        def project(neg):     # once per sampling run where run.reuse() may keep it
-            return run.reuse(("kv",) + key, (attn2.to_k, attn2.to_v), neg, lambda t: (attn2.to_k(t), attn2.to_v(t)))
-
-        def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
-            b = q_rows.shape[0]
-            return _comfy_attention(q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_,
-                                    extra_options, mask, skip_output_reshape=True)
-
-        # Z+ from ComfyUI's attention here is ours to overwrite; a prior replace's output is not
-        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2], inplace=prior is None)
-
-    nasa_attn2.nasa_prior = prior
-    nasa_attn2.nasa_key = key
-    return nasa_attn2
-
-
 def install(model_patcher) -> int:
-    """Install NASA on every cross-attention layer of a (cloned) model patcher; returns the layer count."""
-    layers = cross_attention_layers(model_patcher.model.diffusion_model)
-    existing = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    for key in layers:
-        prior = existing.get(key, existing.get(key[:2]))
-        # A second Apply NASA Attention replaces the first instead of steering twice.
-        while prior is not None and hasattr(prior, "nasa_prior"):
-            prior = prior.nasa_prior
-        model_patcher.set_model_attn2_replace(_make_replace(key, prior), key[0], key[1], key[2])
-    return len(layers)
+    """NASA's attn2 replace on every cross-attention layer of a (cloned) model patcher; returns the layer count."""
+    return attn2.install(model_patcher, cross_attention_layers(model_patcher.model.diffusion_model))
 
 
-def attach_layers(run, base_model) -> None:
-    """Give the run this model's layer map (resolved at sample time, on the model being sampled)."""
-    run.layers = cross_attention_layers(base_model.diffusion_model)
+def layers(base_model) -> dict:
+    """The run's layer map: this model's cross-attention layers (resolved at sample time, on the model sampled)."""
+    return cross_attention_layers(base_model.diffusion_model)
+
+
+FAMILY = Family(
+    name="SD1.x / SD2.x / SDXL (UNet)",
+    supported=("SD1.5", "SD2.0/2.1 (incl. v-prediction)", "SDXL (incl. Turbo, DMD2, Lightning, Refiner, SSD-1B, Vega)"),
+    matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
+    layers=layers, flop_layers=flop_layers)

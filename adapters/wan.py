@@ -1,5 +1,5 @@
-"""Wan 2.1 / 2.2 family adapter (``comfy.ldm.wan.model.WanModel``); its cross-attention machinery is
-shared with LTX-Video (:mod:`.ltxv`).
+"""Wan 2.1 / 2.2 family adapter (``comfy.ldm.wan.model.WanModel``), on the block override it shares with
+LTX-Video (:mod:`.cross_blocks`).
 
 Wan has a separate text cross-attention in every block (``WanT2VCrossAttention``, or
 ``WanI2VCrossAttention`` which also attends to CLIP-vision tokens with ``k_img``/``v_img``). The
@@ -12,7 +12,7 @@ treated exactly the same way: ``text_embedding`` on the negative as given, then 
 Hook - the least fragile public one: the cross-attention modules pass ``transformer_options`` to
 ComfyUI's ``optimized_attention``, which honours ``transformer_options["optimized_attention_override"]``.
 
-* A ``DIFFUSION_MODEL`` wrapper builds this forward's :class:`CrossForward` once (steered rows from
+* A ``DIFFUSION_MODEL`` wrapper builds this forward's :class:`.cross_blocks.CrossForward` once (steered rows from
   the NasaRun, the negatives embedded as the model embeds its text, which query tokens belong to
   the generated video) and hands it to the blocks in a copy of ``transformer_options``.
 * A ``"dit"`` ``double_block`` replace per block (chaining a replace installed before) runs the
@@ -36,157 +36,15 @@ each needs its own Apply NASA Attention node.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
-
-import torch
+from typing import Optional
 
 from . import joint
 from .binding import wrapped_call
-from .negatives import RUN_KEY, set_wrapper
-from ..nasa_core import steer
+from .cross_blocks import FORWARD_KEY, call_at, forward_options, install_blocks, steer_block
+from .family import Family, no_layers
 from ..nasa_core.flops import patch_tokens
 
-FAMILY = "Wan 2.1 / 2.2"
-VIDEO = True     # a mask's batch is frames
-SUPPORTED = ("Wan 2.1 T2V/I2V/FLF2V (incl. CausVid, self-forcing LoRAs)",
-             "Wan 2.2 A14B T2V/I2V (one Apply NASA Attention per expert), Wan 2.2 TI2V 5B")
 
-FORWARD_KEY = "nasa_cross_forward"    # transformer_options key: this forward's CrossForward
-
-
-# ----------------------------------------------------------------------------- shared with adapters.ltxv
-
-@dataclass
-class CrossForward:
-    """One diffusion-model forward's NASA data, built once by the family's DIFFUSION_MODEL wrapper."""
-    model: torch.nn.Module
-    groups: list                  # NasaRun.groups(): [(terms, rows)], positive rows only
-    tokens: slice                 # the query tokens that are steered (the generated video's)
-    text_start: int = 0           # context tokens before the text (Wan I2V's CLIP-vision tokens)
-    negatives: dict = field(default_factory=dict)   # id(NegativeEntry) -> (text tokens (1, L, dim), key bias or None)
-    run: object = None            # the NasaRun (block selection, regions)
-
-
-def forward_options(options: Optional[dict], batch: int, model, tokens: slice, embed: Callable,
-                    text_start: int = 0) -> Optional[dict]:
-    """``transformer_options`` for this forward with its CrossForward, or None when nothing is steered.
-
-    ``embed(entry, run)`` returns ``(tokens, bias)``: the negative embedded as the model embeds its text,
-    and an additive key bias for ``mask=`` of ComfyUI's attention functions (or None); ``run`` is the
-    NasaRun (its node names errors; ``run.reuse`` keeps the embedding for later steps)."""
-    run = (options or {}).get(RUN_KEY)
-    groups = run.groups(options, batch) if run is not None else []
-    if not groups:
-        return None
-    fwd = CrossForward(model, groups, tokens, text_start, run=run)
-    for terms, _ in groups:
-        for term in terms:
-            if id(term.entry) not in fwd.negatives:
-                fwd.negatives[id(term.entry)] = embed(term.entry, run)
-    return {**options, FORWARD_KEY: fwd}
-
-
-def _mask_arg(args: tuple, kwargs: dict):
-    """The ``mask`` of a call of ComfyUI's attention function (q, k, v, heads, mask=None, ...): keyword in newer
-    releases, positional (``optimized_attention_masked``) in older ones."""
-    return kwargs["mask"] if "mask" in kwargs else (args[4] if len(args) > 4 else None)
-
-
-def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matched: list, is_text: Callable,
-                   layer):
-    scale = fwd.run.layer_scale(layer)
-
-    def nasa_cross_attention(func, *args, **kwargs):
-        call = len(seen)
-        seen.append(call)
-        out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
-        q, k = args[0], args[1]
-        if not is_text(call, q, k, _mask_arg(args, kwargs)):
-            return out
-        matched.append(call)
-        if scale == 0.0:
-            return out
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        rest = {n: v for n, v in kwargs.items() if n not in ("heads", "mask")}
-
-        def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
-            b = q_rows.shape[0]
-            kw = dict(rest) if mask is None else {**rest, "mask": mask.expand(b, *mask.shape[1:])}
-            neg = (q_rows, k_neg.expand(b, -1, -1), v_neg.expand(b, -1, -1), heads_)
-            if prior is not None:
-                return prior(func, *neg, **kw)
-            return func(*neg, **{**kw, "skip_output_reshape": True})    # head-major: steer needs no reshape
-
-        projected = {}      # this layer's K-, V- per negative entry, shared by every group it steers
-        tok = fwd.tokens
-        view = out[:, tok]
-        z, q_tok = view, q[:, tok]
-
-        def projected_kv(term):
-            if id(term.entry) not in projected:
-                projected[id(term.entry)] = project(fwd.negatives[id(term.entry)][0])
-            return projected[id(term.entry)]
-
-        for terms, rows in fwd.groups:
-            terms = [t._replace(coef=t.coef * scale) for t in terms]
-            negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
-                                          lambda t: fwd.negatives[id(t.entry)][1])
-            z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
-                      guard=fwd.run.guard)
-            fwd.run.mark_steered(layer)
-        if z is not view:       # steer could not write into out (a prior's output, or autograd on): put it back
-            out[:, tok] = z
-        return out
-    return nasa_cross_attention
-
-
-def call_at(index: int, text_keys: int, where: str) -> Callable:
-    """``is_text`` for :func:`steer_block` of a block whose text cross-attention is always its attention call
-    ``index`` (Wan: self, [image,] text). That call must have ``text_keys`` keys, or NASA raises."""
-    def is_text(call, q, k, mask) -> bool:
-        if call != index:
-            return False
-        if q.ndim != 3 or k.ndim != 3 or k.shape[1] != text_keys:
-            raise RuntimeError(f"NASA: {where}: attention call {call + 1} has keys {tuple(k.shape)}, expected the "
-                               f"{text_keys} text tokens. This ComfyUI version changed the block: please report it.")
-        return True
-    return is_text
-
-
-def steer_block(args: dict, prior: Optional[Callable], original_block: Callable, project: Callable,
-                is_text: Callable, where: str, layer=None, calls: Optional[int] = None) -> dict:
-    """Run one block with NASA on its text cross-attention; ``project(text)`` gives the layer's (K-, V-) of
-    embedded text. ``is_text(call, q, k, mask)`` tells, for each attention call of the block (its index among the
-    block's calls, the queries, keys and mask ComfyUI's attention function receives), whether it is the text
-    cross-attention: NASA steers that call only, and the block must make exactly one such call (and ``calls``
-    calls in all, where given) or NASA raises. ``prior`` is a block replace installed before NASA: it runs the
-    block (or may skip it: no attention call at all, then nothing is steered)."""
-    options = args["transformer_options"]
-    seen: list = []
-    matched: list = []
-    override = _make_override(options[FORWARD_KEY], project, options.get(joint.OVERRIDE_KEY), seen, matched,
-                              is_text, layer)
-    out = joint.chain(prior, original_block)({**args, "transformer_options": {**options, joint.OVERRIDE_KEY: override}})
-    if prior is not None and not seen:
-        return out      # a replace installed before NASA skipped the block
-    if len(matched) != 1 or (calls is not None and len(seen) != calls):
-        expected = f"{calls} call(s), " if calls is not None else ""
-        raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function, "
-                           f"{len(matched)} of them its text cross-attention; expected {expected}exactly one text "
-                           f"cross-attention. This ComfyUI version changed the block: please report it.")
-    return out
-
-
-def install_blocks(model_patcher, count: int, make_block: Callable, forward_wrapper: Callable) -> int:
-    """A "dit" double_block replace per block (``make_block(index)(prior)``) and the DIFFUSION_MODEL wrapper."""
-    for i in range(count):
-        joint.install_dit_replace(model_patcher, "double_block", i, make_block(i))
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", forward_wrapper)
-    return count
-
-
-# ----------------------------------------------------------------------------- Wan
 
 def _wan_class():
     from comfy.ldm.wan.model import WanModel
@@ -215,7 +73,7 @@ def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.text_dim
 
 
-def family_name(model_patcher) -> str:
+def model_name(model_patcher) -> str:
     return f"Wan ({type(model_patcher.model.model_config).__name__})"
 
 
@@ -290,5 +148,9 @@ def install(model_patcher) -> int:
                           _forward_wrapper)
 
 
-def attach_layers(run, base_model) -> None:
-    """Nothing to resolve ahead: the forward wrapper reads the model it runs on."""
+FAMILY = Family(
+    name="Wan 2.1 / 2.2",
+    supported=("Wan 2.1 T2V/I2V/FLF2V (incl. CausVid, self-forcing LoRAs)",
+               "Wan 2.2 A14B T2V/I2V (one Apply NASA Attention per expert), Wan 2.2 TI2V 5B"),
+    matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
+    layers=no_layers, flop_layers=flop_layers, video=True)

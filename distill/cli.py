@@ -53,10 +53,9 @@ def main(argv=None) -> int:
         log(f"wrote {len(pool)} negative prompts to {args.out}")
         return 0
     if args.command == "random-checkpoint":
-        import importlib
-
         import torch
-        random_models = importlib.import_module("nasa_runner.random_models")   # the runner, loaded by the script
+
+        from ..runner.random_weights import models as random_models
         model, clip, vae = random_models.build_checkpoint(args.family, args.size, torch.float32, args.seed)
         recipe.save_student(args.out, model, clip, vae, torch.float16, {"random": args.family, "seed": args.seed})
         log(f"wrote {args.out}")

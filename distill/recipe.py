@@ -7,7 +7,7 @@ weights for the student, bf16 compute; the frozen teacher is stored in bf16, ``t
 for SD and U(0.5, 3) for PixArt-α, alpha ~ U(0, 1) per iteration, batch 64 / 64 / 32 and
 60k / 40k / 50k iterations. Prompts and negatives are local text files, one per line.
 
-The networks come in through the same interfaces as the toy world's (:func:`..adapters.distill.comfy_eps`:
+The networks come in through the same interfaces as the toy world's (:func:`.steering.comfy_eps`:
 ComfyUI's own ``apply_model`` and the family's NASA patches), so what the toy ablation measures is
 the code that runs here. Not wired: SBv2's clamped CLIP loss (the trainer takes ``align_fn``, but no
 CLIP image tower reaches our machines to test it with) and multi-GPU data parallelism.
@@ -23,7 +23,7 @@ from typing import List
 
 import torch
 
-from ..adapters import distill as comfy_distill
+from . import steering as comfy_distill
 from ..nasa_core import vsd
 
 NODE = "nasa_distill.py"

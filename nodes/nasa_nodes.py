@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..adapters import apply_nasa, make_carried_negative, make_negative_spec
-from ..adapters.explorer import alpha_grid, sampler_options
+from ..adapters import apply_nasa, make_carried_negative, make_negatives
+from ..sampling.alpha_grid import alpha_grid, sampler_options
 from ..nasa_core import DEFAULT_ALPHA, GUARD_MODES, Guard
 
 ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every text-attention layer "
-                 "(Z = Z+ - alpha*Z-). 0 = off, bit-identical to the unpatched model. Paper settings: "
-                 "SD1.5 0.1, SD2.1 0.2, PixArt 0.5; SDXL-DMD2 examples use 0-1; the DiT example workflows "
-                 "(FLUX, SD3.5, Wan, ...) start at 0.5. Too high and the negative dominates the image: raise "
-                 "it step by step.")
+                 "(Z = Z+ - alpha*Z-); 0 = off, bit-identical to the unpatched model. Raise it step by step "
+                 "(starting values per model family are on the help page): too high and the negative dominates.")
 
 
 class NASAApplyAttention(io.ComfyNode):
@@ -66,8 +64,8 @@ class NASANegativeConditioning(io.ComfyNode):
                 io.Conditioning.Input("conditioning", tooltip="The positive conditioning that gets its own negative."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt for this conditioning only."),
                 io.Float.Input("alpha", default=-1.0, min=-1.0, max=2.0, step=0.01, round=0.001, optional=True,
-                               tooltip="Strength for this prompt. Negative (default -1) = use the alpha of "
-                                       "Apply NASA Attention. " + ALPHA_TOOLTIP),
+                               tooltip="Strength of this prompt's negative (Z = Z+ - alpha*Z-); any negative "
+                                       "value (default -1) uses the alpha of Apply NASA Attention."),
             ],
             outputs=[io.Conditioning.Output(tooltip="The positive conditioning carrying its NASA negative.")],
         )
@@ -79,12 +77,10 @@ class NASANegativeConditioning(io.ComfyNode):
 
 NasaNegatives = io.Custom("NASA_NEGATIVES")
 
-BLOCKS_TOOLTIP = ("Where NASA acts. Empty = every text-attention layer. Otherwise comma-separated items: group, "
-                  "group:i or group:i-j, each optionally *multiplier of alpha (0-10); later items override "
-                  "earlier ones. Groups: SD1.x/SDXL 'input', 'middle', 'output' (ComfyUI's block ids, e.g. "
-                  "'input:4-8, middle, output:0-2'); FLUX/Chroma/HunyuanVideo 'double', 'single' (e.g. "
-                  "'double:0-18, single:0-37*0.5'); SD3 'joint'; PixArt, Wan, LTXV, Qwen-Image 'blocks'; "
-                  "Lumina 2 'layers'. A wrong name or index is reported with the blocks this model has.")
+BLOCKS_TOOLTIP = ("Where NASA acts: empty = every text-attention layer, otherwise comma-separated items group, "
+                  "group:i or group:i-j, each optionally *multiplier of alpha (like 'input:4-8, middle, "
+                  "output:0-2*0.5'). Each family's groups are on the help page; a wrong name or index is "
+                  "reported with the blocks this model has.")
 
 
 class NASANegative(io.ComfyNode):
@@ -101,8 +97,8 @@ class NASANegative(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="The negative prompt (CLIP Text Encode with the model's "
                                                           "text encoder)."),
                 io.Float.Input("alpha", default=-1.0, min=-1.0, max=2.0, step=0.01, round=0.001,
-                               tooltip="Strength of this negative. Negative (default -1) = the alpha of Apply NASA "
-                                       "Attention (Advanced). " + ALPHA_TOOLTIP),
+                               tooltip="Strength of this negative (Z = Z+ - alpha*Z-); any negative value "
+                                       "(default -1) uses the alpha of Apply NASA Attention (Advanced)."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Steer only this region (1 = steer, 0 = leave alone; soft values scale "
                                       "alpha). Scaled to each layer's token grid; for video models the mask's "
@@ -116,7 +112,7 @@ class NASANegative(io.ComfyNode):
 
     @classmethod
     def execute(cls, negative, alpha=-1.0, mask=None, negatives=None) -> io.NodeOutput:
-        return io.NodeOutput(make_negative_spec(negative, alpha, mask, negatives, node="NASA Negative"))
+        return io.NodeOutput(make_negatives(negative, alpha, mask, negatives, node="NASA Negative"))
 
 
 GUARD_TAU_DEFAULT = 1.5
@@ -141,8 +137,9 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                     tooltip="Negatives from NASA Negative nodes. Unconnected: the sampler's negative "
                                             "(see use_sampler_negative), at this node's alpha."),
                 io.Float.Input("alpha", default=DEFAULT_ALPHA, min=0.0, max=2.0, step=0.01, round=0.001,
-                               tooltip=ALPHA_TOOLTIP + " Used by negatives whose own alpha is -1 and by the "
-                                                       "sampler's negative."),
+                               tooltip="Strength of the sampler's negative and of every NASA Negative whose own "
+                                       "alpha is -1 (Z = Z+ - alpha*Z-; 0 = off). Raise it step by step: too "
+                                       "high and the negative dominates the image."),
                 io.Boolean.Input("use_sampler_negative", default=True,
                                  tooltip="When 'negatives' is not connected, steer away from the negative the "
                                          "sampler receives, also at cfg 1."),
@@ -150,20 +147,18 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                tooltip="NASA starts acting here (ComfyUI's percent of the sampling schedule, as in "
                                        "ConditioningSetTimestepRange: 0 = first step)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="NASA stops acting after this point. E.g. 0-0.3 steers only the first "
-                                       "steps, where layout and content are decided."),
+                               tooltip="NASA stops acting after this point: a window of 0-0.3 steers only the "
+                                       "first steps, where layout and content are decided."),
                 io.Float.Input("alpha_end_scale", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Alpha schedule: alpha goes linearly from alpha at start_percent to "
                                        "alpha x this at end_percent. 1 = constant; 0 = fade out."),
                 io.String.Input("blocks", default="", tooltip=BLOCKS_TOOLTIP),
                 io.Combo.Input("guard", options=list(GUARD_MODES), default="off", optional=True,
-                               tooltip="Stability guard on each steered image token of Z+ - alpha Z-. off: plain "
-                                       "NASA (exactly). rescale: keep each token's norm equal to Z+'s (only its "
-                                       "direction moves). clip: scale a token down where its norm exceeds guard_tau "
-                                       "x Z+'s. Measured on the toy models (5 held-out prompts x 100 seeds): on the "
-                                       "UNet at 4 steps rescale about halved the defects NASA adds for ~1 point of "
-                                       "removal; on the FLUX-class toy no mode widened the usable alpha range. Off "
-                                       "is the default (README: Joint attention and the stability guard)."),
+                               tooltip="Stability guard on each steered image token of Z+ - alpha Z-: off = plain "
+                                       "NASA (exactly), rescale = keep the token's norm equal to Z+'s (only its "
+                                       "direction moves), clip = scale it down where its norm exceeds guard_tau x "
+                                       "Z+'s. Keep off unless a few-step UNet model picks up defects (the help "
+                                       "page has the measurements)."),
                 io.Float.Input("guard_tau", default=GUARD_TAU_DEFAULT, min=0.1, max=10.0, step=0.05, round=0.001,
                                optional=True,
                                tooltip="For guard 'clip' only: the largest allowed ratio of a steered token's norm to "
@@ -216,10 +211,10 @@ class NASAAlphaGrid(io.ComfyNode):
                 io.Combo.Input("scheduler", options=schedulers, default="sgm_uniform",
                                tooltip="The scheduler, as for KSampler (sgm_uniform for one-step models)."),
                 io.String.Input("alphas", default="0, 0.1, 0.2, 0.4, 0.8",
-                                tooltip="The alphas to compare, comma-separated (each 0-2). 0 = no NASA."),
+                                tooltip="The alphas to compare, comma-separated (each 0-2); 0 = no NASA."),
                 io.String.Input("block_sets", default="", multiline=True, optional=True,
-                                tooltip="Optional: one block selection per line, one grid row each (empty = every "
-                                        "block). " + BLOCKS_TOOLTIP),
+                                tooltip="Optional: one block selection per line, one grid row each, written as the "
+                                        "Advanced node's blocks input ('all' or empty = every block)."),
                 NasaNegatives.Input("negatives", optional=True,
                                     tooltip="Negatives from NASA Negative nodes instead of 'negative'; those with "
                                             "alpha -1 take each column's alpha, the others keep their own."),

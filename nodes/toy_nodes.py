@@ -6,9 +6,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..nasa_core import judges
-from ..nasa_core import toy_world as world
-from ..toy import models
+from ..toy import judges, models, world
 
 ATTRIBUTE_CHOICES = ([f"color: {c}" for c in world.COLORS] + [f"shape: {s}" for s in world.SHAPES]
                      + [f"size: {s}" for s in world.SIZES] + [f"position: {p}" for p in world.POSITIONS]
@@ -30,15 +28,10 @@ class NASAToyModelLoader(io.ComfyNode):
                          "is one 24x24 image. Prompts name shapes (circle, square, triangle), colors, size, "
                          "position, background and defects (blurry, noisy, with a stray dot)."),
             inputs=[io.Combo.Input("model", options=list(models.ALL_FILES), default="student SBv2 (one-step)",
-                                   tooltip="teacher: a multi-step model (10 steps, euler, scheduler normal, cfg 3). "
-                                           "student SBv2: the one-step model distilled from it SwiftBrush-v2 style "
-                                           "(1 or 4 steps, sampler lcm, scheduler sgm_uniform, cfg 1). student "
-                                           "NASA-T: the same student fine-tuned with negative prompts inside "
-                                           "distillation (NASA-T); sample it the same way, with Apply NASA Attention "
-                                           "for the negative. MMDiT teacher: a FLUX-class flow model (ComfyUI's Flux "
-                                           "class, 2 double + 2 single blocks; 8 steps, euler, scheduler simple, "
-                                           "cfg 3). MMDiT student SBv2: its one-step student (1 or 4 steps, euler, "
-                                           "simple, cfg 1); Apply NASA Attention steers it like FLUX.1-schnell.")],
+                                   tooltip="Which shipped toy model: the UNet's multi-step teacher, its one-step "
+                                           "SwiftBrush-v2 student or its NASA-T student, or the FLUX-class MMDiT's "
+                                           "teacher or one-step student. The steps, sampler, scheduler and cfg each "
+                                           "one is meant for are on the help page.")],
             outputs=[io.Model.Output(tooltip="The toy diffusion model: an SD1.5-type UNet in pixel space (the "
                                              "teacher predicts eps, the students v) or the FLUX-class MMDiT (flow)."),
                      io.Clip.Output(tooltip="The toy text encoder (ComfyUI's SD1 CLIP at 64 wide)."),

@@ -267,7 +267,7 @@ def _apply_random_weights(nodes, prompt: dict, spec: str, report: _Report) -> li
 
     SD families: CheckpointLoaderSimple. DiT families: CheckpointLoaderSimple, UNETLoader, the CLIP
     loaders (whose ``type`` must be the family's) and VAELoader. Both: LoraLoaderModelOnly."""
-    from . import random_dit, random_models
+    from .random_weights import dit as random_dit, models as random_models
     family, size = parse_random_weights(spec, random_models.FAMILIES + random_dit.FAMILIES, random_models.SIZES)
     dit = family in random_dit.FAMILIES
     if dit and size != "tiny":

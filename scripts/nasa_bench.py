@@ -58,8 +58,7 @@ def main(argv=None) -> int:
         return 2
     nodes = comfy_env.bootstrap(comfy_dir, cpu=args.device == "cpu")
     pack = comfy_env.load_pack(nodes, PACK)
-    bench = comfy_env.pack_submodule(pack, "runner.bench")
-    negatives = comfy_env.pack_submodule(pack, "adapters.negatives")
+    bench = comfy_env.pack_submodule(pack, "bench.timing")
     kept = args.device == "cpu" and not args.system_malloc and bench.keep_freed_memory()
     try:
         nag = bench.load_nag(args.nag) if args.nag else None
@@ -69,8 +68,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     if args.mode == "trim":
-        trim = comfy_env.pack_submodule(pack, "runner.trim")
-        print(trim.trim_markdown(trim.run_trim(comfy_env.pack_submodule(pack, "adapters"), negatives, dtype=dtype)))
+        trim = comfy_env.pack_submodule(pack, "bench.trim")
+        print(trim.trim_markdown(trim.run_trim(dtype=dtype)))
         return 0
     cases = bench.LAYER_CASES if args.mode == "layer" else bench.FORWARD_CASES
     names = args.model or ([n for n in bench.LAYER_CASES if n != "tiny"] if args.mode == "layer" else ["sd15", "flux-small"])
@@ -87,13 +86,12 @@ def main(argv=None) -> int:
             print(f"(so far)\n{bench.markdown(rows)}", file=sys.stderr, flush=True)
         print(f"timing {name} ...", file=sys.stderr)
         if args.mode == "layer":
-            rows += bench.run_layer(cases[name], negatives, comfy_env.pack_submodule(pack, "adapters.unet"),
-                                    comfy_env.pack_submodule(pack, "nasa_core.flops"), rounds=args.rounds or 200,
+            rows += bench.run_layer(cases[name], rounds=args.rounds or 200,
                                     warmup=args.warmup if args.warmup is not None else 10, dtype=dtype, device=device)
         else:
-            rows += bench.run_forward(cases[name], comfy_env.pack_submodule(pack, "adapters"), negatives,
-                                      rounds=args.rounds or 8, warmup=args.warmup if args.warmup is not None else 2,
-                                      dtype=dtype, device=device, nag=nag)
+            rows += bench.run_forward(cases[name], rounds=args.rounds or 8,
+                                      warmup=args.warmup if args.warmup is not None else 2, dtype=dtype, device=device,
+                                      nag=nag)
     print(bench.markdown(rows))
     return 0
 

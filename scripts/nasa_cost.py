@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Print NASA's extra FLOPs over a plain forward per model family (the README's cost table).
+"""Print NASA's extra FLOPs over a plain forward per model family (the table in docs/cost.md).
 
     python scripts/nasa_cost.py                 # every family, markdown table on stdout
     python scripts/nasa_cost.py --only FLUX     # cases whose name contains FLUX
 
 Models are ComfyUI's own classes at published sizes, built on the meta device (no weights, no
-memory); FLOPs are counted by torch's FlopCounterMode (see runner/costs.py). Needs ComfyUI
+memory); FLOPs are counted by torch's FlopCounterMode (see bench/costs.py). Needs ComfyUI
 (COMFYUI_PATH, the custom_nodes location, or ~/ComfyUI), no GPU and no model files.
 """
 import argparse
@@ -28,9 +28,7 @@ def main(argv=None) -> int:
         return 2
     nodes = comfy_env.bootstrap(comfy_dir, cpu=True)
     pack = comfy_env.load_pack(nodes, PACK)
-    costs = comfy_env.pack_submodule(pack, "runner.costs")
-    adapters = comfy_env.pack_submodule(pack, "adapters")
-    negatives = comfy_env.pack_submodule(pack, "adapters.negatives")
+    costs = comfy_env.pack_submodule(pack, "bench.costs")
     cases = [c for c in costs.CASES if args.only.lower() in c.name.lower()]
     if not cases:
         print(f"nasa_cost: no case matches {args.only!r}; cases: {[c.name for c in costs.CASES]}", file=sys.stderr)
@@ -38,7 +36,7 @@ def main(argv=None) -> int:
     rows = []
     for case in cases:
         print(f"counting {case.name} ...", file=sys.stderr)
-        rows.append(costs.count(case, adapters, negatives, alpha=args.alpha))
+        rows.append(costs.count(case, alpha=args.alpha))
     print(costs.markdown(rows))
     return 0
 

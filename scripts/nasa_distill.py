@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The real-scale SBv2 / NASA-T distillation recipe (see the README, "NASA-T").
+"""The real-scale SBv2 / NASA-T distillation recipe (see docs/nasa-t.md).
 
     python scripts/nasa_distill.py train --checkpoint sd15.safetensors --prompts prompts.txt \
         --negatives negatives.txt --out output/nasa_t_sd15

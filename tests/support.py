@@ -182,6 +182,7 @@ def steered_layers(model) -> frozenset:
     return wrappers[0].last_steered
 
 
-def all_layers(adapter, model) -> frozenset:
-    """Every (group, index) layer the adapter's block selection may name: what a canary expects steered."""
-    return frozenset((group, i) for group, indices in adapter.block_groups(model).items() for i in indices)
+def all_layers(family, model) -> frozenset:
+    """Every (group, index) layer the family's block selection may name (``family``: an adapters.family.Family):
+    what a canary expects steered."""
+    return frozenset((group, i) for group, indices in family.block_groups(model).items() for i in indices)

@@ -1,5 +1,5 @@
 """The benchmark script's machinery (runner/bench.py) on tiny shapes: it times what it claims and reports the
-columns the README shows. No timing is asserted: speed targets live in the benchmark's table."""
+columns docs/cost.md shows. No timing is asserted: speed targets live in the benchmark's table."""
 from __future__ import annotations
 
 import pytest
@@ -8,12 +8,11 @@ import torch
 
 @pytest.fixture(scope="module")
 def bench(comfyui):
-    return comfyui.mod("runner.bench")
+    return comfyui.mod("bench.timing")
 
 
 def test_layer_mode_rows_and_targets(bench, comfyui):
-    rows = bench.run_layer(bench.LAYER_CASES["tiny"], comfyui.mod("adapters.negatives"), comfyui.mod("adapters.unet"),
-                           comfyui.mod("nasa_core.flops"), rounds=3, warmup=1, device=torch.device("cpu"))
+    rows = bench.run_layer(bench.LAYER_CASES["tiny"], rounds=3, warmup=1, device=torch.device("cpu"))
     assert [r.mode for r in rows] == ["plain", "NASA", "NASA, steps 2+"]
     plain, nasa, later = rows
     assert plain.ratio == 1.0 and nasa.flops_ratio > 1.0 and nasa.target == pytest.approx(1.25 * nasa.flops_ratio)
@@ -81,8 +80,8 @@ def test_command_line_layer_mode(comfy, tmp_path):
 def test_trim_study_counts_real_tokens_and_compares_both_paths(comfyui):
     """The padding-trim study (nasa_bench trim) on one seed: T5's real tokens (through its end token) of the
     256 it pads to, and a finite deviation of the trimmed path from the padded one."""
-    trim = comfyui.mod("runner.trim")
-    rows = trim.run_trim(comfyui.mod("adapters"), comfyui.mod("adapters.negatives"), seeds=(0,))
+    trim = comfyui.mod("bench.trim")
+    rows = trim.run_trim(seeds=(0,))
     assert [r.prompt for r in rows] == list(trim.TRIM_PROMPTS)
     assert [r.tokens for r in rows] == sorted(r.tokens for r in rows) and rows[0].tokens == 2     # "glasses" + </s>
     assert all(r.padded == 256 and 0 < r.deviation < float("inf") for r in rows)

@@ -8,7 +8,7 @@ toy-world workflows are queued with the Run button, their image appears in the S
 judged (the negative attribute is gone in the NASA row) and equal the headless runner's; the real-model
 workflows pass the server's validation and stop only at their loaders (this machine has no weights); each NASA
 node's help page opens from the node's info button with its picture. Screenshots go to
-test-artifacts/browser/ ($NASA_TEST_ARTIFACTS). ``NASA_UPDATE_SCREENSHOTS=1`` rewrites the README's pictures
+test-artifacts/browser/ ($NASA_TEST_ARTIFACTS). ``NASA_UPDATE_SCREENSHOTS=1`` rewrites the README's and docs' pictures
 (docs/screenshots/) and the help pages' toy picture from this run; otherwise the test checks that the committed
 before/after pictures equal, pixel for pixel, what the UI produced.
 
@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from nasa_runner import comfy_env
-from nasa_core import judges, toy_world as world
+from nasa_toy import judges, world
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))

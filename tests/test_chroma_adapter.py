@@ -28,8 +28,8 @@ FAMILIES = ("chroma", "chroma_radiance")
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     chroma = comfyui.mod("adapters.chroma")
     cache = {}
 
@@ -43,7 +43,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, chroma=chroma, model=model, apply=apply,
+    return dict(rm=rm, nasa_run=nasa_run, chroma=chroma, model=model, apply=apply,
                 config=lambda family="chroma": rm.DIT_FAMILIES[family][1])
 
 
@@ -69,11 +69,11 @@ def _sample(model, config, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
 def _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=None):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
-    env["chroma"].attach_layers(run, m.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                            layers=env["chroma"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, guidance, transformer_options=options,
                                        attention_mask=attention_mask)
@@ -227,7 +227,7 @@ def test_only_chroma_claims_chroma_models(env, comfyui):
     flux = comfyui.mod("adapters.flux")
     for family in FAMILIES:
         mp = env["model"](family)
-        assert adapters.find_adapter(mp) is env["chroma"]
+        assert adapters.find_adapter(mp) is env["chroma"].FAMILY
         assert not flux.matches(mp)
         assert env["chroma"].context_dim(mp) == env["config"](family)["context_in_dim"]
     assert not env["chroma"].matches(env["rm"].build_dit_model("flux"))

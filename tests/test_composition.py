@@ -20,36 +20,37 @@ LONG = ("a very long negative prompt " * 20).strip()   # 154 tokens: the hooks t
 @pytest.fixture(scope="module")
 def sd(comfyui):
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_unet_model("sd15", "tiny", seed=0)
     clip = rm.build_clip("sd15", "tiny", seed=0)
     unet = comfyui.mod("adapters.unet")
     enc = nodes.CLIPTextEncode()
-    return dict(mp=mp, pos=enc.encode(clip, "a photo of a cat")[0], neg=enc.encode(clip, LONG)[0], unet=unet,
+    return dict(mp=mp, pos=enc.encode(clip, "a photo of a cat")[0], neg=enc.encode(clip, LONG)[0],
+                attn2=comfyui.mod("adapters.attn2"),
                 layers=unet.cross_attention_layers(mp.model.diffusion_model), latent={"samples": torch.zeros(1, 4, 16, 16)})
 
 
 class NegativeAttention:
     """How often each cross-attention layer attends over a 154-token text (the negative) while in use: the
-    UNet adapter's calls of ComfyUI's attention, by the layer ComfyUI names in the call's options. (Counting the
+    attn2 replace's calls of ComfyUI's attention, by the layer ComfyUI names in the call's options. (Counting the
     negative's K projection would miss steps 2+, which reuse it.)"""
 
     def __init__(self, sd):
-        self.unet, self.hits = sd["unet"], {k: 0 for k in sd["layers"]}
+        self.attn2, self.hits = sd["attn2"], {k: 0 for k in sd["layers"]}
 
     def __enter__(self):
-        self.original = original = self.unet._comfy_attention
+        self.original = original = self.attn2.comfy_attention
 
         def counting(q, k, v, heads, extra_options, *args, **kwargs):
             if k.shape[1] == 154:
                 block = extra_options["block"]
                 self.hits[(block[0], block[1], extra_options["block_index"])] += 1
             return original(q, k, v, heads, extra_options, *args, **kwargs)
-        self.unet._comfy_attention = counting
+        self.attn2.comfy_attention = counting
         return self
 
     def __exit__(self, *exc):
-        self.unet._comfy_attention = self.original
+        self.attn2.comfy_attention = self.original
 
     def every_layer(self) -> int:
         """The count every layer shares (asserts it is the same for all)."""
@@ -240,7 +241,7 @@ def test_flux_guidance_and_a_dit_replace_installed_before(comfyui):
     """FLUX-dev-style guidance (FluxGuidance on the conditioning) and a "dit" replace installed before NASA (a
     PuLID/IPAdapter-style block patch) both keep acting with NASA."""
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_dit_model("flux", seed=0, guidance_embed=True)
     pos, neg = support.flux_conds(rm.DIT_FAMILIES["flux"][1])
     latent = torch.zeros(1, 16, 8, 8)

@@ -110,7 +110,7 @@ def test_steer_with_region_equals_reference():
 @pytest.fixture(scope="module")
 def sd(comfyui):
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_unet_model("sd15", "tiny", seed=0)
     clip = rm.build_clip("sd15", "tiny", seed=0)
 
@@ -305,12 +305,12 @@ def test_guard_inputs_reach_the_run(sd, comfyui):
     """The node's guard inputs: off (the default, and what a workflow without them gets) is the plain node bit for
     bit; rescale and clip change the image and equal apply_nasa with the same Guard."""
     import comfy.patcher_extension as pe
-    negatives = comfyui.mod("adapters.negatives")
+    sampler = comfyui.mod("adapters.sampler")
     plain = _sample(_advanced(sd["mp"]), sd)
     assert torch.equal(_sample(_advanced(sd["mp"], guard="off", guard_tau=0.5), sd), plain)
     for guard, tau in (("rescale", 1.5), ("clip", 0.5)):
         m = _advanced(sd["mp"], guard=guard, guard_tau=tau)
-        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, negatives.WRAPPER_KEY)[0].nasa_settings
+        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, sampler.WRAPPER_KEY)[0].nasa_settings
         assert (settings.guard.mode, settings.guard.tau) == (guard, tau)
         assert not torch.equal(_sample(m, sd), plain), guard
 
@@ -336,7 +336,7 @@ def test_bad_inputs_name_node_input_and_fix(sd):
 
 @pytest.fixture(scope="module")
 def flux(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_dit_model("flux", seed=0)
     pos, neg = support.flux_conds(rm.DIT_FAMILIES["flux"][1])
     return dict(mp=mp, pos=pos, neg=neg, latent=torch.zeros(1, 16, 8, 8))
@@ -383,7 +383,7 @@ def test_flux_mask_confines_the_change_at_the_first_double_block(flux):
 # ----------------------------------------------------------------------------- Wan 2.1 (video frames)
 
 def test_wan_mask_frames_and_block_selection(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_dit_model("wan21_t2v", seed=0)
     width = rm.DIT_FAMILIES["wan21_t2v"][1]["text_dim"]
     g = torch.Generator().manual_seed(0)
@@ -417,8 +417,8 @@ def test_alpha_grid_cells_equal_the_graph_they_stand_for(sd, comfyui):
     """Each cell of NASA Alpha Grid is Apply NASA Attention (Advanced) -> KSampler -> VAE Decode at its alpha and
     block set, bit for bit; alpha 0 is the plain model; the grid lays them out with a label strip each."""
     import nodes
-    rm = comfyui.mod("runner.random_models")
-    explorer = comfyui.mod("adapters.explorer")
+    rm = comfyui.mod("runner.random_weights.models")
+    explorer = comfyui.mod("sampling.alpha_grid")
     vae = rm.build_vae("tiny", seed=0)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     grid_node = nodes.NODE_CLASS_MAPPINGS["NASAAlphaGrid"]
@@ -442,7 +442,7 @@ def test_alpha_grid_cells_equal_the_graph_they_stand_for(sd, comfyui):
 
 
 def test_alpha_grid_bad_inputs(sd, comfyui):
-    explorer = comfyui.mod("adapters.explorer")
+    explorer = comfyui.mod("sampling.alpha_grid")
     with pytest.raises(ValueError, match="NASA Alpha Grid: 'alphas': 'x' is not a number"):
         explorer.parse_alphas("0, x", "NASA Alpha Grid")
     with pytest.raises(ValueError, match="alpha 3.0 is above the maximum 2.0"):

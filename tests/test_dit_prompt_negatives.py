@@ -35,7 +35,7 @@ FAMILIES = {
 @pytest.fixture(scope="module")
 def env(comfyui):
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def model(family):

@@ -1,6 +1,6 @@
 """The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2)
 executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
-swaps in for their loaders (runner/random_dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
+swaps in for their loaders (runner/random_weights/dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
 from __future__ import annotations
 
 import copy
@@ -67,8 +67,8 @@ def cli(comfy):
 
 @pytest.fixture(scope="module")
 def rd(comfy):
-    """The runner's own instance of runner/random_dit.py (the one whose cache the runs share)."""
-    return importlib.import_module("nasa_runner.random_dit")
+    """The runner's own instance of runner/random_weights/dit.py (the one whose cache the runs share)."""
+    return importlib.import_module("nasa_runner.random_weights.dit")
 
 
 def load(name):
@@ -211,7 +211,7 @@ def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
     """The random CLIP is ComfyUI's text-encoder class for the loader type, its output as wide as the
     model's context in DIT_FAMILIES (SD3: the 4096 it pads CLIP-L+G to, which the runner's SD3 model
     takes), its pooled output the model's pooled input, and different prompts encode differently."""
-    rm = importlib.import_module("nasa_runner.random_models")
+    rm = importlib.import_module("nasa_runner.random_weights.models")
     dit, width_key, encoder_class, tokenizer_class, _ = FACTS[family]
     registry = rm.DIT_FAMILIES[dit][1]
     clip = rd.cached("clip", family)
@@ -248,7 +248,7 @@ def test_vae_is_the_familys_class_with_the_models_latent_channels(rd, family):
 
 
 def rm_params(module):
-    return importlib.import_module("nasa_runner.random_models").parameter_count(module)
+    return importlib.import_module("nasa_runner.random_weights.models").parameter_count(module)
 
 
 @pytest.mark.parametrize("family", sorted(FACTS))
@@ -271,7 +271,7 @@ def test_comfyuis_own_norm_classes_get_weight_one(rd, family):
 def test_threaded_initialisation_inside_inference_mode(comfy):
     """Nodes execute in inference mode; the fill threads must write its inference tensors too, and
     give the same weights as one thread."""
-    rm = importlib.import_module("nasa_runner.random_models")
+    rm = importlib.import_module("nasa_runner.random_weights.models")
     with torch.inference_mode():
         modules = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.Linear(64, 8))
                    for _ in range(2)]
@@ -390,7 +390,7 @@ def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
 # --- Apply NASA Attention (Advanced) on every family ------------------------------------------------------
 
 GROUPS = {"flux": "double, single", "chroma": "double, single", "sd35": "joint", "pixart": "blocks",
-          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers"}   # as the README documents them
+          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers"}   # as the Advanced node's help page documents them
 
 
 def advanced(name, blocks, start=0.0, end=1.0):

@@ -21,8 +21,8 @@ NEG_LEN = 300          # distinct from the positive's 256 tokens, so hooks can t
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     flux = comfyui.mod("adapters.flux")
     cache = {}
 
@@ -38,10 +38,10 @@ def env(comfyui):
     def sampler_settings(m):
         """The NasaSettings Apply NASA Attention left on the clone (on its sampler wrapper)."""
         import comfy.patcher_extension as pe
-        wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, negatives.WRAPPER_KEY)
+        wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, comfyui.mod("adapters.sampler").WRAPPER_KEY)
         return wrappers[0].nasa_settings
 
-    return dict(rm=rm, negatives=negatives, flux=flux, model=model, config=config, apply=apply,
+    return dict(rm=rm, nasa_run=nasa_run, flux=flux, model=model, config=config, apply=apply,
                 apply_nasa=comfyui.mod("adapters").apply_nasa, core=comfyui.mod("nasa_core"),
                 sampler_settings=sampler_settings)
 
@@ -65,15 +65,15 @@ def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=
         m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
     else:
         m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, guard=guard, stream=stream, blocks=blocks)
-    negatives = env["negatives"]
+    nasa_run = env["nasa_run"]
     settings = env["sampler_settings"](m)
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test", blocks=settings.blocks,
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test", blocks=settings.blocks,
                             guard=guard, stream=stream, stream_last=settings.stream_last,
-                            stream_skip=settings.stream_skip)
-    env["flux"].attach_layers(run, m.model)
+                            stream_skip=settings.stream_skip,
+                            layers=env["flux"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, ref_latents=ref_latents, transformer_options=options)
 

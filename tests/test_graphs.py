@@ -65,7 +65,7 @@ def test_a_state_dict_comfyui_detects_as_sd15_loads_through_the_stock_loader_and
     import comfy.sd
     import comfy.supported_models as sm
     import safetensors.torch
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     config = {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
               "num_res_blocks": [1], "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
               "transformer_depth_middle": 1, "context_dim": 768, "use_linear_in_transformer": False,

@@ -34,8 +34,8 @@ VIDEO_TOKENS = FRAMES * 16
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     hunyuan = comfyui.mod("adapters.hunyuan_video")
     cache = {}
 
@@ -48,7 +48,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, hunyuan=hunyuan, model=model, apply=apply,
+    return dict(rm=rm, nasa_run=nasa_run, hunyuan=hunyuan, model=model, apply=apply,
                 config=rm.DIT_FAMILIES["hunyuan_video"][1])
 
 
@@ -69,12 +69,12 @@ def _direct(env, mp, inputs, alpha, **conditioning):
     positive). ``conditioning``: attention_mask, ref_latent, guiding_frame_index as ComfyUI passes them."""
     x, t, context, y, guidance, negative = inputs
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
-    env["hunyuan"].attach_layers(run, m.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                            layers=env["hunyuan"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options=options,
                                        **conditioning)
@@ -494,7 +494,7 @@ def test_one_step_run_steers_every_block(env):
     pos, neg = _conds(env["config"])
     m = env["apply"](mp, alpha=0.5)
     _sample(m, env["config"], pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["hunyuan"], m)
+    assert support.steered_layers(m) == support.all_layers(env["hunyuan"].FAMILY, m)
     assert len(support.steered_layers(m)) == len(dm.double_blocks) + len(dm.single_blocks) == 4
 
 

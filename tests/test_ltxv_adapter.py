@@ -36,7 +36,7 @@ POS_LEN, POS_VALID, NEG_LEN, NEG_VALID = 16, 11, 20, 13     # T5 pads prompts; t
 @pytest.fixture(scope="module")
 def env(comfyui):
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def model(dtype=torch.float32):
@@ -440,10 +440,10 @@ def test_as_many_video_as_prompt_tokens(env, comfyui):
     got = _sample(env.apply(mp, alpha=0.8), pos, neg, frames=1)
     support.check_close(got, _reference_sample(mp, neg[0], 0.8, pos, neg, frames=1), base)
 
-    negatives = comfyui.mod("adapters.negatives")
+    nasa_run = comfyui.mod("adapters.run")
     m = env.apply(mp, alpha=0.8, negative=neg, use_sampler_negative=False)
-    run = negatives.NasaRun(negatives.negative_prompt([(neg[0][0], neg[0][1])], 0.8), {}, "test")
-    options = {**m.model_options["transformer_options"], negatives.RUN_KEY: run, "cond_or_uncond": [0],
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(neg[0][0], neg[0][1])], 0.8), {}, "test")
+    options = {**m.model_options["transformer_options"], nasa_run.RUN_KEY: run, "cond_or_uncond": [0],
                "wrappers": m.wrappers}      # as the sampler passes them (comfy.sampler_helpers)
     dm = m.model.diffusion_model
     with torch.no_grad():
@@ -464,7 +464,7 @@ def test_one_step_run_steers_every_block(env, comfyui):
     pos, neg = _conds(env)
     m = env.apply(mp, alpha=0.5)
     _sample(m, pos, neg, steps=1)
-    expected = support.all_layers(comfyui.mod("adapters.ltxv"), m)
+    expected = support.all_layers(comfyui.mod("adapters.ltxv").FAMILY, m)
     assert support.steered_layers(m) == expected == {("blocks", 0), ("blocks", 1)}
 
 
@@ -475,7 +475,7 @@ def test_ltx2_is_not_claimed(env, comfyui):
     if not hasattr(comfy.supported_models, "LTXAV"):
         support.skip_missing_family("LTX-2", "LTXAV")
     adapters = comfyui.mod("adapters")
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     ltx2 = rm.build_diffusion_model("LTXAV", dict(
         image_model="ltxav", in_channels=128, audio_in_channels=128, cross_attention_dim=32,
         audio_cross_attention_dim=32, attention_head_dim=16, audio_attention_head_dim=16, num_attention_heads=2,

@@ -1,4 +1,4 @@
-"""NASA-I on ComfyUI's own Lumina 2 class, NextDiT (random weights, tiny config from runner.random_models).
+"""NASA-I on ComfyUI's own Lumina 2 class, NextDiT (random weights, tiny config from runner.random_weights.models).
 
 Held against code written here, independent of the pack:
 * a float64-attention NextDiT forward with the negative stream and NASA written out (``_reference``): the
@@ -43,8 +43,8 @@ IMAGE_TOKENS = (H // 2) * (W // 2)
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     lumina = comfyui.mod("adapters.lumina2")
     cache = {}
 
@@ -56,7 +56,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, lumina=lumina, model=model, config=rm.DIT_FAMILIES["lumina2"][1],
+    return dict(rm=rm, nasa_run=nasa_run, lumina=lumina, model=model, config=rm.DIT_FAMILIES["lumina2"][1],
                 apply=apply)
 
 
@@ -85,12 +85,12 @@ def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extr
     keyword arguments of the model's forward."""
     import comfy.model_management
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
-    env["lumina"].attach_layers(run, m.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                            layers=env["lumina"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     comfy.model_management.load_models_gpu([m])
     num_tokens = context.shape[1] if attention_mask is None else int(attention_mask[0].sum())
     with torch.no_grad():
@@ -421,7 +421,7 @@ def test_one_step_run_steers_every_layer(env):
     pos, neg = _conds(env["config"])
     m = env["apply"](mp, alpha=0.5)
     _sample(m, pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["lumina"], m)
+    assert support.steered_layers(m) == support.all_layers(env["lumina"].FAMILY, m)
     assert len(support.steered_layers(m)) == len(mp.model.diffusion_model.layers)
 
 

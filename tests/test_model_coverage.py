@@ -64,7 +64,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def case(name):

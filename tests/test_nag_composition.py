@@ -35,7 +35,7 @@ CASES = [("flux", 1.0), ("flux", 3.0), ("sd15", 1.0), ("sd15", 4.0)]
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def family(name):

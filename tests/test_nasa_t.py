@@ -32,7 +32,7 @@ def env(comfyui):
     models = comfyui.mod("toy.models")
     model, clip, _, _ = models.load_checkpoint("student SBv2 (one-step)")
     enc = comfyui.nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode
-    return dict(models=models, distill=comfyui.mod("adapters.distill"), diffusion=comfyui.mod("nasa_core.diffusion"),
+    return dict(models=models, distill=comfyui.mod("distill.steering"), diffusion=comfyui.mod("nasa_core.diffusion"),
                 model=model, clip=clip, enc=lambda text: enc(clip, text)[0], text=models.TextEncoder(clip))
 
 
@@ -80,7 +80,7 @@ def test_per_row_negatives_and_no_leftovers_on_the_toy_unet(env):
 def test_per_row_negatives_on_pixart(comfyui, env):
     """The same on ComfyUI's PixArt-α class (random weights; its NASA rides on object patches that
     must be set only for the steered forward)."""
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     mp = rm.build_dit_model("pixart", dtype=torch.float32, seed=0)
     base, distill = mp.model, env["distill"]
     width = rm.DIT_FAMILIES["pixart"][1]["caption_channels"]
@@ -224,7 +224,7 @@ def test_recipe_trains_saves_and_resumes(comfyui, tmp_path, monkeypatch):
     is a full checkpoint ComfyUI's loader reads back (UNet + CLIP + VAE), and a run interrupted after
     iteration 2 and resumed from trainer.ckpt saves exactly the uninterrupted run's weights."""
     import comfy.utils
-    recipe, rm, vsd = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_models"), comfyui.mod("nasa_core.vsd")
+    recipe, rm, vsd = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_weights.models"), comfyui.mod("nasa_core.vsd")
     config = recipe.RecipeConfig(iterations=4, batch=2, micro_batch=1, resolution=64, student_lr=1e-3,
                                  checkpoint_every=1, save_dtype="fp32", lora_rank=4, lora_scale=8.0)
     quiet = dict(progress=False, log=lambda s: None)
@@ -273,8 +273,8 @@ def test_recipe_on_pixart_saves_the_diffusion_model(comfyui, tmp_path):
     NASA-T with per-row negatives through the PixArt object patches, micro-batch 1 (T5 encodings differ
     in length: a whole batch is refused with the fix); the result is the diffusion model alone."""
     import comfy.utils
-    recipe, rm = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_models")
-    rdit = comfyui.mod("runner.random_dit")
+    recipe, rm = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_weights.models")
+    rdit = comfyui.mod("runner.random_weights.dit")
     clip = rdit.build_text_encoder("pixart")
     loaded = (rm.build_dit_model("pixart", seed=0), rm.build_dit_model("pixart", seed=0), clip, None)
     prompts = ["a photo of a dog", "an oil painting of a lighthouse on a rocky coast at night"]
@@ -294,7 +294,7 @@ def test_recipe_on_sd21_v_prediction(comfyui, tmp_path):
     """The SD2.1 preset on a tiny random SD2.1-v checkpoint (v-prediction, linear transformer projections):
     two NASA-T iterations move the student, and the saved file holds every UNet tensor."""
     import comfy.utils
-    recipe, rm = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_models")
+    recipe, rm = comfyui.mod("distill.recipe"), comfyui.mod("runner.random_weights.models")
     student, clip, vae = rm.build_checkpoint("sd21v", "tiny", torch.float32, 0)
     teacher, _, _ = rm.build_checkpoint("sd21v", "tiny", torch.float32, 0)
     assert student.model.model_type.name == "V_PREDICTION"

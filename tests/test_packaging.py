@@ -128,7 +128,7 @@ def test_what_comfyui_loads_imports_only_what_comfyui_installs(comfyui):
                                                                         if p.is_dir()}
     dists = importlib.metadata.packages_distributions()
     allowed = _requirement_names(Path(comfyui.dir) / "requirements.txt")
-    files = [PACK / "__init__.py"] + [f for d in ("nodes", "adapters", "nasa_core", "toy") for f in (PACK / d).glob("*.py")]
+    files = [PACK / "__init__.py"] + [f for d in ("nodes", "adapters", "nasa_core", "toy", "sampling") for f in (PACK / d).glob("*.py")]
     outside = {}
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):

@@ -28,7 +28,7 @@ FAMILIES = ["pixart", "pixart_sigma"]
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def model(family="pixart", dtype=torch.float32):
@@ -39,7 +39,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, pixart=comfyui.mod("adapters.pixart"), negatives=comfyui.mod("adapters.negatives"),
+    return dict(rm=rm, pixart=comfyui.mod("adapters.pixart"), nasa_run=comfyui.mod("adapters.run"),
                 model=model, apply=apply,
                 width=lambda family: rm.DIT_FAMILIES[family][1]["caption_channels"])
 
@@ -293,12 +293,12 @@ def test_left_over_patch_is_inert_outside_a_nasa_forward(env):
     nasa = env["apply"](mp, alpha=1.0)
     _sample(nasa, pos, neg)
     assert all(l.forward.__name__ == "nasa_cross_attention" for l in layers)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(neg[0][0], {})], 1.0), {}, "test")
-    env["pixart"].attach_layers(run, mp.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(neg[0][0], {})], 1.0), {}, "test",
+                            layers=env["pixart"].FAMILY.layers(mp.model))
 
     def call(wrappers=None):
-        options = {negatives.RUN_KEY: run, "cond_or_uncond": [0]}
+        options = {nasa_run.RUN_KEY: run, "cond_or_uncond": [0]}
         if wrappers is not None:
             options["wrappers"] = wrappers        # as the sampler passes a patcher's wrappers
         with torch.no_grad():

@@ -21,7 +21,7 @@ attention override):
 1. alpha 0 is bit-identical to the same quantized model without NASA;
 2. alpha > 0 changes the output, which stays finite, and every layer of the adapter's ``block_groups`` steered;
 3. a multi-step run (the negative's projections reused from step 1) is bit-identical to the same run with reuse
-   switched off through the run's own switch (``NasaRun.reuse_projections``, cleared by a model function wrapper
+   switched off through the run's own switch (``NasaRun.projections.enabled``, cleared by a model function wrapper
    before every step); where the family reuses (SD1.5, Wan) hooks count the negative's projections: once per run;
 4. (a) NASA on the quantized model is NASA on the float32 model that holds its rounded weights (bit for bit where
    the layers compute with the dequantized weights; see :func:`_check_against_dequantized`), and (b) for fp8 storage
@@ -217,8 +217,8 @@ def _layout_state_dict(fam, fmt):
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     cache = {}
 
     def family(name):
@@ -226,7 +226,7 @@ def env(comfyui):
             cache[name] = _build(rm, name)
         return cache[name]
 
-    return SimpleNamespace(family=family, adapters=comfyui.mod("adapters"), run_key=negatives.RUN_KEY,
+    return SimpleNamespace(family=family, adapters=comfyui.mod("adapters"), run_key=nasa_run.RUN_KEY,
                            version=comfyui.version)
 
 
@@ -264,7 +264,7 @@ def _recording(env, m, runs, reuse):
     def wrapper(apply_model, args):
         run = args["c"]["transformer_options"][env.run_key]
         if not reuse:
-            run.reuse_projections = False
+            run.projections.enabled = False
         if not runs or runs[-1] is not run:
             runs.append(run)
         return apply_model(args["input"], args["timestep"], **args["c"])
@@ -312,13 +312,13 @@ def _check_nasa(env, fam, q):
     assert support.steered_layers(nasa) == support.all_layers(env.adapters.find_adapter(nasa), nasa), \
         f"{fam.name}: not every layer steered"
 
-    assert len(on_runs) == 1 and on_runs[0].reuse_projections, "a multi-step run must reuse the projections"
-    assert len(off_runs) == 1 and not off_runs[0]._reused
+    assert len(on_runs) == 1 and on_runs[0].projections.enabled, "a multi-step run must reuse the projections"
+    assert len(off_runs) == 1 and not len(off_runs[0].projections)
     assert torch.equal(steered, without), f"{fam.name}: reusing the negative's projections changed the result"
     if fam.kv:      # cross-attention families keep K-/V- (and Wan its embedding) for the run: hooks see it once
         assert once == {k: 1 for k in fam.kv}, once
         assert per_step == {k: STEPS for k in fam.kv}, per_step
-        assert len(on_runs[0]._reused) >= len(fam.kv) // 2
+        assert len(on_runs[0].projections) >= len(fam.kv) // 2
 
 
 def _dequantized(fam, q):

@@ -1,4 +1,4 @@
-"""NASA-I on ComfyUI's own Qwen-Image class (random weights, tiny config from runner.random_models).
+"""NASA-I on ComfyUI's own Qwen-Image class (random weights, tiny config from runner.random_weights.models).
 
 Held against code written here, independent of the pack:
 * a float64-attention Qwen-Image forward with the negative stream and NASA written out (``_reference``),
@@ -32,8 +32,8 @@ H, W = 8, 12                   # latent size: 4 x 6 image tokens, text positions
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     qwen = comfyui.mod("adapters.qwen_image")
     cache = {}
 
@@ -46,7 +46,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, qwen=qwen, model=model, config=rm.DIT_FAMILIES["qwen_image"][1],
+    return dict(rm=rm, nasa_run=nasa_run, qwen=qwen, model=model, config=rm.DIT_FAMILIES["qwen_image"][1],
                 apply=apply)
 
 
@@ -67,12 +67,12 @@ def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
 def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None):
     """One diffusion-model forward of the NASA clone of ``mp``, NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
-    env["qwen"].attach_layers(run, m.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                            layers=env["qwen"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
     # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, ref_latents=ref_latents, transformer_options=options)
 
@@ -377,7 +377,7 @@ def test_one_step_run_steers_every_block(env):
     pos, neg = _conds(env["config"])
     m = env["apply"](mp, alpha=0.5)
     _sample(m, pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["qwen"], m)
+    assert support.steered_layers(m) == support.all_layers(env["qwen"].FAMILY, m)
     assert len(support.steered_layers(m)) == len(mp.model.diffusion_model.transformer_blocks)
 
 
@@ -393,7 +393,7 @@ def test_edit_2511_references_modulated_at_timestep_zero(env):
     if not _model_takes("default_ref_method"):
         support.skip_missing_family("Qwen-Image-Edit-2511", "QwenImageTransformer2DModel(default_ref_method)")
     mp = env["model"](default_ref_method="index_timestep_zero")
-    assert env["qwen"].matches(mp) and "Edit-2511" in env["qwen"].family_name(mp)
+    assert env["qwen"].matches(mp) and "Edit-2511" in env["qwen"].model_name(mp)
     got = _check(env, ref_latents=_ref_latents(), mp=mp, ref_timestep_zero=True)
     x, t, context, negative = _inputs(env["config"])
     with torch.no_grad():
@@ -410,7 +410,7 @@ def test_layered_steers_every_layer_of_the_image(env):
     if not _model_takes("use_additional_t_cond"):
         support.skip_missing_family("Qwen-Image-Layered", "QwenImageTransformer2DModel(use_additional_t_cond)")
     mp = env["model"](use_additional_t_cond=True, default_ref_method="negative_index")
-    assert env["qwen"].matches(mp) and "Layered" in env["qwen"].family_name(mp)
+    assert env["qwen"].matches(mp) and "Layered" in env["qwen"].model_name(mp)
     got = _check(env, mp=mp, frames=2)
     x, t, context, negative = _inputs(env["config"], frames=2)
     with torch.no_grad():

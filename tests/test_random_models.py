@@ -1,4 +1,4 @@
-"""runner/random_models.py: random-weight SD1.5 / SD2.1 / SDXL models built from ComfyUI's own classes."""
+"""runner/random_weights/models.py: random-weight SD1.5 / SD2.1 / SDXL models built from ComfyUI's own classes."""
 from __future__ import annotations
 
 import subprocess
@@ -22,7 +22,7 @@ PUBLISHED_UNET_PARAMS = {"sd15": 859_520_964, "sd21": 865_910_724, "sdxl": 2_567
 
 @pytest.fixture(scope="module")
 def rm(comfy):
-    return comfy.mod("runner.random_models")
+    return comfy.mod("runner.random_weights.models")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def unet_forward(patcher, cond, pooled, size=16, seed=1, sigma=1.0):
 def test_module_imports_without_comfyui():
     code = textwrap.dedent(f"""
         import importlib.util, sys
-        spec = importlib.util.spec_from_file_location("rm", {str(PACK_ROOT / 'runner' / 'random_models.py')!r})
+        spec = importlib.util.spec_from_file_location("rm", {str(PACK_ROOT / 'runner' / 'random_weights' / 'models.py')!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert module.FAMILIES == ("sd15", "sd21", "sd21v", "sdxl") and module.SIZES == ("tiny", "full")

@@ -102,7 +102,7 @@ class _Runs:
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    return dict(rm=comfyui.mod("runner.random_models"), negatives=comfyui.mod("adapters.negatives"))
+    return dict(rm=comfyui.mod("runner.random_weights.models"), nasa_run=comfyui.mod("adapters.run"))
 
 
 def _probe_counted(mp, latent, pos, neg, sigmas, modules, run_key):
@@ -124,16 +124,16 @@ def test_reused_projections_are_exact_and_computed_once(env, family):
     mp = support.apply_nasa(base, alpha=0.8)
     ms = base.model.model_sampling
     sigmas = [float(ms.percent_to_sigma(p)) for p in PERCENTS]
-    key = env["negatives"].RUN_KEY
+    key = env["nasa_run"].RUN_KEY
 
     multi, counts, runs = _probe_counted(mp, latent, pos, neg, sigmas, modules, key)
-    assert len(runs) == 1 and runs[0].reuse_projections
+    assert len(runs) == 1 and runs[0].projections.enabled
     for role, n in counts.items():
         assert n == [1] * len(n), (role, n)      # every layer (and the embedding) saw the negative once in 3 steps
     plain = support.probe(base, latent, pos, neg, sigmas)
     for i, s in enumerate(sigmas):
         single, single_counts, single_runs = _probe_counted(mp, latent, pos, neg, [s], modules, key)
-        assert not single_runs[0].reuse_projections and not single_runs[0]._reused
+        assert not single_runs[0].projections.enabled and not len(single_runs[0].projections)
         assert all(n == [1] * len(n) for n in single_counts.values())
         assert torch.equal(multi[i], single[0]), f"{family}: step {i} differs from the same step run alone"
         assert not torch.equal(multi[i], plain[i]), f"{family}: NASA did not act at step {i}; the test shows nothing"
@@ -142,7 +142,7 @@ def test_reused_projections_are_exact_and_computed_once(env, family):
 def test_one_step_run_keeps_nothing(env):
     base, latent, pos, neg, modules = _family(env["rm"], "sd15")
     mp = support.apply_nasa(base, alpha=0.8)
-    runs = _Runs(mp, env["negatives"].RUN_KEY)
+    runs = _Runs(mp, env["nasa_run"].RUN_KEY)
     try:
         with torch.inference_mode():
             support.sample(mp, latent, pos, neg, steps=1)
@@ -150,8 +150,8 @@ def test_one_step_run_keeps_nothing(env):
     finally:
         runs.close()
     one, three = runs.runs
-    assert not one.reuse_projections and not one._reused
-    assert three.reuse_projections and len(three._reused) == len(modules["kv"])
+    assert not one.projections.enabled and not len(one.projections)
+    assert three.projections.enabled and len(three.projections) == len(modules["kv"])
 
 
 def test_weight_hooks_switch_reuse_off(env):
@@ -173,8 +173,8 @@ def test_weight_hooks_switch_reuse_off(env):
     hooked_pos = comfy.hooks.set_hooks_for_conditioning(pos, hooks)
     mp = support.apply_nasa(base, alpha=0.8)
     sigmas = [float(base.model.model_sampling.percent_to_sigma(p)) for p in PERCENTS]
-    multi, counts, runs = _probe_counted(mp, latent, hooked_pos, neg, sigmas, modules, env["negatives"].RUN_KEY)
-    assert not runs[0].reuse_projections and counts["kv"] == [3] * len(modules["kv"])
+    multi, counts, runs = _probe_counted(mp, latent, hooked_pos, neg, sigmas, modules, env["nasa_run"].RUN_KEY)
+    assert not runs[0].projections.enabled and counts["kv"] == [3] * len(modules["kv"])
     singles = [support.probe(mp, latent, hooked_pos, neg, [s])[0] for s in sigmas]
     unhooked = [support.probe(mp, latent, pos, neg, [s])[0] for s in sigmas]
     for i in range(3):
@@ -184,8 +184,8 @@ def test_weight_hooks_switch_reuse_off(env):
 
 def test_reuse_rules(env):
     """NasaRun.reuse itself: what is kept and what recomputes."""
-    negatives = env["negatives"]
-    run = negatives.NasaRun(None, {}, "test")
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(None, {}, "test")
     lin = torch.nn.Linear(4, 3)
     x, y = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
     calls = []
@@ -198,7 +198,7 @@ def test_reuse_rules(env):
         run.reuse("kv", (lin,), x, project)
         run.reuse("kv", (lin,), x, project)
         assert len(calls) == 2                       # reuse_projections off: every call computes
-        run.reuse_projections = True
+        run.projections.enabled = True
         first = run.reuse("kv", (lin,), x, project)
         assert run.reuse("kv", (lin,), x, project) is first and len(calls) == 3
         assert torch.equal(run.reuse("kv", (lin,), y, project), lin(y)) and len(calls) == 4      # another input

@@ -38,8 +38,8 @@ def _random_qk_norms(mp, seed=5):
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
-    negatives = comfyui.mod("adapters.negatives")
+    rm = comfyui.mod("runner.random_weights.models")
+    nasa_run = comfyui.mod("adapters.run")
     sd3 = comfyui.mod("adapters.sd3")
     cache = {}
 
@@ -51,7 +51,7 @@ def env(comfyui):
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, negatives=negatives, sd3=sd3, model=model, apply=apply)
+    return dict(rm=rm, nasa_run=nasa_run, sd3=sd3, model=model, apply=apply)
 
 
 def _config(env, family="sd3"):
@@ -78,11 +78,11 @@ def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
 def _direct(env, mp, x, t, context, y, negative, alpha):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    negatives = env["negatives"]
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "test")
-    env["sd3"].attach_layers(run, m.model)
+    nasa_run = env["nasa_run"]
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                            layers=env["sd3"].FAMILY.layers(m.model))
     options = dict(m.model_options["transformer_options"])
-    options.update({negatives.RUN_KEY: run, "cond_or_uncond": [0]})
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0]})
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context.clone(), y=y, transformer_options=options)  # a context processor adds in place
 

@@ -32,7 +32,7 @@ def test_loader_node_gives_comfyui_flux(comfyui, mmdit):
         assert model.model.model_type == comfy.model_base.ModelType.FLOW
         assert isinstance(model.get_model_object("latent_format"), comfy.latent_formats.ChromaRadiance)
         assert len(model.model.diffusion_model.double_blocks) == 2 and len(model.model.diffusion_model.single_blocks) == 2
-        assert comfyui.mod("adapters").find_adapter(model).__name__.endswith(".flux")
+        assert comfyui.mod("adapters").find_adapter(model) is comfyui.mod("adapters.flux").FAMILY
     teacher, student = (loaded[c][0].model.diffusion_model for c in models.MMDIT_FILES)
     assert any(not torch.equal(p, q) for p, q in zip(teacher.parameters(), student.parameters()))
 
@@ -78,10 +78,10 @@ def test_training_through_comfyui_blocks_needs_trainable(comfy, mmdit):
 
 
 def test_flow_model_in_the_trainer_convention(comfy, mmdit):
-    """adapters.distill maps the flow model onto VP: x0 from the trainer's eps is ComfyUI's denoised at the
+    """distill.steering maps the flow model onto VP: x0 from the trainer's eps is ComfyUI's denoised at the
     flow sigma; alpha_bar = (1-s)^2 / ((1-s)^2 + s^2); the VP (UNet) path is untouched (test_nasa_t)."""
     models, loaded = mmdit
-    distill = comfy.mod("adapters.distill")
+    distill = comfy.mod("distill.steering")
     diffusion = comfy.mod("nasa_core.diffusion")
     base = loaded[models.MMDIT_STUDENT][0].model
     assert distill.is_flow(base)
@@ -138,7 +138,7 @@ def test_nasa_variants_on_the_toy_mmdit(comfy, bench):
     """alpha 0 is the unpatched model bit for bit; every variant of the study steers (changes the image) and
     the variants differ from each other; a guard that no token reaches (clip 1e6) is plain NASA."""
     js = comfy.mod("toy.joint_study")
-    world = comfy.mod("nasa_core.toy_world")
+    world = comfy.mod("toy.world")
     sampler, pair = js.WORLDS["mmdit"].sampler, world.pairs("heldout")[0]
     plain = bench.images(sampler, pair, "none", None)
     assert torch.equal(bench.images(sampler, pair, "nasa", 0.0), plain)

@@ -1,5 +1,5 @@
 """The toy world's shipped models in real ComfyUI: loader node, text encoder, trainers, the demo workflow,
-and a fixed-seed slice of the removal benchmark (thresholds from the full run recorded in the README)."""
+and a fixed-seed slice of the removal benchmark (thresholds from the full run recorded in docs/toy-world.md)."""
 from __future__ import annotations
 
 import copy
@@ -41,7 +41,7 @@ def test_loader_node_gives_real_comfyui_objects(comfyui, toy):
         assert isinstance(model.get_model_object("latent_format"), comfy.latent_formats.ChromaRadiance)
         assert isinstance(clip, comfy.sd.CLIP) and isinstance(vae, comfy.sd.VAE)
         assert vae.downscale_ratio == 1 and vae.latent_channels == 3
-        assert comfyui.mod("adapters").find_adapter(model).__name__.endswith("unet")
+        assert comfyui.mod("adapters").find_adapter(model) is comfyui.mod("adapters.unet").FAMILY
     unets = [loaded[c][0].model.diffusion_model for c in models.MODEL_FILES]
     assert len(unets) == 3
     for a, b in ((0, 1), (0, 2), (1, 2)):      # teacher, SBv2 student, NASA-T student: three different models
@@ -163,7 +163,7 @@ def test_train_student_end_to_end(comfy, tmp_path):
     assert not (tmp_path / "toy_student_sbv2.ckpt").exists() and any("4 teacher DDIM samples" in line for line in logs)
 
 
-# From the full benchmark (README, "Toy world"; 100 seeds, held-out pairs): student 1-step, no negative
+# From the full benchmark (docs/toy-world.md; 100 seeds, held-out pairs): student 1-step, no negative
 # vs NASA-I at the chosen alpha. The slice runs the first SLICE_SEEDS of the same seeds, so the thresholds
 # are the full run's figures less a margin for the smaller sample.
 SLICE_SEEDS = 24
@@ -172,7 +172,7 @@ SLICE_MIN = {"nasa_removal": 0.40, "nasa_retention": 0.50, "base_removal_max": 0
 
 
 def test_benchmark_slice_student_one_step(comfy):
-    bench_mod, world = comfy.mod("toy.benchmark"), comfy.mod("nasa_core.toy_world")
+    bench_mod, world = comfy.mod("toy.benchmark"), comfy.mod("toy.world")
     bench = bench_mod.Bench(seeds=SLICE_SEEDS, log=lambda s: None)
     sampler = next(s for s in bench_mod.SAMPLERS if s.label == "student 1-step")
     pairs = world.pairs("heldout")

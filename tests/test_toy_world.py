@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nasa_core import judges
-from nasa_core import toy_world as world
+from nasa_toy import judges
+from nasa_toy import world
 
 
 def _gen(seed=0):

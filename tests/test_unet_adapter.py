@@ -25,7 +25,7 @@ LONG = ("a very long negative prompt " * 20).strip()   # 100 words > 75 tokens: 
 def env(comfyui):
     import comfy.model_management  # noqa: F401
     import nodes
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def checkpoint(family, dtype=torch.float32, weight_scale=None):

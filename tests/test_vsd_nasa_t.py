@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import nasa_test_support as support
-from nasa_core import diffusion, toy_world, vsd
+from nasa_core import diffusion, vsd
+from nasa_toy import world as toy_world
 
 WORDS = {"": 0, "a red circle": 1, "a blue square": 2, "red": 3, "blue": 4, "noisy": 5, "a triangle": 6}
 NEGATIVES = ["red", "blue", "noisy", "a triangle"]

@@ -31,7 +31,7 @@ POS_LEN, NEG_LEN, CLIP_TOKENS = 16, 20, 5     # distinct lengths, so hooks can t
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_models")
+    rm = comfyui.mod("runner.random_weights.models")
     cache = {}
 
     def model(family="wan21_t2v", dtype=torch.float32, seed=0, **overrides):

@@ -22,8 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from ..nasa_core import toy_world as world
-from . import benchmark, models
+from . import benchmark, models, world
 
 ROWS = (
     # (label, mode, NASA-I at inference)
@@ -101,7 +100,7 @@ def main(folder, seeds, image_seeds, log=print) -> str:
     modes = dict.fromkeys(mode for _, mode, _ in ROWS)
     missing = [str(student_path(folder, m, s)) for m in modes for s in seeds if not student_path(folder, m, s).is_file()]
     if missing:
-        raise FileNotFoundError("ablation: students missing (train them first, see the README's NASA-T section): "
+        raise FileNotFoundError("ablation: students missing (train them first, see docs/nasa-t.md): "
                                 + ", ".join(missing))
     result = run(folder, seeds, image_seeds, log=log)
     (Path(folder) / "ablation.json").write_text(json.dumps(result, indent=1))

@@ -22,9 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..adapters import apply_nasa
-from ..nasa_core import judges
-from ..nasa_core import toy_world as world
-from . import models
+from . import judges, models, world
 
 TEACHER = "teacher (multi-step)"
 STUDENT = "student SBv2 (one-step)"

@@ -16,8 +16,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 
-from ..nasa_core import judges, vsd
-from . import benchmark, models, train
+from ..nasa_core import vsd
+from . import benchmark, judges, models, train
 
 
 def _add_config(p: argparse.ArgumentParser, cls) -> None:

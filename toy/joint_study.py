@@ -24,8 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 
 from ..nasa_core import Guard
-from ..nasa_core import toy_world as world
-from . import benchmark, models
+from . import benchmark, models, world
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 MIN_GAIN = 0.05

@@ -22,8 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
-from . import models
-from ..runner.random_models import detected_config
+from .build import default_init, float32, half, latent_format, patcher
+from ..runner.random_weights.models import detected_config
 
 FLUX_CONFIG = {
     "image_model": "flux", "in_channels": 3, "out_channels": 3, "vec_in_dim": 64, "context_in_dim": 64,
@@ -38,7 +38,7 @@ def _config_class():
 
     class ToyPixelFlux(comfy.supported_models.FluxSchnell):
         """FLUX.1-schnell's model class and flow schedule (shift 1), in pixel space."""
-        latent_format = models.latent_format()
+        latent_format = latent_format()
         unet_config = {}
 
     return ToyPixelFlux
@@ -47,13 +47,13 @@ def _config_class():
 def model_config(flux_config: Optional[dict] = None):
     """The toy's FLUX config (or the one a weights file's metadata holds), completed for the running ComfyUI
     as its checkpoint detection completes a FLUX.1 checkpoint's (e.g. ``txt_ids_dims`` from 0.3.7x on)."""
-    return models.float32(_config_class()(detected_config(dict(flux_config or FLUX_CONFIG))))
+    return float32(_config_class()(detected_config(dict(flux_config or FLUX_CONFIG))))
 
 
 def _reset(module: torch.nn.Module) -> None:
     """torch's default init (ComfyUI's ops leave parameters empty) and RMSNorm scales of one (FLUX's own RMSNorm
     holds ``scale`` in ComfyUI 0.3.64; from 0.3.7x it is ComfyUI's torch.nn.RMSNorm, which holds ``weight``)."""
-    models._reset(module)
+    default_init(module)
     if type(module).__name__ != "RMSNorm" and not isinstance(module, torch.nn.RMSNorm):
         return
     for name in ("scale", "weight"):
@@ -65,7 +65,7 @@ def _reset(module: torch.nn.Module) -> None:
 
 def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, flux_config: Optional[dict] = None):
     """A ComfyUI ModelPatcher around the toy MMDiT: ``state_dict`` (diffusion_model keys) or a seeded init."""
-    return models.patcher(model_config(flux_config).get_model({}, ""), state_dict, seed, _reset, "MMDiT")
+    return patcher(model_config(flux_config).get_model({}, ""), state_dict, seed, _reset, "MMDiT")
 
 
 @contextlib.contextmanager
@@ -109,4 +109,4 @@ def save(path, diffusion_model: torch.nn.Module, info: dict) -> None:
     # convert on load (their norms hold ``.weight``): files saved on any version load on every version
     state = {(k[:-len(".weight")] + ".scale" if k.endswith("_norm.weight") else k): v
              for k, v in diffusion_model.state_dict().items()}
-    save_file(models._half(state), str(path), metadata=meta)
+    save_file(half(state), str(path), metadata=meta)

@@ -8,7 +8,7 @@
   with cross-attention on the two lower levels and the middle block (7 cross-attention layers);
 * "VAE": ComfyUI's pixel-space VAE (``comfy.sd.VAE`` with ``pixel_space_vae``): the model works
   directly on 24x24 RGB pixels, latent format ChromaRadiance's identity 3-channel format declared 8x
-  downscaled (:func:`latent_format`): a stock EmptyLatentImage of 192x192 is a 24x24 latent on every ComfyUI
+  downscaled (:func:`.build.latent_format`): a stock EmptyLatentImage of 192x192 is a 24x24 latent on every ComfyUI
   version (ComfyUI divides by 8 and fills the channels).
 
 Weights are safetensors files in ``toy/weights`` (float16 on disk, float32 in memory); each
@@ -16,12 +16,14 @@ file's metadata holds its configs, so :func:`load_checkpoint` needs nothing else
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from . import mmdit
+from .build import default_init, float32, half, latent_format, patcher
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLIP_FILE = "toy_clip.safetensors"
@@ -54,20 +56,6 @@ TEXT_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads
                "num_hidden_layers": 2, "projection_dim": 64}
 
 
-@functools.lru_cache(maxsize=None)
-def latent_format():
-    """The toy models' latent format: ChromaRadiance's identity RGB format, declared 8x smaller than the image
-    size an EmptyLatentImage is asked for. ComfyUI 0.3.64 always divides that size by 8; from 0.3.7x on it
-    divides by the model's ``spacial_downscale_ratio`` (1 for a real pixel-space model), so this declaration
-    keeps "EmptyLatentImage 192x192 = the toy's 24x24 pixels" on every version."""
-    import comfy.latent_formats
-
-    class ToyPixels(comfy.latent_formats.ChromaRadiance):
-        spacial_downscale_ratio = 8
-
-    return ToyPixels
-
-
 def _config_class():
     import comfy.supported_models
 
@@ -96,47 +84,10 @@ def model_config(unet_config: Optional[dict] = None, prediction: str = "eps"):
     return float32(config)
 
 
-def float32(config):
-    """A toy model config set to run in float32, as ComfyUI's loader sets a checkpoint's inference dtype."""
-    import comfy.model_management as mm
-    config.set_inference_dtype(torch.float32, mm.unet_manual_cast(torch.float32, mm.get_torch_device(),
-                                                                  config.supported_inference_dtypes))
-    return config
-
-
 def build_model(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0, unet_config: Optional[dict] = None,
                 prediction: str = "eps"):
     """A ComfyUI ModelPatcher around the toy UNet: ``state_dict`` (diffusion_model keys) or a seeded init."""
-    return patcher(model_config(unet_config, prediction).get_model({}, ""), state_dict, seed, _reset, "UNet")
-
-
-def patcher(model, state_dict: Optional[Dict[str, torch.Tensor]], seed: int, reset, what: str):
-    """A ComfyUI ModelPatcher around a toy BaseModel: weights from ``state_dict`` or a seeded ``reset`` init."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    if state_dict is None:
-        torch.manual_seed(seed)
-        model.diffusion_model.apply(reset)
-    else:   # through the config's own key conversion, as ComfyUI's loader (0.3.7x+ FLUX: *_norm.scale -> .weight)
-        state_dict = model.model_config.process_unet_state_dict(dict(state_dict))
-        missing, unexpected = model.diffusion_model.load_state_dict({k: v.float() for k, v in state_dict.items()},
-                                                                    strict=False)
-        if missing or unexpected:
-            raise ValueError(f"toy {what} weights do not match the toy config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
-
-_TORCH_INIT = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.GroupNorm, torch.nn.LayerNorm)
-
-
-def _reset(module: torch.nn.Module) -> None:
-    """torch's default init: ComfyUI's disable_weight_init ops skip it (they expect a checkpoint)."""
-    for cls in _TORCH_INIT:
-        if isinstance(module, cls):
-            cls.reset_parameters(module)
-            return
+    return patcher(model_config(unet_config, prediction).get_model({}, ""), state_dict, seed, default_init, "UNet")
 
 
 def build_clip(state_dict: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0):
@@ -223,16 +174,11 @@ def eps(diffusion_model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
     return diffusion_model(x_t, t.float(), context=cond, **kwargs)
 
 
-def _half(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()
-            if torch.is_floating_point(v)}
-
-
 def save_unet(path, diffusion_model: torch.nn.Module, info: dict, prediction: str = "eps") -> None:
     from safetensors.torch import save_file
     meta = {"nasa_toy": "unet", "unet_config": json.dumps(UNET_CONFIG), "prediction": prediction,
             "info": json.dumps(info)}
-    save_file(_half(diffusion_model.state_dict()), str(path), metadata=meta)
+    save_file(half(diffusion_model.state_dict()), str(path), metadata=meta)
 
 
 def save_clip(path, clip, info: dict) -> None:
@@ -240,7 +186,7 @@ def save_clip(path, clip, info: dict) -> None:
     sd = {k: v for k, v in clip.cond_stage_model.state_dict().items()
           if not k.endswith(("logit_scale", "position_ids"))}
     meta = {"nasa_toy": "clip", "text_config": json.dumps(TEXT_CONFIG), "info": json.dumps(info)}
-    save_file(_half(sd), str(path), metadata=meta)
+    save_file(half(sd), str(path), metadata=meta)
 
 
 def read_file(path, kind: str, rebuild: str):
@@ -261,7 +207,6 @@ def load_unet(path, rebuild: str = "train-student"):
     """``(model, info)``: a toy diffusion model file (UNet or MMDiT) as a ComfyUI ModelPatcher (frozen)."""
     unet_sd, meta = read_file(path, "unet", rebuild)
     if meta["nasa_toy"] == "mmdit":
-        from . import mmdit
         model = mmdit.build_model(unet_sd, flux_config=json.loads(meta["flux_config"]))
     else:
         model = build_model(unet_sd, unet_config=json.loads(meta["unet_config"]),

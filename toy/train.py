@@ -1,6 +1,6 @@
 """Training the toy world's models from a seed: the multi-step teacher and the one-step student.
 
-Both run on the CPU in minutes (see the README's toy-world section for the measured times);
+Both run on the CPU in minutes (see docs/toy-world.md for the measured times);
 the student uses nasa_core's SwiftBrush-v2 trainer (:mod:`..nasa_core.vsd`).
 """
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Callable
 
 import torch
 
-from ..adapters import distill
+from ..distill import steering
 from ..nasa_core import diffusion, vsd
-from ..nasa_core import toy_world as world
-from . import mmdit, models
+from . import mmdit, models, world
 
 Log = Callable[[str], None]
 ARCHS = ("unet", "mmdit")
@@ -66,7 +65,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
     encode = models.TextEncoder(clip, pooled=arch == "mmdit")
     unet = patcher.model.diffusion_model
     unet.requires_grad_(True)
-    ac = distill.alphas_cumprod(patcher.model)
+    ac = steering.alphas_cumprod(patcher.model)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     ema = diffusion.EMA(unet, config.ema)
     start, losses = 0, []
@@ -156,7 +155,7 @@ class StudentConfig:
     pool_size: int = 1024          # (noise, prompt, teacher DDIM sample) pairs for the regression loss
     pool_ode_steps: int = 8
     pool_kappa: float = 3.0
-    # NASA-T (see vsd.MODES): negatives from toy_world.negative_prompts(), one per prompt; alpha ~ U(low, high).
+    # NASA-T (see vsd.MODES): negatives from world.negative_prompts(), one per prompt; alpha ~ U(low, high).
     teacher_negative: bool = False
     student_nasa: bool = False
     lora_negative: bool = False
@@ -174,18 +173,18 @@ class StudentConfig:
 
 def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=None):
     """nasa_core's SBv2/NASA-T trainer on the toy models, through ComfyUI's own model path
-    (:func:`..adapters.distill.comfy_eps`): student = a ComfyUI model of the student's prediction type
+    (:func:`..distill.steering.comfy_eps`): student = a ComfyUI model of the student's prediction type
     with the teacher's weights (or ``student_state``)."""
     _check_arch(config.arch)
     teacher = teacher_patcher.model
     state = student_state if student_state is not None else teacher.diffusion_model.state_dict()
-    eps_fn = distill.comfy_eps
+    eps_fn = steering.comfy_eps
     if config.arch == "mmdit":
         student = mmdit.build_model(state).model
 
         def eps_fn(module, x_t, t, cond, negative=None):
             with mmdit.trainable():
-                return distill.comfy_eps(module, x_t, t, cond, negative)
+                return steering.comfy_eps(module, x_t, t, cond, negative)
     else:
         student = models.build_model(state, prediction=config.prediction).model
     for net in (student, teacher):
@@ -201,7 +200,7 @@ def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=
                     select=lambda name, m: config.lora_convs or isinstance(m, torch.nn.Linear))
     pool = vsd.NegativePool(world.negative_prompts(), exclude=world.heldout_combinations())
     return vsd.SBv2Trainer(student, teacher, eps_fn, models.TextEncoder(clip, pooled=config.arch == "mmdit"),
-                           distill.alphas_cumprod(teacher),
+                           steering.alphas_cumprod(teacher),
                            (3, world.SIZE, world.SIZE), vsd_config, lora=lora, negatives=pool)
 
 

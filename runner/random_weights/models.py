@@ -209,7 +209,7 @@ def model_config(family: str, size: str = "tiny", dtype: torch.dtype = torch.flo
 # Weight initialisation
 # ---------------------------------------------------------------------------------------------
 
-def _param_seed(seed: int, scope: str, name: str) -> int:
+def param_seed(seed: int, scope: str, name: str) -> int:
     """A 63-bit seed for one parameter, from the user seed, the component and the parameter name."""
     digest = hashlib.blake2b(f"{int(seed)}/{scope}/{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2 ** 63 - 1)
@@ -226,7 +226,7 @@ def _is_norm(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()  # also inside worker threads: grad mode is thread-local
-def _fill_normal(param: torch.Tensor, std: float, seed: int) -> None:
+def fill_normal(param: torch.Tensor, std: float, seed: int) -> None:
     """Fill ``param`` with N(0, std^2) draws from a CPU generator seeded with ``seed``. The draws
     are made in float32 on the CPU, so a bf16 or GPU parameter gets the same values, rounded."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -263,10 +263,10 @@ def init_random_weights(module: torch.nn.Module, seed: int, scope: str,
             if _is_norm(sub):
                 param.fill_(1.0 if param_name in _NORM_SCALES else 0.0)
             elif isinstance(sub, torch.nn.Embedding) and param_name == "weight":
-                draws.append((param, 1.0, _param_seed(seed, scope, full_name)))
+                draws.append((param, 1.0, param_seed(seed, scope, full_name)))
             elif param_name == "weight" and param.dim() >= 2:
                 std = std_scale.get(full_name, 1.0) / math.sqrt(param[0].numel())
-                draws.append((param, std, _param_seed(seed, scope, full_name)))
+                draws.append((param, std, param_seed(seed, scope, full_name)))
             else:
                 param.zero_()
     total = sum(p.numel() for p, _, _ in draws)
@@ -279,12 +279,12 @@ def init_random_weights(module: torch.nn.Module, seed: int, scope: str,
 
         def fill(job):
             with torch.inference_mode(inference):
-                _fill_normal(*job)
+                fill_normal(*job)
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fill, draws))
     else:
         for job in draws:
-            _fill_normal(*job)
+            fill_normal(*job)
     return count
 
 
@@ -306,7 +306,7 @@ def _v_marker_for(shape, seed: int) -> torch.Tensor:
     """The LayerNorm bias that makes ComfyUI detect an SD2.x checkpoint as v-prediction: mean 0,
     population standard deviation exactly ``_V_PRED_MARKER_STD``."""
     value = torch.empty(shape)
-    _fill_normal(value, 1.0, _param_seed(seed, "unet", _V_PRED_MARKER_KEY))
+    fill_normal(value, 1.0, param_seed(seed, "unet", _V_PRED_MARKER_KEY))
     value = value - value.mean()
     return value / value.std(unbiased=False) * _V_PRED_MARKER_STD
 
@@ -353,7 +353,7 @@ def build_unet_model(family: str, size: str = "tiny", dtype: torch.dtype = torch
     # Checkpoint weights are loaded into modules that require grad, harmless under ComfyUI's
     # inference mode; frozen here so that callers outside it (tests) build no autograd graph.
     model.requires_grad_(False)
-    _check_finite(model, f"{family} UNet")
+    check_finite(model, f"{family} UNet")
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
@@ -480,7 +480,7 @@ def build_diffusion_model(config_class: str, config: dict, dtype: torch.dtype = 
     model = model_config.get_model({}, "")
     init_random_weights(model.diffusion_model, seed, scope, std_scale=std_scale)
     model.requires_grad_(False)  # see build_unet_model
-    _check_finite(model, f"{config_class} diffusion model")
+    check_finite(model, f"{config_class} diffusion model")
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
@@ -510,7 +510,7 @@ def build_clip(family: str, size: str = "tiny", dtype: torch.dtype = torch.float
     # SDClipModel's logit_scale is constructed with its real value (ln 100), not left empty.
     init_random_weights(clip.cond_stage_model, seed, f"clip_{_base_family(family)}",
                         keep=lambda name: name.endswith("logit_scale"))
-    _check_finite(clip.cond_stage_model, f"{family} text encoder")
+    check_finite(clip.cond_stage_model, f"{family} text encoder")
     return clip
 
 
@@ -531,7 +531,7 @@ def build_vae(size: str = "tiny", dtype: torch.dtype = torch.float32, seed: int 
     del scratch
     vae = comfy.sd.VAE(sd=state_dict, config={"params": params}, dtype=dtype)
     vae.first_stage_model.requires_grad_(False)  # see build_unet_model
-    _check_finite(vae.first_stage_model, "VAE")
+    check_finite(vae.first_stage_model, "VAE")
     return vae
 
 
@@ -561,7 +561,7 @@ def parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _check_finite(module: torch.nn.Module, what: str) -> None:
+def check_finite(module: torch.nn.Module, what: str) -> None:
     """Every buffer is finite (parameters are finite by construction: all of them are written)."""
     for name, tensor in module.named_buffers():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -30,7 +30,7 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from . import toy_world as world
+from . import world
 
 FG_DISTANCE = 0.3
 STRAY_MIN_AREA = 3
@@ -70,7 +70,7 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Verdicts:
-    """Judged attributes (B,) as codes into the toy_world value lists; -1 where invalid."""
+    """Judged attributes (B,) as codes into the toy world's value lists; -1 where invalid."""
 
     valid: torch.Tensor
     shape: torch.Tensor

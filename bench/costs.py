@@ -7,7 +7,7 @@ twice: the plain model, then its NASA clone with one negative prompt. The counte
 matrix multiply, convolution and attention kernel the real code runs, so the figure is counted
 from the shapes, not estimated. CFG, for comparison, runs a second full forward: +100%.
 
-Used by ``scripts/nasa_cost.py`` (prints the table in the README) and by the tests.
+Used by ``scripts/nasa_cost.py`` (prints the table in docs/cost.md) and by the tests.
 """
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from typing import Callable, Optional
 
 import torch
 
-from .random_models import FLUX_FULL_WIDTH
+from ..adapters import apply_nasa, find_adapter, nasa_flops
+from ..adapters.run import RUN_KEY, NasaRun, negative_prompt
+from ..runner.random_weights.models import FLUX_FULL_WIDTH
 
 META = torch.device("meta")
 
 
 @dataclass
 class CostCase:
-    name: str                 # what the README calls the model
+    name: str                 # what the cost table calls the model
     config_class: str         # comfy.supported_models class
     unet_config: dict         # the published configuration, or {"random_models": family} for the UNet families
     setting: str              # resolution / frames / prompt lengths, as shown in the table
@@ -33,7 +35,8 @@ class CostCase:
     extra: Callable[[torch.dtype], dict] = field(default=lambda dtype: {})   # other model conds (pooled, ...)
 
 
-def _t(*shape, dtype=torch.bfloat16):
+def meta_tensor(*shape, dtype=torch.bfloat16):
+    """An empty tensor of ``shape`` on the meta device (shapes only: FLOPs are counted, nothing computed)."""
     return torch.empty(*shape, device=META, dtype=dtype)
 
 
@@ -68,13 +71,13 @@ _HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=
 CASES = [
     CostCase("SD1.5 / SD-Turbo-class UNet", "SD15", {"random_models": "sd15"}, "512², 77 + 77 tokens", (4, 64, 64), (77, 768), 77),
     CostCase("SDXL / DMD2 / Turbo", "SDXL", {"random_models": "sdxl"}, "1024², 77 + 77 tokens", (4, 128, 128), (77, 2048), 77,
-             lambda dtype: {"y": _t(1, 2816, dtype=dtype)}),
+             lambda dtype: {"y": meta_tensor(1, 2816, dtype=dtype)}),
     CostCase("FLUX.1 schnell/dev", "FluxSchnell", _FLUX, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096),
-             256, lambda dtype: {"y": _t(1, 768, dtype=dtype)}),
+             256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype)}),
     CostCase("Chroma", "Chroma", _CHROMA, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096), 256,
-             lambda dtype: {"guidance": _t(1, dtype=dtype)}),
+             lambda dtype: {"guidance": meta_tensor(1, dtype=dtype)}),
     CostCase("SD3.5 Large / Turbo", "SD3", _SD35_LARGE, "1024², 154 + 154 tokens", (16, 128, 128), (154, 4096), 154,
-             lambda dtype: {"y": _t(1, 2048, dtype=dtype)}),
+             lambda dtype: {"y": meta_tensor(1, 2048, dtype=dtype)}),
     CostCase("PixArt-α 512", "PixArtAlpha", _PIXART_ALPHA_512, "512², T5 120 + 120 tokens", (4, 64, 64),
              (120, 4096), 120),
     CostCase("Wan 2.1 1.3B (CausVid)", "WAN21_T2V", _WAN21_1_3B, "832×480×81, umT5 512 + 512 tokens",
@@ -85,7 +88,7 @@ CASES = [
     CostCase("Lumina 2", "Lumina2", _LUMINA2, "1024², 256 + 256 tokens", (16, 128, 128), (256, 2304), 256,
              lambda dtype: {"num_tokens": 256}),
     CostCase("HunyuanVideo", "HunyuanVideo", _HUNYUAN_VIDEO, "848×480×61, 256 + 256 tokens", (16, 16, 60, 106),
-             (256, 4096), 256, lambda dtype: {"y": _t(1, 768, dtype=dtype), "guidance": _t(1, dtype=dtype)}),
+             (256, 4096), 256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype), "guidance": meta_tensor(1, dtype=dtype)}),
     CostCase("LTX-Video 2B", "LTXV", _LTXV_2B, "768×512×97, T5 128 + 128 tokens", (128, 13, 16, 24), (128, 4096), 128,
              lambda dtype: {"attention_mask": None}),
 ]
@@ -123,10 +126,10 @@ def _meta_model(case: CostCase, dtype):
     import comfy.model_patcher
     import comfy.supported_models as sm
     if "random_models" in case.unet_config:
-        from .random_models import model_config
+        from ..runner.random_weights.models import model_config
         config = model_config(case.unet_config["random_models"], "full", dtype)
     else:
-        from .random_models import detected_config
+        from ..runner.random_weights.models import detected_config
         config = getattr(sm, case.config_class)(detected_config(case.unet_config))
         config.set_inference_dtype(dtype, None)
     model = config.get_model({}, "", device=META)
@@ -136,41 +139,41 @@ def _meta_model(case: CostCase, dtype):
 
 def _forward_flops(model_patcher, case: CostCase, options: dict, dtype) -> int:
     from torch.utils.flop_counter import FlopCounterMode
-    x = _t(1, *case.latent, dtype=dtype)
-    context = _t(1, *case.context, dtype=dtype)
+    x = meta_tensor(1, *case.latent, dtype=dtype)
+    context = meta_tensor(1, *case.context, dtype=dtype)
     model_patcher.patch_model(load_weights=False)     # object patches (PixArt) are applied here, as at sampling
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model_patcher.model.apply_model(x, _t(1, dtype=dtype), c_crossattn=context,
+            model_patcher.model.apply_model(x, meta_tensor(1, dtype=dtype), c_crossattn=context,
                                             transformer_options=options, **case.extra(dtype))
     finally:
         model_patcher.unpatch_model()
     return counter.get_total_flops()
 
 
-def direct_options(adapters, negatives, nasa_model, negative: torch.Tensor, alpha: float) -> dict:
+def direct_options(nasa_model, negative: torch.Tensor, alpha: float, reuse_projections: bool = False) -> dict:
     """``transformer_options`` for calling a NASA clone's ``apply_model`` directly (no sampler): what the sampler
-    puts there (comfy.samplers, comfy.sampler_helpers) plus a NasaRun steering one positive row with ``negative``."""
-    run = negatives.NasaRun(negatives.negative_prompt([(negative, {})], alpha), {}, "nasa_direct")
-    adapters.find_adapter(nasa_model).attach_layers(run, nasa_model.model)
+    puts there (comfy.samplers, comfy.sampler_helpers) plus a NasaRun steering one positive row with ``negative``
+    (``reuse_projections``: as the sampler wrapper sets it for multi-step runs)."""
+    run = NasaRun(negative_prompt([(negative, {})], alpha), {}, "nasa_direct",
+                  layers=find_adapter(nasa_model).layers(nasa_model.model), reuse_projections=reuse_projections)
     return {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
-            "wrappers": nasa_model.wrappers, negatives.RUN_KEY: run}
+            "wrappers": nasa_model.wrappers, RUN_KEY: run}
 
 
-def count(case: CostCase, adapters, negatives, alpha: float = 0.5, dtype=torch.bfloat16) -> CostRow:
-    """FLOPs of one forward, plain and with NASA (``adapters``/``negatives``: the pack's modules)."""
+def count(case: CostCase, alpha: float = 0.5, dtype=torch.bfloat16) -> CostRow:
+    """FLOPs of one forward, plain and with NASA."""
     plain_model = _meta_model(case, dtype)
     plain = _forward_flops(plain_model, case, {"cond_or_uncond": [0]}, dtype)
-    nasa_model = adapters.apply_nasa(plain_model, negative=None, alpha=alpha, use_sampler_negative=True,
+    nasa_model = apply_nasa(plain_model, negative=None, alpha=alpha, use_sampler_negative=True,
                                      node="nasa_cost")
-    options = direct_options(adapters, negatives, nasa_model, _t(1, case.neg_tokens, case.context[1], dtype=dtype),
-                             alpha)
-    counted = adapters.nasa_flops(plain_model, case.latent, case.neg_tokens)
-    options[negatives.RUN_KEY].reuse_projections = True     # as the sampler wrapper sets it for multi-step runs
+    options = direct_options(nasa_model, meta_tensor(1, case.neg_tokens, case.context[1], dtype=dtype), alpha,
+                             reuse_projections=True)     # as the sampler wrapper sets it for multi-step runs
+    counted = nasa_flops(plain_model, case.latent, case.neg_tokens)
     nasa = _forward_flops(nasa_model, case, options, dtype)  # the first step computes (and keeps) the projections
     reused = _forward_flops(nasa_model, case, options, dtype)
     return CostRow(case, plain, nasa, counted, reused,
-                   adapters.nasa_flops(plain_model, case.latent, case.neg_tokens, reused=True))
+                   nasa_flops(plain_model, case.latent, case.neg_tokens, reused=True))
 
 
 def markdown(rows) -> str:

@@ -1,4 +1,4 @@
-"""The alpha explorer: one seed rendered over a list of alphas (and optionally block selections) as one
+"""The NASA Alpha Grid: one seed rendered over a list of alphas (and optionally block selections) as one
 labeled image grid (the paper's Fig. 4/7), for the NASA Alpha Grid node (touches ComfyUI internals).
 
 Every cell is exactly what Apply NASA Attention (Advanced) -> KSampler -> VAE Decode gives for that alpha
@@ -12,7 +12,7 @@ from typing import List
 import numpy as np
 import torch
 
-from . import apply_nasa
+from ..adapters import apply_nasa
 from ..nasa_core import check_alpha
 
 MAX_CELLS = 64
@@ -77,7 +77,7 @@ def alpha_grid(model, positive, negative, latent: dict, vae, seed: int, steps: i
                scheduler: str, alphas: str, block_sets: str = "", negatives=None, labels: bool = True,
                node: str = "NASA Alpha Grid"):
     """(grid (1, H, W, 3), cells (N, h, w, 3)): rows = block selections, columns = alphas."""
-    import nodes
+    import nodes as comfy_nodes    # ComfyUI's module, not this pack's nodes/
     values = parse_alphas(alphas, node)
     sets = parse_block_sets(block_sets)
     if len(values) * len(sets) > MAX_CELLS:
@@ -96,7 +96,7 @@ def alpha_grid(model, positive, negative, latent: dict, vae, seed: int, steps: i
     for blocks, row_models in zip(sets, models):
         row = []
         for alpha, m in zip(values, row_models):
-            out = nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)[0]
+            out = comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)[0]
             image = vae.decode(out["samples"])
             image = image.reshape(-1, *image.shape[-3:])[0]       # video VAEs decode (B, T, H, W, C): first frame
             flat.append(image.float().cpu())

@@ -25,8 +25,8 @@ from typing import Optional
 
 import torch
 
-from . import find_adapter
-from .negatives import RUN_KEY, NasaRun, NegativeEntry, NegativePrompt
+from ..adapters import find_adapter
+from ..adapters.run import RUN_KEY, NasaRun, NegativePrompt, PromptEntry
 
 NODE = "NASA-T trainer"
 _steered: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -47,8 +47,8 @@ class _Steered:
 
     def options(self, negative: torch.Tensor, alpha: float) -> dict:
         import comfy.patcher_extension as pe
-        run = NasaRun(NegativePrompt([NegativeEntry(negative, 1.0)], float(alpha)), {}, NODE)
-        self.adapter.attach_layers(run, self.base)
+        run = NasaRun(NegativePrompt([PromptEntry(negative, 1.0)], float(alpha)), {}, NODE,
+                      layers=self.adapter.layers(self.base))
         options = pe.copy_nested_dicts(self.patcher.model_options.get("transformer_options", {}))
         options["wrappers"] = pe.copy_nested_dicts(self.patcher.wrappers)
         options[RUN_KEY] = run

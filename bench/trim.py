@@ -12,6 +12,7 @@ from typing import List
 
 import torch
 
+from ..adapters import apply_nasa
 from .costs import direct_options
 
 TRIM_PROMPTS = ("glasses", "blurry, low quality", "a red hat and a scarf", "text, watermark, signature, jpeg artifacts")
@@ -31,32 +32,32 @@ def _real_tokens(clip, text: str, key: str = "t5xxl", pad: int = 0) -> int:
     return next((i for i, (tok, *_) in enumerate(tokens) if tok == pad), len(tokens))
 
 
-def run_trim(adapters, negatives, seeds=(0, 1, 2), alpha=0.5, sigma=0.7, dtype=torch.float32) -> List[TrimRow]:
+def run_trim(seeds=(0, 1, 2), alpha=0.5, sigma=0.7, dtype=torch.float32) -> List[TrimRow]:
     """Would trimming the negative's T5 padding (FLUX pads T5 to 256 tokens and attends to every one) keep
     NASA's result? On ComfyUI's FLUX class at test width with ComfyUI's T5 (real tokenizer, random weights):
     NASA with the padded negative against NASA with its real tokens only, relative to NASA's effect."""
-    import nodes
-    from .random_dit import build_text_encoder
-    from .random_models import DIT_FAMILIES, build_dit_model
+    import nodes as comfy_nodes    # ComfyUI's module
+    from ..runner.random_weights.dit import build_text_encoder
+    from ..runner.random_weights.models import DIT_FAMILIES, build_dit_model
     rows = []
     for seed in seeds:
         mp = build_dit_model("flux", dtype=dtype, seed=seed)
         clip = build_text_encoder("flux", dtype=dtype, seed=seed)
-        nasa = adapters.apply_nasa(mp, negative=None, alpha=alpha, use_sampler_negative=True, node="nasa_bench")
+        nasa = apply_nasa(mp, negative=None, alpha=alpha, use_sampler_negative=True, node="nasa_bench")
         model = mp.model
-        (pos, pos_opts), = nodes.CLIPTextEncode().encode(clip, "a portrait photo of a person")[0]
+        (pos, pos_opts), = comfy_nodes.CLIPTextEncode().encode(clip, "a portrait photo of a person")[0]
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(1, DIT_FAMILIES["flux"][1]["in_channels"], 16, 16, generator=g).to(dtype)
         t = torch.full((1,), sigma)
         y = pos_opts["pooled_output"]
         for prompt in TRIM_PROMPTS:
-            (neg, _), = nodes.CLIPTextEncode().encode(clip, prompt)[0]
+            (neg, _), = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
             n = _real_tokens(clip, prompt)
 
             @torch.no_grad()
             def forward(negative=None):
                 opts = {"cond_or_uncond": [0]} if negative is None else \
-                    direct_options(adapters, negatives, nasa, negative, alpha)
+                    direct_options(nasa, negative, alpha)
                 return model.apply_model(x, t, c_crossattn=pos, transformer_options=opts, y=y)
             plain, padded, trimmed = forward(), forward(neg), forward(neg[:, :n])
             effect = (padded - plain).abs().max().item()

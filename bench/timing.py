@@ -11,8 +11,8 @@ Two modes (``scripts/nasa_bench.py``):
   allocates, :class:`TensorPeak`).
 * ``layer``: one cross-attention layer at a model's real shapes, plain against steered through the pack's own
   attn2 replace, many repetitions interleaved: the only way to resolve sub-percent differences on a noisy CPU.
-  Reported with the layer's FLOPs ratio and the target: steered time <= 1.25 x plain time x FLOPs ratio
-  (``flops`` is the pack's nasa_core.flops module).
+  Reported with the layer's FLOPs ratio (nasa_core.flops) and the target: steered time <= 1.25 x plain time x
+  FLOPs ratio.
 
 Nothing here is a test: speed targets live in this table, never in unit tests.
 """
@@ -25,8 +25,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .costs import CostCase, _t, count, direct_options, find_case
-from .random_models import FLUX_FULL_WIDTH
+from ..adapters import apply_nasa, attn2
+from ..adapters.run import RUN_KEY, NasaRun, negative_prompt
+from ..nasa_core import flops as flop_math
+from .costs import CostCase, count, direct_options, find_case, meta_tensor
+from ..runner.random_weights.models import FLUX_FULL_WIDTH
 
 
 @dataclass
@@ -223,14 +226,14 @@ def load_nag(path: str) -> dict:
 
 def _unet(family):
     def build(dtype):
-        from .random_models import build_unet_model
+        from ..runner.random_weights.models import build_unet_model
         return build_unet_model(family, "full", dtype=dtype, seed=0)
     return build
 
 
 def _flux(depth, single):
     def build(dtype):
-        from .random_models import build_dit_model
+        from ..runner.random_weights.models import build_dit_model
         return build_dit_model("flux", dtype=dtype, seed=0, **dict(FLUX_FULL_WIDTH, depth=depth,
                                                                       depth_single_blocks=single))
     return build
@@ -242,7 +245,7 @@ def _pooled(width):
 
 _FLUX_SMALL = CostCase("FLUX real width, 2 double + 4 single blocks", "FluxSchnell",
                        dict(FLUX_FULL_WIDTH, depth=2, depth_single_blocks=4), "512², T5 256 + 256 tokens",
-                       (16, 64, 64), (256, 4096), 256, lambda dtype: {"y": _t(1, 768, dtype=dtype)})
+                       (16, 64, 64), (256, 4096), 256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype)})
 
 FORWARD_CASES = {
     "sd15": ForwardCase("SD1.5 512²", _unet("sd15"), find_case("SD15")),
@@ -252,7 +255,7 @@ FORWARD_CASES = {
 }
 
 
-def run_forward(case: ForwardCase, adapters, negatives, rounds=8, warmup=2, dtype=torch.float32, alpha=0.5,
+def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alpha=0.5,
                 device=None, nag: Optional[dict] = None) -> List[Row]:
     """Modes: plain; NASA at a run's first step (everything computed); NASA at steps 2+ of a multi-step run
     (the negative's projections reused, cross-attention families); CFG; ComfyUI-NAG when ``nag`` (load_nag) is
@@ -260,7 +263,7 @@ def run_forward(case: ForwardCase, adapters, negatives, rounds=8, warmup=2, dtyp
     import comfy.model_management as mm
     device = device or mm.get_torch_device()
     shapes = case.cost
-    counted = count(shapes, adapters, negatives, dtype=dtype)         # FlopCounterMode on a meta copy
+    counted = count(shapes, dtype=dtype)         # FlopCounterMode on a meta copy
     mp = case.build(dtype)
     mm.load_models_gpu([mp])
     model = mp.model
@@ -270,10 +273,9 @@ def run_forward(case: ForwardCase, adapters, negatives, rounds=8, warmup=2, dtyp
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
     x, t = rand(1, *shapes.latent), torch.full((1,), 0.5, device=device)
     pos, neg = rand(1, *shapes.context), rand(1, shapes.neg_tokens, shapes.context[1])
-    nasa = adapters.apply_nasa(mp, negative=None, alpha=alpha, use_sampler_negative=True, node="nasa_bench")
-    options = direct_options(adapters, negatives, nasa, neg, alpha)
-    later = direct_options(adapters, negatives, nasa, neg, alpha)
-    later[negatives.RUN_KEY].reuse_projections = True       # as the sampler wrapper sets it for multi-step runs
+    nasa = apply_nasa(mp, negative=None, alpha=alpha, use_sampler_negative=True, node="nasa_bench")
+    options = direct_options(nasa, neg, alpha)
+    later = direct_options(nasa, neg, alpha, reuse_projections=True)   # as the sampler wrapper sets it for steps 2+
     extra1, extra2 = case.extra(1, dtype, device), case.extra(2, dtype, device)
     uncond = neg if neg.shape[1] == pos.shape[1] else rand(1, *shapes.context)   # CFG batches equal lengths
 
@@ -368,7 +370,7 @@ LAYER_CASES = {
 }
 
 
-def run_layer(case: LayerCase, negatives, unet, flops, rounds=200, warmup=10, dtype=torch.float32, alpha=0.5,
+def run_layer(case: LayerCase, rounds=200, warmup=10, dtype=torch.float32, alpha=0.5,
               device=None) -> List[Row]:
     """One cross-attention layer (ComfyUI's CrossAttention at the case's shapes) as BasicTransformerBlock calls it:
     to_q/to_k/to_v, attention (ComfyUI's optimized_attention, or NASA's attn2 replace), to_out."""
@@ -391,10 +393,10 @@ def run_layer(case: LayerCase, negatives, unet, flops, rounds=200, warmup=10, dt
     key = ("input", 1, 0)
     extras = []
     for reuse in (False, True):          # a run's first step; steps 2+ of a multi-step run (K-/V- reused)
-        run = negatives.NasaRun(negatives.negative_prompt([(neg, {})], alpha), {}, "nasa_bench")
-        run.layers, run.reuse_projections = {key: attn}, reuse
-        extras.append({"n_heads": case.heads, "cond_or_uncond": [0], "attn_precision": None, negatives.RUN_KEY: run})
-    replace = unet._make_replace(key, None)
+        run = NasaRun(negative_prompt([(neg, {})], alpha), {}, "nasa_bench", layers={key: attn},
+                      reuse_projections=reuse)
+        extras.append({"n_heads": case.heads, "cond_or_uncond": [0], "attn_precision": None, RUN_KEY: run})
+    replace = attn2.make_replace(key, None)
 
     @torch.no_grad()
     def plain():
@@ -411,13 +413,13 @@ def run_layer(case: LayerCase, negatives, unet, flops, rounds=200, warmup=10, dt
     _check_steers(plain, steered, case.name)
     _check_steers(steered, later, case.name, same=True)
     times = interleaved({"plain": plain, "NASA": steered, "NASA, steps 2+": later}, rounds, warmup, device)
-    lw = flops.linear_weights
+    lw = flop_math.linear_weights
     plain_flops = 2 * case.query_tokens * lw(attn.to_q.weight.shape) \
         + 2 * case.pos_tokens * lw(attn.to_k.weight.shape, attn.to_v.weight.shape) \
-        + flops.attention_flops(1, case.query_tokens, case.pos_tokens, inner) \
+        + flop_math.attention_flops(1, case.query_tokens, case.pos_tokens, inner) \
         + 2 * case.query_tokens * lw(attn.to_out[0].weight.shape)
-    layer = flops.NasaLayer(inner, case.query_tokens, shared_weights=lw(attn.to_k.weight.shape, attn.to_v.weight.shape))
-    ratio = 1.0 + flops.nasa_extra_flops([layer], case.neg_tokens) / plain_flops
-    ratio_later = 1.0 + flops.nasa_extra_flops([layer], case.neg_tokens, reused=True) / plain_flops
+    layer = flop_math.NasaLayer(inner, case.query_tokens, shared_weights=lw(attn.to_k.weight.shape, attn.to_v.weight.shape))
+    ratio = 1.0 + flop_math.nasa_extra_flops([layer], case.neg_tokens) / plain_flops
+    ratio_later = 1.0 + flop_math.nasa_extra_flops([layer], case.neg_tokens, reused=True) / plain_flops
     return summarize(case.name, times, {"plain": 1.0, "NASA": ratio, "NASA, steps 2+": ratio_later},
                      targets={"NASA": 1.25 * ratio, "NASA, steps 2+": 1.25 * ratio_later})

@@ -7,7 +7,7 @@ CLIPLoader / DualCLIPLoader / TripleCLIPLoader with a ``type``, VAELoader, LoraL
 the runner swaps each of those nodes for the matching node of this module, whose output is the same
 kind of ComfyUI object the real loader would give:
 
-* MODEL: ``random_models.build_dit_model`` of the family's tiny :data:`~.random_models.DIT_FAMILIES`
+* MODEL: ``models.build_dit_model`` of the family's tiny :data:`~.models.DIT_FAMILIES`
   entry (ComfyUI's ``supported_models`` class, e.g. ``FluxSchnell``, ``SD3``, ``WAN21_T2V``).
 * CLIP: ``comfy.sd.CLIP`` around the text-encoder class ComfyUI's loader builds for that ``type``
   (``model_config.clip_target()`` of the family), shrunk through ComfyUI's own per-encoder config
@@ -35,7 +35,7 @@ kind of ComfyUI object the real loader would give:
 * LoRA: :func:`random_lora` makes a rank-4 LoRA over every linear layer of the diffusion model and
   applies it through ``comfy.sd.load_lora_for_models``, exactly as LoraLoaderModelOnly does.
 
-Weights follow :func:`.random_models.init_random_weights`. Everything is tiny: a whole pipeline builds
+Weights follow :func:`.models.init_random_weights`. Everything is tiny: a whole pipeline builds
 in seconds on two CPU cores.
 """
 from __future__ import annotations
@@ -49,12 +49,12 @@ from typing import Optional
 
 import torch
 
-from . import random_models as rm
+from . import models as rm
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    dit: str                 # key of random_models.DIT_FAMILIES
+    dit: str                 # key of models.DIT_FAMILIES
     text: str                # text-encoder kind, see text_encoder_configs
     clip_loaders: tuple      # (loader class, its `type` or None) a real workflow of the family uses
     vae: str                 # VAE kind, see build_vae
@@ -85,7 +85,7 @@ def _pipeline(family: str) -> Pipeline:
         raise ValueError(f"unknown DiT family {family!r}; expected one of {FAMILIES}")
     pipe = PIPELINES[family]
     if pipe.dit not in rm.DIT_FAMILIES:
-        raise ValueError(f"--random-weights {family}: random_models.DIT_FAMILIES has no {pipe.dit!r} entry yet "
+        raise ValueError(f"--random-weights {family}: models.DIT_FAMILIES has no {pipe.dit!r} entry yet "
                          f"(the tiny {pipe.what} model configuration)")
     return pipe
 
@@ -212,7 +212,7 @@ def build_text_encoder(family: str, dtype: torch.dtype = torch.float32, seed: in
         _shrink_vision_tower(encoder.qwen25_7b, configs["qwen25_7b"]["hidden_size"], dtype)
     rm.init_random_weights(encoder, seed, f"clip_{family}", keep=lambda name: name.endswith("logit_scale"))
     encoder.requires_grad_(False)
-    rm._check_finite(encoder, f"{family} text encoder")
+    rm.check_finite(encoder, f"{family} text encoder")
     return clip
 
 
@@ -275,7 +275,7 @@ def build_vae(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
         tiny.encoder, tiny.decoder = type(probe.encoder)(**ddconfig), type(probe.decoder)(**ddconfig)
     rm.init_random_weights(tiny, seed, f"vae_{kind}")
     tiny = tiny.to(dtype).eval().requires_grad_(False)
-    rm._check_finite(tiny, f"{family} VAE")
+    rm.check_finite(tiny, f"{family} VAE")
     vae.first_stage_model = tiny
     vae.patcher = comfy.model_patcher.ModelPatcher(tiny, load_device=vae.device, offload_device=mm.vae_offload_device())
     return vae
@@ -297,8 +297,8 @@ def random_lora(model_patcher, strength: float = 1.0, seed: int = 0, rank: int =
         key = f"diffusion_model.{name}"
         down = torch.empty(rank, linear.in_features)
         up = torch.empty(linear.out_features, rank)
-        rm._fill_normal(down, 1.0 / linear.in_features ** 0.5, rm._param_seed(seed, "lora", key + ".down"))
-        rm._fill_normal(up, 0.1 / rank ** 0.5, rm._param_seed(seed, "lora", key + ".up"))
+        rm.fill_normal(down, 1.0 / linear.in_features ** 0.5, rm.param_seed(seed, "lora", key + ".down"))
+        rm.fill_normal(up, 0.1 / rank ** 0.5, rm.param_seed(seed, "lora", key + ".up"))
         lora[f"{key}.lora_down.weight"], lora[f"{key}.lora_up.weight"] = down, up
     model, _ = comfy.sd.load_lora_for_models(model_patcher, None, lora, strength, 0)
     return model

@@ -1,0 +1,65 @@
+"""Keeping the negative's projections across the steps of one sampling run (exact, or not at all).
+
+A multi-step run projects the same negative with the same weights at every step; :class:`ProjectionCache` keeps
+the first step's result while it can prove the weights are unchanged, and recomputes otherwise.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+_CAST_TIME_PATCHES = ("weight_function", "bias_function", "weight_lowvram_function", "bias_lowvram_function")
+
+
+def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
+    """What identifies the modules' current weights: each parameter's object, storage and version counter
+    (a replaced parameter, a moved one, an in-place update all change it); None when a layer applies weight
+    patches at cast time (comfy.ops lowvram weight/bias functions; ComfyUI 0.33's dynamic-VRAM patcher keeps them
+    as ``weight_lowvram_function`` / ``bias_lowvram_function``), whose result NASA cannot vouch for, or when
+    ``grad`` (autograd on) and a parameter requires grad."""
+    key = []
+    for module in modules:
+        for sub in module.modules():
+            if any(getattr(sub, name, None) for name in _CAST_TIME_PATCHES):
+                return None
+        for p in module.parameters():
+            if grad and p.requires_grad:
+                return None
+            try:
+                version = p._version
+            except RuntimeError:        # inference tensors keep no version counter
+                version = None
+            key.append((id(p), p.data_ptr(), p.device, version))
+    return tuple(key)
+
+
+class ProjectionCache:
+    """``compute(x)``, computed once per sampling run and reused at later steps while ``x`` (the same object: the
+    negative as the run holds it, or an embedding this cache returned) and the parameters of ``modules`` are
+    unchanged. Exact: the same modules on the same input give the same result. ``enabled`` only for multi-step
+    runs without ComfyUI weight hooks (one-step runs keep nothing); never for layers whose weights ComfyUI
+    patches at cast time (lowvram weight functions); never where autograd could flow (gradients must reach
+    every step)."""
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = enabled
+        self._kept: dict = {}     # (name, id(x)) -> (x, weights key, result)
+
+    def get(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
+        if not self.enabled:
+            return compute(x)
+        weights = _weights_key(modules, torch.is_grad_enabled())
+        if weights is None or (torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
+            return compute(x)
+        key = (name, id(x))
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] is x and hit[1] == weights:
+            return hit[2]
+        out = compute(x)
+        self._kept[key] = (x, weights, out)      # holding x keeps its id unique for the run
+        return out
+
+    def __len__(self) -> int:
+        """How many results are kept."""
+        return len(self._kept)

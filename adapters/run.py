@@ -1,0 +1,241 @@
+"""One sampling run's NASA state, read by every family adapter at every steered layer.
+
+Names: a :class:`NegativePrompt` (entries :class:`PromptEntry`, an alpha, a region) is a negative resolved for this
+run; at each forward, :meth:`NasaRun.groups` gives the :class:`RowTerm` s that steer each group of positive rows,
+and a layer projects each into a :class:`nasa_core.NegativeTerm` (its K-, V-) for :func:`nasa_core.steer`.
+:mod:`.sampler` builds the run and puts it into ``transformer_options[RUN_KEY]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+
+from ..nasa_core import Guard, NegativeTerm, steer
+from ..nasa_core.controls import Schedule, sigma_to_percent, token_region
+from .reuse import ProjectionCache
+
+RUN_KEY = "nasa_run"            # transformer_options key holding the NasaRun of the current sampling run
+
+
+@dataclass
+class PromptEntry:
+    """One conditioning entry of a :class:`NegativePrompt` (ConditioningCombine makes several)."""
+    cond: torch.Tensor                     # raw text-encoder output (batch, tokens, width)
+    weight: float                          # share of the prompt: entries of one prompt are averaged, as ComfyUI does
+    sigma_window: Optional[tuple] = None   # (sigma_start, sigma_end) from start/end_percent, or None = always
+    attention_mask: Optional[torch.Tensor] = None   # the text encoder's token mask (1 = token), where it gives one
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def on(self, device, dtype) -> torch.Tensor:
+        key = (device, dtype)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = self.cond.to(device=device, dtype=dtype)
+        return t
+
+    def active(self, sigma: Optional[float]) -> bool:
+        if self.sigma_window is None or sigma is None:
+            return True
+        start, end = self.sigma_window
+        return not (sigma > start or sigma < end)
+
+
+@dataclass
+class NegativePrompt:
+    """A negative resolved for one sampling run: its entries (timed), its alpha and its region."""
+    entries: list     # PromptEntry, averaged
+    alpha: float
+    mask: Optional[torch.Tensor] = None    # (frames, H, W) in [0, 1]: the region it steers; None = everywhere
+
+
+class RowTerm(NamedTuple):
+    """One prompt entry steering a group of rows at one forward, subtracted with ``coef``; a layer projects it into
+    a :class:`nasa_core.NegativeTerm` (its K-, V-)."""
+    entry: PromptEntry
+    coef: float
+    prompt: NegativePrompt
+    area: Optional[tuple] = None     # the positive's area crop ((offset, size) per latent dim), masked prompts only
+
+
+def sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
+    """(sigma_start, sigma_end) of a conditioning entry: the sigmas ComfyUI's process_conds already put on
+    the sampler's conds, else converted from start/end_percent (ConditioningSetTimestepRange)."""
+    if "timestep_start" in opts or "timestep_end" in opts:
+        return (float(opts.get("timestep_start", float("inf"))), float(opts.get("timestep_end", 0.0)))
+    if model_sampling is None or ("start_percent" not in opts and "end_percent" not in opts):
+        return None
+    start = model_sampling.percent_to_sigma(opts.get("start_percent", 0.0))
+    end = model_sampling.percent_to_sigma(opts.get("end_percent", 1.0))
+    return (float(start), float(end))
+
+
+def negative_prompt(entries, alpha: float, model_sampling=None, mask: Optional[torch.Tensor] = None) -> NegativePrompt:
+    n = len(entries)
+    return NegativePrompt([PromptEntry(t, 1.0 / n, sigma_window(o, model_sampling), o.get("attention_mask"))
+                           for t, o in entries], alpha, mask)
+
+
+def prompt_list(p) -> list:
+    if p is None:
+        return []
+    return list(p) if isinstance(p, (list, tuple)) else [p]
+
+
+class NasaRun:
+    """Per-sampling-run state: which negatives steer which positive prompt (by cond uuid), and when
+    (``schedule``), where (``blocks``) and on which region (each prompt's mask) they act."""
+
+    def __init__(self, default, carried: dict, node: str, schedule: Optional[Schedule] = None,
+                 percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None,
+                 guard: Optional[Guard] = None, stream: str = "propagated", stream_last: Optional[tuple] = None,
+                 stream_skip: frozenset = frozenset(), layers: Optional[dict] = None,
+                 latent: Optional[tuple] = None, areas: Optional[dict] = None, reuse_projections: bool = False):
+        self.default = prompt_list(default)
+        self.guard = guard if guard is not None and guard.active else None   # None: plain NASA's code path
+        self.stream = stream
+        self.stream_last, self.stream_skip = stream_last, stream_skip      # see sampler.NasaSettings
+        self.carried = {uuid: prompt_list(p) for uuid, p in carried.items()}
+        self.node = node
+        self.schedule = None if schedule is None or schedule.is_default else schedule
+        self.percent_to_sigma = percent_to_sigma    # the model's (ComfyUI's percent convention), for ``schedule``
+        self.blocks = blocks
+        self.layers = {} if layers is None else layers     # the family's Family.layers of the model being sampled
+        self.latent = latent                   # the sampled latent's spatial size, (H, W) or (T, H, W)
+        self.areas = {} if areas is None else areas        # positive uuid -> area crop, for masked negatives
+        self.projections = ProjectionCache(reuse_projections)   # multi-step runs without weight hooks: reused
+        self._regions: dict = {}
+        self._factors: dict = {}    # sigma -> the schedule's factor there (0 outside the window)
+        self.steered: set = set()   # the layers ((group, index)) that subtracted a negative in this run
+
+    def mark_steered(self, layer) -> None:
+        """Every steering call site reports its layer here (``(group, index)``, as block selections name it;
+        None where the caller has no name): a run that steers nothing is an error (:func:`.sampler.check_steered`)."""
+        self.steered.add(layer)
+
+    def expects_steering(self, sigmas, positive_conds: Sequence[dict] = ()) -> bool:
+        """Whether this run, sampled at ``sigmas``, has something to steer somewhere: a positive prompt with a
+        negative of alpha != 0, an entry active, inside the schedule's window at some sampled sigma, and a block
+        selection with a non-zero multiplier."""
+        if self.blocks is not None and not any(v != 0.0 for v in self.blocks.values()):
+            return False
+        sampled = [float(s) for s in sigmas[:-1]] if sigmas is not None else [None]
+        conds = [c for c in positive_conds if isinstance(c, dict)] or [{}]
+        for c in conds:
+            prompts = self.prompts_for(c.get("uuid"))
+            start, end = float(c.get("timestep_start", float("inf"))), float(c.get("timestep_end", 0.0))
+            for sigma in sampled:
+                if sigma is not None and (sigma > start or sigma < end):
+                    continue            # the positive itself is not sampled at this sigma
+                if self.factor(sigma) != 0.0 and self.terms(prompts, sigma):
+                    return True
+        return False
+
+    def reuse(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
+        """``compute(x)``, kept for the later steps of this run where :class:`.reuse.ProjectionCache` can prove
+        it unchanged (``name``: what is computed, e.g. ``("kv",) + layer``)."""
+        return self.projections.get(name, modules, x, compute)
+
+    def prompts_for(self, uuid) -> list:
+        return self.carried.get(uuid, self.default)
+
+    def factor(self, sigma: Optional[float]) -> float:
+        """The schedule's alpha multiplier at ``sigma`` (0 outside the window)."""
+        if self.schedule is None or sigma is None:
+            return 1.0
+        if self.percent_to_sigma is None:
+            raise RuntimeError(f"{self.node}: a start/end percent window needs the model's sampling schedule.")
+        f = self._factors.get(sigma)
+        if f is None:
+            inside = self.schedule.inside(sigma, self.percent_to_sigma)
+            f = self._factors[sigma] = self.schedule.ramp(sigma_to_percent(sigma, self.percent_to_sigma)) if inside else 0.0
+        return f
+
+    def missed_window(self) -> bool:
+        """A window was set, steps were sampled, and none of them lay inside it (NASA never acted)."""
+        return self.schedule is not None and bool(self._factors) and not any(self._factors.values())
+
+    def terms(self, prompts: Sequence[NegativePrompt], sigma: Optional[float], factor: float = 1.0,
+              area: Optional[tuple] = None) -> tuple:
+        out = []
+        for prompt in prompts:
+            if prompt.alpha == 0.0:
+                continue
+            crop = area if prompt.mask is not None else None
+            out.extend(RowTerm(e, prompt.alpha * e.weight * factor, prompt, crop)
+                       for e in prompt.entries if e.active(sigma))
+        return tuple(out)
+
+    def layer_scale(self, layer) -> float:
+        """The block selection's alpha multiplier for ``layer`` ((group, index)); 0 = not steered."""
+        if self.blocks is None:
+            return 1.0
+        return self.blocks.get(layer, 0.0)
+
+    def groups(self, extra_options: dict, batch: int, layer=None) -> list:
+        """``[(terms, rows), ...]``: the positive rows of this forward, grouped by the negative terms
+        that steer them. ``terms`` is a tuple of :class:`RowTerm`, ``rows`` a list of batch rows; coefs
+        include the schedule's factor and, given ``layer``, the block selection's multiplier.
+        Uncond/negative chunks (``cond_or_uncond`` 1 at cfg > 1) are never steered."""
+        cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
+        uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
+        if batch % len(cond_or_uncond) != 0:
+            raise RuntimeError(f"{self.node}: batch of {batch} rows does not split into {len(cond_or_uncond)} chunks")
+        per_chunk = batch // len(cond_or_uncond)
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        factor = self.factor(sigma) * (1.0 if layer is None else self.layer_scale(layer))
+        if factor == 0.0:
+            return []
+        groups: dict = {}
+        for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
+            if kind != 0:
+                continue
+            terms = self.terms(self.prompts_for(uid), sigma, factor, self.areas.get(uid))
+            if terms:
+                groups.setdefault(tuple((id(t.entry), t.coef, t.area) for t in terms), (terms, []))[1].extend(
+                    range(i * per_chunk, (i + 1) * per_chunk))
+        return list(groups.values())
+
+    def region(self, term: RowTerm, n_tokens: int, device, dtype) -> Optional[torch.Tensor]:
+        """The term's mask as a (1, n_tokens) weight over a layer's image query tokens, or None (everywhere)."""
+        mask = term.prompt.mask
+        if mask is None:
+            return None
+        key = (id(term.prompt), term.area, n_tokens, device, dtype)
+        hit = self._regions.get(key)
+        if hit is None:
+            if self.latent is None:
+                raise RuntimeError(f"{self.node}: a masked negative needs the sampled latent's size; this sampler "
+                                   f"did not pass through NASA's sampler wrapper.")
+            region = token_region(mask, self.latent, n_tokens, term.area)
+            if region is None:
+                raise RuntimeError(f"{self.node}: a layer has {n_tokens} image tokens, which is no downscale of the "
+                                   f"{'x'.join(map(str, self.latent))} latent; NASA cannot place the negative's mask "
+                                   f"on it. Remove the mask for this model and please report it.")
+            hit = self._regions[key] = (term.prompt, region.to(device=device, dtype=dtype)[None])
+        return hit[1]
+
+    def negative_terms(self, terms: Sequence[RowTerm], n_tokens: int, device, dtype, project: Callable,
+                       mask_of: Optional[Callable] = None) -> list:
+        """NegativeTerms of ``terms`` for a layer whose steered queries are ``n_tokens`` image tokens;
+        ``project(term)`` gives the layer's (K-, V-), ``mask_of(term)`` an optional key mask."""
+        return [NegativeTerm(*project(t), t.coef, None if mask_of is None else mask_of(t),
+                             self.region(t, n_tokens, device, dtype)) for t in terms]
+
+    def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
+              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None, inplace: bool = False) -> torch.Tensor:
+        """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q); every query
+        token is an image token. ``layer`` ((group, index)) picks the block selection's multiplier.
+
+        ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
+        ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel; ``inplace``: z_pos is the
+        caller's own fresh tensor (nasa_core.steer overwrites it instead of copying).
+        """
+        for terms, rows in self.groups(extra_options, q.shape[0], layer):
+            negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
+                                       lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
+            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace, guard=self.guard)  # a run of rows: a slice
+            self.mark_steered(layer)
+        return z_pos
