@@ -1,4 +1,4 @@
-"""Plumbing of the browser end-to-end test (tests/test_browser_e2e.py): what it installs, the real ComfyUI
+"""Plumbing of the browser end-to-end test (tests/browser/test_browser_e2e.py): what it installs, the real ComfyUI
 server it starts, and Chromium.
 
 * Python packages: ComfyUI's server and frontend as the found ComfyUI checkout pins them in its own

@@ -1,5 +1,5 @@
 """nasa_core.flops against torch's FlopCounterMode on pure-torch layers (the per-family descriptions are held
-against whole ComfyUI forwards in test_costs.py)."""
+against whole ComfyUI forwards in tests/bench/test_costs.py)."""
 from __future__ import annotations
 
 import torch

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = {  # file: --random-weights family
     "flux_schnell_1step_nasa.json": "flux",
     "flux_schnell_4step_nasa.json": "flux",

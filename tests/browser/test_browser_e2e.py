@@ -36,8 +36,8 @@ from PIL import Image
 from nasa_runner import comfy_env
 from nasa_toy import judges, world
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
+PACK_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (tests/browser/harness.py)
 sys.path.pop(0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 
 FAMILY_FACTS = {  # family: (ComfyUI model config class, prediction type, cross-attention layers)
     "sd15": ("SD15", "EPS", 16),

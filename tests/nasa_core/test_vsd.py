@@ -1,6 +1,6 @@
 """nasa_core's diffusion helpers and SwiftBrush-v2 (VSD) trainer on a tiny pure-torch network (always run).
 
-The same trainer on the toy world's ComfyUI UNet is exercised in test_toy_models.py.
+The same trainer on the toy world's ComfyUI UNet is exercised in tests/toy/test_toy_models.py.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = PACK_ROOT / "toy" / "weights"
 WORKFLOW = PACK_ROOT / "workflows" / "toy_mmdit_1step_nasa.json"
 

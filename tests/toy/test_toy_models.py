@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = PACK_ROOT / "toy" / "weights"
 SHIPPED = ("toy_clip.safetensors", "toy_teacher.safetensors", "toy_student_sbv2.safetensors",
            "toy_student_nasat.safetensors", "toy_mmdit_teacher.safetensors", "toy_mmdit_student_sbv2.safetensors")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 
 wf_mod = importlib.import_module("nasa_runner.workflow")
 WorkflowError = wf_mod.WorkflowError

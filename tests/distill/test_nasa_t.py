@@ -22,7 +22,7 @@ import torch
 import nasa_test_support as support
 from nasa_core import vsd
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = PACK_ROOT / "toy" / "weights"
 SBV2 = WEIGHTS / "toy_student_sbv2.safetensors"
 

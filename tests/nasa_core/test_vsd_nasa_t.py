@@ -2,7 +2,7 @@
 pool, where each mode sends the negative (frozen teacher, LoRA teacher, student), alpha's draw,
 micro-batches, resume and the optional clamped alignment loss.
 
-The same trainer on the toy world's ComfyUI models is exercised in test_nasa_t.py.
+The same trainer on the toy world's ComfyUI models is exercised in tests/distill/test_nasa_t.py.
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def test_command_line_layer_mode(comfy, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "scripts" / "nasa_bench.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "nasa_bench.py"
     env = dict(os.environ, COMFYUI_PATH=str(comfy.dir))
     r = subprocess.run([sys.executable, str(script), "layer", "--model", "tiny", "--rounds", "2", "--warmup", "0"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
