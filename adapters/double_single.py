@@ -20,7 +20,6 @@ from typing import Callable
 import torch
 
 from . import joint
-from .run import RUN_KEY
 
 IMAGE_TOKENS_KEY = "nasa_image_tokens"     # transformer_options: the generated image's tokens (references follow)
 
@@ -85,16 +84,11 @@ def make_double(index, prepare_for, family: str):
     text-stream steps (:func:`text_stream_double` with the family's modulation source)."""
     def make(prior):
         def nasa_double_block(args, extra):
-            options = args.get("transformer_options") or {}
-            run_block = joint.chain(prior, extra["original_block"])
-            run = options.get(RUN_KEY)
-            if run is None:
+            run_block, state, dm = joint.streams_block(args, extra, prior, index, lambda model: model.txt_in)
+            if state is None:
                 return run_block(args)
-            dm = run.layers["model"]
             img, txt = args["img"], args["txt"]
-            state = joint.forward_state(options)
-            if index == 0 or state is None:
-                state = joint.start_forward(options, img.shape[0], img.device, txt.dtype, dm.txt_in)
+            options = args.get("transformer_options") or {}
             state.info["txt_len"] = txt.shape[1]
             if not state.streams:
                 return run_block(args)

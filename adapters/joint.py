@@ -55,7 +55,7 @@ class Stream:
     v: Optional[torch.Tensor] = None
     out: Optional[torch.Tensor] = None  # this block's attention output for the stream, always (R, L, H*D)
     scratch: dict = field(default_factory=dict)   # family data between prepare and finish (modulation, ...)
-    term: object = None             # the negatives.Term it carries (its prompt's mask, area crop)
+    term: object = None             # the run.RowTerm it carries (its prompt's mask, area crop)
 
 
 @dataclass
@@ -240,6 +240,23 @@ def chain(prior: Optional[Callable], original_block: Callable) -> Callable[[dict
     if prior is None:
         return original_block
     return lambda args: prior(args, {"original_block": original_block})
+
+
+def streams_block(args: dict, extra: dict, prior: Optional[Callable], index: int, embed_of: Callable) -> tuple:
+    """Start of a block replace in models whose blocks start the forward's streams themselves (FLUX-style double
+    blocks, SD3): ``(call_block, state, model)``; ``state`` and ``model`` are None when this run steers nothing.
+    Block 0 (or a forward without streams yet) embeds the negatives with ``embed_of(model)``."""
+    options = args.get("transformer_options") or {}
+    call_block = chain(prior, extra["original_block"])
+    run = options.get(RUN_KEY)
+    if run is None:
+        return call_block, None, None
+    dm = run.layers["model"]
+    img, txt = args["img"], args["txt"]
+    state = forward_state(options)
+    if index == 0 or state is None:
+        state = start_forward(options, img.shape[0], img.device, txt.dtype, embed_of(dm))
+    return call_block, state, dm
 
 
 def steered_block(args: dict, extra: dict, prior: Optional[Callable]) -> tuple:

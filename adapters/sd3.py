@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Optional
 
 from . import joint
-from .run import RUN_KEY
 from .family import Family
 
 
@@ -73,16 +72,10 @@ def _context_prepare(block, vec):
 def _make_block(index):
     def make(prior):
         def nasa_joint_block(args, extra):
-            options = args.get("transformer_options") or {}
-            call_block = joint.chain(prior, extra["original_block"])
-            run = options.get(RUN_KEY)
-            if run is None:
+            call_block, state, dm = joint.streams_block(args, extra, prior, index, _embed)
+            if state is None:
                 return call_block(args)
-            dm = run.layers["model"]
-            img, txt = args["img"], args["txt"]
-            state = joint.forward_state(options)
-            if index == 0 or state is None:
-                state = joint.start_forward(options, img.shape[0], img.device, txt.dtype, _embed(dm))
+            txt = args["txt"]
             if not state.streams:
                 return call_block(args)
             prepare, finish = _context_prepare(dm.joint_blocks[index].context_block, args["vec"])
