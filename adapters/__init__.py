@@ -74,20 +74,20 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
     if negative is not None and negatives is not None:
         raise ValueError(f"{node}: both 'negative' and 'negatives' are connected; connect one. To steer away from "
                          f"several prompts, chain NASA Negative nodes into 'negatives'.")
-    specs = None
+    inputs = None
     if negative is not None:
-        specs = [NegativeInput(conditioning_entries(negative, node, "negative", single_batch=True), None)]
+        inputs = [NegativeInput(conditioning_entries(negative, node, "negative", single_batch=True), None)]
     elif negatives is not None:
-        specs = check_inputs(negatives, node)
+        inputs = check_inputs(negatives, node)
     elif not use_sampler_negative:
         raise ValueError(f"{node}: no negative to steer away from: 'negative' is not connected and "
                          f"use_sampler_negative is off. Connect a negative prompt or turn use_sampler_negative on.")
-    for i, spec in enumerate(specs or []):
+    for i, item in enumerate(inputs or []):
         what = "'negative'" if negative is not None else f"'negatives' item {i + 1}"
-        for t, _ in spec.entries:
+        for t, _ in item.entries:
             check_width(t, adapter.context_dim(model), family, node, what)
-        if spec.mask is not None and spec.mask.shape[0] > 1 and not adapter.video:
-            raise ValueError(f"{node}: {what} has a mask of {spec.mask.shape[0]} images; for this {family} image "
+        if item.mask is not None and item.mask.shape[0] > 1 and not adapter.video:
+            raise ValueError(f"{node}: {what} has a mask of {item.mask.shape[0]} images; for this {family} image "
                              f"model the mask must be one image (its batch is frames for video models only). "
                              f"Pick one mask (e.g. with ImageToMask/SolidMask) or split the batch.")
     if stream not in joint.STREAMS:
@@ -106,7 +106,7 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
         stream_last, stream_skip = joint.stream_end(groups, selection)
     m = model.clone()
     adapter.install(m)
-    settings = NasaSettings(alpha=alpha, negatives=specs, use_sampler_negative=bool(use_sampler_negative),
+    settings = NasaSettings(alpha=alpha, negatives=inputs, use_sampler_negative=bool(use_sampler_negative),
                             node=node, family=family, context_dim=adapter.context_dim(model),
                             schedule=schedule, blocks=selection, replaces=nasa_replaces(m.model_options),
                             guard=guard, stream=stream, stream_last=stream_last, stream_skip=stream_skip)

@@ -91,8 +91,8 @@ def make_carried_negative(conditioning, negative, alpha, node: str):
         alpha = None if alpha < 0 else alpha
     check_same_encoder(neg, {t.shape[-1] for t, _ in pos}, node, "'conditioning' is",
                         "Encode the negative with the same CLIP as the positive prompt.")
-    spec = {"entries": neg, "alpha": alpha}
-    return [[t, {**opts, CARRIED_KEY: spec}] for t, opts in pos]
+    carried = {"entries": neg, "alpha": alpha}
+    return [[t, {**opts, CARRIED_KEY: carried}] for t, opts in pos]
 
 
 def make_negatives(negative, alpha, mask=None, previous=None, node: str = "NASA Negative") -> list:

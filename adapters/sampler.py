@@ -52,8 +52,8 @@ def _hooked(guider) -> bool:
     return any(c.get("hooks") is not None for cs in conds.values() for c in cs if isinstance(c, dict))
 
 
-def _prompts(specs: Sequence[NegativeInput], alpha: float, model_sampling) -> list:
-    return [negative_prompt(s.entries, alpha if s.alpha is None else s.alpha, model_sampling, s.mask) for s in specs]
+def _prompts(inputs: Sequence[NegativeInput], alpha: float, model_sampling) -> list:
+    return [negative_prompt(n.entries, alpha if n.alpha is None else n.alpha, model_sampling, n.mask) for n in inputs]
 
 
 def _carried_negatives(positive_conds: Sequence[dict], settings: NasaSettings, model_sampling) -> dict:
