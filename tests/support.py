@@ -1,9 +1,14 @@
 """Helpers the family adapter tests share (imported as ``nasa_test_support``; conftest registers it).
 
-Only plumbing lives here - sampling with ComfyUI's own sampler, counting hooks, the error bound
-against a reference. Each family's independent reference of the formula stays in its own test file.
+Only plumbing lives here - sampling with ComfyUI's own sampler, hooks that count and capture module inputs, a
+NASA forward outside the sampler, the error bound against a reference, the UI-format check of workflow files, and
+float64 building blocks of references (rotary embedding, attention) written out here. Each family's independent
+reference of the formula stays in its own test file; the families' models, prompts and latents are declared once in
+tests/adapters/family_cases.py.
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -64,35 +69,76 @@ def flux_conds(config, seed=0, pos_len=32, neg_len=40):
                    {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]] for n in (pos_len, neg_len))
 
 
-class Lengths:
-    """Token counts of the first input of each given module (e.g. every block's cross_attn.k), by position."""
+class _Hooks:
+    """Forward hooks that come off when closed (or at the end of a ``with`` block)."""
 
-    def __init__(self, modules):
-        self.calls = {i: [] for i in range(len(modules))}
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(modules)]
-
-    def _hook(self, i):
-        def hook(module, inputs, output):
-            self.calls[i].append(inputs[0].shape[1])
-        return hook
+    handles: list
 
     def close(self):
         for h in self.handles:
             h.remove()
 
+    def __enter__(self):
+        return self
 
-class Forwards:
-    """How many times the diffusion model of a ModelPatcher runs."""
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Lengths(_Hooks):
+    """Token counts of the first input of each given module (e.g. every block's cross_attn.k): ``calls[key]``, keyed
+    by position in a list of modules or by the keys of a dict of them."""
+
+    def __init__(self, modules):
+        items = modules.items() if isinstance(modules, dict) else enumerate(modules)
+        self.calls = {}
+        self.handles = []
+        for key, module in items:
+            self.calls[key] = []
+            self.handles.append(module.register_forward_hook(self._hook(key)))
+
+    def _hook(self, key):
+        def hook(module, inputs, output):
+            self.calls[key].append(inputs[0].shape[1])
+        return hook
+
+
+class Inputs(_Hooks):
+    """The first input of each named module at every call, cloned: ``inputs[name]``, a list."""
+
+    def __init__(self, **modules):
+        self.inputs = {name: [] for name in modules}
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self.inputs[name].append(inputs[0].clone())
+        return hook
+
+    def __getitem__(self, name):
+        return self.inputs[name]
+
+
+class Forwards(_Hooks):
+    """How many times the diffusion model of a ModelPatcher runs (``n``), and the batch size of each run
+    (``batches``)."""
 
     def __init__(self, mp):
         self.n = 0
-        self.h = mp.model.diffusion_model.register_forward_pre_hook(self._hook)
+        self.batches = []
+        self.handles = [mp.model.diffusion_model.register_forward_pre_hook(self._hook)]
 
-    def _hook(self, *a):
+    def _hook(self, module, args):
         self.n += 1
+        self.batches.append(args[0].shape[0])
 
-    def close(self):
-        self.h.remove()
+
+def text_projections(dm) -> dict:
+    """Where each block of a FLUX-style model (FLUX, Chroma, HunyuanVideo) projects its text stream:
+    ``{("double", i): txt_attn.qkv, ("single", i): linear1}`` (single blocks project [text; image] jointly)."""
+    modules = {("double", i): blk.txt_attn.qkv for i, blk in enumerate(dm.double_blocks)}
+    modules.update({("single", i): blk.linear1 for i, blk in enumerate(dm.single_blocks)})
+    return modules
 
 
 def per_forward(lengths, forwards):
@@ -108,6 +154,21 @@ def once_per_run(lengths, pos, neg, forwards):
     return sorted(lengths) == sorted([pos] * forwards + [neg])
 
 
+def unchanged_then_changed(unchanged, changed):
+    """Inputs of two projections at alpha 0 and then alpha 1: ``unchanged`` (e.g. the text tokens' attention
+    output) bit-identical, ``changed`` (the image tokens') not."""
+    assert len(unchanged) == 2 and torch.equal(unchanged[0], unchanged[1])
+    assert len(changed) == 2 and not torch.equal(changed[0], changed[1])
+
+
+def same_stream(nasa, plain, neg_len):
+    """What entered a module with the negative's ``neg_len`` tokens during a NASA forward (its negative stream)
+    and during an unpatched forward whose prompt is the negative (``plain``): once each, equal within 1e-5."""
+    stream, real = [s for s in nasa if s.shape[1] == neg_len], [s for s in plain if s.shape[1] == neg_len]
+    assert len(stream) == 1 and len(real) == 1, (len(stream), len(real))
+    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+
+
 def check_close(got, want, base, tol=1e-3):
     """``got`` equals the reference ``want`` within ``tol`` of NASA's effect (``want - base``), and that
     effect is large enough to test anything."""
@@ -115,6 +176,18 @@ def check_close(got, want, base, tol=1e-3):
     err = (got - want).abs().max().item()
     assert effect > 1e-2 * base.abs().max().item(), f"NASA's effect {effect} is too small to test anything"
     assert err <= tol * effect, (err, effect)
+
+
+def nasa_options(m, negative, alpha, nasa_run, family, **run_kwargs):
+    """transformer_options for one diffusion-model forward of the NASA clone ``m`` outside a sampler: a NasaRun built
+    by hand (``negative``, a tensor, at ``alpha``; ``run_kwargs`` as NasaRun takes them) with every row positive,
+    and the patcher's wrappers, which the sampler passes there (comfy.sampler_helpers). ``nasa_run``: the pack's
+    adapters.run; ``family``: its Family."""
+    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
+                           layers=family.layers(m.model), **run_kwargs)
+    options = dict(m.model_options["transformer_options"])
+    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    return options
 
 
 def apply_nasa(mp, **kw):
@@ -186,3 +259,37 @@ def all_layers(family, model) -> frozenset:
     """Every (group, index) layer the family's block selection may name (``family``: an adapters.family.Family):
     what a canary expects steered."""
     return frozenset((group, i) for group, indices in family.block_groups(model).items() for i in indices)
+
+
+def check_ui_workflow(wf: dict) -> None:
+    """A UI-format workflow file as the frontend saves it: version 0.4, unique node ids and the id counters past
+    them, every link recorded on both of its ends with the same type, every node with the frontend's keys."""
+    assert wf["version"] == 0.4 and wf["groups"] == [] and wf["config"] == {} and wf["extra"] == {}
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(ids) == len(set(ids)) and wf["last_node_id"] == max(ids)
+    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for lid, src, slot, dst, dslot, typ in wf["links"]:
+        assert lid in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == typ
+        assert nodes[dst]["inputs"][dslot]["link"] == lid and nodes[dst]["inputs"][dslot]["type"] == typ
+    for n in wf["nodes"]:
+        assert {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                "widgets_values"} <= set(n)
+
+
+# ----------------------------------------------------------------------------- reference building blocks
+
+def reference_rotary(x, ids, axes_dim, theta=10000):
+    """Rotary embedding written out (independent of the pack and of ComfyUI's RoPE kernels): (B, L, heads, D) by positions ids (B, L, axes), float64."""
+    angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+                        for a, d in enumerate(axes_dim)], dim=-1)[:, :, None]
+    x = x.double().unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    return torch.stack((x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()), -1).flatten(-2)
+
+
+def reference_attention(q, k, v):
+    """(B, L, heads, D) -> (B, L, heads*D), softmax in float64."""
+    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+    return o.transpose(1, 2).flatten(2)

@@ -5,12 +5,15 @@ Held against code written here, independent of the pack:
   its per-block modulation sliced from the distilled guidance layer's output by the published layout,
 * hooks counting each block's text-stream projection of the negative (one per block per forward),
 * the negative stream after double block 0 equals the text stream of a plain forward on the negative,
-* alpha = 0 is bit-identical; text-query rows of the first block are untouched; uncond rows at cfg > 1
-  are untouched; cfg 1 runs one pass per step; a positive attention mask stays on the positive.
+* text-query rows of the first block are untouched; cfg 1 runs one pass per step; a positive attention mask
+  stays on the positive; the Chroma adapter, not FLUX's, claims both models.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows, batch rows at different timesteps, widths,
+a second node, the canary) run on both models in test_contract.py.
 
 The random-weight builder leaves RMSNorm scales at 0, which makes every query and key of these models
 zero (uniform attention) and Chroma Radiance's output zero; the models here get scales drawn around 1
-so that attention patterns, and so the choice of projections and keys, show in the outputs.
+so that attention patterns, and so the choice of projections and keys, show in the outputs (family_cases.py).
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ import math
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
-POS_LEN = 64
-NEG_LEN = 80           # distinct from the positive's tokens, so hooks can tell them apart
+POS_LEN, NEG_LEN = cases.CASES["chroma"].pos_len, cases.CASES["chroma"].neg_len   # distinct: hooks tell them apart
 FAMILIES = ("chroma", "chroma_radiance")
 
 
@@ -31,15 +34,9 @@ def env(comfyui):
     rm = comfyui.mod("runner.random_weights.models")
     nasa_run = comfyui.mod("adapters.run")
     chroma = comfyui.mod("adapters.chroma")
-    cache = {}
 
     def model(family="chroma", dtype=torch.float32):
-        key = (family, dtype)
-        if key not in cache:
-            mp = rm.build_dit_model(family, dtype=dtype, seed=0)
-            support.sharpen_rms_norms(mp.model.diffusion_model)
-            cache[key] = mp
-        return cache[key]
+        return cases.model(rm, family, dtype)
 
     apply = support.apply_nasa
 
@@ -47,33 +44,10 @@ def env(comfyui):
                 config=lambda family="chroma": rm.DIT_FAMILIES[family][1])
 
 
-def _latent_shape(config, batch=1):
-    """Chroma: 16 latent channels, 8x8 (16 tokens); Radiance: RGB pixels, 4 x 4 patches of 4x4 (16 tokens)."""
-    if config["image_model"] == "chroma_radiance":
-        return (batch, config["in_channels"], 4 * config["patch_size"], 4 * config["patch_size"])
-    return (batch, config["in_channels"] // config["patch_size"] ** 2, 8, 8)
-
-
-def _conds(config, seed=0, pos_len=POS_LEN, neg_len=NEG_LEN, width=None):
-    g = torch.Generator().manual_seed(seed)
-    width = width or config["context_in_dim"]
-    opts = {"pooled_output": None}              # as CLIP Text Encode gives it for Chroma's T5 (no pooled output)
-    return ([[torch.randn(1, pos_len, width, generator=g), dict(opts)]],
-            [[torch.randn(1, neg_len, width, generator=g), dict(opts)]])
-
-
-def _sample(model, config, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
-    return support.sample(model, torch.zeros(_latent_shape(config, batch)), pos, neg, cfg, steps, capture)
-
-
 def _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=None):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    nasa_run = env["nasa_run"]
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
-                            layers=env["chroma"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["chroma"].FAMILY)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, guidance, transformer_options=options,
                                        attention_mask=attention_mask)
@@ -183,8 +157,9 @@ def _reference(dm, x, t, context, guidance, negative, alpha, mask=None):
 
 
 def _inputs(config, seed=3, batch=1):
+    """Chroma: 16 latent channels, 8x8 (16 tokens); Radiance: RGB pixels, 4 x 4 patches of 4x4 (16 tokens)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(_latent_shape(config, batch), generator=g)
+    x = torch.randn(cases.latent(config["image_model"], batch).shape, generator=g)
     context = torch.randn(batch, POS_LEN, config["context_in_dim"], generator=g)
     negative = torch.randn(1, NEG_LEN, config["context_in_dim"], generator=g)
     return x, torch.full((batch,), 0.7), context, torch.zeros(batch), negative
@@ -198,10 +173,7 @@ def _check_against_reference(env, family, alpha=1.0, mask=None, tol=1e-3):
     with torch.no_grad():
         want = _reference(dm, x, t, context, guidance, negative, alpha, mask)
         base = _reference(dm, x, t, context, guidance, negative, 0.0, mask)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= tol * effect, (err, effect)
+    support.check_close(got, want, base, tol)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -237,39 +209,15 @@ def test_only_chroma_claims_chroma_models(env, comfyui):
 def test_every_block_projects_the_negative_once_per_forward(env, family):
     mp = env["model"](family)
     dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"](family))
-    lengths, handles = {}, []
-    for name, blocks, proj in (("double", dm.double_blocks, "txt_attn.qkv"), ("single", dm.single_blocks, "linear1")):
-        for i, blk in enumerate(blocks):
-            module = blk.get_submodule(proj)
-            handles.append(module.register_forward_hook(
-                lambda mod, inp, out, key=(name, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
-        _sample(env["apply"](mp, alpha=0.5), env["config"](family), pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    assert len(lengths) == len(dm.double_blocks) + len(dm.single_blocks)
-    for (name, i), seen in lengths.items():
+    pos, neg = cases.conds(env["rm"], family)
+    with support.Lengths(support.text_projections(dm)) as lengths, support.Forwards(mp) as passes:
+        cases.sample(env["apply"](mp, alpha=0.5), family, pos, neg, cfg=1.0, steps=2)
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    for (name, i), seen in lengths.calls.items():
         if name == "double":                                 # text stream: positive once, negative once
             assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (name, i, seen)
         else:                                                # joint [text; image] once, negative once
             assert sorted(seen) == [POS_LEN + 16, POS_LEN + 16, NEG_LEN, NEG_LEN], (name, i, seen)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_alpha_zero_is_bit_identical(env, family, cfg):
-    mp = env["model"](family)
-    config = env["config"](family)
-    pos, neg = _conds(config)
-    base = _sample(mp, config, pos, neg, cfg=cfg, steps=2)
-    got = _sample(env["apply"](mp, alpha=0.0), config, pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, got)
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), config, pos, neg, cfg=cfg, steps=2))
 
 
 def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):
@@ -278,87 +226,20 @@ def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative
     mp = env["model"]()
     dm = mp.model.diffusion_model
     x, t, context, guidance, negative = _inputs(env["config"]())
-    seen = []
-    h = dm.double_blocks[1].txt_norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
-    try:
+    with support.Inputs(nasa=dm.double_blocks[1].txt_norm1) as seen:
         _direct(env, mp, x, t, context, guidance, negative, 1.0)
-        stream = [s for s in seen if s.shape[1] == NEG_LEN]
-        seen.clear()
-        with torch.no_grad():
-            dm(x, t, negative, guidance, transformer_options={})
-        real = [s for s in seen if s.shape[1] == NEG_LEN]
-    finally:
-        h.remove()
-    assert len(stream) == 1 and len(real) == 1
-    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(plain=dm.double_blocks[1].txt_norm1) as real, torch.no_grad():
+        dm(x, t, negative, guidance, transformer_options={})
+    support.same_stream(seen["nasa"], real["plain"], NEG_LEN)
 
 
 def test_only_image_queries_are_steered(env):
     """In double block 0 the text tokens' attention output (input of txt_attn.proj) is bit-identical with and
     without NASA; the image tokens' (input of img_attn.proj) is not."""
     mp = env["model"]()
-    dm = mp.model.diffusion_model
-    x, t, context, guidance, negative = _inputs(env["config"]())
-    seen = {}
-    blk = dm.double_blocks[0]
-    hs = [blk.txt_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
-          blk.img_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
-    try:
-        _direct(env, mp, x, t, context, guidance, negative, 0.0)
-        _direct(env, mp, x, t, context, guidance, negative, 1.0)
-    finally:
-        for h in hs:
-            h.remove()
-    txt = [s for s in seen["txt"] if s.shape[1] == POS_LEN]
-    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
-    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
-
-
-def test_cfg_above_one_leaves_uncond_rows_untouched(env):
-    mp = env["model"]()
-    config = env["config"]()
-    pos, neg = _conds(config)
-    plain, steered = [], []
-    _sample(mp, config, pos, neg, cfg=3.0, capture=plain)
-    _sample(env["apply"](mp, alpha=1.0), config, pos, neg, cfg=3.0, capture=steered)
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
-def test_batch_two_steers_each_row_like_batch_one(env):
-    """Rows with different timesteps (so different modulation per row) each get their own row's modulation."""
-    mp = env["model"]()
-    x, t, context, guidance, negative = _inputs(env["config"](), batch=2)
-    t = torch.tensor([0.7, 0.4])
-    both = _direct(env, mp, x, t, context, guidance, negative, 1.0)
-    for i in range(2):
-        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], guidance[i:i + 1], negative, 1.0)
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, family, dtype):
-    mp = env["model"](family, dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    config = env["config"](family)
-    pos, neg = _conds(config)
-    out = _sample(env["apply"](mp, alpha=0.5), config, pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    _, clip_like = _conds(env["config"](), width=env["config"]()["context_in_dim"] + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this Chroma .* expects "
-                                         r"\d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=clip_like)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    x, t, context, guidance, negative = _inputs(env["config"]())
-    once = _direct(env, mp, x, t, context, guidance, negative, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, guidance, negative, 1.0)
-    assert torch.equal(once, twice)
+    blk = mp.model.diffusion_model.double_blocks[0]
+    args = _inputs(env["config"]())
+    with support.Inputs(txt=blk.txt_attn.proj, img=blk.img_attn.proj) as seen:
+        _direct(env, mp, *args, 0.0)
+        _direct(env, mp, *args, 1.0)
+    support.unchanged_then_changed([s for s in seen["txt"] if s.shape[1] == POS_LEN], seen["img"])

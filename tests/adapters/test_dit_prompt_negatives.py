@@ -10,66 +10,37 @@ falls back to the node's negative.
 from __future__ import annotations
 
 import pytest
-import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
 POS_LEN, NEG_LEN = 12, 9
 
-# family -> (latent shape, text width key, pooled width key or None, token mask in the conditioning)
-# The options are those the family's text encoder gives CLIP Text Encode: a pooled output (CLIP-L / CLIP-G),
-# none (Chroma's T5), or a token mask (Gemma for Lumina 2, T5 for LTX-Video).
-FAMILIES = {
-    "flux": ((1, 16, 8, 8), "context_in_dim", "vec_in_dim", False),
-    "chroma": ((1, 16, 8, 8), "context_in_dim", None, False),
-    "hunyuan_video": ((1, 16, 2, 8, 8), "context_in_dim", "vec_in_dim", False),
-    "sd3": ((1, 16, 8, 8), None, "adm_in_channels", False),
-    "qwen_image": ((1, 16, 1, 8, 12), "joint_attention_dim", None, False),
-    "lumina2": ((1, 16, 8, 12), "cap_feat_dim", None, True),
-    "pixart": ((1, 4, 34, 34), "caption_channels", None, False),
-    "wan21_t2v": ((1, 16, 2, 8, 8), "text_dim", None, False),
-    "ltxv": ((1, 128, 2, 4, 4), "caption_channels", None, True),
-}
+# The DiT families (family_cases.py: their models, prompt widths and options, latents).
+FAMILIES = ["chroma", "flux", "hunyuan_video", "ltxv", "lumina2", "pixart", "qwen_image", "sd3", "wan21_t2v"]
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
     import nodes
     rm = comfyui.mod("runner.random_weights.models")
-    cache = {}
-
-    def model(family):
-        if family not in cache:
-            cache[family] = rm.build_dit_model(family, dtype=torch.float32, seed=0)
-        return cache[family]
-
     carry_node = nodes.NODE_CLASS_MAPPINGS["NASANegativeConditioning"]
 
     def carry(cond, neg):
         return carry_node.execute(conditioning=cond, negative=neg, alpha=-1.0).result[0]
 
-    return dict(rm=rm, model=model, carry=carry)
+    return dict(rm=rm, model=lambda family: cases.model(rm, family), carry=carry)
 
 
 def _prompts(env, family, n, length, seed):
-    config = env["rm"].DIT_FAMILIES[family][1]
-    _, width_key, pooled_key, masked = FAMILIES[family]
-    width = config[width_key] if width_key else config["context_embedder_config"]["params"]["in_features"]
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        opts = {"pooled_output": torch.randn(1, config[pooled_key], generator=g) if pooled_key else None}
-        if masked:
-            opts["attention_mask"] = torch.ones(1, length, dtype=torch.long)
-        out.append([[torch.randn(1, length, width, generator=g), opts]])
-    return out
+    return cases.prompts(env["rm"], family, [length] * n, seed=seed)
 
 
 def _sample(family, model, positive, negative):
-    return support.sample(model, torch.zeros(FAMILIES[family][0]), positive, negative, cfg=1.0, steps=1)
+    return cases.sample(model, family, positive, negative, cfg=1.0, steps=1)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_prompt_steers_away_from_its_own_negative_in_one_batched_pass(env, family):
     mp = env["model"](family)
     a, b = _prompts(env, family, 2, POS_LEN, seed=1)

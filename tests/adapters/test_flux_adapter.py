@@ -1,11 +1,16 @@
 """NASA-I on ComfyUI's own FLUX class (random weights): tiny config, a real-width config, and the stock loader.
 
 Held against code written here, independent of the pack:
-* a float64-attention FLUX forward with the negative stream and NASA written out (``_reference``),
-* hooks counting each block's text-stream projection of the negative (one per block per forward),
+* a float64-attention FLUX forward with the negative stream and NASA written out (``_reference``), with the
+  stability guard, the embedded stream and block selections,
+* hooks counting each block's text-stream projection of the negative (one per block per forward; cfg 1 runs
+  one pass per step) and showing the stream stops after the last selected block,
 * the negative stream after double block 0 equals the text stream of a plain forward on the negative,
-* alpha = 0 is bit-identical; text-query rows of the first block are untouched; Kontext reference
-  tokens are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step.
+* text-query rows of the first block are untouched; Kontext reference tokens are not steered,
+* FLUX.1 at its published width, through ComfyUI's own loader: the reference, alpha 0 bit-identical.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows, batches, widths, a second node, the
+canary) run in test_contract.py.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import math
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
 NEG_LEN = 300          # distinct from the positive's 256 tokens, so hooks can tell them apart
@@ -21,41 +27,18 @@ NEG_LEN = 300          # distinct from the positive's 256 tokens, so hooks can t
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_weights.models")
-    nasa_run = comfyui.mod("adapters.run")
-    flux = comfyui.mod("adapters.flux")
-    cache = {}
-
-    def model(dtype=torch.float32, **overrides):
-        key = (dtype, tuple(sorted(overrides.items())))
-        if key not in cache:
-            cache[key] = rm.build_dit_model("flux", dtype=dtype, seed=0, **overrides)
-        return cache[key]
-
-    config = rm.DIT_FAMILIES["flux"][1]
-    apply = support.apply_nasa
-
     def sampler_settings(m):
         """The NasaSettings Apply NASA Attention left on the clone (on its sampler wrapper)."""
         import comfy.patcher_extension as pe
         wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, comfyui.mod("adapters.sampler").WRAPPER_KEY)
         return wrappers[0].nasa_settings
 
-    return dict(rm=rm, nasa_run=nasa_run, flux=flux, model=model, config=config, apply=apply,
-                apply_nasa=comfyui.mod("adapters").apply_nasa, core=comfyui.mod("nasa_core"),
-                sampler_settings=sampler_settings)
+    return dict(cases.family_env(comfyui, "flux", flux="adapters.flux", core="nasa_core"),
+                apply_nasa=comfyui.mod("adapters").apply_nasa, sampler_settings=sampler_settings)
 
 
-def _conds(config, seed=0, pos_len=256, neg_len=NEG_LEN, width=None):
-    g = torch.Generator().manual_seed(seed)
-    width = width or config["context_in_dim"]
-    pos = [[torch.randn(1, pos_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
-    neg = [[torch.randn(1, neg_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
-    return pos, neg
-
-
-def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
-    return support.sample(model, torch.zeros(batch, 16, size, size), pos, neg, cfg, steps, capture)
+def _sample(model, pos, neg, cfg=1.0, steps=1):
+    return cases.sample(model, "flux", pos, neg, cfg, steps)
 
 
 def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=None, stream="propagated", blocks=""):
@@ -65,15 +48,10 @@ def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=
         m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
     else:
         m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, guard=guard, stream=stream, blocks=blocks)
-    nasa_run = env["nasa_run"]
     settings = env["sampler_settings"](m)
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test", blocks=settings.blocks,
-                            guard=guard, stream=stream, stream_last=settings.stream_last,
-                            stream_skip=settings.stream_skip,
-                            layers=env["flux"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["flux"].FAMILY, blocks=settings.blocks,
+                                   guard=guard, stream=stream, stream_last=settings.stream_last,
+                                   stream_skip=settings.stream_skip)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, ref_latents=ref_latents, transformer_options=options)
 
@@ -207,10 +185,7 @@ def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1
         want = _reference(dm, x, t, context, y, negative, alpha, ref_latents, guard=guard, stream=stream,
                           scales=scales)
         base = _reference(dm, x, t, context, y, negative, 0.0, ref_latents)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= tol * effect, (err, effect)
+    support.check_close(got, want, base, tol)
     return got
 
 
@@ -291,7 +266,7 @@ def test_stream_and_guard_errors_name_node_input_and_fix(env):
         env["apply_nasa"](mp, negative=neg, stream="cached")
     with pytest.raises(ValueError, match=r"'guard' must be a nasa_core.Guard"):
         env["apply_nasa"](mp, negative=neg, guard="clip")
-    unet = env["rm"].build_unet_model("sd15", "tiny", seed=0)
+    unet = cases.model(env["rm"], "sd15")
     with pytest.raises(ValueError, match=r"'stream' 'embedded' applies to joint-attention models .* Set it to 'propagated'"):
         env["apply_nasa"](unet, negative=[[torch.zeros(1, 4, 64), {}]], stream="embedded")
 
@@ -314,38 +289,15 @@ def test_kontext_reference_tokens_are_keys_but_not_steered(env):
 def test_every_block_projects_the_negative_once_per_forward(env):
     mp = env["model"]()
     dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"])
-    lengths, handles = {}, []
-    for name, blocks, proj in (("double", dm.double_blocks, "txt_attn.qkv"), ("single", dm.single_blocks, "linear1")):
-        for i, blk in enumerate(blocks):
-            module = blk.get_submodule(proj)
-            handles.append(module.register_forward_hook(
-                lambda mod, inp, out, key=(name, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
+    pos, neg = cases.conds(env["rm"], "flux")
+    with support.Lengths(support.text_projections(dm)) as lengths, support.Forwards(mp) as passes:
         _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    n_double, n_single = len(dm.double_blocks), len(dm.single_blocks)
-    assert len(lengths) == n_double + n_single
-    for (name, i), seen in lengths.items():
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    for (name, i), seen in lengths.calls.items():
         if name == "double":                                 # text stream: positive once, negative once
             assert sorted(seen) == [256, 256, NEG_LEN, NEG_LEN], (name, i, seen)
         else:                                                # joint [text; image] once, negative once
             assert sorted(seen) == [256 + 16, 256 + 16, NEG_LEN, NEG_LEN], (name, i, seen)
-
-
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_alpha_zero_is_bit_identical(env, cfg):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
-    got = _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, got)
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
 
 
 def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):
@@ -354,87 +306,23 @@ def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative
     mp = env["model"]()
     dm = mp.model.diffusion_model
     x, t, context, y, negative = _inputs(env["config"])
-    seen = []
-    h = dm.double_blocks[1].txt_norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
-    try:
+    with support.Inputs(nasa=dm.double_blocks[1].txt_norm1) as seen:
         _direct(env, mp, x, t, context, y, negative, 1.0)
-        stream = [s for s in seen if s.shape[1] == NEG_LEN]
-        seen.clear()
-        with torch.no_grad():
-            dm(x, t, negative, y=y, transformer_options={})
-        real = [s for s in seen if s.shape[1] == NEG_LEN]
-    finally:
-        h.remove()
-    assert len(stream) == 1 and len(real) == 1
-    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(plain=dm.double_blocks[1].txt_norm1) as real, torch.no_grad():
+        dm(x, t, negative, y=y, transformer_options={})
+    support.same_stream(seen["nasa"], real["plain"], NEG_LEN)
 
 
 def test_only_image_queries_are_steered(env):
     """In double block 0 the text tokens' attention output (input of txt_attn.proj) is bit-identical with and
     without NASA; the image tokens' (input of img_attn.proj) is not."""
     mp = env["model"]()
-    dm = mp.model.diffusion_model
-    x, t, context, y, negative = _inputs(env["config"])
-    seen = {}
-    blk = dm.double_blocks[0]
-    hs = [blk.txt_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
-          blk.img_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
-    try:
-        _direct(env, mp, x, t, context, y, negative, 0.0)
-        _direct(env, mp, x, t, context, y, negative, 1.0)
-    finally:
-        for h in hs:
-            h.remove()
-    txt = [s for s in seen["txt"] if s.shape[1] == 256]
-    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
-    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
-
-
-def test_cfg_above_one_leaves_uncond_rows_untouched(env):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    plain, steered = [], []
-    _sample(mp, pos, neg, cfg=3.0, capture=plain)
-    _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
-def test_batch_two_steers_each_row_like_batch_one(env):
-    mp = env["model"]()
-    config = env["config"]
-    x, t, context, y, negative = _inputs(config, batch=2)
-    both = _direct(env, mp, x, t, context, y, negative, 1.0)
-    for i in range(2):
-        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], y[i:i + 1], negative, 1.0)
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, dtype):
-    mp = env["model"](dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    pos, neg = _conds(env["config"])
-    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    _, clip_like = _conds(env["config"], width=env["config"]["context_in_dim"] + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this FLUX .* expects "
-                                         r"\d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=clip_like)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    config = env["config"]
-    x, t, context, y, negative = _inputs(config)
-    once = _direct(env, mp, x, t, context, y, negative, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, y, negative, 1.0)
-    assert torch.equal(once, twice)
+    blk = mp.model.diffusion_model.double_blocks[0]
+    args = _inputs(env["config"])
+    with support.Inputs(txt=blk.txt_attn.proj, img=blk.img_attn.proj) as seen:
+        _direct(env, mp, *args, 0.0)
+        _direct(env, mp, *args, 1.0)
+    support.unchanged_then_changed([s for s in seen["txt"] if s.shape[1] == 256], seen["img"])
 
 
 # ----------------------------------------------------------------------------- real width and the stock loader
@@ -462,8 +350,8 @@ def test_full_width_flux_loads_through_the_stock_loader_as_schnell(env, full_wid
 def test_full_width_flux_matches_reference_and_alpha_zero_is_identity(env, full_width):
     config = env["rm"].FLUX_FULL_WIDTH
     _check_against_reference(env, full_width, config, alpha=0.5)
-    pos, neg = _conds(config, pos_len=256, neg_len=NEG_LEN)
-    base = _sample(full_width, pos, neg, size=8)
-    assert torch.equal(base, _sample(env["apply"](full_width, alpha=0.0), pos, neg, size=8))
-    steered = _sample(env["apply"](full_width, alpha=0.5), pos, neg, size=8)
+    pos, neg = support.flux_conds(config, pos_len=256, neg_len=NEG_LEN)
+    base = _sample(full_width, pos, neg)
+    assert torch.equal(base, _sample(env["apply"](full_width, alpha=0.0), pos, neg))
+    steered = _sample(env["apply"](full_width, alpha=0.5), pos, neg)
     assert torch.isfinite(steered).all() and not torch.equal(base, steered)

@@ -9,13 +9,15 @@ Held against code written here, independent of the pack:
   mask on the positive's attention only,
 * hooks counting each block's (and the token refiner's) projection of the negative: once per forward,
 * the negative stream entering double blocks 0 and 1 equals the text stream of a plain forward on the negative,
-* alpha = 0 is bit-identical; text-query rows of the first block are untouched; uncond rows at cfg > 1
-  are untouched; cfg 1 runs one pass per step; batch rows at different timesteps each get their own;
-* a 1-step run steers every block; an adapter that reads the forward's arguments from the wrong slots raises
-  instead of sampling without the negative; HunyuanVideo 1.5, HunyuanImage 2.1 and MeanFlow models are refused.
+* text-query rows of the first block are untouched; cfg 1 runs one pass per step;
+* an adapter that reads the forward's arguments from the wrong slots raises instead of sampling without the
+  negative; HunyuanVideo 1.5, HunyuanImage 2.1 and MeanFlow models are refused.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows, batch rows at different timesteps - the
+token refiner is timestep-modulated -, widths, a second node, the canary) run in test_contract.py.
 
 The random-weight builder leaves RMSNorm scales (the q/k norms) at 0, which makes every query and key zero
-(uniform attention); the model here gets scales drawn around 1 so that attention patterns show.
+(uniform attention); the model here gets scales drawn around 1 so that attention patterns show (family_cases.py).
 """
 from __future__ import annotations
 
@@ -24,44 +26,25 @@ import math
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
-POS_LEN = 24
-NEG_LEN = 40           # distinct from the positive's tokens, so hooks can tell them apart
+POS_LEN, NEG_LEN = cases.CASES["hunyuan_video"].pos_len, cases.CASES["hunyuan_video"].neg_len   # distinct, for hooks
 FRAMES = 2             # latent frames of 8x8: 2 * 4 * 4 = 32 video tokens
 VIDEO_TOKENS = FRAMES * 16
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_weights.models")
-    nasa_run = comfyui.mod("adapters.run")
-    hunyuan = comfyui.mod("adapters.hunyuan_video")
-    cache = {}
-
-    def model(dtype=torch.float32):
-        if dtype not in cache:
-            mp = rm.build_dit_model("hunyuan_video", dtype=dtype, seed=0)
-            support.sharpen_rms_norms(mp.model.diffusion_model)
-            cache[dtype] = mp
-        return cache[dtype]
-
-    apply = support.apply_nasa
-
-    return dict(rm=rm, nasa_run=nasa_run, hunyuan=hunyuan, model=model, apply=apply,
-                config=rm.DIT_FAMILIES["hunyuan_video"][1])
+    return cases.family_env(comfyui, "hunyuan_video", hunyuan="adapters.hunyuan_video")
 
 
-def _conds(config, seed=0, pos_len=POS_LEN, neg_len=NEG_LEN, width=None):
-    g = torch.Generator().manual_seed(seed)
-    width = width or config["context_in_dim"]
-    pos = [[torch.randn(1, pos_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
-    neg = [[torch.randn(1, neg_len, width, generator=g), {"pooled_output": torch.randn(1, config["vec_in_dim"], generator=g)}]]
-    return pos, neg
+def _conds(env):
+    return cases.conds(env["rm"], "hunyuan_video")
 
 
-def _sample(model, config, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
-    return support.sample(model, torch.zeros(batch, config["in_channels"], FRAMES, 8, 8), pos, neg, cfg, steps, capture)
+def _sample(model, pos, neg, cfg=1.0, steps=1):
+    return cases.sample(model, "hunyuan_video", pos, neg, cfg, steps)
 
 
 def _direct(env, mp, inputs, alpha, **conditioning):
@@ -69,12 +52,7 @@ def _direct(env, mp, inputs, alpha, **conditioning):
     positive). ``conditioning``: attention_mask, ref_latent, guiding_frame_index as ComfyUI passes them."""
     x, t, context, y, guidance, negative = inputs
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    nasa_run = env["nasa_run"]
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
-                            layers=env["hunyuan"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["hunyuan"].FAMILY)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options=options,
                                        **conditioning)
@@ -248,10 +226,7 @@ def _check_against_reference(env, alpha=1.0, tol=1e-3, **conditioning):
     with torch.no_grad():
         want = _reference(dm, inputs, alpha, **conditioning)
         base = _reference(dm, inputs, 0.0, **conditioning)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= tol * effect, (err, effect)
+    support.check_close(got, want, base, tol)
     return got
 
 
@@ -313,38 +288,16 @@ def test_single_block_modulation_of_the_negative_follows_the_text_positions(env)
 def test_every_block_and_the_token_refiner_project_the_negative_once_per_forward(env):
     mp = env["model"]()
     dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"])
-    lengths, handles = {}, []
-    hooked = [("refiner", 0, dm.txt_in.input_embedder)]
-    hooked += [("double", i, b.txt_attn.qkv) for i, b in enumerate(dm.double_blocks)]
-    hooked += [("single", i, b.linear1) for i, b in enumerate(dm.single_blocks)]
-    for name, i, module in hooked:
-        handles.append(module.register_forward_hook(
-            lambda mod, inp, out, key=(name, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
-        _sample(env["apply"](mp, alpha=0.5), env["config"], pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    assert len(lengths) == 1 + len(dm.double_blocks) + len(dm.single_blocks)
-    for (name, i), seen in lengths.items():
+    pos, neg = _conds(env)
+    modules = {("refiner", 0): dm.txt_in.input_embedder, **support.text_projections(dm)}
+    with support.Lengths(modules) as lengths, support.Forwards(mp) as passes:
+        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    for (name, i), seen in lengths.calls.items():
         if name == "single":                                 # joint [video; text] once, negative once
             assert sorted(seen) == sorted([POS_LEN + VIDEO_TOKENS, NEG_LEN] * 2), (name, i, seen)
         else:                                                # text stream: positive once, negative once
             assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (name, i, seen)
-
-
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_alpha_zero_is_bit_identical(env, cfg):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    base = _sample(mp, env["config"], pos, neg, cfg=cfg, steps=2)
-    got = _sample(env["apply"](mp, alpha=0.0), env["config"], pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, got)
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), env["config"], pos, neg, cfg=cfg, steps=2))
 
 
 def test_negative_stream_equals_a_real_forward_on_the_negative(env):
@@ -355,93 +308,25 @@ def test_negative_stream_equals_a_real_forward_on_the_negative(env):
     dm = mp.model.diffusion_model
     inputs = _inputs(env["config"])
     x, t, context, y, guidance, negative = inputs
-    seen = {0: [], 1: []}
-    hs = [dm.double_blocks[i].txt_norm1.register_forward_hook(lambda mod, inp, out, i=i: seen[i].append(inp[0].clone()))
-          for i in (0, 1)]
-    try:
+    norms = {f"double{i}": dm.double_blocks[i].txt_norm1 for i in (0, 1)}
+    with support.Inputs(**norms) as seen:
         _direct(env, mp, inputs, 1.0)
-        stream = {i: [s for s in seen[i] if s.shape[1] == NEG_LEN] for i in seen}
-        seen[0].clear()
-        seen[1].clear()
-        with torch.no_grad():
-            dm(x, t, negative, y=y, guidance=guidance, transformer_options={})
-        real = {i: [s for s in seen[i] if s.shape[1] == NEG_LEN] for i in seen}
-    finally:
-        for h in hs:
-            h.remove()
-    for i in (0, 1):
-        assert len(stream[i]) == 1 and len(real[i]) == 1
-        torch.testing.assert_close(stream[i][0], real[i][0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(**norms) as real, torch.no_grad():
+        dm(x, t, negative, y=y, guidance=guidance, transformer_options={})
+    for name in norms:
+        support.same_stream(seen[name], real[name], NEG_LEN)
 
 
 def test_only_video_queries_are_steered(env):
     """In double block 0 the text tokens' attention output (input of txt_attn.proj)
     is bit-identical with and without NASA; the video tokens' (input of img_attn.proj) is not."""
     mp = env["model"]()
-    dm = mp.model.diffusion_model
+    blk = mp.model.diffusion_model.double_blocks[0]
     inputs = _inputs(env["config"])
-    seen = {}
-    blk = dm.double_blocks[0]
-    hs = [blk.txt_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
-          blk.img_attn.proj.register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
-    try:
+    with support.Inputs(txt=blk.txt_attn.proj, img=blk.img_attn.proj) as seen:
         _direct(env, mp, inputs, 0.0)
         _direct(env, mp, inputs, 1.0)
-    finally:
-        for h in hs:
-            h.remove()
-    txt = [s for s in seen["txt"] if s.shape[1] == POS_LEN]
-    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
-    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
-
-
-def test_cfg_above_one_leaves_uncond_rows_untouched(env):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    plain, steered = [], []
-    _sample(mp, env["config"], pos, neg, cfg=3.0, capture=plain)
-    _sample(env["apply"](mp, alpha=1.0), env["config"], pos, neg, cfg=3.0, capture=steered)
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
-def test_batch_rows_at_different_timesteps_each_refine_the_negative_at_their_own(env):
-    """Batch 2 with timesteps 700 and 300: each row equals its batch-1 forward, so the negative is embedded by the
-    token refiner (which is timestep-modulated) and modulated per row."""
-    mp = env["model"]()
-    x, t, context, y, guidance, negative = _inputs(env["config"], batch=2)
-    t = torch.tensor([700.0, 300.0])
-    both = _direct(env, mp, (x, t, context, y, guidance, negative), 1.0)
-    for i in range(2):
-        r = slice(i, i + 1)
-        one = _direct(env, mp, (x[r], t[r], context[r], y[r], guidance[r], negative), 1.0)
-        torch.testing.assert_close(both[r], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, dtype):
-    mp = env["model"](dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    pos, neg = _conds(env["config"])
-    out = _sample(env["apply"](mp, alpha=0.5), env["config"], pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    _, clip_like = _conds(env["config"], width=env["config"]["context_in_dim"] + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this HunyuanVideo .* "
-                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=clip_like)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    inputs = _inputs(env["config"])
-    once = _direct(env, mp, inputs, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[inputs[-1], {}]], alpha=0.3), inputs, 1.0)
-    assert torch.equal(once, twice)
+    support.unchanged_then_changed([s for s in seen["txt"] if s.shape[1] == POS_LEN], seen["img"])
 
 
 def _not_supported(env, comfyui, mp, family):
@@ -486,18 +371,6 @@ def test_meanflow_hunyuan_video_is_not_claimed(env, comfyui):
     _not_supported(env, comfyui, mp, "HunyuanVideo")
 
 
-def test_one_step_run_steers_every_block(env):
-    """Canary: a 1-step NASA run steers every double and single block (a ComfyUI change that bypasses NASA in some
-    blocks shows here, even where the output still moves)."""
-    mp = env["model"]()
-    dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"])
-    m = env["apply"](mp, alpha=0.5)
-    _sample(m, env["config"], pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["hunyuan"].FAMILY, m)
-    assert len(support.steered_layers(m)) == len(dm.double_blocks) + len(dm.single_blocks) == 4
-
-
 def test_misread_forward_arguments_raise_instead_of_sampling_unsteered(env, comfyui, monkeypatch):
     """No silent no-op: where NASA's view of HunyuanVideo._forward's signature has one parameter more before
     transformer_options than ComfyUI's (what a positional table of an older release made of the clip_fea ComfyUI
@@ -518,12 +391,12 @@ def test_misread_forward_arguments_raise_instead_of_sampling_unsteered(env, comf
                                   default=None)
         return sig.replace(parameters=params[:at] + [added] + params[at:])
     mp = env["model"]()
-    pos, neg = _conds(env["config"])
+    pos, neg = _conds(env)
     monkeypatch.setattr(binding, "signature_of", shifted)
     with pytest.raises(RuntimeError, match="NASA steered no layer of this HunyuanVideo .* the negative prompt was "
                                            "NOT honoured"):
-        _sample(env["apply"](mp, alpha=1.0), env["config"], pos, neg, steps=1)
+        _sample(env["apply"](mp, alpha=1.0), pos, neg, steps=1)
     monkeypatch.undo()
     m = env["apply"](mp, alpha=1.0)
-    _sample(m, env["config"], pos, neg, steps=1)
+    _sample(m, pos, neg, steps=1)
     assert len(support.steered_layers(m)) == 4

@@ -10,73 +10,45 @@ Held against code written here, independent of the pack:
   per forward, none in the noise refiner,
 * the negative stream after the context refiner and after main layer 0 equals the caption stream of a
   plain forward on the negative,
-* alpha = 0 is bit-identical; caption-query rows are untouched; a caption padding mask stays on the
-  positive where the model honours it (0.3.64) and NASA places the image where the model does where it
-  does not (0.33); uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step; NASA's object
-  patches are gone from the layers once the plain model is loaded again,
+* caption-query rows are untouched; a caption padding mask stays on the positive where the model honours it
+  (0.3.64) and NASA places the image where the model does where it does not (0.33); cfg 1 runs one pass per
+  step; NASA's object patches are gone from the layers once the plain model is loaded again,
 * the variants ComfyUI builds on NextDiT that NASA does not support, where this ComfyUI has them (Z-Image,
-  NewBie, the Omni reference path), are refused with an error naming them,
-* a one-step NASA run steers every main layer (the sampler wrapper's record of the steered layers).
+  NewBie, the Omni reference path), are refused with an error naming them.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows in one batch or separate passes, batches,
+widths, a second node, the canary) run in test_contract.py.
 
 The reference gives the caption positions 0..P-1 and the image P (ComfyUI 0.3.64's layout); 0.33 counts from
 1 (caption 1..P, image P+1). Rotary attention depends on position differences only, so one reference holds
 for both.
 
 The random-weight builder leaves RMSNorm weights at 0 (every caption embedding, query and key, and every
-layer's residual branch would be zero); the model here gets weights drawn around 1.
+layer's residual branch would be zero); the model here gets weights drawn around 1 (family_cases.py).
 """
 from __future__ import annotations
 
 import inspect
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
-POS_LEN, NEG_LEN = 20, 27      # distinct, so hooks can tell the prompts apart
+POS_LEN, NEG_LEN = cases.CASES["lumina2"].pos_len, cases.CASES["lumina2"].neg_len   # distinct, for hooks
 H, W = 8, 12                   # latent size: 4 x 6 = 24 image tokens
 IMAGE_TOKENS = (H // 2) * (W // 2)
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_weights.models")
-    nasa_run = comfyui.mod("adapters.run")
-    lumina = comfyui.mod("adapters.lumina2")
-    cache = {}
-
-    def model(dtype=torch.float32):
-        if dtype not in cache:
-            cache[dtype] = rm.build_dit_model("lumina2", dtype=dtype, seed=0)
-            support.sharpen_rms_norms(cache[dtype].model.diffusion_model)
-        return cache[dtype]
-
-    apply = support.apply_nasa
-
-    return dict(rm=rm, nasa_run=nasa_run, lumina=lumina, model=model, config=rm.DIT_FAMILIES["lumina2"][1],
-                apply=apply)
+    return cases.family_env(comfyui, "lumina2", lumina="adapters.lumina2")
 
 
 def _width(config):
     return config["cap_feat_dim"]
-
-
-def _cond(t):
-    """A conditioning entry as ComfyUI's Gemma encoder gives it (Lumina 2 takes its token count from the mask)."""
-    return [[t, {"attention_mask": torch.ones(1, t.shape[1], dtype=torch.long)}]]
-
-
-def _conds(config, width=None, neg_len=NEG_LEN):
-    g = torch.Generator().manual_seed(0)
-    width = width or _width(config)
-    return _cond(torch.randn(1, POS_LEN, width, generator=g)), _cond(torch.randn(1, neg_len, width, generator=g))
-
-
-def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
-    return support.sample(model, torch.zeros(batch, 16, H, W), pos, neg, cfg, steps, capture)
 
 
 def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extra):
@@ -85,12 +57,7 @@ def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extr
     keyword arguments of the model's forward."""
     import comfy.model_management
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    nasa_run = env["nasa_run"]
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
-                            layers=env["lumina"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["lumina"].FAMILY)
     comfy.model_management.load_models_gpu([m])
     num_tokens = context.shape[1] if attention_mask is None else int(attention_mask[0].sum())
     with torch.no_grad():
@@ -100,20 +67,7 @@ def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extr
 
 # ----------------------------------------------------------------------------- independent reference
 
-def _rotate(x, ids, axes_dim, theta=10000):
-    """Rotary embedding written out: (B, L, heads, D) by positions ids (B, L, axes), float64."""
-    angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-                        for a, d in enumerate(axes_dim)], dim=-1)[:, :, None]
-    x = x.double().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    return torch.stack((x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()), -1).flatten(-2)
-
-
-def _attn(q, k, v):
-    """(B, L, heads, D) -> (B, L, heads*D), softmax in float64."""
-    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
-    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
-    return o.transpose(1, 2).flatten(2)
+_rotate, _attn = support.reference_rotary, support.reference_attention     # float64, written out in support
 
 
 def _caption_ids(b, n):
@@ -213,51 +167,28 @@ def test_matches_independent_reference(env):
         want = _reference(dm, config, x, t, context, negative, 1.0)
         base = _reference(dm, config, x, t, context, negative, 0.0)
         wrong = _reference(dm, config, x, t, context, negative, 1.0, negative_beside_positive=True)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= 1e-3 * effect, (err, effect)
-    assert (got - wrong).abs().max() > 10 * err          # the negative's RoPE positions show in the output
+    support.check_close(got, want, base)
+    assert (got - wrong).abs().max() > 10 * (got - want).abs().max()    # the negative's RoPE positions show
 
 
 def test_negative_goes_through_the_caption_path_once_and_every_main_layer_once_per_forward(env):
     mp = env["model"]()
     dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"])
-    lengths, handles = {}, []
-    for group in ("context_refiner", "noise_refiner", "layers"):
-        for i, layer in enumerate(getattr(dm, group)):
-            handles.append(layer.attention.qkv.register_forward_hook(
-                lambda mod, inp, out, key=(group, i): lengths.setdefault(key, []).append(inp[0].shape[1])))
-    embeds = []
-    handles.append(dm.cap_embedder.register_forward_hook(lambda mod, inp, out: embeds.append(inp[0].shape[1])))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
-        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    assert sorted(embeds) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN]
-    n_refiner, n_layers = len(dm.context_refiner), len(dm.layers)
-    assert len(lengths) == 2 * n_refiner + n_layers
-    for (group, i), seen in lengths.items():
+    pos, neg = cases.conds(env["rm"], "lumina2")
+    modules = {(group, i): layer.attention.qkv for group in ("context_refiner", "noise_refiner", "layers")
+               for i, layer in enumerate(getattr(dm, group))}
+    with support.Lengths(modules) as lengths, support.Lengths([dm.cap_embedder]) as embeds, \
+            support.Forwards(mp) as passes:
+        cases.sample(env["apply"](mp, alpha=0.5), "lumina2", pos, neg, cfg=1.0, steps=2)
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    assert sorted(embeds.calls[0]) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN]
+    for (group, i), seen in lengths.calls.items():
         if group == "context_refiner":                       # caption once, negative once
             assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (group, i, seen)
         elif group == "noise_refiner":                       # the image only
             assert seen == [IMAGE_TOKENS, IMAGE_TOKENS], (group, i, seen)
         else:                                                # [caption; image] once, negative once
             assert sorted(seen) == [NEG_LEN, NEG_LEN, POS_LEN + IMAGE_TOKENS, POS_LEN + IMAGE_TOKENS], (group, i, seen)
-
-
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_alpha_zero_is_bit_identical(env, cfg):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2))
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
 
 
 def test_negative_stream_equals_a_real_forward_on_the_negative(env):
@@ -267,41 +198,25 @@ def test_negative_stream_equals_a_real_forward_on_the_negative(env):
     mp = env["model"]()
     dm = mp.model.diffusion_model
     x, t, context, negative = _inputs(env["config"])
-    seen = {0: [], 1: []}
-    hs = [dm.layers[i].attention_norm1.register_forward_hook(lambda mod, inp, out, i=i: seen[i].append(inp[0].clone()))
-          for i in (0, 1)]
-    try:
+    norms = {f"layer{i}": dm.layers[i].attention_norm1 for i in (0, 1)}
+    with support.Inputs(**norms) as seen:
         _direct(env, mp, x, t, context, negative, 1.0)
-        stream = {i: [s for s in seen[i] if s.shape[1] == NEG_LEN] for i in seen}
-        seen = {0: [], 1: []}
-        with torch.no_grad():
-            dm(x, t, negative, NEG_LEN, transformer_options={})
-        real = {i: [s[:, :NEG_LEN] for s in seen[i]] for i in seen}
-    finally:
-        for h in hs:
-            h.remove()
-    for i in (0, 1):
-        assert len(stream[i]) == 1 and len(real[i]) == 1
-        torch.testing.assert_close(stream[i][0], real[i][0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(**norms) as real, torch.no_grad():
+        dm(x, t, negative, NEG_LEN, transformer_options={})
+    for name in norms:                                       # the plain forward's layers see [negative; image]
+        support.same_stream(seen[name], [s[:, :NEG_LEN] for s in real[name]], NEG_LEN)
 
 
 def test_only_image_queries_are_steered(env):
     """In main layer 0 the caption tokens' attention output (input of attention.out) is bit-identical with and
     without NASA; the image tokens' is not."""
     mp = env["model"]()
-    layer = mp.model.diffusion_model.layers[0]
-    x, t, context, negative = _inputs(env["config"])
-    seen = []
-    h = layer.attention.out.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
-    try:
-        _direct(env, mp, x, t, context, negative, 0.0)
-        _direct(env, mp, x, t, context, negative, 1.0)
-    finally:
-        h.remove()
-    joint = [s for s in seen if s.shape[1] == POS_LEN + IMAGE_TOKENS]
-    assert len(joint) == 2
-    assert torch.equal(joint[0][:, :POS_LEN], joint[1][:, :POS_LEN])
-    assert not torch.equal(joint[0][:, POS_LEN:], joint[1][:, POS_LEN:])
+    args = _inputs(env["config"])
+    with support.Inputs(out=mp.model.diffusion_model.layers[0].attention.out) as seen:
+        _direct(env, mp, *args, 0.0)
+        _direct(env, mp, *args, 1.0)
+    joint = [s for s in seen["out"] if s.shape[1] == POS_LEN + IMAGE_TOKENS]
+    support.unchanged_then_changed([s[:, :POS_LEN] for s in joint], [s[:, POS_LEN:] for s in joint])
 
 
 def test_caption_padding_mask_stays_on_the_positive(env):
@@ -349,80 +264,16 @@ def test_rows_with_different_caption_lengths_are_refused(env):
     assert lumina._image_tokens(state, x, None, "test") == image
 
 
-@pytest.mark.parametrize("neg_len", [NEG_LEN, POS_LEN], ids=["separate_passes", "one_batch"])
-def test_cfg_above_one_leaves_uncond_rows_untouched(env, neg_len):
-    """At cfg 3 the uncond prediction is bit-identical with and without NASA and the cond one is not, whether
-    ComfyUI runs cond and uncond as two passes (prompt lengths differ) or as one batch (equal lengths)."""
-    mp = env["model"]()
-    pos, neg = _conds(env["config"], neg_len=neg_len)
-    plain, steered, batches = [], [], []
-    h = mp.model.diffusion_model.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
-    try:
-        _sample(mp, pos, neg, cfg=3.0, capture=plain)
-        _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
-    finally:
-        h.remove()
-    assert set(batches) == {2 if neg_len == POS_LEN else 1}
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
 def test_object_patches_leave_with_the_nasa_model(env):
     """After a NASA run, loading the plain model restores every main layer's own forward and its output."""
     mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    before = _sample(mp, pos, neg, steps=2)
-    _sample(env["apply"](mp, alpha=1.0), pos, neg, steps=2)
-    after = _sample(mp, pos, neg, steps=2)
+    pos, neg = cases.conds(env["rm"], "lumina2")
+    before = cases.sample(mp, "lumina2", pos, neg, steps=2)
+    cases.sample(env["apply"](mp, alpha=1.0), "lumina2", pos, neg, steps=2)
+    after = cases.sample(mp, "lumina2", pos, neg, steps=2)
     assert torch.equal(before, after)
     for layer in mp.model.diffusion_model.layers:
         assert getattr(layer.forward, "__func__", None) is type(layer).forward
-
-
-def test_batch_two_steers_each_row_like_batch_one(env):
-    mp = env["model"]()
-    x, t, context, negative = _inputs(env["config"], batch=2)
-    both = _direct(env, mp, x, t, context, negative, 1.0)
-    for i in range(2):
-        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], negative, 1.0)
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, dtype):
-    mp = env["model"](dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    pos, neg = _conds(env["config"])
-    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    _, other = _conds(env["config"], width=_width(env["config"]) + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this Lumina 2 .* "
-                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=other)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    x, t, context, negative = _inputs(env["config"])
-    once = _direct(env, mp, x, t, context, negative, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
-    assert torch.equal(once, twice)
-
-
-def test_one_step_run_steers_every_layer(env):
-    """The canary: after a one-step NASA run at alpha > 0 the sampler wrapper's record of the steered layers
-    holds every main layer the selection may name (a layer NASA's patches no longer reach would be missing)."""
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    m = env["apply"](mp, alpha=0.5)
-    _sample(m, pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["lumina"].FAMILY, m)
-    assert len(support.steered_layers(m)) == len(mp.model.diffusion_model.layers)
 
 
 def _refused(env, mp, name):

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
 NAG = dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5)      # the node's defaults
@@ -40,18 +41,9 @@ def env(comfyui):
 
     def family(name):
         if name not in cache:
-            if name == "flux":
-                base = rm.build_dit_model("flux", seed=0)
-                pos, neg = support.flux_conds(rm.DIT_FAMILIES["flux"][1], pos_len=TOKENS, neg_len=TOKENS)
-                latent = torch.zeros(1, 16, 8, 8)
-            else:
-                base = rm.build_unet_model("sd15", "tiny", seed=0)
-                width = base.model.model_config.unet_config["context_dim"]
-                g = torch.Generator().manual_seed(0)
-                pos = [[torch.randn(1, TOKENS, width, generator=g), {}]]
-                neg = [[torch.randn(1, TOKENS, width, generator=g), {}]]
-                latent = torch.zeros(1, 4, 8, 8)
-            cache[name] = SimpleNamespace(name=name, base=base, pos=pos, neg=neg, latent=latent)
+            pos, neg = cases.conds(rm, name, TOKENS, TOKENS)
+            cache[name] = SimpleNamespace(name=name, base=cases.model(rm, name), pos=pos, neg=neg,
+                                          latent=cases.latent(name))
         return cache[name]
 
     return SimpleNamespace(family=family, nodes=comfyui.nodes, dir=comfyui.dir, version=comfyui.version,
@@ -69,6 +61,16 @@ def _nag_node(env):
 
 def _nag(node, model):
     return node.execute(model=model, **NAG).result[0]
+
+
+def _with_nag(env, family, cfg):
+    """(NAGuidance, the family's models, NAG alone's output at ``cfg``), or None where this ComfyUI has no NAGuidance
+    (asserted by :func:`_nag_node`)."""
+    node = _nag_node(env)
+    if node is None:
+        return None
+    fam = env.family(family)
+    return node, fam, _sample(fam, _nag(node, fam.base), cfg)
 
 
 def _sample(fam, model, cfg):
@@ -89,12 +91,11 @@ def _canary(env, model, what):
 
 @pytest.mark.parametrize("family,cfg", CASES)
 def test_nasa_and_nag_both_act_in_either_order(env, family, cfg):
-    node = _nag_node(env)
-    if node is None:
+    ready = _with_nag(env, family, cfg)
+    if ready is None:
         return
-    fam = env.family(family)
+    node, fam, nag = ready
     plain = _sample(fam, fam.base, cfg)
-    nag = _sample(fam, _nag(node, fam.base), cfg)
     nasa = _sample(fam, support.apply_nasa(fam.base, alpha=1.0), cfg)
 
     nag_then_nasa = support.apply_nasa(_nag(node, fam.base), alpha=1.0)
@@ -116,11 +117,10 @@ def test_nasa_and_nag_both_act_in_either_order(env, family, cfg):
 
 @pytest.mark.parametrize("family,cfg", CASES)
 def test_alpha_zero_with_nag_is_nag(env, family, cfg):
-    node = _nag_node(env)
-    if node is None:
+    ready = _with_nag(env, family, cfg)
+    if ready is None:
         return
-    fam = env.family(family)
-    nag = _sample(fam, _nag(node, fam.base), cfg)
+    node, fam, nag = ready
     for what, model in (("NAG, then NASA", support.apply_nasa(_nag(node, fam.base), alpha=0.0)),
                         ("NASA, then NAG", _nag(node, support.apply_nasa(fam.base, alpha=0.0)))):
         assert torch.equal(_sample(fam, model, cfg), nag), f"{what} at alpha 0 differs from NAG alone"

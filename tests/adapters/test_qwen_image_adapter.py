@@ -6,93 +6,52 @@ Held against code written here, independent of the pack:
   giving the negative FLUX's zero text positions instead is detectably wrong,
 * hooks counting each block's text projection of the negative (one per block per forward),
 * the negative stream after block 0 equals the text stream of a plain forward on the negative,
-* alpha = 0 is bit-identical; text-query rows of the first block are untouched; Edit reference
-  latents are not steered; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step,
+* text-query rows of the first block are untouched; Edit reference latents are not steered; cfg 1 runs one
+  pass per step,
 * the variants ComfyUI builds on the same class where this ComfyUI has them (Edit-2511: reference tokens
   modulated at timestep 0; Layered: T layers of image tokens and an extra timestep embedding) against the
-  same reference; MageFlow (Qwen-Image's blocks in a model of its own) is refused,
-* a one-step NASA run steers every block (the sampler wrapper's record of the steered layers).
+  same reference; MageFlow (Qwen-Image's blocks in a model of its own) is refused.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows in one batch or separate passes, batches,
+widths, a second node, the canary) run in test_contract.py.
 
 The random-weight builder leaves RMSNorm weights at 0 (every query and key would be zero, every
-attention uniform, and no RoPE choice would show); the model here gets weights drawn around 1.
+attention uniform, and no RoPE choice would show); the model here gets weights drawn around 1 (family_cases.py).
 """
 from __future__ import annotations
 
 import inspect
-import math
 
 import pytest
 import torch
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
-POS_LEN, NEG_LEN = 20, 27      # distinct, so hooks can tell the prompts apart
+POS_LEN, NEG_LEN = cases.CASES["qwen_image"].pos_len, cases.CASES["qwen_image"].neg_len   # distinct, for hooks
 H, W = 8, 12                   # latent size: 4 x 6 image tokens, text positions start at 3
 
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    rm = comfyui.mod("runner.random_weights.models")
-    nasa_run = comfyui.mod("adapters.run")
-    qwen = comfyui.mod("adapters.qwen_image")
-    cache = {}
-
-    def model(dtype=torch.float32, **variant):
-        key = (dtype, tuple(sorted(variant.items())))
-        if key not in cache:
-            cache[key] = rm.build_dit_model("qwen_image", dtype=dtype, seed=0, **variant)
-            support.sharpen_rms_norms(cache[key].model.diffusion_model)
-        return cache[key]
-
-    apply = support.apply_nasa
-
-    return dict(rm=rm, nasa_run=nasa_run, qwen=qwen, model=model, config=rm.DIT_FAMILIES["qwen_image"][1],
-                apply=apply)
+    return cases.family_env(comfyui, "qwen_image", qwen="adapters.qwen_image")
 
 
 def _width(config):
     return config["joint_attention_dim"]
 
 
-def _conds(config, width=None, neg_len=NEG_LEN):
-    g = torch.Generator().manual_seed(0)
-    width = width or _width(config)
-    return [[torch.randn(1, POS_LEN, width, generator=g), {}]], [[torch.randn(1, neg_len, width, generator=g), {}]]
-
-
-def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, capture=None):
-    return support.sample(model, torch.zeros(batch, 16, 1, H, W), pos, neg, cfg, steps, capture)
-
-
 def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None):
     """One diffusion-model forward of the NASA clone of ``mp``, NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    nasa_run = env["nasa_run"]
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
-                            layers=env["qwen"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    # as the sampler does (comfy.sampler_helpers): the patcher's wrappers travel in transformer_options
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["qwen"].FAMILY)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, ref_latents=ref_latents, transformer_options=options)
 
 
 # ----------------------------------------------------------------------------- independent reference
 
-def _rotate(x, ids, axes_dim, theta=10000):
-    """Rotary embedding written out: (B, L, heads, D) by positions ids (B, L, axes), float64."""
-    angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-                        for a, d in enumerate(axes_dim)], dim=-1)[:, :, None]
-    x = x.double().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    return torch.stack((x0 * angles.cos() - x1 * angles.sin(), x0 * angles.sin() + x1 * angles.cos()), -1).flatten(-2)
-
-
-def _attn(q, k, v):
-    """(B, L, heads, D) -> (B, L, heads*D), softmax in float64."""
-    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
-    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
-    return o.transpose(1, 2).flatten(2)
+_rotate, _attn = support.reference_rotary, support.reference_attention     # float64, written out in support
 
 
 def _image_ids(b, h_len, w_len, index=0, frames=1):
@@ -207,10 +166,7 @@ def _check(env, alpha=1.0, ref_latents=None, tol=1e-3, mp=None, frames=1, ref_ti
         dm = mp.model.diffusion_model
         want = _reference(dm, config, x, t, context, negative, alpha, ref_latents, ref_timestep_zero=ref_timestep_zero)
         base = _reference(dm, config, x, t, context, negative, 0.0, ref_latents, ref_timestep_zero=ref_timestep_zero)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= tol * effect, (err, effect)
+    support.check_close(got, want, base, tol)
     return got
 
 
@@ -249,31 +205,13 @@ def test_edit_reference_latents_are_keys_but_not_steered(env):
 def test_every_block_projects_the_negative_once_per_forward(env):
     mp = env["model"]()
     dm = mp.model.diffusion_model
-    pos, neg = _conds(env["config"])
-    lengths, handles = {}, []
-    for i, blk in enumerate(dm.transformer_blocks):
-        handles.append(blk.attn.add_k_proj.register_forward_hook(
-            lambda mod, inp, out, i=i: lengths.setdefault(i, []).append(inp[0].shape[1])))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
-        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    assert sorted(lengths) == list(range(len(dm.transformer_blocks)))
-    for i, seen in lengths.items():                          # text stream: positive once, negative once
+    pos, neg = cases.conds(env["rm"], "qwen_image")
+    with support.Lengths([blk.attn.add_k_proj for blk in dm.transformer_blocks]) as lengths, \
+            support.Forwards(mp) as passes:
+        cases.sample(env["apply"](mp, alpha=0.5), "qwen_image", pos, neg, cfg=1.0, steps=2)
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    for i, seen in lengths.calls.items():                    # text stream: positive once, negative once
         assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (i, seen)
-
-
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_alpha_zero_is_bit_identical(env, cfg):
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2))
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
 
 
 def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):
@@ -282,19 +220,11 @@ def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative
     mp = env["model"]()
     dm = mp.model.diffusion_model
     x, t, context, negative = _inputs(env["config"])
-    seen = []
-    h = dm.transformer_blocks[1].txt_norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
-    try:
+    with support.Inputs(nasa=dm.transformer_blocks[1].txt_norm1) as seen:
         _direct(env, mp, x, t, context, negative, 1.0)
-        stream = [s for s in seen if s.shape[1] == NEG_LEN]
-        seen.clear()
-        with torch.no_grad():
-            dm(x, t, negative, transformer_options={})
-        real = [s for s in seen if s.shape[1] == NEG_LEN]
-    finally:
-        h.remove()
-    assert len(stream) == 1 and len(real) == 1
-    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(plain=dm.transformer_blocks[1].txt_norm1) as real, torch.no_grad():
+        dm(x, t, negative, transformer_options={})
+    support.same_stream(seen["nasa"], real["plain"], NEG_LEN)
 
 
 def test_only_image_queries_are_steered(env):
@@ -302,83 +232,11 @@ def test_only_image_queries_are_steered(env):
     NASA; the image tokens' (input of to_out[0]) is not."""
     mp = env["model"]()
     blk = mp.model.diffusion_model.transformer_blocks[0]
-    x, t, context, negative = _inputs(env["config"])
-    seen = {}
-    hs = [blk.attn.to_add_out.register_forward_hook(lambda m, i, o: seen.setdefault("txt", []).append(i[0].clone())),
-          blk.attn.to_out[0].register_forward_hook(lambda m, i, o: seen.setdefault("img", []).append(i[0].clone()))]
-    try:
-        _direct(env, mp, x, t, context, negative, 0.0)
-        _direct(env, mp, x, t, context, negative, 1.0)
-    finally:
-        for h in hs:
-            h.remove()
-    txt = [s for s in seen["txt"] if s.shape[1] == POS_LEN]
-    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
-    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
-
-
-@pytest.mark.parametrize("neg_len", [NEG_LEN, POS_LEN], ids=["separate_passes", "one_batch"])
-def test_cfg_above_one_leaves_uncond_rows_untouched(env, neg_len):
-    """At cfg 3 the uncond prediction is bit-identical with and without NASA and the cond one is not, whether
-    ComfyUI runs cond and uncond as two passes (prompt lengths differ) or as one batch (equal lengths)."""
-    mp = env["model"]()
-    pos, neg = _conds(env["config"], neg_len=neg_len)
-    plain, steered, batches = [], [], []
-    h = mp.model.diffusion_model.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
-    try:
-        _sample(mp, pos, neg, cfg=3.0, capture=plain)
-        _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
-    finally:
-        h.remove()
-    assert set(batches) == {2 if neg_len == POS_LEN else 1}
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
-def test_batch_two_steers_each_row_like_batch_one(env):
-    mp = env["model"]()
-    x, t, context, negative = _inputs(env["config"], batch=2)
-    both = _direct(env, mp, x, t, context, negative, 1.0)
-    for i in range(2):
-        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], negative, 1.0)
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, dtype):
-    mp = env["model"](dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    pos, neg = _conds(env["config"])
-    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    _, other = _conds(env["config"], width=_width(env["config"]) + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this Qwen-Image .* "
-                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=other)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    x, t, context, negative = _inputs(env["config"])
-    once = _direct(env, mp, x, t, context, negative, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, negative, 1.0)
-    assert torch.equal(once, twice)
-
-
-def test_one_step_run_steers_every_block(env):
-    """The canary: after a one-step NASA run at alpha > 0 the sampler wrapper's record of the steered layers
-    holds every block the selection may name (a block NASA's hooks no longer reach would be missing)."""
-    mp = env["model"]()
-    pos, neg = _conds(env["config"])
-    m = env["apply"](mp, alpha=0.5)
-    _sample(m, pos, neg, steps=1)
-    assert support.steered_layers(m) == support.all_layers(env["qwen"].FAMILY, m)
-    assert len(support.steered_layers(m)) == len(mp.model.diffusion_model.transformer_blocks)
+    args = _inputs(env["config"])
+    with support.Inputs(txt=blk.attn.to_add_out, img=blk.attn.to_out[0]) as seen:
+        _direct(env, mp, *args, 0.0)
+        _direct(env, mp, *args, 1.0)
+    support.unchanged_then_changed([s for s in seen["txt"] if s.shape[1] == POS_LEN], seen["img"])
 
 
 def _model_takes(name):

@@ -6,8 +6,11 @@ Held against code written here, independent of the pack:
 * hooks counting each block's text-stream projection of the negative (one per block per forward) and showing
   the image is never duplicated,
 * the negative stream after the first block equals the text stream of a plain forward on the negative,
-* alpha = 0 is bit-identical; text-query rows of the first block and SD3.5M's image-only self-attention are
-  untouched; uncond rows at cfg > 1 are untouched; cfg 1 runs one pass per step.
+* text-query rows of the first block and SD3.5M's image-only self-attention are untouched; cfg 1 runs one pass
+  per step; a block replace installed before NASA still runs.
+
+The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows, batches, widths, a second node, the canary)
+run on the SD3.5 Large-like and SD3.5 Medium-like models in test_contract.py.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nasa_family_cases as cases
 import nasa_test_support as support
 
 POS_LEN = 154          # two CLIP chunks
@@ -24,30 +28,14 @@ NEG_LEN = 231          # distinct from POS_LEN, so hooks can tell them apart; lc
 IMAGE_TOKENS = 16      # 8x8 latent, patch 2
 
 
-def _random_qk_norms(mp, seed=5):
-    """Random RMS qk-norm weights (the shared random builder zeroes 1-d weights of norms it does not know, which
-    would make every query and key zero and every attention uniform)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in mp.model.diffusion_model.named_modules():
-            if name.endswith((".ln_q", ".ln_k")) and getattr(module, "weight", None) is not None:
-                w = 1.0 + 0.5 * torch.randn(module.weight.shape, generator=g)
-                module.weight.copy_(w.to(module.weight.dtype))
-    return mp
-
-
 @pytest.fixture(scope="module")
 def env(comfyui):
     rm = comfyui.mod("runner.random_weights.models")
     nasa_run = comfyui.mod("adapters.run")
     sd3 = comfyui.mod("adapters.sd3")
-    cache = {}
 
     def model(family="sd3", dtype=torch.float32, **overrides):
-        key = (family, dtype, tuple(sorted(overrides.items())))
-        if key not in cache:
-            cache[key] = _random_qk_norms(rm.build_dit_model(family, dtype=dtype, seed=0, **overrides))
-        return cache[key]
+        return cases.model(rm, family, dtype, **overrides)     # random RMS qk norms (family_cases.py)
 
     apply = support.apply_nasa
 
@@ -62,27 +50,14 @@ def _widths(config):
     return config["context_embedder_config"]["params"]["in_features"], config["adm_in_channels"]
 
 
-def _conds(config, seed=0, width=None):
-    g = torch.Generator().manual_seed(seed)
-    context_width, pooled = _widths(config)
-    width = width or context_width
-    pos = [[torch.randn(1, POS_LEN, width, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]]
-    neg = [[torch.randn(1, NEG_LEN, width, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]]
-    return pos, neg
-
-
-def _sample(model, pos, neg, cfg=1.0, steps=1, batch=1, size=8, capture=None):
-    return support.sample(model, torch.zeros(batch, 16, size, size), pos, neg, cfg, steps, capture)
+def _conds(env, family):
+    return cases.conds(env["rm"], family, POS_LEN, NEG_LEN)
 
 
 def _direct(env, mp, x, t, context, y, negative, alpha):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
     m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    nasa_run = env["nasa_run"]
-    run = nasa_run.NasaRun(nasa_run.negative_prompt([(negative, {})], alpha), {}, "test",
-                            layers=env["sd3"].FAMILY.layers(m.model))
-    options = dict(m.model_options["transformer_options"])
-    options.update({nasa_run.RUN_KEY: run, "cond_or_uncond": [0]})
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["sd3"].FAMILY)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context.clone(), y=y, transformer_options=options)  # a context processor adds in place
 
@@ -173,10 +148,7 @@ def _check_against_reference(env, mp, config, alpha=1.0, tol=1e-3):
     with torch.no_grad():
         want = _reference(dm, x, t, context, y, negative, alpha)
         base = _reference(dm, x, t, context, y, negative, 0.0)
-    effect = (want - base).abs().max().item()
-    err = (got - want).abs().max().item()
-    assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-    assert err <= tol * effect, (err, effect)
+    support.check_close(got, want, base, tol)
 
 
 VARIANTS = {
@@ -202,45 +174,23 @@ def test_matches_independent_reference(env, variant):
 def test_every_block_projects_the_negative_once_and_the_image_is_not_duplicated(env, family):
     mp = env["model"](family)
     dm = mp.model.diffusion_model
-    pos, neg = _conds(_config(env, family))
-    lengths, handles = {}, []
-
-    def record(key):
-        return lambda mod, inp, out: lengths.setdefault(key, []).append(inp[0].shape[1])
-    handles.append(dm.context_embedder.register_forward_hook(record("embed")))
+    pos, neg = _conds(env, family)
+    modules = {"embed": dm.context_embedder}
     for i, blk in enumerate(dm.joint_blocks):
-        handles.append(blk.context_block.attn.qkv.register_forward_hook(record(("text", i))))
-        handles.append(blk.x_block.attn.qkv.register_forward_hook(record(("image", i))))
+        modules.update({("text", i): blk.context_block.attn.qkv, ("image", i): blk.x_block.attn.qkv})
         if blk.x_block.x_block_self_attn:
-            handles.append(blk.x_block.attn2.qkv.register_forward_hook(record(("image self", i))))
-    passes = []
-    handles.append(dm.register_forward_pre_hook(lambda *a: passes.append(1)))
-    try:
-        _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=1.0, steps=2)
-    finally:
-        for h in handles:
-            h.remove()
-    assert len(passes) == 2                                  # cfg 1: one pass per step, no negative batch
-    assert sorted(lengths.pop("embed")) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN]
+            modules[("image self", i)] = blk.x_block.attn2.qkv
+    with support.Lengths(modules) as lengths, support.Forwards(mp) as passes:
+        cases.sample(env["apply"](mp, alpha=0.5), family, pos, neg, cfg=1.0, steps=2)
+    assert passes.n == 2                                     # cfg 1: one pass per step, no negative batch
+    assert sorted(lengths.calls.pop("embed")) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN]
     n_self = sum(blk.x_block.x_block_self_attn for blk in dm.joint_blocks)
     assert n_self == len(_config(env, family)["x_block_self_attn_layers"])
-    assert len(lengths) == 2 * len(dm.joint_blocks) + n_self
-    for (kind, i), seen in lengths.items():
+    for (kind, i), seen in lengths.calls.items():
         if kind == "text":                                   # positive once, negative once, every block incl. the last
             assert sorted(seen) == [POS_LEN, POS_LEN, NEG_LEN, NEG_LEN], (kind, i, seen)
         else:                                                # image tokens once per forward
             assert seen == [IMAGE_TOKENS, IMAGE_TOKENS], (kind, i, seen)
-
-
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-@pytest.mark.parametrize("family", ["sd3", "sd35m"])
-def test_alpha_zero_is_bit_identical(env, family, cfg):
-    mp = env["model"](family)
-    pos, neg = _conds(_config(env, family))
-    base = _sample(mp, pos, neg, cfg=cfg, steps=2)
-    got = _sample(env["apply"](mp, alpha=0.0), pos, neg, cfg=cfg, steps=2)
-    assert torch.equal(base, got)
-    assert not torch.equal(base, _sample(env["apply"](mp, alpha=0.5), pos, neg, cfg=cfg, steps=2))
 
 
 @pytest.mark.parametrize("family", ["sd3", "sd35m"])
@@ -251,19 +201,12 @@ def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative
     mp = env["model"](family)
     dm = mp.model.diffusion_model
     x, t, context, y, negative = _inputs(_config(env, family))
-    seen = []
-    h = dm.joint_blocks[1].context_block.norm1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
-    try:
+    norm = dm.joint_blocks[1].context_block.norm1
+    with support.Inputs(nasa=norm) as seen:
         _direct(env, mp, x, t, context, y, negative, 1.0)
-        stream = [s for s in seen if s.shape[1] == NEG_LEN]
-        seen.clear()
-        with torch.no_grad():
-            dm(x, t, negative, y=y, transformer_options={})
-        real = [s for s in seen if s.shape[1] == NEG_LEN]
-    finally:
-        h.remove()
-    assert len(stream) == 1 and len(real) == 1
-    torch.testing.assert_close(stream[0], real[0], rtol=1e-5, atol=1e-5)
+    with support.Inputs(plain=norm) as real, torch.no_grad():
+        dm(x, t, negative, y=y, transformer_options={})
+    support.same_stream(seen["nasa"], real["plain"], NEG_LEN)
 
 
 def test_only_image_queries_of_the_joint_call_are_steered(env):
@@ -271,70 +214,15 @@ def test_only_image_queries_of_the_joint_call_are_steered(env):
     image-only self-attention's output (input of x attn2.proj) are bit-identical with and without NASA; the joint
     attention's image tokens (input of x attn.proj) are not."""
     mp = env["model"]("sd35m")
-    dm = mp.model.diffusion_model
-    x, t, context, y, negative = _inputs(_config(env, "sd35m"))
-    seen = {}
-    blk = dm.joint_blocks[0]
+    blk = mp.model.diffusion_model.joint_blocks[0]
     assert blk.x_block.x_block_self_attn
-    hs = [mod.register_forward_hook(lambda m, i, o, key=key: seen.setdefault(key, []).append(i[0].clone()))
-          for key, mod in (("txt", blk.context_block.attn.proj), ("img", blk.x_block.attn.proj),
-                           ("img self", blk.x_block.attn2.proj))]
-    try:
-        _direct(env, mp, x, t, context, y, negative, 0.0)
-        _direct(env, mp, x, t, context, y, negative, 1.0)
-    finally:
-        for h in hs:
-            h.remove()
-    txt = [s for s in seen["txt"] if s.shape[1] == POS_LEN]
-    assert len(txt) == 2 and torch.equal(txt[0], txt[1])
-    assert len(seen["img self"]) == 2 and torch.equal(seen["img self"][0], seen["img self"][1])
-    assert len(seen["img"]) == 2 and not torch.equal(seen["img"][0], seen["img"][1])
-
-
-def test_cfg_above_one_leaves_uncond_rows_untouched(env):
-    mp = env["model"]("sd35m")
-    pos, neg = _conds(_config(env, "sd35m"))
-    plain, steered = [], []
-    _sample(mp, pos, neg, cfg=3.0, capture=plain)
-    _sample(env["apply"](mp, alpha=1.0), pos, neg, cfg=3.0, capture=steered)
-    assert torch.equal(plain[0][1], steered[0][1])            # uncond prediction
-    assert not torch.equal(plain[0][0], steered[0][0])        # cond prediction steered
-
-
-def test_batch_two_steers_each_row_like_batch_one(env):
-    mp = env["model"]("sd35m")
-    x, t, context, y, negative = _inputs(_config(env, "sd35m"), batch=2)
-    both = _direct(env, mp, x, t, context, y, negative, 1.0)
-    for i in range(2):
-        one = _direct(env, mp, x[i:i + 1], t[i:i + 1], context[i:i + 1], y[i:i + 1], negative, 1.0)
-        torch.testing.assert_close(both[i:i + 1], one, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_finite_output(env, dtype):
-    mp = env["model"]("sd35m", dtype).clone()
-    if dtype == torch.bfloat16:
-        mp.set_model_compute_dtype(torch.bfloat16)          # on CPU ComfyUI would otherwise compute in fp32
-    pos, neg = _conds(_config(env, "sd35m"))
-    out = _sample(env["apply"](mp, alpha=0.5), pos, neg, steps=2)
-    assert torch.isfinite(out).all()
-
-
-def test_wrong_width_negative_names_node_family_and_fix(env):
-    mp = env["model"]()
-    config = _config(env)
-    _, other_encoder = _conds(config, width=_widths(config)[0] + 16)
-    with pytest.raises(ValueError, match=r"Apply NASA Attention: 'negative' is \d+ wide but this SD3/SD3\.5 .* "
-                                         r"expects \d+\. .* encode it with the same text encoder as the positive prompt"):
-        env["apply"](mp, negative=other_encoder)
-
-
-def test_second_nasa_node_replaces_the_first(env):
-    mp = env["model"]()
-    x, t, context, y, negative = _inputs(_config(env))
-    once = _direct(env, mp, x, t, context, y, negative, 1.0)
-    twice = _direct(env, env["apply"](mp, negative=[[negative, {}]], alpha=0.3), x, t, context, y, negative, 1.0)
-    assert torch.equal(once, twice)
+    args = _inputs(_config(env, "sd35m"))
+    with support.Inputs(txt=blk.context_block.attn.proj, img=blk.x_block.attn.proj,
+                        img_self=blk.x_block.attn2.proj) as seen:
+        _direct(env, mp, *args, 0.0)
+        _direct(env, mp, *args, 1.0)
+    support.unchanged_then_changed([s for s in seen["txt"] if s.shape[1] == POS_LEN], seen["img"])
+    assert len(seen["img_self"]) == 2 and torch.equal(seen["img_self"][0], seen["img_self"][1])
 
 
 def test_block_replace_installed_before_nasa_still_runs(env):

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+import nasa_test_support as support
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = {  # file: --random-weights family
     "flux_schnell_1step_nasa.json": "flux",
@@ -159,17 +161,8 @@ def without_nasa(name):
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
 def test_workflow_is_consistent_ui_format(name):
     wf = load(name)
-    assert wf["version"] == 0.4 and wf["groups"] == [] and wf["config"] == {} and wf["extra"] == {}
-    ids = [n["id"] for n in wf["nodes"]]
-    assert len(ids) == len(set(ids)) and wf["last_node_id"] == max(ids)
-    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
+    support.check_ui_workflow(wf)
     nodes = {n["id"]: n for n in wf["nodes"]}
-    for lid, src, slot, dst, dslot, typ in wf["links"]:
-        assert lid in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == typ
-        assert nodes[dst]["inputs"][dslot]["link"] == lid and nodes[dst]["inputs"][dslot]["type"] == typ
-    for n in wf["nodes"]:
-        assert {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
-                "widgets_values"} <= set(n)
     orders = sorted(n["order"] for n in wf["nodes"])
     assert orders == list(range(len(wf["nodes"])))
     for lid, src, _, dst, _, _ in wf["links"]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import nasa_test_support as support
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 
 wf_mod = importlib.import_module("nasa_runner.workflow")
@@ -101,17 +103,7 @@ def test_example_workflows_exist():
 @pytest.mark.parametrize("name", sorted(WORKFLOW_FAMILY))
 def test_example_workflow_is_consistent_ui_format(name):
     wf = load(name)
-    assert wf["version"] == 0.4 and wf["groups"] == [] and wf["config"] == {} and wf["extra"] == {}
-    ids = [n["id"] for n in wf["nodes"]]
-    assert len(ids) == len(set(ids)) and wf["last_node_id"] == max(ids)
-    assert wf["last_link_id"] == max(link[0] for link in wf["links"])
-    nodes = {n["id"]: n for n in wf["nodes"]}
-    for lid, src, slot, dst, dslot, typ in wf["links"]:
-        assert lid in nodes[src]["outputs"][slot]["links"] and nodes[src]["outputs"][slot]["type"] == typ
-        assert nodes[dst]["inputs"][dslot]["link"] == lid and nodes[dst]["inputs"][dslot]["type"] == typ
-    for n in wf["nodes"]:
-        assert {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
-                "widgets_values"} <= set(n)
+    support.check_ui_workflow(wf)
     assert any(n["type"] == "Note" and "cfg" in n["widgets_values"][0] for n in wf["nodes"])
 
 
