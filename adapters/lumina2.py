@@ -113,7 +113,7 @@ def _negative_rope(state, freqs_cis, image_start: int, node: str) -> dict:
     return pe
 
 
-def _image_tokens(state, x, x_mask, node: str) -> slice:
+def image_tokens(state, x, x_mask, node: str) -> slice:
     """The image tokens of a main layer's sequence: its last h * w. Under a caption mask the model honours (the
     mask reaches the layers), rows whose captions differ in length have their image elsewhere: refused."""
     start = x.shape[1] - state.info["image_tokens"]
@@ -179,7 +179,7 @@ def _make_layer_forward(index, layer, last, prior):
             return call.invoke(original)
 
         x = call["x"]
-        image = _image_tokens(state, x, call["x_mask"], node)
+        image = image_tokens(state, x, call["x_mask"], node)
         pe = _negative_rope(state, call["freqs_cis"], image.start, where)
         prepare, finish = _layer_streams(layer, call["adaln_input"], pe)
         return joint.run_block(state, {"x": x, "transformer_options": call["transformer_options"]}, call_block,

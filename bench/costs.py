@@ -27,7 +27,7 @@ META = torch.device("meta")
 class CostCase:
     name: str                 # what the cost table calls the model
     config_class: str         # comfy.supported_models class
-    unet_config: dict         # the published configuration, or {"random_models": family} for the UNet families
+    unet_config: dict         # the published configuration, or {"random_weights": family} (the UNet families)
     setting: str              # resolution / frames / prompt lengths, as shown in the table
     latent: tuple             # latent shape of one sample
     context: tuple            # (tokens, width) of the positive prompt
@@ -69,8 +69,8 @@ _HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=
                       guidance_embed=True, byt5=False, meanflow=False)
 
 CASES = [
-    CostCase("SD1.5 / SD-Turbo-class UNet", "SD15", {"random_models": "sd15"}, "512², 77 + 77 tokens", (4, 64, 64), (77, 768), 77),
-    CostCase("SDXL / DMD2 / Turbo", "SDXL", {"random_models": "sdxl"}, "1024², 77 + 77 tokens", (4, 128, 128), (77, 2048), 77,
+    CostCase("SD1.5 / SD-Turbo-class UNet", "SD15", {"random_weights": "sd15"}, "512², 77 + 77 tokens", (4, 64, 64), (77, 768), 77),
+    CostCase("SDXL / DMD2 / Turbo", "SDXL", {"random_weights": "sdxl"}, "1024², 77 + 77 tokens", (4, 128, 128), (77, 2048), 77,
              lambda dtype: {"y": meta_tensor(1, 2816, dtype=dtype)}),
     CostCase("FLUX.1 schnell/dev", "FluxSchnell", _FLUX, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096),
              256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype)}),
@@ -122,12 +122,13 @@ class _MetaSampling(torch.nn.Module):
         return model_output
 
 
-def _meta_model(case: CostCase, dtype):
+def meta_model(case: CostCase, dtype):
+    """The case's model at its published size on the meta device (shapes only), as a ModelPatcher."""
     import comfy.model_patcher
     import comfy.supported_models as sm
-    if "random_models" in case.unet_config:
+    if "random_weights" in case.unet_config:
         from ..runner.random_weights.models import model_config
-        config = model_config(case.unet_config["random_models"], "full", dtype)
+        config = model_config(case.unet_config["random_weights"], "full", dtype)
     else:
         from ..runner.random_weights.models import detected_config
         config = getattr(sm, case.config_class)(detected_config(case.unet_config))
@@ -163,7 +164,7 @@ def direct_options(nasa_model, negative: torch.Tensor, alpha: float, reuse_proje
 
 def count(case: CostCase, alpha: float = 0.5, dtype=torch.bfloat16) -> CostRow:
     """FLOPs of one forward, plain and with NASA."""
-    plain_model = _meta_model(case, dtype)
+    plain_model = meta_model(case, dtype)
     plain = _forward_flops(plain_model, case, {"cond_or_uncond": [0]}, dtype)
     nasa_model = apply_nasa(plain_model, negative=None, alpha=alpha, use_sampler_negative=True,
                                      node="nasa_cost")

@@ -175,7 +175,7 @@ def markdown(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def _check_steers(plain, steered, name, same=False):
+def check_steers(plain, steered, name, same=False):
     """The benchmark times what it claims: the guided path changes the output (``same``: two paths that
     must agree bit for bit do)."""
     a, b = plain(), steered()
@@ -303,11 +303,11 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
     fns["CFG"] = cfg
     if nag is not None:
         fns["NAG"] = _nag_forward(nag[case.nag], model, x, t, pos, neg, extra1, device, dtype)
-    _check_steers(plain, steered, case.name)
+    check_steers(plain, steered, case.name)
     if "NASA, steps 2+" in fns:
-        _check_steers(steered, steered_later, case.name, same=True)
+        check_steers(steered, steered_later, case.name, same=True)
     if nag is not None:
-        _check_steers(plain, fns["NAG"], case.name + " (ComfyUI-NAG)")
+        check_steers(plain, fns["NAG"], case.name + " (ComfyUI-NAG)")
     times = interleaved(fns, rounds, warmup, device)
     peaks = {}
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -410,8 +410,8 @@ def run_layer(case: LayerCase, rounds=200, warmup=10, dtype=torch.float32, alpha
             return attn.to_out(replace(q, k, v, extra))
         return steered
     steered, later = steered_with(extras[0]), steered_with(extras[1])
-    _check_steers(plain, steered, case.name)
-    _check_steers(steered, later, case.name, same=True)
+    check_steers(plain, steered, case.name)
+    check_steers(steered, later, case.name, same=True)
     times = interleaved({"plain": plain, "NASA": steered, "NASA, steps 2+": later}, rounds, warmup, device)
     lw = flop_math.linear_weights
     plain_flops = 2 * case.query_tokens * lw(attn.to_q.weight.shape) \

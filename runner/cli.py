@@ -51,7 +51,7 @@ class RunResult:
     elapsed: float = 0.0
 
 
-class _Report:
+class Report:
     """Progress output on stderr; silent when quiet (warnings still show)."""
 
     def __init__(self, quiet: bool, stream=None):
@@ -70,7 +70,7 @@ class HeadlessServer:
     """What the executor needs of ComfyUI's PromptServer: the attributes it reads and ``send_sync``,
     which here turns the executor's events into progress lines instead of websocket messages."""
 
-    def __init__(self, report: _Report, prompt: dict):
+    def __init__(self, report: Report, prompt: dict):
         self.client_id = None
         self.last_node_id = None
         self.last_prompt_id = None
@@ -127,10 +127,10 @@ class SetupError(WorkflowError):
     """ComfyUI could not be found or brought up (exit 2)."""
 
 
-def _ensure_comfy(comfyui=None, cpu: Optional[bool] = None, report: Optional[_Report] = None,
+def _ensure_comfy(comfyui=None, cpu: Optional[bool] = None, report: Optional[Report] = None,
                   quiet_imports: bool = True):
     """Boot ComfyUI in this process (once), load its extra nodes and this pack; returns ``nodes``."""
-    report = report or _Report(True)
+    report = report or Report(True)
     if comfyui is not None:
         comfy_dir = Path(comfyui).expanduser().resolve()
         if not comfy_env.is_comfyui_dir(comfy_dir):
@@ -262,7 +262,7 @@ def _register(nodes, node_cls) -> str:
     return schema.node_id
 
 
-def _apply_random_weights(nodes, prompt: dict, spec: str, report: _Report) -> list:
+def apply_random_weights(nodes, prompt: dict, spec: str, report: Report) -> list:
     """Swap the workflow's loaders for random-weight stand-ins of FAMILY (see --help).
 
     SD families: CheckpointLoaderSimple. DiT families: CheckpointLoaderSimple, UNETLoader, the CLIP
@@ -322,7 +322,7 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
     ``random_weights``: ``FAMILY[:SIZE]`` to swap the workflow's loaders for random weights.
     Boots ComfyUI (``comfyui`` / ``cpu`` as for the CLI) unless this process already did.
     """
-    report = _Report(quiet)
+    report = Report(quiet)
     t0 = time.perf_counter()
     prompt: dict = {}
     try:
@@ -334,7 +334,7 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
         for n in notes:
             report.info(f"  set {n}")
         if random_weights:
-            notes += _apply_random_weights(nodes, prompt, random_weights, report)
+            notes += apply_random_weights(nodes, prompt, random_weights, report)
     except WorkflowError as e:
         return RunResult(False, prompt=prompt, error=str(e), exit_code=EXIT_USAGE,
                          elapsed=time.perf_counter() - t0)
@@ -456,7 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     cpu = True if args.cpu else (False if args.gpu else None)
-    report = _Report(args.quiet)
+    report = Report(args.quiet)
     try:
         try:
             _ensure_comfy(args.comfyui, cpu, report, quiet_imports=not args.verbose)

@@ -258,10 +258,10 @@ def test_rows_with_different_caption_lengths_are_refused(env):
     mask = torch.zeros(2, POS_LEN + IMAGE_TOKENS)
     mask[1, POS_LEN - 3:POS_LEN] = -torch.finfo(torch.float32).max
     with pytest.raises(ValueError, match=r"test: this Lumina 2 batch holds captions of different lengths \[17, 20\]"):
-        lumina._image_tokens(state, x, mask, "test")
+        lumina.image_tokens(state, x, mask, "test")
     image = slice(POS_LEN, POS_LEN + IMAGE_TOKENS)
-    assert lumina._image_tokens(state, x, torch.zeros_like(mask), "test") == image
-    assert lumina._image_tokens(state, x, None, "test") == image
+    assert lumina.image_tokens(state, x, torch.zeros_like(mask), "test") == image
+    assert lumina.image_tokens(state, x, None, "test") == image
 
 
 def test_object_patches_leave_with_the_nasa_model(env):

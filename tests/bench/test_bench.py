@@ -30,9 +30,9 @@ def test_interleaving_rotates_the_order(bench):
 
 def test_a_path_that_does_not_steer_is_refused(bench):
     with pytest.raises(RuntimeError, match="does not steer"):
-        bench._check_steers(lambda: torch.ones(2), lambda: torch.ones(2), "x")
+        bench.check_steers(lambda: torch.ones(2), lambda: torch.ones(2), "x")
     with pytest.raises(RuntimeError, match="reused projections differs"):
-        bench._check_steers(lambda: torch.ones(2), lambda: torch.zeros(2), "x", same=True)
+        bench.check_steers(lambda: torch.ones(2), lambda: torch.zeros(2), "x", same=True)
 
 
 def test_framed_calls_are_timed_without_their_set_up(bench):

@@ -18,7 +18,7 @@ def test_every_supported_family_has_a_cost_case(env):
     import comfy.supported_models as sm
     covered = set()
     for case in env["costs"].CASES:
-        model = env["costs"]._meta_model(case, __import__("torch").bfloat16)
+        model = env["costs"].meta_model(case, __import__("torch").bfloat16)
         covered.add(env["adapters"].find_adapter(model))
         assert isinstance(model.model.model_config, getattr(sm, case.config_class))
     assert covered == set(env["adapters"].FAMILIES)

@@ -155,7 +155,7 @@ def test_example_workflows_validate_with_random_weights(comfy, cli, name):
     import asyncio
     import execution
     p = convert(comfy, load(name))
-    cli._apply_random_weights(comfy.nodes, p, WORKFLOW_FAMILY[name], cli._Report(True))
+    cli.apply_random_weights(comfy.nodes, p, WORKFLOW_FAMILY[name], cli.Report(True))
     ok, err, outputs, node_errors = asyncio.run(execution.validate_prompt("t", p, None))
     assert ok and not node_errors, (err, node_errors)
     assert [p[o]["class_type"] for o in outputs] == ["SaveImage"]
