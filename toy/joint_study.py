@@ -86,7 +86,8 @@ def _worlds() -> Dict[str, World]:
 WORLDS = _worlds()
 
 
-def _scores(d: dict) -> benchmark.Scores:
+def scores_of(d: dict) -> benchmark.Scores:
+    """A cell's scores as the study's JSON holds them, back as :class:`.benchmark.Scores`."""
     return benchmark.Scores(**d)
 
 
@@ -150,7 +151,7 @@ def tables(results: Sequence[dict]) -> str:
     summary = ["| world | setting | usable α | best removal (α) | usable α, defects aside | best removal (α) "
                "| FLOPs | CPU time |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        base = _scores(r["baseline"])
+        base = scores_of(r["baseline"])
         out.append(f"\n**{r['sampler']}** ({r['pairs']} held-out pairs × {r['seeds']} seeds; removal / retention / "
                    f"defects in %, ✓ = usable). No negative: {_pct(base.removal)} / {_pct(base.retention)} / "
                    f"{_pct(base.defects)}.\n")
@@ -162,12 +163,12 @@ def tables(results: Sequence[dict]) -> str:
         for label, cells in settings.items():
             row = []
             for c in cells:
-                s = _scores(c["scores"])
+                s = scores_of(c["scores"])
                 row.append(f"{_pct(s.removal)} / {_pct(s.retention)} / {_pct(s.defects)}" + (" ✓" if usable(base, s) else ""))
             out.append(f"| {label} | " + " | ".join(row) + " |")
             columns = []
             for defects in (True, False):
-                ok = [(c["alpha"], _scores(c["scores"])) for c in cells if usable(base, _scores(c["scores"]), defects)]
+                ok = [(c["alpha"], scores_of(c["scores"])) for c in cells if usable(base, scores_of(c["scores"]), defects)]
                 best = max(ok, key=lambda a_s: a_s[1].removal) if ok else None
                 columns += [", ".join(f"{a:g}" for a, _ in ok) or "none",
                             f"{_pct(best[1].removal)} (α {best[0]:g})" if best else "–"]
@@ -194,9 +195,9 @@ def load(path) -> dict:
 def extremes(result: dict) -> Tuple[dict, dict]:
     """The best cell (highest removal among usable ones, else highest removal x retention) and the worst
     (highest defect rate) of a world."""
-    base = _scores(result["baseline"])
+    base = scores_of(result["baseline"])
     cells = result["cells"]
-    ok = [c for c in cells if usable(base, _scores(c["scores"]))]
+    ok = [c for c in cells if usable(base, scores_of(c["scores"]))]
     best = max(ok, key=lambda c: c["scores"]["removal"]) if ok else \
         max(cells, key=lambda c: c["scores"]["removal"] * c["scores"]["retention"])
     worst = max(cells, key=lambda c: (c["scores"]["defects"], -c["scores"]["retention"]))

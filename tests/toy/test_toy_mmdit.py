@@ -170,8 +170,8 @@ def test_study_settings_and_tables(comfy, tmp_path):
              for g in ("off", "rescale") for a, s in zip(js.ALPHAS, (good, defective, lossy, base, good, good))]
     result = {"world": "mmdit", "sampler": "MMDiT student 1-step", "seeds": 100, "pairs": 5, "baseline": base,
               "cells": cells, "cost": {js.PROPAGATED: {"flops": 1.02, "time": 1.1}}}
-    assert [js.usable(js._scores(base), js._scores(s)) for s in (good, defective, lossy, base)] == [True, False, False, False]
-    assert [js.usable(js._scores(base), js._scores(s), defects=False) for s in (good, defective, lossy, base)] == \
+    assert [js.usable(js.scores_of(base), js.scores_of(s)) for s in (good, defective, lossy, base)] == [True, False, False, False]
+    assert [js.usable(js.scores_of(base), js.scores_of(s), defects=False) for s in (good, defective, lossy, base)] == \
         [True, True, False, False]
     text = js.tables([result])
     assert (f"| MMDiT student 1-step | {js.PROPAGATED} | 0.25, 1.5, 2 | 60.0 (α 0.25) | 0.25, 0.5, 1.5, 2 | 70.0 (α 0.5) "
