@@ -36,7 +36,6 @@ from typing import Optional
 from . import double_single, joint
 from .binding import wrapped_call
 from .run import RUN_KEY
-from .sampler import set_wrapper
 from .family import Family
 
 
@@ -98,11 +97,8 @@ def _check_text_positions(executor, *args, **kwargs):
 
 
 def install(model_patcher) -> int:
-    count = double_single.install_double_single(
-        model_patcher, functools.partial(double_single.make_double, prepare_for=_double_prepare, family="Chroma"),
-        functools.partial(double_single.make_single, prepare_for=_single_prepare, family="Chroma"))
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", _check_text_positions)
-    return count
+    return double_single.install_streams(model_patcher, _double_prepare, _single_prepare, "Chroma",
+                                         _check_text_positions)
 
 
 FAMILY = Family(

@@ -15,11 +15,13 @@ generated image's token count (:data:`IMAGE_TOKENS_KEY` in ``transformer_options
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 
 from . import joint
+from .sampler import set_wrapper
 
 IMAGE_TOKENS_KEY = "nasa_image_tokens"     # transformer_options: the generated image's tokens (references follow)
 
@@ -149,15 +151,28 @@ def flop_layers(model_patcher, latent, modulated: bool = True) -> tuple:
     return Embedding(module_linear_weights(dm.txt_in)), stream_layers(dm, n_img, n_img, modulated)
 
 
-def install_double_single(model_patcher, make_double: Callable, make_single: Callable) -> int:
+def install_double_single(model_patcher, make_double: Callable, make_single: Callable,
+                          forward_wrapper: Callable) -> int:
     """A ``"dit"`` replace per double and per single block of a FLUX-style model (FLUX, Chroma,
-    HunyuanVideo): ``make_double(i)`` / ``make_single(i)`` give block i's ``make(prior)``."""
+    HunyuanVideo): ``make_double(i)`` / ``make_single(i)`` give block i's ``make(prior)``; and the family's
+    ``DIFFUSION_MODEL`` wrapper. Returns the block count."""
     dm = model_patcher.model.diffusion_model
     for i in range(len(dm.double_blocks)):
         joint.install_dit_replace(model_patcher, "double_block", i, make_double(i))
     for i in range(len(dm.single_blocks)):
         joint.install_dit_replace(model_patcher, "single_block", i, make_single(i))
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", forward_wrapper)
     return len(dm.double_blocks) + len(dm.single_blocks)
+
+
+def install_streams(model_patcher, double_prepare: Callable, single_prepare: Callable, family: str,
+                    forward_wrapper: Callable) -> int:
+    """:func:`install_double_single` with this module's block replaces (:func:`make_double` / :func:`make_single`)
+    and the family's ``prepare`` steps (FLUX, Chroma: only where the modulation comes from differs)."""
+    return install_double_single(model_patcher,
+                                 functools.partial(make_double, prepare_for=double_prepare, family=family),
+                                 functools.partial(make_single, prepare_for=single_prepare, family=family),
+                                 forward_wrapper)
 
 
 def double_single_groups(model_patcher) -> dict:

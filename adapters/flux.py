@@ -19,7 +19,6 @@ image has.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 
@@ -27,7 +26,6 @@ from . import double_single, joint
 from .binding import wrapped_call
 from .family import Family
 from .run import RUN_KEY
-from .sampler import set_wrapper
 
 
 def _flux_class():
@@ -76,18 +74,14 @@ def _image_tokens_wrapper(executor, *args, **kwargs):
     x, options = call["x"], call["transformer_options"]
     if isinstance(options, dict) and options.get(RUN_KEY) is not None:
         p = executor.class_obj.patch_size
-        call["transformer_options"] = {**options,
-                                       double_single.IMAGE_TOKENS_KEY: ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)}
+        n_image = ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)
+        call["transformer_options"] = {**options, double_single.IMAGE_TOKENS_KEY: n_image}
         return call.invoke(executor)
     return executor(*args, **kwargs)
 
 
 def install(model_patcher) -> int:
-    count = double_single.install_double_single(
-        model_patcher, functools.partial(double_single.make_double, prepare_for=_double_prepare, family="FLUX"),
-        functools.partial(double_single.make_single, prepare_for=_single_prepare, family="FLUX"))
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", _image_tokens_wrapper)
-    return count
+    return double_single.install_streams(model_patcher, _double_prepare, _single_prepare, "FLUX", _image_tokens_wrapper)
 
 
 FAMILY = Family(

@@ -44,7 +44,6 @@ import torch
 from . import double_single, joint
 from .binding import wrapped_call
 from .run import RUN_KEY
-from .sampler import set_wrapper
 from .family import Family
 from ..nasa_core.flops import patch_tokens
 
@@ -251,9 +250,7 @@ def flop_layers(model_patcher, latent) -> tuple:
 
 
 def install(model_patcher) -> int:
-    count = double_single.install_double_single(model_patcher, _make_double, _make_single)
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", _start_forward)
-    return count
+    return double_single.install_double_single(model_patcher, _make_double, _make_single, _start_forward)
 
 
 FAMILY = Family(
