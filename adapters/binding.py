@@ -19,16 +19,18 @@ class SignatureChanged(RuntimeError):
 
 
 @functools.lru_cache(maxsize=None)
-def _signature(func) -> inspect.Signature:
-    return inspect.signature(func)
+def _signature(func, drop_first: bool = False) -> inspect.Signature:
+    signature = inspect.signature(func)
+    if drop_first:
+        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return signature
 
 
 def signature_of(func: Callable) -> inspect.Signature:
     """``func``'s signature (bound methods without ``self``), cached per underlying function."""
     target = getattr(func, "__func__", None)
     if target is not None:      # a bound method: the function's signature without its first parameter
-        params = list(_signature(target).parameters.values())[1:]
-        return _signature(target).replace(parameters=params)
+        return _signature(target, drop_first=True)
     return _signature(func)
 
 

@@ -107,7 +107,7 @@ def _to_layout(t: torch.Tensor, like: torch.Tensor, bhld: bool) -> torch.Tensor:
         t = t.view(t.shape[0], t.shape[1], heads, -1)
         return t.transpose(1, 2) if bhld else t
     if t.ndim == 4 and like.ndim == 3:
-        return t.transpose(1, 2).flatten(2)
+        return _rows_layout(t)
     raise RuntimeError(f"NASA: a negative stream tensor of shape {tuple(t.shape)} cannot take the layout of the "
                        f"block's attention call ({tuple(like.shape)}). This ComfyUI version changed the block: "
                        f"please report it.")
