@@ -85,6 +85,14 @@ class _Hooks:
         self.close()
 
 
+class Replacing(_Hooks):
+    """Forward hooks (given the call's kwargs) whose return value replaces each module's output, while open:
+    ``hooks`` is a list of (module, hook). The float64 references of the cross-attention families use it."""
+
+    def __init__(self, hooks):
+        self.handles = [module.register_forward_hook(hook, with_kwargs=True) for module, hook in hooks]
+
+
 class Lengths(_Hooks):
     """Token counts of the first input of each given module (e.g. every block's cross_attn.k): ``calls[key]``, keyed
     by position in a list of modules or by the keys of a dict of them."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -126,16 +125,16 @@ def _attention(q, k, v, heads, bias=None):
     return (torch.softmax(scores, dim=-1) @ vh).transpose(1, 2).reshape(b, lq, c)
 
 
-@contextmanager
 def _reference(mp, negative, alpha, video_tokens=None):
-    """Every block's attn2 of ``mp`` computes NASA written out in float64 while in this context.
+    """Every block's attn2 of ``mp`` computes NASA written out in float64 while the returned
+    hooks are open (a ``with`` block).
     ``negative`` is a conditioning entry [tensor, {"attention_mask": ...}]; only its real tokens count.
     ``video_tokens``: only the first that many query tokens are steered (the rest are guide frames)."""
     dm = mp.model.diffusion_model
     text, opts = negative
     if "attention_mask" in opts:
         text = text[:, opts["attention_mask"][0].bool()]
-    handles = []
+    hooks = []
     for block in dm.transformer_blocks:
         attn = block.attn2
 
@@ -155,12 +154,8 @@ def _reference(mp, negative, alpha, video_tokens=None):
                     tok = slice(0, video_tokens)
                     z[rows, tok] = z[rows, tok] - alpha * _attention(q[rows, tok], k_neg, v_neg, heads)
             return _lin(z, attn.to_out[0]).to(x.dtype)
-        handles.append(attn.register_forward_hook(hook, with_kwargs=True))
-    try:
-        yield mp
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((attn, hook))
+    return support.Replacing(hooks)
 
 
 def _reference_sample(mp, negative, alpha, *args, video_tokens=None, **kwargs):

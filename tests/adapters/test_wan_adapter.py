@@ -22,7 +22,6 @@ models here get random RMSNorm weights in [0.5, 2) so that the softmax is not tr
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -90,16 +89,16 @@ def _embed(dm, text, weights=None):
     return _lin(h, dm.text_embedding[2], w.get("text_embedding.2.weight"))
 
 
-@contextmanager
 def _reference(mp, negative, alpha, weights=None, guard=None):
-    """Every block's cross_attn of ``mp`` computes NASA written out in float64 while in this context.
+    """Every block's cross_attn of ``mp`` computes NASA written out in float64 while the returned
+    hooks are open (a ``with`` block).
 
     ``weights`` maps parameter names (of the diffusion model) to the tensors the negative's path uses
     instead of the live ones (to model a patch the reference must or must not see). ``guard`` = (mode, tau):
     the stability guard on each steered token of the text attention (norms over all channels)."""
     dm = mp.model.diffusion_model
     w = weights or {}
-    handles = []
+    hooks = []
     for i, block in enumerate(dm.blocks):
         attn = block.cross_attn
         kname, vname = f"blocks.{i}.cross_attn.k.weight", f"blocks.{i}.cross_attn.v.weight"
@@ -130,12 +129,8 @@ def _reference(mp, negative, alpha, weights=None, guard=None):
                 img = context if n_img is None else context[:, :n_img]
                 z = z + _attention(q, _rms(_lin(img, attn.k_img), attn.norm_k_img), _lin(img, attn.v_img), heads)
             return _lin(z, attn.o).to(x.dtype)
-        handles.append(attn.register_forward_hook(hook, with_kwargs=True))
-    try:
-        yield mp
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((attn, hook))
+    return support.Replacing(hooks)
 
 
 def _reference_sample(mp, negative, alpha, *args, weights=None, guard=None, **kwargs):
