@@ -7,7 +7,9 @@
   :mod:`.double_single` (FLUX-style blocks), :mod:`.cross_blocks` (Wan-style blocks), :mod:`.binding` (binding
   ComfyUI's calls by name);
 * the run: :mod:`.inputs` (what the nodes take, validated), :mod:`.run` (a sampling run's NasaRun), :mod:`.reuse`
-  (keeping projections across steps), :mod:`.sampler` (the sampler wrapper that builds the run).
+  (keeping projections across steps), :mod:`.sampler` (the sampler wrapper that builds the run), :mod:`.model_call`
+  (each model call's plan, kept exact under torch.compile);
+* :mod:`.other_packs`: packs whose models NASA cannot reach, named in its errors (Nunchaku, TeaCache, MagCache).
 
 This module: :func:`apply_nasa` (what the Apply NASA Attention nodes do), :func:`find_adapter`, :func:`nasa_flops`.
 """
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import joint
+from . import joint, model_call, other_packs
 from .family import Family
 from .inputs import (CARRIED_KEY, NegativeInput, check_inputs, check_width, conditioning_entries,
                      make_carried_negative, make_negatives)
 from .registry import FAMILIES
 from .run import RUN_KEY, NasaRun
-from .sampler import NasaSettings, make_sampler_wrapper, nasa_replaces, set_wrapper
+from .binding import set_wrapper
+from .sampler import NasaSettings, make_sampler_wrapper, nasa_replaces
 from ..nasa_core import DEFAULT_ALPHA, Guard, check_alpha
 from ..nasa_core.controls import Schedule, parse_blocks
 from ..nasa_core.flops import nasa_extra_flops
@@ -49,6 +52,9 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention") -> Family:
     for family in FAMILIES:
         if family.matches(model_patcher):
             return family
+    wrapped = other_packs.nunchaku(model_patcher)
+    if wrapped is not None:
+        raise UnsupportedModelError(f"{node}: {wrapped}.")
     supported = "; ".join(s for f in FAMILIES for s in f.supported)
     raise UnsupportedModelError(
         f"{node}: model family '{_model_family(model_patcher)}' is not supported by this version of the NASA pack. "
@@ -111,6 +117,7 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
                             schedule=schedule, blocks=selection, replaces=nasa_replaces(m.model_options),
                             guard=guard, stream=stream, stream_last=stream_last, stream_skip=stream_skip)
     set_wrapper(m, "SAMPLER_SAMPLE", make_sampler_wrapper(settings, adapter.layers))
+    model_call.install(m)
     return m
 
 

@@ -1,4 +1,4 @@
-"""Binding to ComfyUI's call signatures by parameter name, never by position.
+"""Binding to ComfyUI's call signatures by parameter name, never by position, and installing NASA's wrappers.
 
 ComfyUI adds, removes and reorders parameters of its model forwards and sampler functions from one release
 to the next (HunyuanVideo's ``_forward`` gained ``clip_fea`` before ``transformer_options``; Qwen-Image's lost
@@ -97,3 +97,15 @@ def wrapped_call(executor, args: tuple, kwargs: dict, where: str, needs: Iterabl
     """The arguments of a ModelPatcher wrapper's call, bound to the signature of the function it wraps
     (``executor.original``, ComfyUI's ``WrapperExecutor``)."""
     return Call(executor.original, args, kwargs, where, needs)
+
+
+WRAPPER_KEY = "nasa"            # the key of NASA's ModelPatcher wrappers
+
+
+def set_wrapper(model_patcher, kind: str, fn: Callable, key: str = WRAPPER_KEY) -> None:
+    """Install NASA's ModelPatcher wrapper of ``kind`` (a ``comfy.patcher_extension.WrappersMP`` name),
+    replacing one a previous Apply NASA Attention put there."""
+    import comfy.patcher_extension as pe
+    kind = getattr(pe.WrappersMP, kind)
+    model_patcher.remove_wrappers_with_key(kind, key)
+    model_patcher.add_wrapper_with_key(kind, key, fn)

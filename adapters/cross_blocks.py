@@ -25,8 +25,8 @@ import torch
 
 from . import joint
 from ..nasa_core import steer
+from .binding import set_wrapper
 from .run import RUN_KEY
-from .sampler import set_wrapper
 
 FORWARD_KEY = "nasa_cross_forward"    # transformer_options key: this forward's CrossForward
 

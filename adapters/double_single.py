@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from . import joint
-from .sampler import set_wrapper
+from .binding import set_wrapper
 
 IMAGE_TOKENS_KEY = "nasa_image_tokens"     # transformer_options: the generated image's tokens (references follow)
 

@@ -142,10 +142,13 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
     scale = 1.0 if run is None or layer is None else run.layer_scale(layer)
     guard = None if run is None else run.guard
 
+    def attend(func, *args, **kwargs):      # every attention call, NASA's too, through an override set before NASA
+        return prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
+
     def nasa_joint_attention(func, *args, **kwargs):
         call = len(seen)
         seen.append(call)
-        out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
+        out = attend(func, *args, **kwargs)
         if call != steer_call:
             return out
         q, k, v = args[:3]
@@ -162,7 +165,7 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
             coef = s.coef * scale
             s_k, s_v = _to_layout(s.k, k, bhld), _to_layout(s.v, v, bhld)
             if coef != 0.0:     # a block the selection leaves out: the stream still flows through it
-                z_neg = func(_tokens(q, bhld, s.rows, image_q), s_k, s_v, *rest, **kw)
+                z_neg = attend(func, _tokens(q, bhld, s.rows, image_q), s_k, s_v, *rest, **kw)
                 region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
                 if region is not None:
                     z_neg = z_neg * (region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None])
@@ -174,7 +177,7 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 if run is not None:
                     run.mark_steered(layer)
             if with_stream_attention:
-                s.out = _rows_layout(func(_to_layout(s.q, q, bhld),
+                s.out = _rows_layout(attend(func, _to_layout(s.q, q, bhld),
                                           torch.cat((s_k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
                                           torch.cat((s_v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw))
         if pos_norm is not None:

@@ -49,8 +49,7 @@ from typing import Optional
 import torch
 
 from . import joint
-from .binding import Call, SignatureChanged, wrapped_call
-from .sampler import set_wrapper
+from .binding import Call, SignatureChanged, set_wrapper, wrapped_call
 from .family import Family, no_layers
 
 

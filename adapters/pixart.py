@@ -27,9 +27,8 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
-from .binding import wrapped_call
-from .run import RUN_KEY
-from .sampler import set_wrapper
+from .binding import set_wrapper, wrapped_call
+from .run import RUN_KEY, with_plan
 from .family import Family
 
 
@@ -67,16 +66,18 @@ class _Forward:
     def __init__(self, run, options: dict):
         self.run = run
         self.options = options
-        self._embedded: dict = {}
+        self._embedded: list = []     # (negative, its embedding), found by identity (torch.compile traces no id())
 
     def embed(self, neg):
         """(1, L, caption width) -> (1, L, hidden), as forward_orig embeds its (B, 1, L, width) caption."""
-        hit = self._embedded.get(id(neg))      # (neg, embedding): holding neg keeps its id unique
-        if hit is None:
-            dm = self.run.layers["model"]
-            hit = self._embedded[id(neg)] = (neg, self.run.reuse("embed", (dm.y_embedder,), neg, lambda t: dm.y_embedder(
-                t.unsqueeze(1), dm.training).squeeze(1)))
-        return hit[1]
+        for seen, embedded in self._embedded:
+            if seen is neg:
+                return embedded
+        dm = self.run.layers["model"]
+        embedded = self.run.reuse("embed", (dm.y_embedder,), neg,
+                                  lambda t: dm.y_embedder(t.unsqueeze(1), dm.training).squeeze(1))
+        self._embedded.append((neg, embedded))
+        return embedded
 
 
 def _steered_cross_attention(index, layer, x, cond, forward: _Forward):
@@ -120,10 +121,12 @@ def _make_wrapper(local):
         x, options = call["x"], call["transformer_options"]
         options = options if isinstance(options, dict) else {}
         run = options.get(RUN_KEY)
+        if run is not None:
+            options = call["transformer_options"] = with_plan(options)   # decided here, outside a compiled model
         previous = getattr(local, "forward", None)
         local.forward = _Forward(run, options) if run is not None and run.groups(options, x.shape[0]) else None
         try:
-            return executor(*args, **kwargs)
+            return call.invoke(executor)
         finally:
             local.forward = previous
     return nasa_apply_model

@@ -33,8 +33,7 @@ from typing import Optional
 import torch
 
 from . import joint
-from .binding import wrapped_call
-from .sampler import set_wrapper
+from .binding import set_wrapper, wrapped_call
 from .family import Family
 
 REF_METHODS = ("index", "index_timestep_zero", "negative_index")

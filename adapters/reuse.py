@@ -12,12 +12,29 @@ import torch
 _CAST_TIME_PATCHES = ("weight_function", "bias_function", "weight_lowvram_function", "bias_lowvram_function")
 
 
+class _Same:
+    """A key part equal only to the same object, which it holds (so its id cannot be reused meanwhile)."""
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    __hash__ = None
+
+
 def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
-    """What identifies the modules' current weights: each parameter's object, storage and version counter
-    (a replaced parameter, a moved one, an in-place update all change it); None when a layer applies weight
-    patches at cast time (comfy.ops lowvram weight/bias functions; ComfyUI 0.33's dynamic-VRAM patcher keeps them
-    as ``weight_lowvram_function`` / ``bias_lowvram_function``), whose result NASA cannot vouch for, or when
-    ``grad`` (autograd on) and a parameter requires grad."""
+    """What identifies the modules' current weights: each parameter's object, storage, dtype and shape, the
+    patch list a quantized parameter applies when it is dequantized (ComfyUI-GGUF keeps LoRA patches on the
+    tensor, ``p.patches``, and swaps that list when patching and unpatching), and its version counter where it
+    keeps one (an in-place update changes it). Inference tensors - ComfyUI loads and samples under
+    ``torch.inference_mode`` - keep no version counter: within one sampling run, the only time a key is
+    compared, ComfyUI changes weights through weight hooks (reuse is off then, :mod:`.sampler`) or at cast time.
+    None when a layer applies weight patches at cast time (comfy.ops lowvram weight/bias functions; ComfyUI
+    0.33's dynamic-VRAM patcher keeps them as ``weight_lowvram_function`` / ``bias_lowvram_function``), whose
+    result NASA cannot vouch for, or when ``grad`` (autograd on) and a parameter requires grad."""
     key = []
     for module in modules:
         for sub in module.modules():
@@ -26,11 +43,9 @@ def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
         for p in module.parameters():
             if grad and p.requires_grad:
                 return None
-            try:
-                version = p._version
-            except RuntimeError:        # inference tensors keep no version counter
-                version = None
-            key.append((id(p), p.data_ptr(), p.device, version))
+            version = None if p.is_inference() else p._version
+            key.append((id(p), p.data_ptr(), p.device, p.dtype, tuple(p.shape), version,
+                        _Same(getattr(p, "patches", None))))
     return tuple(key)
 
 
@@ -47,8 +62,8 @@ class ProjectionCache:
         self._kept: dict = {}     # (name, id(x)) -> (x, weights key, result)
 
     def get(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
-        if not self.enabled:
-            return compute(x)
+        if not self.enabled or torch.compiler.is_compiling():
+            return compute(x)       # compiled: in the graph, every step (a kept result would be guarded on)
         weights = _weights_key(modules, torch.is_grad_enabled())
         if weights is None or (torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
             return compute(x)

@@ -17,6 +17,7 @@ from ..nasa_core.controls import Schedule, sigma_to_percent, token_region
 from .reuse import ProjectionCache
 
 RUN_KEY = "nasa_run"            # transformer_options key holding the NasaRun of the current sampling run
+STEP_KEY = "nasa_step"          # transformer_options key holding the current model call's StepPlan
 
 
 @dataclass
@@ -29,6 +30,8 @@ class PromptEntry:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def on(self, device, dtype) -> torch.Tensor:
+        if torch.compiler.is_compiling():       # a cast in the graph; a cache would be guarded on and recompile
+            return self.cond.to(device=device, dtype=dtype)
         key = (device, dtype)
         t = self._cache.get(key)
         if t is None:
@@ -57,6 +60,35 @@ class RowTerm(NamedTuple):
     coef: float
     prompt: NegativePrompt
     area: Optional[tuple] = None     # the positive's area crop ((offset, size) per latent dim), masked prompts only
+
+
+class StepPlan(NamedTuple):
+    """What one model call steers, decided once per call outside the model (:meth:`NasaRun.plan`, from the
+    ``APPLY_MODEL`` wrapper of :mod:`.sampler`): no layer reads the sigma off the device (a host sync and,
+    under torch.compile, a graph break) and nothing a compiled layer reads changes from one step to the next
+    unless what it steers does (else every step would recompile).
+
+    ``signature`` spells out every Python value a traced layer bakes into a compiled graph (coefficients, rows,
+    the run's settings, the negatives' shapes). torch.compile does not re-check transformer_options before it
+    reuses a graph when ComfyUI's sampler calls a compiled model (observed with torch 2.13: a graph traced for
+    the uncond call ran for the cond call); :func:`.sampler.nasa_step` puts the signature on the diffusion
+    model itself, whose attributes it does check, and :func:`.sampler.nasa_forward_check` reads it there."""
+    n_chunks: int           # chunks of the call's batch (cond_or_uncond)
+    groups: tuple           # ((terms, chunk indices), ...): RowTerms at ``factor`` and the positive chunks they steer
+    factor: float           # the schedule's alpha multiplier at this call's sigma
+    signature: str = ""
+
+
+def _tensor_key(t) -> Optional[tuple]:
+    return None if t is None else (tuple(t.shape), str(t.dtype), t.device.type)
+
+
+def with_plan(options: dict) -> dict:
+    """``options`` (a model call's transformer_options holding a NasaRun) with the call's :class:`StepPlan`, made
+    here unless an outer wrapper put it there."""
+    if STEP_KEY in options:
+        return options
+    return {**options, STEP_KEY: options[RUN_KEY].plan(options)}
 
 
 def sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
@@ -107,12 +139,29 @@ class NasaRun:
         self.projections = ProjectionCache(reuse_projections)   # multi-step runs without weight hooks: reused
         self._regions: dict = {}
         self._factors: dict = {}    # sigma -> the schedule's factor there (0 outside the window)
-        self.steered: set = set()   # the layers ((group, index)) that subtracted a negative in this run
+        self._steered: set = set()  # the layers that subtracted a negative in this run's earlier model calls
+        self._marks: set = set()    # ... in the current one: a fresh set per call (see new_call)
+
+    @property
+    def steered(self) -> frozenset:
+        """The layers ((group, index)) that subtracted a negative in this run."""
+        return frozenset(self._steered | self._marks)
+
+    @property
+    def call_steered(self) -> frozenset:
+        """The layers that subtracted a negative in the current model call (since :meth:`new_call`)."""
+        return frozenset(self._marks)
 
     def mark_steered(self, layer) -> None:
         """Every steering call site reports its layer here (``(group, index)``, as block selections name it;
         None where the caller has no name): a run that steers nothing is an error (:func:`.sampler.check_steered`)."""
-        self.steered.add(layer)
+        self._marks.add(layer)
+
+    def new_call(self) -> None:
+        """A model call starts: its layers mark a fresh, empty set. A torch.compile'd layer is guarded on the
+        contents of the set it adds to; one that grew over the run would recompile the model at its second call."""
+        self._steered |= self._marks
+        self._marks = set()
 
     def expects_steering(self, sigmas, positive_conds: Sequence[dict] = ()) -> bool:
         """Whether this run, sampled at ``sigmas``, has something to steer somewhere: a positive prompt with a
@@ -173,49 +222,88 @@ class NasaRun:
             return 1.0
         return self.blocks.get(layer, 0.0)
 
+    def plan(self, options: dict) -> StepPlan:
+        """This model call's :class:`StepPlan` (``options``: its transformer_options): the positive chunks of
+        ``cond_or_uncond``, grouped by the negative terms that steer them at the call's sigma. Uncond/negative
+        chunks (``cond_or_uncond`` 1 at cfg > 1) are never steered."""
+        cond_or_uncond = options.get("cond_or_uncond") or [0]
+        uuids = options.get("uuids") or [None] * len(cond_or_uncond)
+        sigmas = options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        factor = self.factor(sigma)
+        groups: dict = {}
+        if factor != 0.0:
+            for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
+                if kind != 0:
+                    continue
+                terms = self.terms(self.prompts_for(uid), sigma, factor, self.areas.get(uid))
+                if terms:
+                    groups.setdefault(tuple((id(t.entry), t.coef, t.area) for t in terms), (terms, []))[1].append(i)
+        grouped = tuple((terms, tuple(chunks)) for terms, chunks in groups.values())
+        return StepPlan(len(cond_or_uncond), grouped, factor, self._signature(len(cond_or_uncond), grouped, factor))
+
+    def _signature(self, n_chunks: int, groups: tuple, factor: float) -> str:
+        terms = tuple((chunks, tuple((t.coef, t.entry.weight, t.prompt.alpha, t.area, _tensor_key(t.entry.cond),
+                                      _tensor_key(t.entry.attention_mask), _tensor_key(t.prompt.mask))
+                                     for t in ts)) for ts, chunks in groups)
+        return repr((self.settings_signature(), n_chunks, factor, terms))
+
+    def settings_signature(self) -> str:
+        """The run's settings a compiled graph bakes in, whatever the call: the guard, the stream, the block
+        selection, the latent's size, and each negative's alpha, weights and shapes."""
+        prompts = [p for ps in [self.default, *self.carried.values()] for p in ps]
+        negatives = tuple((p.alpha, _tensor_key(p.mask), tuple((e.weight, _tensor_key(e.cond),
+                                                                 _tensor_key(e.attention_mask)) for e in p.entries))
+                          for p in prompts)
+        return repr((repr(self.guard), self.stream, self.stream_last, tuple(sorted(self.stream_skip, key=repr)),
+                     None if self.blocks is None else tuple(sorted(self.blocks.items(), key=repr)), self.latent,
+                     negatives))
+
     def groups(self, extra_options: dict, batch: int, layer=None) -> list:
         """``[(terms, rows), ...]``: the positive rows of this forward, grouped by the negative terms
         that steer them. ``terms`` is a tuple of :class:`RowTerm`, ``rows`` a list of batch rows; coefs
-        include the schedule's factor and, given ``layer``, the block selection's multiplier.
-        Uncond/negative chunks (``cond_or_uncond`` 1 at cfg > 1) are never steered."""
-        cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
-        uuids = extra_options.get("uuids") or [None] * len(cond_or_uncond)
-        if batch % len(cond_or_uncond) != 0:
-            raise RuntimeError(f"{self.node}: batch of {batch} rows does not split into {len(cond_or_uncond)} chunks")
-        per_chunk = batch // len(cond_or_uncond)
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas.flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
-        factor = self.factor(sigma) * (1.0 if layer is None else self.layer_scale(layer))
-        if factor == 0.0:
+        include the schedule's factor and, given ``layer``, the block selection's multiplier. The call's
+        :class:`StepPlan` comes from ``extra_options`` (put there per model call), else is made here."""
+        plan = extra_options.get(STEP_KEY)
+        if plan is None:
+            plan = self.plan(extra_options)
+        if batch % plan.n_chunks != 0:
+            raise RuntimeError(f"{self.node}: batch of {batch} rows does not split into {plan.n_chunks} chunks")
+        scale = 1.0 if layer is None else self.layer_scale(layer)
+        if scale == 0.0:
             return []
-        groups: dict = {}
-        for i, (kind, uid) in enumerate(zip(cond_or_uncond, uuids)):
-            if kind != 0:
-                continue
-            terms = self.terms(self.prompts_for(uid), sigma, factor, self.areas.get(uid))
-            if terms:
-                groups.setdefault(tuple((id(t.entry), t.coef, t.area) for t in terms), (terms, []))[1].extend(
-                    range(i * per_chunk, (i + 1) * per_chunk))
-        return list(groups.values())
+        per_chunk = batch // plan.n_chunks
+        factor = plan.factor * scale
+        out = []
+        for terms, chunks in plan.groups:
+            if scale != 1.0:
+                terms = tuple(t._replace(coef=t.prompt.alpha * t.entry.weight * factor) for t in terms)
+            out.append((terms, [r for c in chunks for r in range(c * per_chunk, (c + 1) * per_chunk)]))
+        return out
 
     def region(self, term: RowTerm, n_tokens: int, device, dtype) -> Optional[torch.Tensor]:
         """The term's mask as a (1, n_tokens) weight over a layer's image query tokens, or None (everywhere)."""
         mask = term.prompt.mask
         if mask is None:
             return None
+        if torch.compiler.is_compiling():       # computed in the graph (a cache would be guarded on)
+            return self._region(term, n_tokens).to(device=device, dtype=dtype)[None]
         key = (id(term.prompt), term.area, n_tokens, device, dtype)
         hit = self._regions.get(key)
         if hit is None:
-            if self.latent is None:
-                raise RuntimeError(f"{self.node}: a masked negative needs the sampled latent's size; this sampler "
-                                   f"did not pass through NASA's sampler wrapper.")
-            region = token_region(mask, self.latent, n_tokens, term.area)
-            if region is None:
-                raise RuntimeError(f"{self.node}: a layer has {n_tokens} image tokens, which is no downscale of the "
-                                   f"{'x'.join(map(str, self.latent))} latent; NASA cannot place the negative's mask "
-                                   f"on it. Remove the mask for this model and please report it.")
-            hit = self._regions[key] = (term.prompt, region.to(device=device, dtype=dtype)[None])
+            hit = self._regions[key] = (term.prompt, self._region(term, n_tokens).to(device=device, dtype=dtype)[None])
         return hit[1]
+
+    def _region(self, term: RowTerm, n_tokens: int) -> torch.Tensor:
+        if self.latent is None:
+            raise RuntimeError(f"{self.node}: a masked negative needs the sampled latent's size; this sampler "
+                               f"did not pass through NASA's sampler wrapper.")
+        region = token_region(term.prompt.mask, self.latent, n_tokens, term.area)
+        if region is None:
+            raise RuntimeError(f"{self.node}: a layer has {n_tokens} image tokens, which is no downscale of the "
+                               f"{'x'.join(map(str, self.latent))} latent; NASA cannot place the negative's mask "
+                               f"on it. Remove the mask for this model and please report it.")
+        return region
 
     def negative_terms(self, terms: Sequence[RowTerm], n_tokens: int, device, dtype, project: Callable,
                        mask_of: Optional[Callable] = None) -> list:

@@ -20,10 +20,11 @@ from typing import Callable, Optional, Sequence
 from ..nasa_core import Guard, check_finite
 from ..nasa_core.controls import Schedule
 from .binding import wrapped_call
+from .model_call import compiled_by_comfyui, prepare_compiled_run
+from .other_packs import forward_replacing_cache
 from .inputs import CARRIED_KEY, NegativeInput, check_single_batch, check_width
 from .run import RUN_KEY, NasaRun, NegativePrompt, negative_prompt, prompt_list
 
-WRAPPER_KEY = "nasa"            # ModelPatcher wrapper key
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,8 @@ def make_sampler_wrapper(settings: NasaSettings, layers_of: Callable):
         run = build_run(guider, settings, None if noise is None else noise.shape, layers_of(guider.inner_model),
                         reuse_projections=sigmas is not None and len(sigmas) > 2 and not _hooked(guider))
         _check_replaces(settings, extra_args.get("model_options"))
+        if compiled_by_comfyui(extra_args.get("model_options")):
+            prepare_compiled_run(run, guider.inner_model, settings.node)
         to = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
         previous = to.get(RUN_KEY)
         to[RUN_KEY] = run
@@ -193,19 +196,18 @@ def check_steered(run: NasaRun, settings: NasaSettings, guider, sigmas, model_op
         return
     model = getattr(getattr(guider, "inner_model", None), "diffusion_model", None)
     lost = settings.replaces - nasa_replaces(model_options)
-    hint = (f" A node applied after Apply NASA Attention replaced all {len(settings.replaces)} of NASA's layer "
-            f"patches: move that node before it." if settings.replaces and lost == settings.replaces else "")
+    cache = forward_replacing_cache(model_options)
+    if cache is not None:
+        hint = (f" {cache} runs its own copy of the model's forward, which calls the blocks without ComfyUI's "
+                f"transformer_options, so NASA's layer patches never see this run. Remove {cache}, or use "
+                f"ComfyUI's core EasyCache or LazyCache node instead: they keep NASA working.")
+    elif settings.replaces and lost == settings.replaces:
+        hint = (f" A node applied after Apply NASA Attention replaced all {len(settings.replaces)} of NASA's layer "
+                f"patches: move that node before it.")
+    else:
+        hint = ""
     raise RuntimeError(
         f"{settings.node}: NASA steered no layer of this {settings.family} model ({type(model).__name__}) in "
         f"this sampling run although it had a negative to apply: the negative prompt was NOT honoured.{hint} "
         f"If nothing else patches the model, this ComfyUI version changed something NASA binds to: please "
         f"report it to the NASA pack with your ComfyUI version and model.")
-
-
-def set_wrapper(model_patcher, kind: str, fn: Callable) -> None:
-    """Install NASA's ModelPatcher wrapper of ``kind`` (a ``comfy.patcher_extension.WrappersMP`` name),
-    replacing one a previous Apply NASA Attention put there."""
-    import comfy.patcher_extension as pe
-    kind = getattr(pe.WrappersMP, kind)
-    model_patcher.remove_wrappers_with_key(kind, WRAPPER_KEY)
-    model_patcher.add_wrapper_with_key(kind, WRAPPER_KEY, fn)

@@ -16,7 +16,8 @@ negative flows through the ``context_block`` weights as a stream of its own (see
   first (joint) call is steered.
 
 Hook: a ``"dit"`` ``("double_block", i)`` replace per joint block (MMDiT.forward_core_with_concat
-honours it; any replace installed before NASA is chained). ``register_length`` tokens are not
+honours it; any replace installed before NASA is chained). A steered block runs as MMDiT runs it unreplaced
+(without activation checkpointing, see :func:`_joint_block`). ``register_length`` tokens are not
 prepended to the stream: ComfyUI's loader never builds an MMDiT with registers.
 """
 from __future__ import annotations
@@ -69,15 +70,27 @@ def _context_prepare(block, vec):
     return prepare, finish
 
 
+def _joint_block(dm, index):
+    """The joint block as MMDiT runs it where no replace is set: with the model's own ``use_checkpoint`` (off at
+    inference). ComfyUI's ``original_block`` leaves it at ``block_mixing``'s default, torch.utils.checkpoint,
+    which torch.compile cannot trace with NASA's stream in it (a graph break per block); outputs are equal."""
+    def block(args):
+        out = {}
+        out["txt"], out["img"] = dm.joint_blocks[index](args["txt"], args["img"], c=args["vec"],
+                                                        transformer_options=args["transformer_options"],
+                                                        use_checkpoint=getattr(dm, "use_checkpoint", False))
+        return out
+    return block
+
+
 def _make_block(index):
     def make(prior):
         def nasa_joint_block(args, extra):
             call_block, state, dm = joint.streams_block(args, extra, prior, index, _embed)
-            if state is None:
+            if state is None or not state.streams:
                 return call_block(args)
+            call_block = joint.chain(prior, _joint_block(dm, index))
             txt = args["txt"]
-            if not state.streams:
-                return call_block(args)
             prepare, finish = _context_prepare(dm.joint_blocks[index].context_block, args["vec"])
             last = index == len(dm.joint_blocks) - 1          # its context block is pre_only: K/V only
             t = txt.shape[1]

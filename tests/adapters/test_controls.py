@@ -305,12 +305,12 @@ def test_guard_inputs_reach_the_run(sd, comfyui):
     """The node's guard inputs: off (the default, and what a workflow without them gets) is the plain node bit for
     bit; rescale and clip change the image and equal apply_nasa with the same Guard."""
     import comfy.patcher_extension as pe
-    sampler = comfyui.mod("adapters.sampler")
+    binding = comfyui.mod("adapters.binding")
     plain = _sample(_advanced(sd["mp"]), sd)
     assert torch.equal(_sample(_advanced(sd["mp"], guard="off", guard_tau=0.5), sd), plain)
     for guard, tau in (("rescale", 1.5), ("clip", 0.5)):
         m = _advanced(sd["mp"], guard=guard, guard_tau=tau)
-        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, sampler.WRAPPER_KEY)[0].nasa_settings
+        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, binding.WRAPPER_KEY)[0].nasa_settings
         assert (settings.guard.mode, settings.guard.tau) == (guard, tau)
         assert not torch.equal(_sample(m, sd), plain), guard
 

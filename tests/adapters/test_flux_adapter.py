@@ -30,7 +30,7 @@ def env(comfyui):
     def sampler_settings(m):
         """The NasaSettings Apply NASA Attention left on the clone (on its sampler wrapper)."""
         import comfy.patcher_extension as pe
-        wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, comfyui.mod("adapters.sampler").WRAPPER_KEY)
+        wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, comfyui.mod("adapters.binding").WRAPPER_KEY)
         return wrappers[0].nasa_settings
 
     return dict(cases.family_env(comfyui, "flux", flux="adapters.flux", core="nasa_core"),
