@@ -38,7 +38,7 @@ class CrossForward:
     groups: list                  # NasaRun.groups(): [(terms, rows)], positive rows only
     tokens: slice                 # the query tokens that are steered (the generated video's)
     text_start: int = 0           # context tokens before the text (Wan I2V's CLIP-vision tokens)
-    negatives: dict = field(default_factory=dict)   # id(PromptEntry) -> (text tokens (1, L, dim), key bias or None)
+    negatives: dict = field(default_factory=dict)   # RowTerm.slot -> (text tokens (1, L, dim), key bias or None)
     run: object = None            # the NasaRun (block selection, regions)
 
 
@@ -56,8 +56,8 @@ def forward_options(options: Optional[dict], batch: int, model, tokens: slice, e
     fwd = CrossForward(model, groups, tokens, text_start, run=run)
     for terms, _ in groups:
         for term in terms:
-            if id(term.entry) not in fwd.negatives:
-                fwd.negatives[id(term.entry)] = embed(term.entry, run)
+            if term.slot not in fwd.negatives:
+                fwd.negatives[term.slot] = embed(term.entry, run)
     return {**options, FORWARD_KEY: fwd}
 
 
@@ -98,14 +98,14 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
         z, q_tok = view, q[:, tok]
 
         def projected_kv(term):
-            if id(term.entry) not in projected:
-                projected[id(term.entry)] = project(fwd.negatives[id(term.entry)][0])
-            return projected[id(term.entry)]
+            if term.slot not in projected:
+                projected[term.slot] = project(fwd.negatives[term.slot][0])
+            return projected[term.slot]
 
         for terms, rows in fwd.groups:
             terms = [t._replace(coef=t.coef * scale) for t in terms]
             negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
-                                          lambda t: fwd.negatives[id(t.entry)][1])
+                                          lambda t: fwd.negatives[t.slot][1])
             z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
                       guard=fwd.run.guard)
             fwd.run.mark_steered(layer)

@@ -57,8 +57,8 @@ def nasa_step(executor, *args, **kwargs):
 
 def nasa_forward_check(executor, *args, **kwargs):
     """DIFFUSION_MODEL wrapper: the call's plan is the one :func:`nasa_step` announced on the model."""
-    call = wrapped_call(executor, args, kwargs, "the diffusion model's forward", needs=("transformer_options",))
-    options = call["transformer_options"]
+    call = wrapped_call(executor, args, kwargs, "the diffusion model's forward")
+    options = call.get("transformer_options")       # a parameter, or in **kwargs (Lumina 2 in older releases)
     plan = options.get(STEP_KEY) if isinstance(options, dict) else None
     if plan is not None and getattr(executor.class_obj, SIGNATURE_ATTR, None) != plan.signature:
         raise RuntimeError("NASA: this model call's plan is not the one announced on the diffusion model (another "

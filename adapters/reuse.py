@@ -25,7 +25,7 @@ class _Same:
     __hash__ = None
 
 
-def _weights_key(modules, grad: bool = False) -> Optional[tuple]:
+def weights_key(modules, grad: bool = False) -> Optional[tuple]:
     """What identifies the modules' current weights: each parameter's object, storage, dtype and shape, the
     patch list a quantized parameter applies when it is dequantized (ComfyUI-GGUF keeps LoRA patches on the
     tensor, ``p.patches``, and swaps that list when patching and unpatching), and its version counter where it
@@ -64,7 +64,7 @@ class ProjectionCache:
     def get(self, name, modules: Sequence[torch.nn.Module], x, compute: Callable):
         if not self.enabled or torch.compiler.is_compiling():
             return compute(x)       # compiled: in the graph, every step (a kept result would be guarded on)
-        weights = _weights_key(modules, torch.is_grad_enabled())
+        weights = weights_key(modules, torch.is_grad_enabled())
         if weights is None or (torch.is_grad_enabled() and getattr(x, "requires_grad", False)):
             return compute(x)
         key = (name, id(x))

@@ -60,6 +60,8 @@ class RowTerm(NamedTuple):
     coef: float
     prompt: NegativePrompt
     area: Optional[tuple] = None     # the positive's area crop ((offset, size) per latent dim), masked prompts only
+    slot: int = 0                    # the entry's index among the distinct entries of this model call's plan: code
+                                     # that keeps one result per entry keys on it (a compiled graph would bake id())
 
 
 class StepPlan(NamedTuple):
@@ -239,7 +241,9 @@ class NasaRun:
                 terms = self.terms(self.prompts_for(uid), sigma, factor, self.areas.get(uid))
                 if terms:
                     groups.setdefault(tuple((id(t.entry), t.coef, t.area) for t in terms), (terms, []))[1].append(i)
-        grouped = tuple((terms, tuple(chunks)) for terms, chunks in groups.values())
+        slots: dict = {}
+        grouped = tuple((tuple(t._replace(slot=slots.setdefault(id(t.entry), len(slots))) for t in terms), tuple(chunks))
+                        for terms, chunks in groups.values())
         return StepPlan(len(cond_or_uncond), grouped, factor, self._signature(len(cond_or_uncond), grouped, factor))
 
     def _signature(self, n_chunks: int, groups: tuple, factor: float) -> str:

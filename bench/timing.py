@@ -1,6 +1,6 @@
 """Wall-clock benchmark of NASA against the plain forward and CFG, on ComfyUI's own classes with random weights.
 
-Two modes (``scripts/nasa_bench.py``):
+Two modes (``scripts/nasa_bench.py``), and whole runs with speed tools:
 
 * ``forward``: one model, its forwards - plain, NASA (the pack's patches, one negative) at a run's first step
   and at steps 2+ (the negative's projections reused), CFG (the plain model on a batch of two: prompt and
@@ -13,6 +13,10 @@ Two modes (``scripts/nasa_bench.py``):
   attn2 replace, many repetitions interleaved: the only way to resolve sub-percent differences on a noisy CPU.
   Reported with the layer's FLOPs ratio (nasa_core.flops) and the target: steered time <= 1.25 x plain time x
   FLOPs ratio.
+
+* ``forward --compile BACKEND`` / ``--cache easycache|lazycache``: whole sampling runs of the plain model and of
+  NASA with ComfyUI's TorchCompileModel and/or a core step cache on both (:func:`run_stack`), the ratio NASA / plain
+  per round.
 
 Nothing here is a test: speed targets live in this table, never in unit tests.
 """
@@ -196,6 +200,7 @@ class ForwardCase:
     cost: CostCase                                # the same architecture and shapes, for the FLOPs count
     extra: Callable[[int, torch.dtype, object], dict] = lambda batch, dtype, device: {}
     nag: str = "unet"                             # which of ComfyUI-NAG's model switches fits (see load_nag)
+    pooled: Optional[int] = None                  # the text encoder's pooled output width its conditioning takes
 
 
 # ----------------------------------------------------------------------------- ComfyUI-NAG, side by side
@@ -249,9 +254,10 @@ _FLUX_SMALL = CostCase("FLUX real width, 2 double + 4 single blocks", "FluxSchne
 
 FORWARD_CASES = {
     "sd15": ForwardCase("SD1.5 512²", _unet("sd15"), find_case("SD15")),
-    "sdxl": ForwardCase("SDXL 1024²", _unet("sdxl"), find_case("SDXL"), _pooled(2816)),
-    "flux-small": ForwardCase("FLUX real width, 2+4 blocks, 512²", _flux(2, 4), _FLUX_SMALL, _pooled(768), "flux"),
-    "flux": ForwardCase("FLUX.1 1024²", _flux(19, 38), find_case("FluxSchnell"), _pooled(768), "flux"),
+    "sdxl": ForwardCase("SDXL 1024²", _unet("sdxl"), find_case("SDXL"), _pooled(2816), pooled=1280),
+    "flux-small": ForwardCase("FLUX real width, 2+4 blocks, 512²", _flux(2, 4), _FLUX_SMALL, _pooled(768), "flux",
+                              pooled=768),
+    "flux": ForwardCase("FLUX.1 1024²", _flux(19, 38), find_case("FluxSchnell"), _pooled(768), "flux", pooled=768),
 }
 
 
@@ -324,6 +330,56 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
             finally:
                 framed.teardown()
     return summarize(case.name, times, flops, peaks)
+
+
+SPEED_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}     # ComfyUI's core step-cache nodes
+
+
+def with_speed_tools(model, compile_backend: Optional[str] = None, cache: Optional[str] = None):
+    """``model`` as users stack it: NASA (or not), then ComfyUI's step cache node, then TorchCompileModel - the
+    nodes themselves, as a workflow runs them."""
+    import nodes
+    if cache is not None:
+        model = nodes.NODE_CLASS_MAPPINGS[SPEED_CACHES[cache]].execute(
+            model=model, reuse_threshold=0.2, start_percent=0.15, end_percent=0.95, verbose=False).result[0]
+    if compile_backend is not None:
+        model = nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"].execute(model=model, backend=compile_backend).result[0]
+    return model
+
+
+def run_stack(case: ForwardCase, steps=8, compile_backend: Optional[str] = None, cache: Optional[str] = None,
+              rounds=3, warmup=1, dtype=torch.float32, alpha=0.5, device=None, flops: bool = True) -> List[Row]:
+    """Whole sampling runs (ComfyUI's sampler, euler, ``steps`` steps, cfg 1) of the plain model and of NASA, both
+    with the same speed tools on (:func:`with_speed_tools`): a step cache acts across steps and torch.compile
+    compiles at the first (untimed, ``warmup``) run, so a run is what they speed up. The FLOPs column is one
+    forward's (``flops``: count it)."""
+    import comfy.sample
+    counted = count(case.cost, dtype=dtype) if flops else None
+    shapes = case.cost
+    mp = case.build(dtype)
+    g = torch.Generator().manual_seed(0)
+    opts = {} if case.pooled is None else {"pooled_output": torch.randn(1, case.pooled, generator=g)}
+    pos = [[torch.randn(1, *shapes.context, generator=g).to(dtype), dict(opts)]]
+    neg = [[torch.randn(1, shapes.neg_tokens, shapes.context[1], generator=g).to(dtype), dict(opts)]]
+    latent = torch.zeros(1, *shapes.latent)
+    noise = torch.randn(latent.shape, generator=g)
+    plain_model = with_speed_tools(mp, compile_backend, cache)
+    nasa_model = with_speed_tools(apply_nasa(mp, negative=None, alpha=alpha, use_sampler_negative=True,
+                                             node="nasa_bench"), compile_backend, cache)
+
+    def run_of(model):
+        @torch.inference_mode()          # as ComfyUI's executor runs every node
+        def run():
+            return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", pos, neg, latent,
+                                       disable_pbar=True, seed=0)
+        return run
+    fns = {"plain": run_of(plain_model), "NASA": run_of(nasa_model)}
+    check_steers(fns["plain"], fns["NASA"], case.name)
+    times = interleaved(fns, rounds, warmup, device or torch.device("cpu"))
+    tools = ", ".join(t for t in (compile_backend and f"torch.compile {compile_backend}",
+                                  cache and SPEED_CACHES[cache]) if t) or "no speed tools"
+    return summarize(f"{case.name}, {steps}-step run, {tools}", times,
+                     {"plain": 1.0, "NASA": counted.nasa / counted.plain} if counted is not None else {})
 
 
 def _nag_forward(switch_class, model, x, t, pos, neg, extra, device, dtype) -> Framed:

@@ -7,6 +7,8 @@
     python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
     python scripts/nasa_bench.py forward --nag ~/ComfyUI-NAG    # side by side with a ComfyUI-NAG checkout
     python scripts/nasa_bench.py trim                           # FLUX: does trimming the negative's T5 padding keep NASA?
+    python scripts/nasa_bench.py forward --compile inductor     # whole runs, TorchCompileModel on plain and NASA
+    python scripts/nasa_bench.py forward --cache easycache --steps 10   # whole runs with ComfyUI's EasyCache
 
 Forward mode: >= 8 rounds after warm-up, the order rotating each round; per mode the median time, the ratio to
 the same round's plain forward (median, min-max), the FLOPs ratio (FlopCounterMode on the same architecture) and
@@ -43,7 +45,18 @@ def main(argv=None) -> int:
     parser.add_argument("--nag", metavar="PATH", default=None,
                         help="forward: also time ComfyUI-NAG (its defaults, the same negative) from a checkout of "
                              "github.com/ChenDarYen/ComfyUI-NAG at PATH; nothing of it is shipped here")
+    parser.add_argument("--compile", choices=("inductor", "eager", "aot_eager", "cudagraphs"), default=None,
+                        help="forward: time whole sampling runs with ComfyUI's TorchCompileModel (this backend) on "
+                             "the plain model and on NASA")
+    parser.add_argument("--cache", choices=("easycache", "lazycache"), default=None,
+                        help="forward: time whole sampling runs with ComfyUI's EasyCache / LazyCache on both")
+    parser.add_argument("--steps", type=int, default=8, help="steps of a run with --compile / --cache (default 8)")
     args = parser.parse_args(argv)
+    stack = args.compile is not None or args.cache is not None
+    if stack and args.mode != "forward":
+        parser.error("--compile and --cache apply to forward mode")
+    if stack and args.nag:
+        parser.error("--nag times single forwards; leave it out with --compile / --cache")
     if args.nag and args.mode != "forward":
         parser.error("--nag applies to forward mode")
     if args.threads:
@@ -57,6 +70,8 @@ def main(argv=None) -> int:
         print("nasa_bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     nodes = comfy_env.bootstrap(comfy_dir, cpu=args.device == "cpu")
+    if stack:
+        comfy_env.init_builtin_nodes(nodes)     # TorchCompileModel, EasyCache, LazyCache: ComfyUI's extra nodes
     pack = comfy_env.load_pack(nodes, PACK)
     bench = comfy_env.pack_submodule(pack, "bench.timing")
     kept = args.device == "cpu" and not args.system_malloc and bench.keep_freed_memory()
@@ -85,7 +100,11 @@ def main(argv=None) -> int:
         if i:
             print(f"(so far)\n{bench.markdown(rows)}", file=sys.stderr, flush=True)
         print(f"timing {name} ...", file=sys.stderr)
-        if args.mode == "layer":
+        if stack:
+            rows += bench.run_stack(cases[name], steps=args.steps, compile_backend=args.compile, cache=args.cache,
+                                    rounds=args.rounds or 3, warmup=args.warmup if args.warmup is not None else 1,
+                                    dtype=dtype, device=device)
+        elif args.mode == "layer":
             rows += bench.run_layer(cases[name], rounds=args.rounds or 200,
                                     warmup=args.warmup if args.warmup is not None else 10, dtype=dtype, device=device)
         else:

@@ -21,6 +21,22 @@ def test_layer_mode_rows_and_targets(bench, comfyui):
     assert "tiny (for tests)" in table and "FLOPs × plain" in table and len(table.splitlines()) == 5
 
 
+@pytest.mark.parametrize("tools", [dict(cache="easycache"), dict(compile_backend="eager"),
+                                   dict(cache="lazycache", compile_backend="eager")])
+def test_stack_mode_times_whole_runs_with_the_speed_tools(bench, comfyui, tools):
+    """Forward mode with --compile / --cache: whole runs of the plain model and of NASA through ComfyUI's own
+    TorchCompileModel and step-cache nodes (tiny SD1.5, its shapes from a tiny cost case)."""
+    rm = comfyui.mod("runner.random_weights.models")
+    costs = comfyui.mod("bench.costs")
+    width = rm.unet_config("sd15")["context_dim"]
+    shapes = costs.CostCase("tiny SD1.5", "SD15", {"random_weights": "sd15"}, "tiny", (4, 8, 8), (77, width), 21)
+    case = bench.ForwardCase("tiny SD1.5", lambda dtype: rm.build_unet_model("sd15", "tiny", dtype=dtype, seed=0),
+                             shapes)
+    rows = bench.run_stack(case, steps=3, rounds=2, warmup=1, flops=False, **tools)
+    assert [r.mode for r in rows] == ["plain", "NASA"] and rows[0].ratio == 1.0 and rows[1].median_s > 0
+    assert "3-step run" in rows[0].name and (("torch.compile eager" in rows[0].name) == ("compile_backend" in tools))
+
+
 def test_interleaving_rotates_the_order(bench):
     seen = []
     fns = {name: (lambda name=name: seen.append(name)) for name in ("a", "b", "c")}
@@ -75,6 +91,9 @@ def test_command_line_layer_mode(comfy, tmp_path):
     bad = subprocess.run([sys.executable, str(script), "layer", "--model", "nope"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown --model ['nope']" in bad.stderr
+    stack = subprocess.run([sys.executable, str(script), "layer", "--cache", "easycache"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert stack.returncode == 2 and "--compile and --cache apply to forward mode" in stack.stderr
 
 
 def test_trim_study_counts_real_tokens_and_compares_both_paths(comfyui):
