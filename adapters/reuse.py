@@ -13,22 +13,24 @@ _CAST_TIME_PATCHES = ("weight_function", "bias_function", "weight_lowvram_functi
 
 
 class _Same:
-    """A key part equal only to the same object, which it holds (so its id cannot be reused meanwhile)."""
-    __slots__ = ("obj",)
+    """A key part equal only to one holding the same objects (by identity), which it holds (so their ids cannot be
+    reused meanwhile)."""
+    __slots__ = ("items",)
 
-    def __init__(self, obj):
-        self.obj = obj
+    def __init__(self, items):
+        self.items = tuple(items)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, _Same) and other.obj is self.obj
+        return (isinstance(other, _Same) and len(other.items) == len(self.items)
+                and all(a is b for a, b in zip(self.items, other.items)))
 
     __hash__ = None
 
 
 def weights_key(modules, grad: bool = False) -> Optional[tuple]:
     """What identifies the modules' current weights: each parameter's object, storage, dtype and shape, the
-    patch list a quantized parameter applies when it is dequantized (ComfyUI-GGUF keeps LoRA patches on the
-    tensor, ``p.patches``, and swaps that list when patching and unpatching), and its version counter where it
+    patches a quantized parameter applies when it is dequantized (ComfyUI-GGUF keeps LoRA patches on the
+    tensor, ``p.patches``, in a list it copies freely: compared item by item), and its version counter where it
     keeps one (an in-place update changes it). Inference tensors - ComfyUI loads and samples under
     ``torch.inference_mode`` - keep no version counter: within one sampling run, the only time a key is
     compared, ComfyUI changes weights through weight hooks (reuse is off then, :mod:`.sampler`) or at cast time.
@@ -45,7 +47,7 @@ def weights_key(modules, grad: bool = False) -> Optional[tuple]:
                 return None
             version = None if p.is_inference() else p._version
             key.append((id(p), p.data_ptr(), p.device, p.dtype, tuple(p.shape), version,
-                        _Same(getattr(p, "patches", None))))
+                        _Same(getattr(p, "patches", None) or ())))
     return tuple(key)
 
 

@@ -187,17 +187,23 @@ def test_reuse_cache_under_inference_mode_and_compile(env):
 
 
 def test_reuse_cache_sees_a_quantized_parameters_patches(env):
-    """ComfyUI-GGUF applies LoRA when it dequantizes: it keeps the patches on the tensor and swaps the list when it
-    patches or unpatches. A swapped list recomputes; the same list reuses."""
+    """ComfyUI-GGUF applies LoRA when it dequantizes: it keeps the patches on the tensor, in a list it copies freely
+    and replaces when it patches or unpatches. Other patches recompute; a copy of the same patches reuses."""
     cache = env.reuse.ProjectionCache(enabled=True)
+    lora = (["a LoRA's tensors"], "diffusion_model.to_k.weight")
     with torch.inference_mode():
         lin = torch.nn.Linear(4, 3)
         x = torch.randn(1, 5, 4)
         lin.weight.patches = []
         first = cache.get("kv", (lin,), x, lin)
         assert cache.get("kv", (lin,), x, lin) is first
-        lin.weight.patches = [("a LoRA", "diffusion_model.to_k.weight")]
-        assert cache.get("kv", (lin,), x, lin) is not first
+        lin.weight.patches = [lora]
+        patched = cache.get("kv", (lin,), x, lin)
+        assert patched is not first
+        lin.weight.patches = list(lin.weight.patches)
+        assert cache.get("kv", (lin,), x, lin) is patched
+        lin.weight.patches = []
+        assert cache.get("kv", (lin,), x, lin) is not patched
 
 
 # ----------------------------------------------------------------------------- step caches
