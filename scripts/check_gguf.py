@@ -144,7 +144,7 @@ def write_gguf(state_dict: dict, path: Path, qtype_name: str) -> dict:
     return counts
 
 
-# ----------------------------------------------------------------------------- sampling (as tests/support.py)
+# ----------------------------------------------------------------------------- sampling
 
 def sample(model, latent, pos, neg, steps, seed=1):
     import comfy.sample
@@ -156,24 +156,10 @@ def sample(model, latent, pos, neg, steps, seed=1):
 
 
 def probe(model, latent, pos, neg, sigmas, seed=1):
-    """The denoised output at each of ``sigmas`` on one fixed input, through sample_custom (NASA's sampler wrapper
-    runs as in any sampler; more than one sigma: a multi-step run, which reuses the negative's projections)."""
-    import comfy.sample
-    import comfy.samplers
+    """The denoised output at each of ``sigmas`` on one fixed input (runner/probe.py), as ComfyUI runs a node."""
     import torch
-    x = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    outs = []
-
-    def sampler_fn(model_k, noise, sigmas_, extra_args=None, callback=None, disable=None):
-        for s in sigmas_:
-            outs.append(model_k(x.to(noise), s.reshape(1).expand(x.shape[0]).to(noise), **(extra_args or {})).clone())
-        return noise
-
     with torch.inference_mode():
-        comfy.sample.sample_custom(model, torch.zeros(latent.shape), 1.0, comfy.samplers.KSAMPLER(sampler_fn),
-                                   torch.tensor(sigmas, dtype=torch.float32), pos, neg, latent, disable_pbar=True,
-                                   seed=seed)
-    return outs
+        return _pack_entry.runner("probe").denoised_at(model, latent, pos, neg, sigmas, seed=seed)
 
 
 def apply_nasa(mp, alpha):

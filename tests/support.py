@@ -45,21 +45,9 @@ def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="s
 
 
 def probe(model, latent, pos, neg, sigmas, cfg=1.0, seed=1):
-    """The model's denoised output at each of ``sigmas`` on one fixed input, through ComfyUI's own
-    sample_custom/CFGGuider (so NASA's sampler wrapper and the conds run as in any sampler); a list."""
-    import comfy.sample
-    import comfy.samplers
-    x = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    outs = []
-
-    def sampler_fn(model_k, noise, sigmas_, extra_args=None, callback=None, disable=None):
-        for s in sigmas_:
-            outs.append(model_k(x.to(noise), s.reshape(1).expand(x.shape[0]).to(noise), **(extra_args or {})).clone())
-        return noise
-
-    comfy.sample.sample_custom(model, torch.zeros(latent.shape), cfg, comfy.samplers.KSAMPLER(sampler_fn),
-                               torch.tensor(sigmas, dtype=torch.float32), pos, neg, latent, disable_pbar=True, seed=seed)
-    return outs
+    """The model's denoised output at each of ``sigmas`` on one fixed input (runner/probe.py); a list."""
+    from nasa_runner.probe import denoised_at
+    return denoised_at(model, latent, pos, neg, sigmas, cfg, seed)
 
 
 def flux_conds(config, seed=0, pos_len=32, neg_len=40):
