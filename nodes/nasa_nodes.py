@@ -151,7 +151,8 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                        "first steps, where layout and content are decided."),
                 io.Float.Input("alpha_end_scale", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Alpha schedule: alpha goes linearly from alpha at start_percent to "
-                                       "alpha x this at end_percent. 1 = constant; 0 = fade out."),
+                                       "alpha x this at end_percent. 1 = constant; 0 = fade out. Keep 1 with "
+                                       "TorchCompileModel (a ramp would recompile every step)."),
                 io.String.Input("blocks", default="", tooltip=BLOCKS_TOOLTIP),
                 io.Combo.Input("guard", options=list(GUARD_MODES), default="off", optional=True,
                                tooltip="Stability guard on each steered image token of Z+ - alpha Z-: off = plain "
