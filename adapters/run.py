@@ -66,15 +66,15 @@ class RowTerm(NamedTuple):
 
 class StepPlan(NamedTuple):
     """What one model call steers, decided once per call outside the model (:meth:`NasaRun.plan`, from the
-    ``APPLY_MODEL`` wrapper of :mod:`.sampler`): no layer reads the sigma off the device (a host sync and,
+    ``APPLY_MODEL`` wrapper of :mod:`.model_call`): no layer reads the sigma off the device (a host sync and,
     under torch.compile, a graph break) and nothing a compiled layer reads changes from one step to the next
     unless what it steers does (else every step would recompile).
 
     ``signature`` spells out every Python value a traced layer bakes into a compiled graph (coefficients, rows,
     the run's settings, the negatives' shapes). torch.compile does not re-check transformer_options before it
     reuses a graph when ComfyUI's sampler calls a compiled model (observed with torch 2.13: a graph traced for
-    the uncond call ran for the cond call); :func:`.sampler.nasa_step` puts the signature on the diffusion
-    model itself, whose attributes it does check, and :func:`.sampler.nasa_forward_check` reads it there."""
+    the uncond call ran for the cond call); :func:`.model_call.nasa_step` puts the signature on the diffusion
+    model itself, whose attributes it does check, and :func:`.model_call.nasa_forward_check` reads it there."""
     n_chunks: int           # chunks of the call's batch (cond_or_uncond)
     groups: tuple           # ((terms, chunk indices), ...): RowTerms at ``factor`` and the positive chunks they steer
     factor: float           # the schedule's alpha multiplier at this call's sigma
