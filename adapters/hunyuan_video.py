@@ -150,7 +150,7 @@ def _check_text_rope(pe, text: slice, where: str) -> None:
     """The joint sequence's RoPE (``pe``, (B, 1, tokens, D/2, 2, 2)) is the identity on the positions NASA takes
     for the text: the text's ids are zeros, so nothing rotates the negative stream. Image tokens have distinct
     ids (at most one of them zeros), so positions taken from the wrong side of the sequence fail this too. Checked
-    in eager runs; a compiled model is checked by its first run without TorchCompileModel."""
+    in eager runs only: traced by torch.compile, a check of values would break the graph."""
     rot = pe[:, :, text]
     if rot.device.type == "meta" or torch.compiler.is_compiling():
         return      # shapes only (FLOP counting), or traced by torch.compile (a check of values breaks the graph)

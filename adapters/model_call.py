@@ -104,7 +104,7 @@ def prepare_compiled_run(run, base_model, node: str) -> None:
                          f"TorchCompileModel for this run.")
     import torch
     dm = _diffusion_model(base_model)
-    settings = run.settings_signature()
+    settings = run.settings_signature
     previous = _compiled_settings.get(dm)
     _compiled_settings[dm] = settings
     if previous is not None and previous != settings:

@@ -7,6 +7,7 @@ and a layer projects each into a :class:`nasa_core.NegativeTerm` (its K-, V-) fo
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -250,11 +251,13 @@ class NasaRun:
         terms = tuple((chunks, tuple((t.coef, t.entry.weight, t.prompt.alpha, t.area, _tensor_key(t.entry.cond),
                                       _tensor_key(t.entry.attention_mask), _tensor_key(t.prompt.mask))
                                      for t in ts)) for ts, chunks in groups)
-        return repr((self.settings_signature(), n_chunks, factor, terms))
+        return repr((self.settings_signature, n_chunks, factor, terms))
 
+    @functools.cached_property
     def settings_signature(self) -> str:
         """The run's settings a compiled graph bakes in, whatever the call: the guard, the stream, the block
-        selection, the latent's size, and each negative's alpha, weights and shapes."""
+        selection, the latent's size, and each negative's alpha, weights and shapes. Fixed for the run (a NasaRun
+        is complete when constructed): made once, not at every model call."""
         prompts = [p for ps in [self.default, *self.carried.values()] for p in ps]
         negatives = tuple((p.alpha, _tensor_key(p.mask), tuple((e.weight, _tensor_key(e.cond),
                                                                  _tensor_key(e.attention_mask)) for e in p.entries))
@@ -291,14 +294,14 @@ class NasaRun:
         if mask is None:
             return None
         if torch.compiler.is_compiling():       # computed in the graph (a cache would be guarded on)
-            return self._region(term, n_tokens).to(device=device, dtype=dtype)[None]
+            return self._region(term, n_tokens, device, dtype)
         key = (id(term.prompt), term.area, n_tokens, device, dtype)
         hit = self._regions.get(key)
         if hit is None:
-            hit = self._regions[key] = (term.prompt, self._region(term, n_tokens).to(device=device, dtype=dtype)[None])
+            hit = self._regions[key] = (term.prompt, self._region(term, n_tokens, device, dtype))
         return hit[1]
 
-    def _region(self, term: RowTerm, n_tokens: int) -> torch.Tensor:
+    def _region(self, term: RowTerm, n_tokens: int, device, dtype) -> torch.Tensor:
         if self.latent is None:
             raise RuntimeError(f"{self.node}: a masked negative needs the sampled latent's size; this sampler "
                                f"did not pass through NASA's sampler wrapper.")
@@ -307,7 +310,7 @@ class NasaRun:
             raise RuntimeError(f"{self.node}: a layer has {n_tokens} image tokens, which is no downscale of the "
                                f"{'x'.join(map(str, self.latent))} latent; NASA cannot place the negative's mask "
                                f"on it. Remove the mask for this model and please report it.")
-        return region
+        return region.to(device=device, dtype=dtype)[None]
 
     def negative_terms(self, terms: Sequence[RowTerm], n_tokens: int, device, dtype, project: Callable,
                        mask_of: Optional[Callable] = None) -> list:

@@ -26,7 +26,6 @@ from .inputs import CARRIED_KEY, NegativeInput, check_single_batch, check_width
 from .run import RUN_KEY, NasaRun, NegativePrompt, negative_prompt, prompt_list
 
 
-
 @dataclass(frozen=True)
 class NasaSettings:
     """What Apply NASA Attention was asked for, checked and complete; cloned along with the model."""
