@@ -103,6 +103,7 @@ def install(model_patcher) -> int:
 
 FAMILY = Family(
     name="Chroma", supported=("Chroma, Chroma Radiance",),
+    model_classes=("Chroma", "ChromaRadiance"),
     matches=matches, model_name=model_name, context_dim=context_dim, block_groups=double_single.double_single_groups,
     install=install, joint_stream=True,
     flop_layers=functools.partial(double_single.flop_layers, modulated=False))   # modulation precomputed for all blocks

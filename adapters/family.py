@@ -32,6 +32,10 @@ class Family:
     """Display name, e.g. "FLUX.1"."""
     supported: tuple
     """What a user may load, one string per model line (error messages, docs)."""
+    model_classes: tuple
+    """The names of the ``comfy.supported_models`` classes (ComfyUI's model configs) whose models this family
+    steers; a class a ComfyUI version lacks is simply absent there. tests/adapters/test_model_coverage.py holds
+    every config class of the ComfyUI under test to this list or to its table of refused classes."""
     matches: Callable[..., bool]
     """``matches(model_patcher)``: strictly this family's ComfyUI classes and structure; False for anything NASA
     would misread (a subclass with another forward, a variant with other text positions)."""

@@ -86,6 +86,7 @@ def install(model_patcher) -> int:
 
 FAMILY = Family(
     name="FLUX.1", supported=("FLUX.1 schnell/dev/Fill/Kontext",),
+    model_classes=("FluxSchnell", "Flux", "FluxInpaint"),
     matches=matches, model_name=model_name, context_dim=context_dim,
     block_groups=double_single.double_single_groups, install=install, flop_layers=double_single.flop_layers,
     joint_stream=True)

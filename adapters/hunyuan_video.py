@@ -255,6 +255,8 @@ def install(model_patcher) -> int:
 
 
 FAMILY = Family(
-    name="HunyuanVideo", supported=("HunyuanVideo T2V/I2V, SkyReels I2V",), matches=matches, model_name=model_name,
+    name="HunyuanVideo", supported=("HunyuanVideo T2V/I2V, SkyReels I2V",),
+    model_classes=("HunyuanVideo", "HunyuanVideoI2V", "HunyuanVideoSkyreelsI2V"), matches=matches,
+    model_name=model_name,
     context_dim=context_dim, block_groups=double_single.double_single_groups, install=install,
     flop_layers=flop_layers, video=True, joint_stream=True)

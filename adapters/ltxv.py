@@ -171,6 +171,7 @@ def install(model_patcher) -> int:
 
 
 FAMILY = Family(
-    name="LTX-Video", supported=("LTX-Video 0.9.x (2B, 13B, distilled)",), matches=matches, model_name=model_name,
+    name="LTX-Video", supported=("LTX-Video 0.9.x (2B, 13B, distilled)",), model_classes=("LTXV",),
+    matches=matches, model_name=model_name,
     context_dim=context_dim, block_groups=block_groups, install=install, layers=no_layers, flop_layers=flop_layers,
     video=True)

@@ -252,6 +252,7 @@ def install(model_patcher) -> int:
 
 
 FAMILY = Family(
-    name="Lumina 2", supported=("Lumina Image 2.0 / Neta Lumina (NextDiT)",), matches=matches, model_name=model_name,
+    name="Lumina 2", supported=("Lumina Image 2.0 / Neta Lumina (NextDiT)",), model_classes=("Lumina2",),
+    matches=matches, model_name=model_name,
     context_dim=context_dim, block_groups=block_groups, install=install, layers=no_layers, flop_layers=flop_layers,
     joint_stream=True)

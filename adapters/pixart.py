@@ -166,5 +166,6 @@ def install(model_patcher) -> int:
 
 
 FAMILY = Family(
-    name="PixArt", supported=("PixArt-α", "PixArt-Σ"), matches=matches, model_name=model_name,
+    name="PixArt", supported=("PixArt-α", "PixArt-Σ"), model_classes=("PixArtAlpha", "PixArtSigma"),
+    matches=matches, model_name=model_name,
     context_dim=context_dim, block_groups=block_groups, install=install, flop_layers=flop_layers)

@@ -186,5 +186,6 @@ FAMILY = Family(
     name="Qwen-Image",
     supported=("Qwen-Image, Qwen-Image-Edit / Edit-2511 (reference latents are attended to, not steered), "
                "Qwen-Image-Layered",),
+    model_classes=("QwenImage",),
     matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
     flop_layers=flop_layers, joint_stream=True)

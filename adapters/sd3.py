@@ -133,6 +133,7 @@ def install(model_patcher) -> int:
 
 
 FAMILY = Family(
-    name="SD3/SD3.5", supported=("SD3 Medium, SD3.5 Large/Large Turbo/Medium",), matches=matches,
+    name="SD3/SD3.5", supported=("SD3 Medium, SD3.5 Large/Large Turbo/Medium",), model_classes=("SD3",),
+    matches=matches,
     model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
     flop_layers=flop_layers, joint_stream=True)

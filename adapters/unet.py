@@ -109,5 +109,6 @@ def layers(base_model) -> dict:
 FAMILY = Family(
     name="SD1.x / SD2.x / SDXL (UNet)",
     supported=("SD1.5", "SD2.0/2.1 (incl. v-prediction)", "SDXL (incl. Turbo, DMD2, Lightning, Refiner, SSD-1B, Vega)"),
+    model_classes=("SD15", "SD20", "SDXL", "SDXLRefiner"),
     matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
     layers=layers, flop_layers=flop_layers)

@@ -152,5 +152,6 @@ FAMILY = Family(
     name="Wan 2.1 / 2.2",
     supported=("Wan 2.1 T2V/I2V/FLF2V (incl. CausVid, self-forcing LoRAs)",
                "Wan 2.2 A14B T2V/I2V (one Apply NASA Attention per expert), Wan 2.2 TI2V 5B"),
+    model_classes=("WAN21_T2V", "WAN21_I2V", "WAN22_T2V"),
     matches=matches, model_name=model_name, context_dim=context_dim, block_groups=block_groups, install=install,
     layers=no_layers, flop_layers=flop_layers, video=True)
