@@ -9,6 +9,11 @@
   HuMo on Wan's; Chroma Radiance with sequential text positions) are refused with the "not supported" error
   before anything runs. Families a ComfyUI version lacks are skipped there by name (the only skip CI accepts).
 
+* Coverage: every model class of the running ComfyUI (``comfy.supported_models.models``) is a family's and sampled
+  by the contract suite, a derivative of a supported class, or refused in REFUSED_CLASSES with the reason; a class
+  a new ComfyUI release adds fails the coverage test by name. A refused text-to-image class gets the "not
+  supported" error naming it and the supported list.
+
 The canaries (every layer of every family steered in a one-step run) are in test_contract.py; the Qwen-Image,
 Lumina 2, HunyuanVideo and LTX-Video refusals live in their adapters' test files.
 """
@@ -135,3 +140,102 @@ def test_chroma_radiance_sequential_text_positions_at_run_time_are_refused(env):
     m.model_options["transformer_options"]["chroma_radiance_options"] = {"use_sequential_txt_ids": True}
     with pytest.raises(ValueError, match="sequential positions.*force_sequential_txt_ids"):
         support.sample(m, latent, pos, neg)
+
+
+# ------------------------------------------------------------------------------------------------ coverage
+# Every model config class of ComfyUI (comfy.supported_models.models, both versions CI tests) that NASA does not list
+# in a family's ``model_classes``, with the reason. A class ComfyUI adds later is in neither list: the coverage test
+# fails, naming it, until someone supports it (a family and its contract cases) or refuses it here.
+DERIVED = {  # class -> the supported class it subclasses: the base family's structural check decides per model
+    "SD15_instructpix2pix": "SD15", "SD21UnclipL": "SD20", "SD21UnclipH": "SD20", "LotusD": "SD20",
+    "SD_X4Upscaler": "SD20", "SDXL_instructpix2pix": "SDXL", "SSD1B": "SDXL", "KOALA_700M": "SDXL",
+    "KOALA_1B": "SDXL", "Segmind_Vega": "SDXL",
+}
+SIBLINGS = {  # supported class -> the class of the same family whose contract case samples the same diffusion model
+    "SDXLRefiner": "SDXL", "Flux": "FluxSchnell", "FluxInpaint": "FluxSchnell", "HunyuanVideoI2V": "HunyuanVideo",
+    "HunyuanVideoSkyreelsI2V": "HunyuanVideo",
+}
+_NO_TEXT = "no text prompt (image, video or 3D conditioning only): nothing for a negative prompt to steer"
+_NOT_DIFFUSION = "not a text-to-image/video diffusion model (detection, segmentation or depth)"
+_AUDIO = "audio generation: NASA's families are image and video models; not supported yet"
+_LATER = "text-to-image/video family not supported yet (issue 26's 'as far as time allows' list)"
+_OLD = "older text-to-image/video family not supported (rarely run distilled or at cfg 1 today)"
+REFUSED_CLASSES = {
+    "Stable_Zero123": _NO_TEXT, "SVD_img2vid": _NO_TEXT, "SV3D_u": _NO_TEXT, "SV3D_p": _NO_TEXT,
+    "Hunyuan3Dv2": _NO_TEXT, "Hunyuan3Dv2mini": _NO_TEXT, "Hunyuan3Dv2_1": _NO_TEXT, "TripoSplat": _NO_TEXT,
+    "Trellis2": _NO_TEXT, "SeedVR2": _NO_TEXT + " (video restoration)",
+    "RT_DETR_v4": _NOT_DIFFUSION, "SAM3": _NOT_DIFFUSION, "SAM31": _NOT_DIFFUSION, "DepthAnything3": _NOT_DIFFUSION,
+    "StableAudio": _AUDIO, "StableAudio3": _AUDIO, "ACEStep": _AUDIO, "ACEStep15": _AUDIO, "MiniMaxMusic3": _AUDIO,
+    "Stable_Cascade_C": _OLD, "Stable_Cascade_B": _OLD, "AuraFlow": _OLD, "HunyuanDiT": _OLD, "HunyuanDiT1": _OLD,
+    "CosmosT2V": _OLD + " (Cosmos 1.0; Cosmos Predict2 is its successor)", "CosmosI2V": _OLD + " (Cosmos 1.0)",
+    "GenmoMochi": _LATER, "MiniMaxH3": _LATER, "PiD": _LATER, "PixelDiTT2I": _LATER, "Omnigen2": _LATER,
+    "Boogu": _LATER, "MageFlow": _LATER, "JoyImage": _LATER, "Ideogram4": _LATER, "Krea2": _LATER, "Lens": _LATER,
+    "ErnieImage": _LATER, "CogVideoX_T2V": _LATER, "CogVideoX_I2V": _LATER, "CogVideoX_Inpaint": _LATER,
+    "HiDreamO1": _LATER,
+    # issue 26's required families, refused until their adapters land
+    "Flux2": _LATER, "LongCatImage": _LATER, "ZImage": _LATER, "ZImagePixelSpace": _LATER, "LTXAV": _LATER,
+    "HunyuanVideo15": _LATER, "HunyuanVideo15_SR_Distilled": _LATER, "HunyuanImage21": _LATER,
+    "HunyuanImage21Refiner": _LATER, "Kandinsky5": _LATER, "Kandinsky5Image": _LATER, "Anima": _LATER,
+    "CosmosT2IPredict2": _LATER, "CosmosI2VPredict2": _LATER, "HiDream": _LATER,
+    "WAN21_Vace": _LATER, "WAN22_S2V": _LATER, "WAN22_Animate": _LATER, "WAN_Animate2": _LATER, "WAN21_HuMo": _LATER,
+    "WAN21_CausalAR_T2V": _LATER, "WAN21_Camera": _LATER, "WAN22_Camera": _LATER, "WAN21_FunControl2V": _LATER,
+    "WAN21_FlowRVS": _LATER, "WAN21_SCAIL": _LATER, "WAN21_SCAIL2": _LATER, "WAN22_WanDancer": _LATER,
+}
+
+
+def _supported(env) -> dict:
+    """``{config class name: family name}`` from every family's ``model_classes``."""
+    return {name: family.name for family in env["adapters"].FAMILIES for name in family.model_classes}
+
+
+def test_every_model_class_of_this_comfyui_is_supported_or_refused_with_a_reason(env):
+    """Each class of comfy.supported_models.models is a family's (and in the contract suite: a family_cases Case
+    samples it or a sibling of the same family), a derivative of one, or refused in REFUSED_CLASSES; a new ComfyUI
+    class fails here by name."""
+    import comfy.supported_models as sm
+    supported, tested = _supported(env), {case.config_class for case in cases.CASES.values()}
+    unknown, untested, wrong = [], [], []
+    for cls in sm.models:
+        name = cls.__name__
+        if name in supported:
+            sampled_as = SIBLINGS.get(name, name)
+            if sampled_as not in tested or supported.get(sampled_as) != supported[name]:
+                untested.append(f"{name} ({supported[name]})")
+        elif name in DERIVED:
+            if not issubclass(cls, getattr(sm, DERIVED[name])):
+                wrong.append(f"{name} no longer subclasses {DERIVED[name]}")
+        elif name not in REFUSED_CLASSES:
+            unknown.append(name)
+    assert not unknown, (f"ComfyUI {len(sm.models)} model classes include ones NASA neither supports nor refuses: "
+                         f"{unknown}. Add a family (and its contract cases) or an entry with the reason to "
+                         f"REFUSED_CLASSES.")
+    assert not untested, f"supported but no contract case samples them (tests/adapters/family_cases.py): {untested}"
+    assert not wrong, wrong
+
+
+def test_the_coverage_tables_do_not_contradict_the_families(env):
+    """A class is supported, derived or refused, never two of them; every derived class's base is supported; every
+    family's model class is a name ComfyUI uses (on some version: each is in this one or absent on purpose)."""
+    import comfy.supported_models as sm
+    supported = _supported(env)
+    assert not set(supported) & set(REFUSED_CLASSES), sorted(set(supported) & set(REFUSED_CLASSES))
+    assert not set(supported) & set(DERIVED), sorted(set(supported) & set(DERIVED))
+    assert not set(DERIVED) & set(REFUSED_CLASSES), sorted(set(DERIVED) & set(REFUSED_CLASSES))
+    assert set(SIBLINGS) <= set(supported), sorted(set(SIBLINGS) - set(supported))
+    assert set(DERIVED.values()) <= set(supported), sorted(set(DERIVED.values()) - set(supported))
+    for name in supported:
+        assert name in {c.__name__ for c in sm.models} or not hasattr(sm, name), \
+            f"{name} exists in comfy.supported_models but not in its models list"
+
+
+def test_a_refused_text_to_image_class_gets_the_not_supported_error_naming_it_and_the_supported_list(env):
+    """AuraFlow (refused above): the node names the model class and lists what NASA supports."""
+    mp = env["rm"].build_diffusion_model("AuraFlow", dict(
+        max_seq=16, cond_seq_dim=32, n_double_layers=1, n_layers=2, n_heads=2, dim=32, global_conddim=32, patch_size=2,
+        in_channels=4, out_channels=4), seed=0)
+    with pytest.raises(env["adapters"].UnsupportedModelError) as e:
+        support.apply_nasa(mp, alpha=0.5)
+    msg = str(e.value)
+    assert msg.startswith("Apply NASA Attention: model family 'AuraFlow' is not supported by this version"), msg
+    for family in env["adapters"].FAMILIES:
+        assert all(s in msg for s in family.supported), family.name
