@@ -262,10 +262,10 @@ FORWARD_CASES = {
 
 
 def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alpha=0.5,
-                device=None, nag: Optional[dict] = None) -> List[Row]:
+                device=None, nag: Optional[dict] = None, core_nag: bool = False) -> List[Row]:
     """Modes: plain; NASA at a run's first step (everything computed); NASA at steps 2+ of a multi-step run
     (the negative's projections reused, cross-attention families); CFG; ComfyUI-NAG when ``nag`` (load_nag) is
-    given, with its defaults and the same negative."""
+    given, with its defaults and the same negative; ComfyUI's own NAGuidance node when ``core_nag``."""
     import comfy.model_management as mm
     device = device or mm.get_torch_device()
     shapes = case.cost
@@ -309,11 +309,16 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
     fns["CFG"] = cfg
     if nag is not None:
         fns["NAG"] = _nag_forward(nag[case.nag], model, x, t, pos, neg, extra1, device, dtype)
+    if core_nag:
+        fns["NAGuidance (core)"] = _core_nag_forward(mp, x, t, pos, uncond, extra2)
+        flops["NAGuidance (core)"] = 2.0     # CFG's batch of two; its normalisation is elementwise (no matmul)
     check_steers(plain, steered, case.name)
     if "NASA, steps 2+" in fns:
         check_steers(steered, steered_later, case.name, same=True)
     if nag is not None:
         check_steers(plain, fns["NAG"], case.name + " (ComfyUI-NAG)")
+    if core_nag:
+        check_steers(plain, lambda: fns["NAGuidance (core)"]()[:1], case.name + " (core NAGuidance)")
     times = interleaved(fns, rounds, warmup, device)
     peaks = {}
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -401,6 +406,31 @@ def _nag_forward(switch_class, model, x, t, pos, neg, extra, device, dtype) -> F
         return model.apply_model(x, t, c_crossattn=pos, transformer_options={"cond_or_uncond": [0], "sigmas": t},
                                  **extra)
     return Framed(switch.set_nag, forward, restore)
+
+
+NAGUIDANCE_DEFAULTS = dict(nag_scale=5.0, nag_alpha=0.5, nag_tau=1.5)     # core NAGuidance's node defaults
+
+
+def core_nag_available() -> bool:
+    """Whether this ComfyUI has its own NAGuidance node (comfy_extras/nodes_nag.py, ComfyUI 0.33+)."""
+    import importlib.util
+    return importlib.util.find_spec("comfy_extras.nodes_nag") is not None
+
+
+def _core_nag_forward(model_patcher, x, t, pos, uncond, extra2):
+    """One forward of ComfyUI's own NAGuidance (comfy_extras/nodes_nag.py), through the node itself with its
+    defaults: it patches every self-attention output and needs the negative's rows in the batch (it switches off
+    the cfg-1 optimisation), so the forward is CFG's batch of two with its patch in the options."""
+    from comfy_extras.nodes_nag import NAGuidance
+    patched = NAGuidance.execute(model_patcher, **NAGUIDANCE_DEFAULTS)[0]
+    options = dict(patched.model_options["transformer_options"], cond_or_uncond=[0, 1])
+    model = patched.model
+
+    @torch.no_grad()
+    def forward():
+        return model.apply_model(torch.cat((x, x)), t.repeat(2), c_crossattn=torch.cat((pos, uncond)),
+                                 transformer_options=dict(options), **extra2)
+    return forward
 
 
 # ----------------------------------------------------------------------------- layer mode

@@ -6,6 +6,7 @@
     python scripts/nasa_bench.py forward --model flux-small     # FLUX at real width, 2 double + 4 single blocks
     python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
     python scripts/nasa_bench.py forward --nag ~/ComfyUI-NAG    # side by side with a ComfyUI-NAG checkout
+    python scripts/nasa_bench.py forward --core-nag --model flux  # side by side with ComfyUI's own NAGuidance (0.33+)
     python scripts/nasa_bench.py trim                           # FLUX: does trimming the negative's T5 padding keep NASA?
     python scripts/nasa_bench.py forward --compile inductor     # whole runs, TorchCompileModel on plain and NASA
     python scripts/nasa_bench.py forward --cache easycache --steps 10   # whole runs with ComfyUI's EasyCache
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     parser.add_argument("--nag", metavar="PATH", default=None,
                         help="forward: also time ComfyUI-NAG (its defaults, the same negative) from a checkout of "
                              "github.com/ChenDarYen/ComfyUI-NAG at PATH; nothing of it is shipped here")
+    parser.add_argument("--core-nag", action="store_true",
+                        help="forward: also time ComfyUI's own NAGuidance node (ComfyUI 0.33+, its defaults, the "
+                             "negative as the batch's second row)")
     parser.add_argument("--compile", choices=("inductor", "eager", "aot_eager", "cudagraphs"), default=None,
                         help="forward: time whole sampling runs with ComfyUI's TorchCompileModel (this backend) on "
                              "the plain model and on NASA")
@@ -59,6 +63,8 @@ def main(argv=None) -> int:
         parser.error("--nag times single forwards; leave it out with --compile / --cache")
     if args.nag and args.mode != "forward":
         parser.error("--nag applies to forward mode")
+    if args.core_nag and (stack or args.mode != "forward"):
+        parser.error("--core-nag times single forwards: forward mode, without --compile / --cache")
     if args.threads:
         torch.set_num_threads(args.threads)
     comfy_env = _pack_entry.runner("comfy_env")
@@ -79,6 +85,10 @@ def main(argv=None) -> int:
         nag = bench.load_nag(args.nag) if args.nag else None
     except ValueError as e:
         print(e, file=sys.stderr)
+        return 2
+    if args.core_nag and not bench.core_nag_available():
+        print(f"nasa_bench: --core-nag needs ComfyUI's NAGuidance node (comfy_extras/nodes_nag.py), which ComfyUI "
+              f"{comfy_env.comfyui_version(comfy_dir)} does not have; use ComfyUI 0.33 or newer", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -110,7 +120,7 @@ def main(argv=None) -> int:
         else:
             rows += bench.run_forward(cases[name], rounds=args.rounds or 8,
                                       warmup=args.warmup if args.warmup is not None else 2, dtype=dtype, device=device,
-                                      nag=nag)
+                                      nag=nag, core_nag=args.core_nag)
     print(bench.markdown(rows))
     return 0
 
