@@ -1,8 +1,9 @@
 """Model-family adapters: everything that touches ComfyUI internals lives here.
 
 * :mod:`.family` - the written family interface (:class:`.family.Family`); one module per family declares one
-  (``unet``, ``flux``, ``chroma``, ``sd3``, ``pixart``, ``qwen_image``, ``lumina2``, ``wan``, ``ltxv``,
-  ``hunyuan_video``) and :mod:`.registry` lists them;
+  (``unet``, ``flux``, ``flux2``, ``longcat_image``, ``chroma``, ``sd3``, ``pixart``, ``qwen_image``, ``lumina2``,
+  ``z_image``, ``wan``, ``ltxv``, ``ltx2``, ``hunyuan_video``, ``hunyuan_video15``, ``hunyuan_image21``,
+  ``kandinsky5``, ``cosmos``, ``hidream``) and :mod:`.registry` lists them;
 * shared hooks: :mod:`.attn2` (attn2 replaces), :mod:`.joint` (the negative text stream of joint attention),
   :mod:`.double_single` (FLUX-style blocks), :mod:`.cross_blocks` (Wan-style blocks), :mod:`.binding` (binding
   ComfyUI's calls by name);

@@ -1,4 +1,4 @@
-"""Blocks with a separate text cross-attention call (Wan, LTX-Video): NASA through an attention override.
+"""Blocks with a separate text cross-attention call (Wan, LTX-Video, Kandinsky 5): NASA through an attention override.
 
 The cross-attention modules pass ``transformer_options`` to ComfyUI's ``optimized_attention``, which honours
 ``transformer_options["optimized_attention_override"]`` - the least fragile public hook:
@@ -83,6 +83,8 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
             return out
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         rest = {n: v for n, v in kwargs.items() if n not in ("heads", "mask")}
+        if q.ndim == 4 and rest.pop("skip_reshape", False):   # a head-major (B, H, L, D) call (Kandinsky 5): steer
+            q = q.transpose(1, 2).flatten(2)                   # its queries as (B, L, H*D); Z-'s call is (B, L, H*D)
 
         def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
             b = q_rows.shape[0]
@@ -149,6 +151,58 @@ def steer_block(args: dict, prior: Optional[Callable], original_block: Callable,
         raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function, "
                            f"{len(matched)} of them its text cross-attention; expected {expected}exactly one text "
                            f"cross-attention. This ComfyUI version changed the block: please report it.")
+    return out
+
+
+@dataclass
+class TextSite:
+    """One of several text cross-attentions of a block (LTX-2: the video's and the audio's), for
+    :func:`steer_block_sites`: its forward's :class:`CrossForward` (the negatives embedded as that stream embeds
+    its text, the stream's steered tokens), ``project(text)`` -> its (K-, V-), ``is_text(call, q, k, mask)``
+    (as for :func:`steer_block`) and its ``layer`` ((group, index), as block selections name it)."""
+    fwd: CrossForward
+    project: Callable
+    is_text: Callable
+    layer: object
+
+
+def steer_block_sites(args: dict, prior: Optional[Callable], original_block: Callable, sites: list,
+                      where: str) -> dict:
+    """:func:`steer_block` for a block with several text cross-attentions (:class:`TextSite`), each with its own
+    negative embedding, steered tokens and layer: each attention call is steered as the one site whose ``is_text``
+    claims it (a call two sites claim is an error), every other call runs untouched; each site must claim exactly
+    one call, or NASA raises."""
+    options = args["transformer_options"]
+    prior_override = options.get(joint.OVERRIDE_KEY)
+    seen: list = []
+    per_site = []
+    for site in sites:
+        matched: list = []
+        per_site.append((site, _make_override(site.fwd, site.project, prior_override, seen, matched, site.is_text,
+                                              site.layer), matched))
+
+    def nasa_cross_attention_sites(func, *a, **kw):
+        call = len(seen)
+        owners = [override for site, override, _ in per_site if site.is_text(call, a[0], a[1], _mask_arg(a, kw))]
+        if len(owners) > 1:
+            raise RuntimeError(f"NASA: {where}: attention call {call + 1} looks like {len(owners)} of the block's "
+                               f"text cross-attentions at once. This ComfyUI version changed the block: please "
+                               f"report it.")
+        if owners:
+            return owners[0](func, *a, **kw)       # counts the call in ``seen`` itself
+        seen.append(call)
+        return prior_override(func, *a, **kw) if prior_override is not None else func(*a, **kw)
+
+    out = joint.chain(prior, original_block)(
+        {**args, "transformer_options": {**options, joint.OVERRIDE_KEY: nasa_cross_attention_sites}})
+    if prior is not None and not seen:
+        return out      # a replace installed before NASA skipped the block
+    counts = [len(matched) for _, _, matched in per_site]
+    if any(n != 1 for n in counts):
+        found = ", ".join(f"{n} for {site.layer}" for (site, _, _), n in zip(per_site, counts))
+        raise RuntimeError(f"NASA: {where} made {len(seen)} attention call(s) through ComfyUI's attention function; "
+                           f"text cross-attention calls found: {found}; expected exactly one each. This ComfyUI "
+                           f"version changed the block: please report it.")
     return out
 
 

@@ -1,5 +1,5 @@
-"""FLUX-style double and single blocks (FLUX.1, Chroma, HunyuanVideo): NASA's ``"dit"`` block replaces and the
-negative stream's text-stream steps.
+"""FLUX-style double and single blocks (FLUX.1, Chroma, HunyuanVideo, FLUX.2, LongCat-Image): NASA's ``"dit"`` block
+replaces and the negative stream's text-stream steps.
 
 Double blocks keep separate text and image weights and attend jointly over [text; image]; single blocks run
 [text; image] through shared weights. The negative flows as a stream of its own (:mod:`.joint`):
@@ -11,7 +11,10 @@ Double blocks keep separate text and image weights and attend jointly over [text
 
 A family supplies where the modulation comes from (``prepare_for(block, vec)``, built on
 :func:`text_stream_double` / :func:`text_stream_single`) and, where reference tokens follow the image, the
-generated image's token count (:data:`IMAGE_TOKENS_KEY` in ``transformer_options``).
+generated image's token count (:data:`IMAGE_TOKENS_KEY` in ``transformer_options``, e.g. with
+:func:`image_tokens_wrapper`). Families whose text has RoPE positions (FLUX.2 / Klein, LongCat-Image: ComfyUI's
+``Flux`` with ``txt_ids_dims``) also give how the negative is embedded (``embed_of``) and ``text_rope=True``: the
+stream's queries and keys get the rotation the model gives text of the stream's length (:func:`text_rope_table`).
 """
 from __future__ import annotations
 
@@ -56,11 +59,14 @@ def text_stream_double(block, modulation):
 
 def text_stream_single(block, modulation):
     """``prepare``/``finish`` of a negative stream through a single block; ``modulation(stream)``
-    returns the block's modulation for the stream's rows."""
+    returns the block's modulation for the stream's rows. The MLP input is ``mlp_hidden_dim_first`` wide where the
+    block has it (FLUX.2's gated SiLU takes twice ``mlp_hidden_dim``; ComfyUI before 0.3.7x has only
+    ``mlp_hidden_dim``), and ``block.mlp_act`` maps it to ``mlp_hidden_dim``, as the block does."""
     def prepare(s):
         mod = modulation(s)
         qkv, mlp = torch.split(block.linear1(_apply_mod(block.pre_norm(s.x), mod.scale, mod.shift)),
-                               [3 * block.hidden_size, block.mlp_hidden_dim], dim=-1)
+                               [3 * block.hidden_size, getattr(block, "mlp_hidden_dim_first", block.mlp_hidden_dim)],
+                               dim=-1)
         q, k, v = _split_heads(qkv, block.num_heads)
         s.q, s.k = block.norm(q, k, v)
         s.v = v
@@ -74,6 +80,51 @@ def text_stream_single(block, modulation):
     return prepare, finish
 
 
+def text_ids(params, n: int, device) -> torch.Tensor:
+    """The RoPE ids ComfyUI's ``Flux._forward`` gives ``n`` text tokens: zeros on every axis, except the axes in
+    ``params.txt_ids_dims`` (FLUX.2: [3]; LongCat-Image: [1, 2]), which count 0 .. n-1. (1, n, axes)."""
+    ids = torch.zeros((1, n, len(params.axes_dim)), device=device, dtype=torch.float32)
+    for i in params.txt_ids_dims or ():
+        ids[:, :, i] = torch.linspace(0, n - 1, steps=n, device=device, dtype=torch.float32)
+    return ids
+
+
+def text_rope_table(dm, state, n: int, device) -> torch.Tensor:
+    """The model's RoPE table (``pe_embedder``) for ``n`` text tokens at :func:`text_ids`, kept for the forward in
+    ``state.info``: the positions a forward on a prompt of that length gives its text."""
+    cache = state.info.setdefault("text_rope", {})
+    if n not in cache:
+        cache[n] = dm.pe_embedder(text_ids(dm.params, n, device))
+    return cache[n]
+
+
+def with_text_rope(prepare, dm, state):
+    """``prepare`` followed by the text RoPE on the stream's queries and keys, with ComfyUI's own ``apply_rope``
+    (what the block's attention applies to its own text), for families whose text has positions."""
+    from comfy.ldm.flux.math import apply_rope
+
+    def prepare_roped(s):
+        prepare(s)
+        s.q, s.k = apply_rope(s.q, s.k, text_rope_table(dm, state, s.x.shape[1], s.x.device))
+    return prepare_roped
+
+
+def image_tokens_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper around ``Flux._forward`` (arguments bound by name) for families built on ComfyUI's
+    ``Flux`` class: the generated image has ceil(h/p) * ceil(w/p) tokens, reference latents follow. Records it
+    in a copy of transformer_options."""
+    from .binding import wrapped_call
+    from .run import RUN_KEY
+    call = wrapped_call(executor, args, kwargs, "Flux._forward", needs=("x", "transformer_options"))
+    x, options = call["x"], call["transformer_options"]
+    if isinstance(options, dict) and options.get(RUN_KEY) is not None:
+        p = executor.class_obj.patch_size
+        n_image = ((x.shape[-2] + p // 2) // p) * ((x.shape[-1] + p // 2) // p)
+        call["transformer_options"] = {**options, IMAGE_TOKENS_KEY: n_image}
+        return call.invoke(executor)
+    return executor(*args, **kwargs)
+
+
 def image_tokens(options, total):
     """The generated image's tokens among ``total`` image-side tokens (Kontext references follow them);
     all of them where the forward wrapper did not count (Chroma)."""
@@ -81,12 +132,17 @@ def image_tokens(options, total):
     return total if n is None else min(int(n), total)
 
 
-def make_double(index, prepare_for, family: str):
+def _txt_in(model):
+    return model.txt_in
+
+
+def make_double(index, prepare_for, family: str, embed_of: Callable = _txt_in, text_rope: bool = False):
     """NASA's replace maker for double block ``index``; ``prepare_for(block, vec)`` gives the stream's
-    text-stream steps (:func:`text_stream_double` with the family's modulation source)."""
+    text-stream steps (:func:`text_stream_double` with the family's modulation source); ``embed_of(model)``
+    embeds a negative as the model embeds its text (``txt_in``); ``text_rope``: see :func:`with_text_rope`."""
     def make(prior):
         def nasa_double_block(args, extra):
-            run_block, state, dm = joint.streams_block(args, extra, prior, index, lambda model: model.txt_in)
+            run_block, state, dm = joint.streams_block(args, extra, prior, index, embed_of)
             if state is None:
                 return run_block(args)
             img, txt = args["img"], args["txt"]
@@ -96,6 +152,8 @@ def make_double(index, prepare_for, family: str):
                 return run_block(args)
             t, n_img = txt.shape[1], image_tokens(options, img.shape[1])
             prepare, finish = prepare_for(dm.double_blocks[index], args["vec"])
+            if text_rope:
+                prepare = with_text_rope(prepare, dm, state)
             last = index == len(dm.double_blocks) - 1 and len(dm.single_blocks) == 0
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
                                    None if last else finish, f"{family} double block {index}", layer=("double", index))
@@ -103,7 +161,7 @@ def make_double(index, prepare_for, family: str):
     return make
 
 
-def make_single(index, prepare_for, family: str):
+def make_single(index, prepare_for, family: str, text_rope: bool = False):
     """NASA's replace maker for single block ``index`` (see :func:`make_double`)."""
     def make(prior):
         def nasa_single_block(args, extra):
@@ -113,6 +171,8 @@ def make_single(index, prepare_for, family: str):
             t = state.info["txt_len"]
             n_img = image_tokens(args["transformer_options"], args["img"].shape[1] - t)
             prepare, finish = prepare_for(dm.single_blocks[index], args["vec"])
+            if text_rope:
+                prepare = with_text_rope(prepare, dm, state)
             last = index == len(dm.single_blocks) - 1
             return joint.run_block(state, args, run_block, slice(t, t + n_img), slice(t, None), prepare,
                                    None if last else finish, f"{family} single block {index}", layer=("single", index))
@@ -166,12 +226,15 @@ def install_double_single(model_patcher, make_double: Callable, make_single: Cal
 
 
 def install_streams(model_patcher, double_prepare: Callable, single_prepare: Callable, family: str,
-                    forward_wrapper: Callable) -> int:
+                    forward_wrapper: Callable, embed_of: Callable = _txt_in, text_rope: bool = False) -> int:
     """:func:`install_double_single` with this module's block replaces (:func:`make_double` / :func:`make_single`)
-    and the family's ``prepare`` steps (FLUX, Chroma: only where the modulation comes from differs)."""
+    and the family's ``prepare`` steps (FLUX, Chroma: only where the modulation comes from differs; FLUX.2 and
+    LongCat-Image also embed their text otherwise and give it RoPE positions: ``embed_of``, ``text_rope``)."""
     return install_double_single(model_patcher,
-                                 functools.partial(make_double, prepare_for=double_prepare, family=family),
-                                 functools.partial(make_single, prepare_for=single_prepare, family=family),
+                                 functools.partial(make_double, prepare_for=double_prepare, family=family,
+                                                   embed_of=embed_of, text_rope=text_rope),
+                                 functools.partial(make_single, prepare_for=single_prepare, family=family,
+                                                   text_rope=text_rope),
                                  forward_wrapper)
 
 

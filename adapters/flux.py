@@ -37,7 +37,8 @@ def matches(model_patcher) -> bool:
     """A FLUX.1 config (dev, schnell, Fill, Kontext and configs built on them) on ComfyUI's FLUX.1 model
     class, with FLUX.1's structure. ComfyUI builds FLUX.2 / Klein, LongCat-Image and Ovis on the same
     ``Flux`` class; they differ in what NASA relies on: text RoPE ids (``txt_ids_dims``: text positions are
-    no longer zeros), shared modulation (``global_modulation``), the text norm and the MLP."""
+    no longer zeros), shared modulation (``global_modulation``), the text norm and the MLP. FLUX.2 / Klein
+    and LongCat-Image have families of their own (:mod:`.flux2`, :mod:`.longcat_image`); Ovis is refused."""
     import comfy.model_base
     import comfy.supported_models as sm
     base = model_patcher.model

@@ -31,8 +31,10 @@ order NASA cannot establish is an error.
 Hooks: a ``DIFFUSION_MODEL`` wrapper (arguments bound by name, :mod:`.binding`) that starts the negative
 streams (the token refiner needs the timestep, which blocks are not given) and records where the video
 tokens are, and a ``"dit"`` replace per double and single block (chaining any replace installed before).
-Only HunyuanVideo 1.0 is claimed (:func:`matches`): HunyuanVideo 1.5 and HunyuanImage 2.1 run the same
-diffusion-model class with other text sequences (vision and ByT5 tokens, 2D patches) and are refused.
+Only HunyuanVideo 1.0 is claimed here (:func:`matches`): HunyuanVideo 1.5 and HunyuanImage 2.1 run the same
+diffusion-model class with other text sequences (vision and ByT5 tokens, a condition-type embedding, 2D
+patches): :mod:`.hunyuan_video15` and :mod:`.hunyuan_image21` claim them, with this module's hooks
+(:func:`install`; :func:`embed_text` adds the condition-type vector HunyuanVideo 1.5 gives its text).
 """
 from __future__ import annotations
 
@@ -57,7 +59,8 @@ def matches(model_patcher) -> bool:
     HunyuanVideo diffusion model built with 3D patches, a pooled CLIP vector and the token refiner's text alone.
     The same diffusion-model class also runs HunyuanVideo 1.5 (vision tokens, ByT5 glyph tokens and a
     condition-type embedding in the text sequence, MeanFlow timesteps) and HunyuanImage 2.1 (2D patches, ByT5):
-    their text sequence is not what NASA's negative stream reproduces, so they are not claimed."""
+    their own families claim them (:mod:`.hunyuan_video15`, :mod:`.hunyuan_image21`); a model of ComfyUI's 1.0
+    classes built with any of those parts is claimed by none."""
     import comfy.model_base
     from comfy.ldm.hunyuan_video.model import HunyuanVideo
     model = getattr(model_patcher, "model", None)
@@ -71,6 +74,20 @@ def matches(model_patcher) -> bool:
             and all(getattr(dm, m, None) is None for m in ("byt5_in", "time_r_in", "vision_in", "cond_type_embedding")))
 
 
+def diffusion_model_of(model_patcher, class_names: tuple):
+    """The diffusion model of ``model_patcher`` where that is ComfyUI's HunyuanVideo class (exactly) inside one of
+    ComfyUI's model classes ``class_names`` (comfy.model_base, by name; a name this ComfyUI lacks is skipped) and
+    its text goes through the token refiner NASA's negative stream runs (:func:`embed_text`); else None."""
+    import comfy.model_base
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, TokenRefiner
+    model = getattr(model_patcher, "model", None)
+    dm = getattr(model, "diffusion_model", None)
+    classes = tuple(c for c in (getattr(comfy.model_base, n, None) for n in class_names) if c is not None)
+    if type(dm) is not HunyuanVideo or type(model) not in classes or type(dm.txt_in) is not TokenRefiner:
+        return None
+    return dm
+
+
 def context_dim(model_patcher) -> Optional[int]:
     return model_patcher.model.diffusion_model.params.context_in_dim
 
@@ -80,14 +97,33 @@ def model_name(model_patcher) -> str:
 
 
 def _tokens(latent, patch_size) -> int:
-    """Tokens of a (B, C, T, H, W) latent after the patch embedding (padded up to the patch size)."""
+    """Tokens of a (B, C, T, H, W) or (B, C, H, W) latent after the patch embedding (padded up to the patch
+    size: 3D or 2D, one size per latent dimension)."""
     return patch_tokens(latent.shape[2:], patch_size)
+
+
+TEXT_TYPE = 0       # cond_type_embedding's index of the main text ("text_encoder feature"), as the model uses it
+
+
+def embed_text(dm, negative, timestep, options):
+    """The negative's main text (a raw (1, L, width) prompt) as the model embeds the positive's: the token
+    refiner at this forward's timestep (each row's own), no mask (the negative has no padding; ComfyUI encodes a
+    single prompt unpadded and drops an all-ones mask), plus the main text's condition-type vector where the model
+    has a ``cond_type_embedding`` (HunyuanVideo 1.5; never in the 1.0 models :func:`matches` claims). That vector
+    is looked up on the embedding's own device (ComfyUI moves the module to the text's device inside its forward)
+    and cast to the text's dtype, as the model adds it."""
+    txt = dm.txt_in(negative, timestep, None, transformer_options=options)
+    cond_type = getattr(dm, "cond_type_embedding", None)
+    if cond_type is not None:
+        ids = torch.full((txt.shape[1],), TEXT_TYPE, dtype=torch.long, device=cond_type.weight.device)
+        txt = txt + cond_type(ids).to(device=txt.device, dtype=txt.dtype)
+    return txt
 
 
 def _start_forward(executor, *args, **kwargs):
     """DIFFUSION_MODEL wrapper of HunyuanVideo._forward, its arguments bound by name: embed the negative(s)
-    with the token refiner at this forward's timestep; record the image side of the joint sequence:
-    [reference latent][guiding frame][video]."""
+    (:func:`embed_text`) at this forward's timestep; record the image side of the joint sequence:
+    [reference latent][guiding frame][video or image]."""
     call = wrapped_call(executor, args, kwargs, "HunyuanVideo._forward",
                         needs=("x", "timestep", "context", "guiding_frame_index", "ref_latent", "transformer_options"))
     options = call["transformer_options"]
@@ -102,7 +138,7 @@ def _start_forward(executor, *args, **kwargs):
         n_guide = (x.shape[-1] // dm.patch_size[-1]) * (x.shape[-2] // dm.patch_size[-2])
     n_image = n_ref + _tokens(x, dm.patch_size)
     state = joint.start_forward(options, x.shape[0], x.device, context.dtype,
-                                lambda neg: dm.txt_in(neg, timestep, None, transformer_options=options))
+                                lambda neg: embed_text(dm, neg, timestep, options))
     state.info.update(image=n_image, steer=n_ref + n_guide)
     call["transformer_options"] = options
     return call.invoke(executor)
@@ -236,7 +272,8 @@ def _make_single(index):
 
 def flop_layers(model_patcher, latent) -> tuple:
     """(Embedding, [NasaLayer]) for nasa_core.flops: the token refiner on the negative (its vectors and
-    self-attention counted once), then FLUX's stream through the double and single blocks over the video tokens."""
+    self-attention counted once), then FLUX's stream through the double and single blocks over the video tokens
+    (``latent``: (C, T, H, W), or (C, H, W) for 2D patches; the condition-type vector is an addition, no FLOPs)."""
     from ..nasa_core.flops import Embedding, module_linear_weights
     dm = model_patcher.model.diffusion_model
     refiner = dm.txt_in
@@ -251,6 +288,9 @@ def flop_layers(model_patcher, latent) -> tuple:
 
 
 def install(model_patcher) -> int:
+    """NASA's ``"dit"`` replace on every double and single block and the DIFFUSION_MODEL wrapper; the same for
+    every model of ComfyUI's HunyuanVideo class NASA claims (:mod:`.hunyuan_video15` and :mod:`.hunyuan_image21`
+    use it too)."""
     return double_single.install_double_single(model_patcher, _make_double, _make_single, _start_forward)
 
 

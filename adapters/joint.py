@@ -1,4 +1,5 @@
-"""NASA for joint-attention transformers (FLUX, Chroma, HunyuanVideo, SD3, Qwen-Image, Lumina2).
+"""NASA for joint-attention transformers (FLUX.1 / FLUX.2, LongCat-Image, Chroma, HunyuanVideo / 1.5, HunyuanImage
+2.1, SD3, Qwen-Image, Lumina 2, Z-Image, HiDream-I1).
 
 These models have no separate cross-attention: text and image tokens attend jointly, and the text
 tokens are transformed block by block by the text-stream weights. NASA's negative therefore flows
@@ -136,6 +137,15 @@ def _guard(guard, out: torch.Tensor, out_tokens: tuple, pos_norm: torch.Tensor, 
     out[index] = z * factor.to(z.dtype)
 
 
+def _image_side(image_kv, s: Stream, k: torch.Tensor, v: torch.Tensor, bhld: bool) -> tuple:
+    """The keys and values of the block's own sequence a stream attends to besides its own: the ``image_kv``
+    tokens of its rows, or ``image_kv(stream, k, v, bhld)`` where a family's real forward on the negative would
+    place some of them elsewhere (Z-Image's image padding tokens sit at a fixed position, not beside the image)."""
+    if callable(image_kv):
+        return image_kv(s, k, v, bhld)
+    return _tokens(k, bhld, s.rows, image_kv), _tokens(v, bhld, s.rows, image_kv)
+
+
 def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_stream_attention: bool, prior,
                    seen: list, steer_call: int, layer):
     streams, run = state.streams, state.run
@@ -177,9 +187,9 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 if run is not None:
                     run.mark_steered(layer)
             if with_stream_attention:
-                s.out = _rows_layout(attend(func, _to_layout(s.q, q, bhld),
-                                          torch.cat((s_k, _tokens(k, bhld, s.rows, image_kv)), dim=cat_dim),
-                                          torch.cat((s_v, _tokens(v, bhld, s.rows, image_kv)), dim=cat_dim), *rest, **kw))
+                img_k, img_v = _image_side(image_kv, s, k, v, bhld)
+                s.out = _rows_layout(attend(func, _to_layout(s.q, q, bhld), torch.cat((s_k, img_k), dim=cat_dim),
+                                          torch.cat((s_v, img_v), dim=cat_dim), *rest, **kw))
         if pos_norm is not None:
             rows = steered[0].rows if len(steered) == 1 else torch.unique(torch.cat([
                 torch.arange(out.shape[0], device=out.device)[s.rows] for s in steered]))
@@ -205,6 +215,8 @@ def run_block(state: ForwardState, args: dict, call_block: Callable[[dict], dict
     """Run one block with NASA: ``prepare`` each stream, run ``call_block(args)`` (the original block
     or a replace installed before NASA) with the steering override, then ``finish`` each stream.
 
+    ``image_kv``: the tokens of the block's sequence the streams attend to besides their own (a slice), or a
+    callable ``(stream, k, v, bhld) -> (keys, values)`` taking them from the block's attention call.
     ``finish=None`` on the last block that sees the stream: only its K/V are needed there.
     ``steer_call`` picks which attention call of the block is the joint one (SD3.5M runs a second,
     image-only self-attention after it). ``layer`` ((group, index)) names the block for the run's block

@@ -27,8 +27,9 @@ What LTXV's forward does with the text, and NASA does with the negative alike:
 Guide-frame tokens that ``LTXVAddGuide`` appends after the video (``keyframe_idxs``) are
 conditioning, not the video being generated, and are never steered.
 
-Only LTX-Video 0.9.x is claimed: LTX-2 (``LTXAVModel``, audio-video) and LTXV models built with its
-cross-attention AdaLN, gated attention or connector-side caption projection are refused as unsupported.
+Only LTX-Video 0.9.x is claimed here: LTX-2 (``LTXAVModel``, audio-video) is :mod:`.ltx2`'s, and LTXV models
+built with LTX-2.3's cross-attention AdaLN, gated attention or connector-side caption projection are refused as
+unsupported.
 """
 from __future__ import annotations
 
@@ -86,22 +87,13 @@ def _tokens(dm, x) -> int:
     return (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
 
 
-def _forward_wrapper(executor, *args, **kwargs):
-    """DIFFUSION_MODEL wrapper of LTXVModel._forward (x, timestep, context, attention_mask, frame_rate,
-    transformer_options, keyframe_idxs, [denoise_mask,] **kwargs), its arguments bound by name."""
-    call = wrapped_call(executor, args, kwargs, "LTXVModel._forward",
-                        needs=("x", "context", "transformer_options", "keyframe_idxs"))
-    x, context, keyframes = call["x"], call["context"], call["keyframe_idxs"]
-    dm = executor.class_obj
-
-    def embed(entry, run):     # as _forward embeds the positive: caption_projection; its mask as the model's
-        mask = None if entry.attention_mask is None else entry.attention_mask.to(context.device)
-        return run.reuse("embed", (dm.caption_projection,), entry.on(context.device, context.dtype),
-                         lambda neg: (dm.caption_projection(neg), _key_bias(mask, neg.shape[1], context.dtype, run.node)))
-
+def video_tokens(dm, x, keyframes, denoise_mask) -> int:
+    """How many of the block's video tokens are the video being generated (the first ones): the patchified
+    (B, C, F, H, W) latent ``x`` less the guide frames ``LTXVAddGuide`` appended (``keyframe_idxs``). LTX-2's
+    video stream is built by the same code (LTXAVModel calls LTXVModel._process_input), so :mod:`.ltx2` counts
+    its video tokens here too."""
     guides = keyframes.shape[2] if keyframes is not None else 0
     n_video = _tokens(dm, x) - guides
-    denoise_mask = call.get("denoise_mask")      # a parameter in newer releases, in **kwargs in older ones
     if guides and denoise_mask is not None and denoise_mask.ndim == 5 and denoise_mask.shape[2] == x.shape[2]:
         video_frames = n_video // (_tokens(dm, x) // x.shape[2])
         if bool((denoise_mask[:, :, :video_frames] < 0).any()):
@@ -109,6 +101,24 @@ def _forward_wrapper(executor, *args, **kwargs):
             raise RuntimeError("NASA: LTXV's denoise_mask is negative on frames of the video being generated, so "
                                "the model drops some of its tokens and NASA cannot tell which tokens remain the "
                                "video's. Please report it to the NASA pack with your workflow.")
+    return n_video
+
+
+def _forward_wrapper(executor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper of LTXVModel._forward (x, timestep, context, attention_mask, frame_rate,
+    transformer_options, keyframe_idxs, [denoise_mask,] **kwargs), its arguments bound by name."""
+    call = wrapped_call(executor, args, kwargs, "LTXVModel._forward",
+                        needs=("x", "context", "transformer_options", "keyframe_idxs"))
+    x, context = call["x"], call["context"]
+    dm = executor.class_obj
+
+    def embed(entry, run):     # as _forward embeds the positive: caption_projection; its mask as the model's
+        mask = None if entry.attention_mask is None else entry.attention_mask.to(context.device)
+        return run.reuse("embed", (dm.caption_projection,), entry.on(context.device, context.dtype),
+                         lambda neg: (dm.caption_projection(neg), _key_bias(mask, neg.shape[1], context.dtype, run.node)))
+
+    # denoise_mask: a parameter in newer releases, in **kwargs in older ones
+    n_video = video_tokens(dm, x, call["keyframe_idxs"], call.get("denoise_mask"))
     new = forward_options(call["transformer_options"], x.shape[0], dm, slice(0, n_video), embed)
     if new is None:
         return executor(*args, **kwargs)

@@ -38,9 +38,11 @@ feed-forward on the stream. So:
 * a ``DIFFUSION_MODEL`` wrapper embeds and refines the negative once per forward and records the
   image's token count, in a copy of ``transformer_options`` that ends with the forward.
 
-Z-Image (ComfyUI's ``ZImage`` config), NewBie (pooled CLIP in the modulation) and the Omni reference path
-run on the same class with another sequence layout and modulation; ``matches`` leaves the first two out
-and a layer refuses the third, rather than steer them wrongly.
+Z-Image (ComfyUI's ``ZImage`` / ``ZImagePixelSpace`` configs) runs on the same class with padded captions and
+image and is its own family (:mod:`.z_image`, which reuses :func:`caption_rope`, :func:`negative_rope` and
+:func:`layer_streams`); NewBie (pooled CLIP in the modulation) and the Omni reference path run on it with another
+modulation and sequence layout. ``matches`` leaves Z-Image and NewBie out and a layer refuses the Omni path, rather
+than steer them wrongly.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def matches(model_patcher) -> bool:
     """ComfyUI's Lumina 2 config on its NextDiT class itself, with Lumina 2's structure. ComfyUI builds Z-Image
     (the ZImage config: caption and image padding tokens, SigLIP features for Omni, time_scale 1000) and NewBie
     (the Lumina2 config with a pooled CLIP projection in the modulation) on the same class; their sequences and
-    modulation differ from what NASA binds to."""
+    modulation differ from what this family binds to (Z-Image is :mod:`.z_image`'s)."""
     import comfy.model_base
     import comfy.supported_models as sm
     base = model_patcher.model
@@ -83,7 +85,7 @@ def model_name(model_patcher) -> str:
     return f"Lumina 2 ({type(model_patcher.model.model_config).__name__})"
 
 
-def _caption_rope(dm, positions, dtype):
+def caption_rope(dm, positions, dtype):
     """The model's RoPE table for caption tokens at ``positions`` on the first axis (0 on the others), laid out
     as the model lays out its own: (1, tokens, 1, dim / 2, 2, 2)."""
     ids = torch.zeros(1, positions.shape[0], 3, dtype=torch.int32, device=positions.device)
@@ -91,11 +93,13 @@ def _caption_rope(dm, positions, dtype):
     return dm.rope_embedder(ids).movedim(1, 2).to(dtype)
 
 
-def _negative_rope(state, freqs_cis, image_start: int, node: str) -> dict:
+def negative_rope(state, freqs_cis, image_start: int, node: str) -> dict:
     """The negative's main-layer RoPE tables (one per negative length n, cached for the forward): positions
     ``image - n + j`` on the first axis, 0 on the others. ``image`` is the first axis of the image tokens in
     ``freqs_cis``, the model's own table: its rotation there composed with that of ``j - n`` (rotations by
-    angles add) - whichever origin this ComfyUI version counts positions from."""
+    angles add) - whichever origin this ComfyUI version counts positions from. Reads ``state.info["axis0"]`` (the
+    first axis's rotation pairs) and ``state.info["relative"]`` (n -> the table of positions ``-n..-1``), which the
+    forward wrapper records."""
     pe = state.info.get("pe")
     if pe is None:
         if freqs_cis.ndim != 6 or freqs_cis.shape[-2:] != (2, 2) or freqs_cis.shape[2] != 1:
@@ -127,7 +131,10 @@ def image_tokens(state, x, x_mask, node: str) -> slice:
     return slice(start, x.shape[1])
 
 
-def _layer_streams(layer, adaln_input, pe):
+def layer_streams(layer, adaln_input, pe):
+    """``(prepare, finish)`` of :func:`.joint.run_block` for one NextDiT main layer (``JointTransformerBlock`` with
+    modulation): the stream is projected and updated with the layer's own adaLN modulation, norms, qkv, q/k norms,
+    GQA repeat, output projection, tanh gates and feed-forward, as the caption is; ``pe``: length -> RoPE table."""
     from comfy.ldm.flux.math import apply_rope1
     from comfy.ldm.lumina import model as lumina
     clamp = getattr(lumina, "clamp_fp16", None) or (lambda t: t)   # 0.33's layers clamp fp16 overflow, 0.3.64's not
@@ -179,8 +186,8 @@ def _make_layer_forward(index, layer, last, prior):
 
         x = call["x"]
         image = image_tokens(state, x, call["x_mask"], node)
-        pe = _negative_rope(state, call["freqs_cis"], image.start, where)
-        prepare, finish = _layer_streams(layer, call["adaln_input"], pe)
+        pe = negative_rope(state, call["freqs_cis"], image.start, where)
+        prepare, finish = layer_streams(layer, call["adaln_input"], pe)
         return joint.run_block(state, {"x": x, "transformer_options": call["transformer_options"]}, call_block,
                                image, image, prepare, None if last else finish, f"Lumina 2 layer {index}",
                                layer=("layers", index))
@@ -199,7 +206,7 @@ def _forward_wrapper(executor, *args, **kwargs):
 
     def embed(neg):
         h = dm.cap_embedder(neg)
-        rope = _caption_rope(dm, torch.arange(h.shape[1], device=h.device), x.dtype)
+        rope = caption_rope(dm, torch.arange(h.shape[1], device=h.device), x.dtype)
         for block in dm.context_refiner:
             h = block(h, None, rope, transformer_options=options)
         return h
@@ -209,7 +216,7 @@ def _forward_wrapper(executor, *args, **kwargs):
         p = dm.patch_size
         state.info["image_tokens"] = ((x.shape[-2] + p - 1) // p) * ((x.shape[-1] + p - 1) // p)
         state.info["axis0"] = dm.axes_dims[0] // 2
-        state.info["relative"] = {n: _caption_rope(dm, torch.arange(-n, 0, device=x.device), torch.float32)
+        state.info["relative"] = {n: caption_rope(dm, torch.arange(-n, 0, device=x.device), torch.float32)
                                   for n in {s.x.shape[1] for s in state.streams}}
     return call.invoke(executor)
 

@@ -29,6 +29,9 @@ class PromptEntry:
     sigma_window: Optional[tuple] = None   # (sigma_start, sigma_end) from start/end_percent, or None = always
     attention_mask: Optional[torch.Tensor] = None   # the text encoder's token mask (1 = token), where it gives one
     _cache: dict = field(default_factory=dict, repr=False)
+    options: dict = field(default_factory=dict, repr=False, compare=False)
+    """The entry's conditioning options: the text inputs some models take besides ``cond`` (HiDream's
+    ``conditioning_llama3``, Anima's ``t5xxl_ids``), read by their family adapters through :meth:`option_on`."""
 
     def on(self, device, dtype) -> torch.Tensor:
         if torch.compiler.is_compiling():       # a cast in the graph; a cache would be guarded on and recompile
@@ -37,6 +40,19 @@ class PromptEntry:
         t = self._cache.get(key)
         if t is None:
             t = self._cache[key] = self.cond.to(device=device, dtype=dtype)
+        return t
+
+    def option_on(self, name: str, device, dtype) -> Optional[torch.Tensor]:
+        """The tensor option ``name`` on ``device`` in ``dtype`` (cached as :meth:`on` caches ``cond``), or None."""
+        value = self.options.get(name)
+        if not isinstance(value, torch.Tensor):
+            return None
+        if torch.compiler.is_compiling():
+            return value.to(device=device, dtype=dtype)
+        key = (name, device, dtype)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = value.to(device=device, dtype=dtype)
         return t
 
     def active(self, sigma: Optional[float]) -> bool:
@@ -86,6 +102,11 @@ def _tensor_key(t) -> Optional[tuple]:
     return None if t is None else (tuple(t.shape), str(t.dtype), t.device.type)
 
 
+def _options_key(options: dict) -> tuple:
+    """The shapes of an entry's tensor options (a family adapter may read them: HiDream's Llama states)."""
+    return tuple(sorted((str(k), _tensor_key(v)) for k, v in options.items() if isinstance(v, torch.Tensor)))
+
+
 def with_plan(options: dict) -> dict:
     """``options`` (a model call's transformer_options holding a NasaRun) with the call's :class:`StepPlan`, made
     here unless an outer wrapper put it there."""
@@ -108,8 +129,8 @@ def sigma_window(opts: dict, model_sampling) -> Optional[tuple]:
 
 def negative_prompt(entries, alpha: float, model_sampling=None, mask: Optional[torch.Tensor] = None) -> NegativePrompt:
     n = len(entries)
-    return NegativePrompt([PromptEntry(t, 1.0 / n, sigma_window(o, model_sampling), o.get("attention_mask"))
-                           for t, o in entries], alpha, mask)
+    return NegativePrompt([PromptEntry(t, 1.0 / n, sigma_window(o, model_sampling), o.get("attention_mask"),
+                                       options=o) for t, o in entries], alpha, mask)
 
 
 def prompt_list(p) -> list:
@@ -260,7 +281,8 @@ class NasaRun:
         is complete when constructed): made once, not at every model call."""
         prompts = [p for ps in [self.default, *self.carried.values()] for p in ps]
         negatives = tuple((p.alpha, _tensor_key(p.mask), tuple((e.weight, _tensor_key(e.cond),
-                                                                 _tensor_key(e.attention_mask)) for e in p.entries))
+                                                                 _tensor_key(e.attention_mask),
+                                                                 _options_key(e.options)) for e in p.entries))
                           for p in prompts)
         return repr((repr(self.guard), self.stream, self.stream_last, tuple(sorted(self.stream_skip, key=repr)),
                      None if self.blocks is None else tuple(sorted(self.blocks.items(), key=repr)), self.latent,

@@ -31,7 +31,7 @@ def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="s
     taken by a post-CFG function on a clone of ``model``."""
     import comfy.sample
     if noise is None:
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        noise = random_like(latent, seed)
     if capture is not None:
         model = model.clone()
 
@@ -42,6 +42,25 @@ def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="s
         model.set_model_sampler_post_cfg_function(post_cfg)
     return comfy.sample.sample(model, noise, steps, cfg, "euler", scheduler, pos, neg, latent,
                                disable_pbar=True, seed=seed, **kwargs)
+
+
+def random_like(latent, seed=1):
+    """Fixed random noise of ``latent``'s shape; for ComfyUI's NestedTensor latents (LTX-2's video + audio) one
+    tensor per stream, nested alike."""
+    g = torch.Generator().manual_seed(seed)
+    if getattr(latent, "is_nested", False) and hasattr(latent, "tensors"):
+        import comfy.nested_tensor
+        return comfy.nested_tensor.NestedTensor([torch.randn(t.shape, generator=g) for t in latent.unbind()])
+    return torch.randn(latent.shape, generator=g)
+
+
+def flat(x):
+    """A sampled latent or a model input/output as one tensor: ComfyUI's NestedTensor (LTX-2's video + audio) or a
+    list of stream tensors packed as ComfyUI's sampler packs them (``comfy.utils.pack_latents``); a tensor as is."""
+    if isinstance(x, (list, tuple)) or (getattr(x, "is_nested", False) and hasattr(x, "tensors")):
+        import comfy.utils
+        return comfy.utils.pack_latents(list(x.unbind()) if hasattr(x, "tensors") else list(x))[0]
+    return x
 
 
 def probe(model, latent, pos, neg, sigmas, cfg=1.0, seed=1):
@@ -108,7 +127,7 @@ class Inputs(_Hooks):
 
     def _hook(self, name):
         def hook(module, inputs, output):
-            self.inputs[name].append(inputs[0].clone())
+            self.inputs[name].append(flat(inputs[0]).clone())      # LTX-2's [video, audio]: packed
         return hook
 
     def __getitem__(self, name):
@@ -126,7 +145,7 @@ class Forwards(_Hooks):
 
     def _hook(self, module, args):
         self.n += 1
-        self.batches.append(args[0].shape[0])
+        self.batches.append((args[0][0] if isinstance(args[0], (list, tuple)) else args[0]).shape[0])
 
 
 def text_projections(dm) -> dict:

@@ -365,6 +365,16 @@ def build_unet_model(family: str, size: str = "tiny", dtype: torch.dtype = torch
 # family -> (comfy.supported_models class name, tiny unet_config). Tiny configs keep each family's
 # real block types and joint/cross-attention structure at small widths; family adapters' tests and
 # the runner's --random-weights build from here. Add a family by adding its entry.
+_WAN_TINY = dict(image_model="wan2.1", patch_size=(1, 2, 2), in_dim=16, dim=32, ffn_dim=64, freq_dim=32, text_dim=24,
+                 out_dim=16, num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True,
+                 eps=1e-6)    # the Wan 2.1 tiny layout (wan21_t2v), for the Wan variants
+_COSMOS_TINY = dict(image_model="cosmos_predict2", max_img_h=240, max_img_w=240, max_frames=128, out_channels=16,
+                    patch_spatial=2, patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=2,
+                    num_heads=4, crossattn_emb_channels=24, pos_emb_cls="rope3d", pos_emb_learnable=True,
+                    pos_emb_interpolation="crop", min_fps=1, max_fps=30, use_adaln_lora=True, adaln_lora_dim=16,
+                    extra_per_block_abs_pos_emb=False, rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0,
+                    rope_t_extrapolation_ratio=1.0, extra_h_extrapolation_ratio=1.0, extra_w_extrapolation_ratio=1.0,
+                    extra_t_extrapolation_ratio=1.0, rope_enable_fps_modulation=False)   # Cosmos Predict2 / Anima
 DIT_FAMILIES = {
     # Qwen-Image: joint blocks with separate text weights; text RoPE ids start at half the image's token side.
     "qwen_image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
@@ -374,6 +384,23 @@ DIT_FAMILIES = {
     "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=64, cap_feat_dim=36,
                                 n_layers=3, n_refiner_layers=2, n_heads=4, n_kv_heads=2, qk_norm=True,
                                 axes_dims=[4, 6, 6], axes_lens=[300, 512, 512])),
+    # Z-Image (NextDiT with Z-Image's modulation, time scale, RoPE theta and learned caption/image pad tokens): dim
+    # 256 at least (its adaLN reads min(dim, 256) features of a 256-wide timestep embedding); pad multiple 8, not the
+    # published 32, so the tests' prompts (20 and 27 tokens) pad to different lengths.
+    "z_image": ("ZImage", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=40,
+                               n_layers=3, n_refiner_layers=2, n_heads=16, n_kv_heads=16, qk_norm=True,
+                               axes_dims=[4, 6, 6], axes_lens=[1536, 512, 512], rope_theta=256.0,
+                               ffn_dim_multiplier=8.0 / 3.0, multiple_of=64, z_image_modulation=True,
+                               time_scale=1000.0, pad_tokens_multiple=8)),
+    # Z-Image pixel space: the same backbone on RGB 4x4 patches, a per-patch MLP decoder (dec_net) for final_layer.
+    "z_image_pixel": ("ZImagePixelSpace", dict(image_model="zimage_pixel", patch_size=4, in_channels=3, dim=256,
+                                               cap_feat_dim=40, n_layers=3, n_refiner_layers=2, n_heads=16,
+                                               n_kv_heads=16, qk_norm=True, axes_dims=[4, 6, 6],
+                                               axes_lens=[1536, 512, 512], rope_theta=256.0,
+                                               ffn_dim_multiplier=8.0 / 3.0, multiple_of=64, z_image_modulation=True,
+                                               time_scale=1000.0, pad_tokens_multiple=8, decoder_hidden_size=32,
+                                               decoder_num_res_blocks=2, decoder_max_freqs=4,
+                                               decoder_in_channels=48)),
     "flux": ("FluxSchnell", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32,
                                  context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
                                  depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
@@ -399,6 +426,35 @@ DIT_FAMILIES = {
                                            depth_single_blocks=2, axes_dim=[4, 6, 6], theta=256,
                                            patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False,
                                            meanflow=False)),
+    # HunyuanVideo 1.5 (step-distilled-like): the same class with double blocks only, 3D patches (1, 1, 1), no
+    # pooled vector, ByT5 glyph tokens (byt5_in: 1472 wide), SigLIP-like vision tokens (vision_in_dim, 1152 real),
+    # the condition-type embedding and MeanFlow (time_r_in, summed). in_channels = 32 latent + 32 image + 1 mask.
+    "hunyuan_video15": ("HunyuanVideo15", dict(image_model="hunyuan_video", in_channels=65, out_channels=32,
+                                               vec_in_dim=None, context_in_dim=48, hidden_size=64, mlp_ratio=4.0,
+                                               num_heads=4, depth=2, depth_single_blocks=0, axes_dim=[4, 6, 6],
+                                               theta=256, patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False,
+                                               byt5=True, meanflow=True, use_cond_type_embedding=True,
+                                               vision_in_dim=24, meanflow_sum=True)),
+    # HunyuanImage 2.1 (distilled-like): the same class with 2D patches (1, 1) on 64 latent channels, ByT5 glyph
+    # tokens after the text, guidance embedding and MeanFlow (time_r_in, averaged), no pooled vector. (ComfyUI 0.3.6x
+    # has it too, without the parameters 1.5 added: detected_config fills them in where they exist.)
+    "hunyuan_image21": ("HunyuanImage21", dict(image_model="hunyuan_video", in_channels=64, out_channels=64,
+                                               vec_in_dim=None, context_in_dim=48, hidden_size=64, mlp_ratio=4.0,
+                                               num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[8, 8],
+                                               theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=True,
+                                               byt5=True, meanflow=True)),
+    # HunyuanVideo 1.5 super-resolution: the 1.5 layout on 98 input channels (32 latent + 32 * 2 + 2 concatenated).
+    "hunyuan_video15_sr": ("HunyuanVideo15_SR_Distilled", dict(
+        image_model="hunyuan_video", in_channels=98, out_channels=32, vec_in_dim=None, context_in_dim=48,
+        hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=0, axes_dim=[4, 6, 6], theta=256,
+        patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False, byt5=True, meanflow=True,
+        use_cond_type_embedding=True, vision_in_dim=24, meanflow_sum=True)),
+    # HunyuanImage 2.1 refiner: 3D patches (1, 1, 1) on a one-frame latent of 64 channels + 64 concatenated, no
+    # glyph mapper, no guidance embedding, no MeanFlow.
+    "hunyuan_image21_refiner": ("HunyuanImage21Refiner", dict(
+        image_model="hunyuan_video", in_channels=128, out_channels=64, vec_in_dim=None, context_in_dim=48,
+        hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=256,
+        patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False)),
     # SD3.5 Large-like: hidden = 64 * depth with depth heads (MMDiT's rule), RMS qk norm, last context block pre_only.
     "sd3": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=32,
                         context_embedder_config={"target": "torch.nn.Linear",
@@ -427,9 +483,98 @@ DIT_FAMILIES = {
     "wan22_t2v": ("WAN22_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=48, dim=32,
                                     ffn_dim=64, freq_dim=32, text_dim=24, out_dim=48, num_heads=2, num_layers=2,
                                     window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    # Wan variants on the Wan 2.1 tiny layout, with what ComfyUI's detection sets for each (model_type, in_dim, ...):
+    # Fun Control (I2V, 48 input channels), FlowRVS (T2V as an image-to-image flow), VACE (2 vace blocks, control
+    # frames 32 + mask 64 channels), Fun Camera 2.1 (I2V) / 2.2 (T2V) (camera adapter on 24 Plücker channels),
+    # S2V (audio injector, frame packer), Animate (I2V, pose + face adapter), HuMo 1.7B (audio cross-attention).
+    "wan21_fun_control": ("WAN21_FunControl2V", {**_WAN_TINY, "model_type": "i2v", "in_dim": 48}),
+    "wan21_flowrvs": ("WAN21_FlowRVS", {**_WAN_TINY, "model_type": "flow_rvs"}),
+    "wan21_vace": ("WAN21_Vace", {**_WAN_TINY, "model_type": "vace", "vace_layers": 2, "vace_in_dim": 96}),
+    "wan21_camera": ("WAN21_Camera", {**_WAN_TINY, "model_type": "camera", "in_dim": 32,
+                                      "in_dim_control_adapter": 24}),
+    "wan22_camera": ("WAN22_Camera", {**_WAN_TINY, "model_type": "camera_2.2", "in_dim": 36,
+                                      "in_dim_control_adapter": 24}),
+    "wan22_s2v": ("WAN22_S2V", {**_WAN_TINY, "model_type": "s2v"}),
+    "wan22_animate": ("WAN22_Animate", {**_WAN_TINY, "model_type": "animate", "in_dim": 36, "num_layers": 5}),
+    "wan21_humo": ("WAN21_HuMo", {**_WAN_TINY, "model_type": "humo"}),
+    # SCAIL / SCAIL-2 (I2V; video + 4 mask channels, reference frames before the video, pose tokens after it) and
+    # WanDancer (I2V; music injector, a reference image's CLIP tokens).
+    "wan21_scail": ("WAN21_SCAIL", {**_WAN_TINY, "model_type": "scail", "in_dim": 20}),
+    "wan21_scail2": ("WAN21_SCAIL2", {**_WAN_TINY, "model_type": "scail2", "in_dim": 20}),
+    "wan22_wandancer": ("WAN22_WanDancer", {**_WAN_TINY, "model_type": "wandancer", "in_dim": 36}),
+    # The causal (autoregressive) Wan 2.1 T2V: WanModel's weights, KV-cached blocks (ComfyUI's detection reads
+    # causal_ar from the checkpoint's metadata).
+    "wan21_causal": ("WAN21_CausalAR_T2V", {**_WAN_TINY, "model_type": "t2v", "causal_ar": True}),
+    # Wan Animate 2 (I2V; a pose branch through the same blocks, frame 0 the reference image's slot).
+    "wan_animate2": ("WAN_Animate2", {**_WAN_TINY, "model_type": "animate2", "in_dim": 36}),
+    # Cosmos Predict2-like (MiniTrainDIT, as ComfyUI's detection writes its config): blocks with self-attention
+    # (3D RoPE), text cross-attention (RMS q/k norms) and MLP, AdaLN-LoRA; T5 text (crossattn_emb_channels) as is.
+    # Head width 16 (4 heads) keeps the RoPE's h/w/t split. I2V: 16 latent + 1 mask_inverted input channels.
+    "cosmos_predict2_t2i": ("CosmosT2IPredict2", {**_COSMOS_TINY, "in_channels": 16}),
+    "cosmos_predict2_i2v": ("CosmosI2VPredict2", {**_COSMOS_TINY, "in_channels": 17, "rope_h_extrapolation_ratio": 3.0,
+                                                  "rope_w_extrapolation_ratio": 3.0}),
+    # Anima-like: the same DiT; its LLM adapter (Qwen3 hidden states + T5 ids -> context) has ComfyUI's fixed
+    # published size (1024 wide, 6 blocks), so the context is 1024 wide.
+    "anima": ("Anima", {**_COSMOS_TINY, "image_model": "anima", "in_channels": 16, "crossattn_emb_channels": 1024}),
     # LTX-Video-like: 128 latent channels, T5 text through caption_projection, an attn2 cross-attention per block.
     "ltxv": ("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=32, attention_head_dim=16,
                           num_attention_heads=2, caption_channels=72, num_layers=2)),
+    # LTX-2-like (audio + video): Gemma features (caption_channels) through the video's and the audio's connector
+    # (2 heads x 16 = caption_channels, one layer), then caption_projection (video 32 wide) and
+    # audio_caption_projection (audio 16 wide: 2 heads x 8, unlike the video's so no call of one stream looks
+    # like the other's); an attn2 and an audio_attn2 per block.
+    "ltx2": ("LTXAV", dict(image_model="ltxav", in_channels=128, audio_in_channels=128, cross_attention_dim=32,
+                           attention_head_dim=16, num_attention_heads=2, audio_cross_attention_dim=16,
+                           audio_attention_head_dim=8, audio_num_attention_heads=2, caption_channels=32,
+                           connector_attention_head_dim=16, connector_num_attention_heads=2, connector_num_layers=1,
+                           num_layers=2)),
+    # HiDream-I1-like: T5 (caption_channels[0]) and 3 Llama layers' states (caption_channels[1] wide) through one
+    # caption projection per block, 2 double + 2 single blocks (the last Llama layer repeated, as published),
+    # MoE feed-forwards (4 routed experts, top 2), pooled CLIP (text_emb_dim). Head width = sum(axes_dims_rope).
+    "hidream": ("HiDream", dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                num_single_layers=2, attention_head_dim=16, num_attention_heads=4,
+                                caption_channels=[48, 40], text_emb_dim=32, num_routed_experts=4,
+                                num_activated_experts=2, axes_dims_rope=[8, 4, 4], max_resolution=[128, 128],
+                                llama_layers=[0, 1, 2, 2])),
+    # The same with dense SwiGLU feed-forwards (num_routed_experts 0, which the class also builds): ComfyUI's MoE
+    # routes the tokens of all rows of a batch through each expert together, so a row's output depends on the other
+    # rows' routing at float rounding level even without NASA; the dense model's rows are independent, bit for bit.
+    "hidream_dense": ("HiDream", dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16,
+                                      num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4,
+                                      caption_channels=[48, 40], text_emb_dim=32, num_routed_experts=0,
+                                      num_activated_experts=2, axes_dims_rope=[8, 4, 4], max_resolution=[128, 128],
+                                      llama_layers=[0, 1, 2, 2])),
+    # Kandinsky 5 Video Lite-like: Qwen2.5-VL text (in_text_dim) through text_embeddings and 2 time-modulated text
+    # blocks, pooled CLIP-L (in_text_dim2) in time_embed, visual blocks with self- and text cross-attention. Head
+    # width = sum(axes_dims) = 16 (4 heads); visual_embed_dim = (16 latent + 16 image + 1 mask channels) * 1*2*2.
+    "kandinsky5": ("Kandinsky5", dict(image_model="kandinsky5", in_text_dim=48, in_text_dim2=40, time_dim=32,
+                                      model_dim=64, ff_dim=128, visual_embed_dim=132, patch_size=(1, 2, 2),
+                                      num_text_blocks=2, num_visual_blocks=2, axes_dims=(4, 6, 6))),
+    # Kandinsky 5 Image Lite-like: 16 latent channels (Flux latents), no concatenated image, RoPE scale 1.
+    "kandinsky5_image": ("Kandinsky5Image", dict(image_model="kandinsky5", in_text_dim=48, in_text_dim2=40,
+                                                 time_dim=32, model_dim=64, ff_dim=128, visual_embed_dim=64,
+                                                 patch_size=(1, 2, 2), num_text_blocks=2, num_visual_blocks=2,
+                                                 axes_dims=(4, 6, 6), rope_scale_factor=(1.0, 1.0, 1.0))),
+    # FLUX.2 dev-like (ComfyUI's detection of a FLUX.2 checkpoint at small width): 128 latent channels, patch 1,
+    # 4-axis RoPE with text positions on axis 3, global modulation (no per-block modulation layers), gated SiLU
+    # MLPs without biases, guidance embedding, no pooled vector, references at index 10, 20, ...
+    "flux2": ("Flux2", dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=48,
+                            hidden_size=64, mlp_ratio=3.0, num_heads=4, depth=2, depth_single_blocks=2,
+                            axes_dim=[4, 4, 4, 4], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+                            global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+                            ref_index_scale=10.0, txt_ids_dims=[3])),
+    # FLUX.2 Klein-like: the same classes without guidance embedding (step-distilled), another depth and text width
+    # (Qwen3's 3 stacked layers).
+    "klein": ("Flux2", dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=36,
+                            hidden_size=64, mlp_ratio=3.0, num_heads=4, depth=1, depth_single_blocks=3,
+                            axes_dim=[4, 4, 4, 4], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=False,
+                            global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+                            ref_index_scale=10.0, txt_ids_dims=[3])),
+    # LongCat-Image: FLUX.1's blocks without pooled vector or guidance embedding; text ids (0, i, i).
+    "longcat_image": ("LongCatImage", dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=None,
+                                           context_in_dim=48, hidden_size=64, mlp_ratio=4.0, num_heads=4, depth=2,
+                                           depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
+                                           qkv_bias=True, guidance_embed=False, txt_ids_dims=[1, 2])),
 }
 
 # FLUX.1 at its published width (hidden 3072, 24 heads, T5 4096, CLIP-L pooled 768) with few blocks.

@@ -114,9 +114,9 @@ def _outputs(mp, name, x, sigmas, pos, neg):
         model_k(x.to(noise), sigmas.to(noise), **(extra_args or {}))
         return noise
 
-    h = mp.model.diffusion_model.register_forward_hook(lambda m, args, out: outs.append(out.clone()))
+    h = mp.model.diffusion_model.register_forward_hook(lambda m, args, out: outs.append(support.flat(out).clone()))
     try:
-        comfy.sample.sample_custom(mp, torch.zeros(x.shape), 1.0, comfy.samplers.KSAMPLER(sampler_fn),
+        comfy.sample.sample_custom(mp, cases.latent(name, len(x)), 1.0, comfy.samplers.KSAMPLER(sampler_fn),
                                    torch.stack((sigmas.max(), torch.tensor(0.0))), pos, neg, cases.latent(name, len(x)),
                                    disable_pbar=True, seed=1)
     finally:
@@ -132,8 +132,8 @@ def test_batch_two_steers_each_row_like_batch_one(env, name):
     mp = _model(env, name)
     pos, neg = _conds(env, name)
     ms = mp.get_model_object("model_sampling")
-    sigmas = torch.tensor([float(ms.percent_to_sigma(0.3)), float(ms.percent_to_sigma(0.6))])
-    x = torch.randn(cases.latent(name, 2).shape, generator=torch.Generator().manual_seed(3))
+    sigmas = torch.tensor([float(ms.percent_to_sigma(p)) for p in cases.CASES[name].row_percents])
+    x = torch.randn(cases.model_input_shape(name, 2), generator=torch.Generator().manual_seed(3))   # as sampled
     m = support.apply_nasa(mp, alpha=1.0)
     both = _outputs(m, name, x, sigmas, pos, neg)
     assert not torch.equal(both[0], both[1])
@@ -157,6 +157,11 @@ def test_wrong_width_negative_names_node_family_and_fix(env, name):
     msg = str(e.value)
     assert msg.startswith("Apply NASA Attention: 'negative' ") and expects in msg, msg
     assert "encode it with the same text encoder as the positive prompt" in msg, msg
+    if case.embeds_text_in_conds:       # ComfyUI's own extra_conds fails first, with or without NASA
+        for m in (mp, support.apply_nasa(mp)):
+            with pytest.raises(RuntimeError):
+                cases.sample(m, name, pos, bad)
+        return
     with pytest.raises(ValueError, match=re.escape(f"Apply NASA Attention: the sampler's negative {expects}")):
         cases.sample(support.apply_nasa(mp), name, pos, bad)
 

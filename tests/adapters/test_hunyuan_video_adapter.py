@@ -11,7 +11,8 @@ Held against code written here, independent of the pack:
 * the negative stream entering double blocks 0 and 1 equals the text stream of a plain forward on the negative,
 * text-query rows of the first block are untouched; cfg 1 runs one pass per step;
 * an adapter that reads the forward's arguments from the wrong slots raises instead of sampling without the
-  negative; HunyuanVideo 1.5, HunyuanImage 2.1 and MeanFlow models are refused.
+  negative; HunyuanVideo 1.5 and HunyuanImage 2.1 are left to their own families (test_hunyuan15_adapter.py),
+  MeanFlow models and 1.0 models with 1.5's text parts are refused.
 
 The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows, batch rows at different timesteps - the
 token refiner is timestep-modulated -, widths, a second node, the canary) run in test_contract.py.
@@ -339,24 +340,30 @@ def _not_supported(env, comfyui, mp, family):
         env["apply"](mp)
 
 
-def test_hunyuan_image_21_is_not_claimed(env, comfyui):
+def test_hunyuan_image_21_is_left_to_its_own_family(env, comfyui):
     """HunyuanImage 2.1 shares the diffusion-model class but not the text path (ByT5 glyph tokens, 2D patches):
-    this adapter does not claim it, so the node reports the family as unsupported instead of steering wrongly."""
+    this adapter does not claim it; its own family (adapters.hunyuan_image21) does."""
     config = dict(env["config"], vec_in_dim=None, patch_size=[1, 1], axes_dim=[8, 8], guidance_embed=False)
     assert env["hunyuan"].matches(env["model"]())
-    _not_supported(env, comfyui, env["rm"].build_diffusion_model("HunyuanImage21", config), "HunyuanImage21")
+    mp = env["rm"].build_diffusion_model("HunyuanImage21", config)
+    assert not env["hunyuan"].matches(mp)
+    assert comfyui.mod("adapters").find_adapter(mp) is comfyui.mod("adapters.hunyuan_image21").FAMILY
 
 
-def test_hunyuan_video_15_is_not_claimed(env, comfyui):
+def test_hunyuan_video_15_is_left_to_its_own_family(env, comfyui):
     """HunyuanVideo 1.5 runs the same diffusion-model class (ComfyUI's HunyuanVideo15 model subclasses its
-    HunyuanVideo model) with CLIP-vision tokens and a condition-type embedding in its text sequence: not claimed.
-    Neither is a model of ComfyUI's plain HunyuanVideo class built with either of those: the match reads the
-    model's structure, not only its class."""
+    HunyuanVideo model) with CLIP-vision tokens and a condition-type embedding in its text sequence: this adapter
+    does not claim it; its own family (adapters.hunyuan_video15) does. A model of ComfyUI's plain HunyuanVideo
+    class built with either of those parts is claimed by no family: the match reads the model's structure, not
+    only its class."""
     import comfy.supported_models
     if not hasattr(comfy.supported_models, "HunyuanVideo15"):
         support.skip_missing_family("HunyuanVideo 1.5", "HunyuanVideo15")
-    v15 = dict(env["config"], vision_in_dim=24, use_cond_type_embedding=True, meanflow_sum=True, patch_size=[1, 1, 1])
-    _not_supported(env, comfyui, env["rm"].build_diffusion_model("HunyuanVideo15", v15), "HunyuanVideo15")
+    v15 = dict(env["config"], vision_in_dim=24, use_cond_type_embedding=True, meanflow_sum=True, patch_size=[1, 1, 1],
+               vec_in_dim=None)
+    mp = env["rm"].build_diffusion_model("HunyuanVideo15", v15)
+    assert not env["hunyuan"].matches(mp)
+    assert comfyui.mod("adapters").find_adapter(mp) is comfyui.mod("adapters.hunyuan_video15").FAMILY
     for structure in (dict(use_cond_type_embedding=True), dict(vision_in_dim=24)):
         mp = env["rm"].build_diffusion_model("HunyuanVideo", {**env["config"], **structure})
         assert type(mp.model).__name__ == "HunyuanVideo"

@@ -11,7 +11,7 @@ Held against code written here, independent of the pack:
 * NASA steers the text cross-attention call however many self-attention calls the block makes: two or three
   with a guide attention mask (LTXVAddGuide at strength != 1), none with spatio-temporal guidance's
   value-passthrough self-attention; with as many video as prompt tokens the prompt's mask tells the calls apart;
-* LTX-2 (audio-video) and LTXV models with its cross-attention AdaLN are refused.
+* LTX-2 (audio-video) is left to adapters/ltx2.py; LTXV models with LTX-2.3's cross-attention AdaLN are refused.
 
 The generic checks (alpha 0, finite, cfg > 1 uncond rows, batches, widths, a second node, the canary) run in
 test_contract.py.
@@ -420,8 +420,9 @@ def test_as_many_video_as_prompt_tokens(env, comfyui):
 
 
 def test_ltx2_is_not_claimed(env, comfyui):
-    """LTX-2 (audio-video: LTXAVModel subclasses LTXVModel, ComfyUI's LTXAV config subclasses LTXV) is refused, and
-    so is an LTXV model built with LTX-2's cross-attention AdaLN (its attn2 runs on modulated text)."""
+    """LTX-2 (audio-video: LTXAVModel subclasses LTXVModel, ComfyUI's LTXAV config subclasses LTXV) is not this
+    adapter's (adapters/ltx2.py claims it), and an LTXV model built with LTX-2.3's cross-attention AdaLN (its attn2
+    runs on modulated text) is refused."""
     import comfy.supported_models
     if not hasattr(comfy.supported_models, "LTXAV"):
         support.skip_missing_family("LTX-2", "LTXAV")
@@ -434,10 +435,11 @@ def test_ltx2_is_not_claimed(env, comfyui):
     adaln = rm.build_diffusion_model("LTXV", dict(rm.DIT_FAMILIES["ltxv"][1], cross_attention_adaln=True))
     assert type(adaln.model).__name__ == "LTXV" and adaln.model.diffusion_model.cross_attention_adaln
     assert comfyui.mod("adapters.ltxv").matches(env.model())
-    for mp, family in ((ltx2, "LTXAV"), (adaln, "LTXV")):
-        assert not comfyui.mod("adapters.ltxv").matches(mp)
-        with pytest.raises(adapters.UnsupportedModelError, match=f"model family '{family}' is not supported"):
-            env.apply(mp)
+    assert not comfyui.mod("adapters.ltxv").matches(ltx2)
+    assert adapters.find_adapter(ltx2) is comfyui.mod("adapters.ltx2").FAMILY
+    assert not comfyui.mod("adapters.ltxv").matches(adaln)
+    with pytest.raises(adapters.UnsupportedModelError, match="model family 'LTXV' is not supported"):
+        env.apply(adaln)
 
 
 # ----------------------------------------------------------------------------- the node's input, bad input

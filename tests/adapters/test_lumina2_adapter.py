@@ -13,8 +13,8 @@ Held against code written here, independent of the pack:
 * caption-query rows are untouched; a caption padding mask stays on the positive where the model honours it
   (0.3.64) and NASA places the image where the model does where it does not (0.33); cfg 1 runs one pass per
   step; NASA's object patches are gone from the layers once the plain model is loaded again,
-* the variants ComfyUI builds on NextDiT that NASA does not support, where this ComfyUI has them (Z-Image,
-  NewBie, the Omni reference path), are refused with an error naming them.
+* the variants ComfyUI builds on NextDiT that this family does not steer, where this ComfyUI has them: NewBie and
+  the Omni reference path are refused with an error naming them, Z-Image is left to adapters.z_image.
 
 The generic checks (alpha 0, finite in fp32/bf16, cfg > 1 uncond rows in one batch or separate passes, batches,
 widths, a second node, the canary) run in test_contract.py.
@@ -44,7 +44,8 @@ IMAGE_TOKENS = (H // 2) * (W // 2)
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    return cases.family_env(comfyui, "lumina2", lumina="adapters.lumina2")
+    return cases.family_env(comfyui, "lumina2", lumina="adapters.lumina2", z_image="adapters.z_image",
+                            adapters="adapters")
 
 
 def _width(config):
@@ -282,14 +283,15 @@ def _refused(env, mp, name):
         env["apply"](mp)
 
 
-def test_z_image_is_refused(env):
+def test_z_image_is_not_lumina2(env):
     """Z-Image (ComfyUI's ZImage config on NextDiT: caption and image padding tokens, its own modulation and
-    timestep scale) is not the Lumina 2 NASA binds to."""
+    timestep scale) is not the Lumina 2 this adapter binds to: adapters.z_image claims it (test_z_image_adapter.py)."""
     import comfy.supported_models
     if not hasattr(comfy.supported_models, "ZImage"):
         support.skip_missing_family("Z-Image", "ZImage")
-    config = dict(env["config"], z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32, rope_theta=256.0)
-    _refused(env, env["rm"].build_diffusion_model("ZImage", config), "ZImage")
+    mp = env["rm"].build_dit_model("z_image")
+    assert not env["lumina"].matches(mp)
+    assert env["adapters"].find_adapter(mp) is env["z_image"].FAMILY
 
 
 def test_newbie_is_refused(env):

@@ -10,10 +10,15 @@ Held against code written here, independent of the pack:
 * the I2V image term (k_img / v_img) never sees the negative; conditioning tokens (reference_latent,
   time_dim_concat frames) are not steered;
 * LoRA-style weight patches (CausVid, self-forcing) reach the negative's projections; Wan 2.2 A14B's two
-  experts each steer with their own node.
+  experts each steer with their own node;
+* the variants on WanModel (VACE, Fun Control, Fun Camera, FlowRVS, S2V, Animate, Animate 2, HuMo, SCAIL,
+  WanDancer, the causal model) equal the reference on the video's tokens with their conditioning given, and what
+  they add is never steered: VACE's blocks (their first hint bit-identical), audio / music / face attention (never
+  the negative), reference, motion and pose tokens, Animate 2's pose branch and reference slot (bit-identical);
+  the causal model under ComfyUI's AR video sampler equals the reference applied to every chunk and step.
 
 The generic checks (alpha 0, finite, cfg > 1 uncond rows, batches, widths, a second node, the canary) run on
-Wan 2.1 T2V / I2V and Wan 2.2 TI2V in test_contract.py.
+Wan 2.1 T2V / I2V, Wan 2.2 TI2V and every variant's case in test_contract.py.
 
 ComfyUI's Wan uses RMS norms on q and k; the random-weight builder leaves RMSNorm weights at 0 (its init
 knows LayerNorm/GroupNorm only), which would make every attention uniform and blind to the formula. The
@@ -89,9 +94,10 @@ def _embed(dm, text, weights=None):
     return _lin(h, dm.text_embedding[2], w.get("text_embedding.2.weight"))
 
 
-def _reference(mp, negative, alpha, weights=None, guard=None):
+def _reference(mp, negative, alpha, weights=None, guard=None, tokens=slice(None), queries=None):
     """Every block's cross_attn of ``mp`` computes NASA written out in float64 while the returned
-    hooks are open (a ``with`` block).
+    hooks are open (a ``with`` block); ``tokens``: the query tokens steered (the video's; all by default);
+    ``queries``: only calls with that many queries are steered (Animate 2's pose branch calls the same modules).
 
     ``weights`` maps parameter names (of the diffusion model) to the tensors the negative's path uses
     instead of the live ones (to model a patch the reference must or must not see). ``guard`` = (mode, tau):
@@ -105,6 +111,8 @@ def _reference(mp, negative, alpha, weights=None, guard=None):
 
         def hook(module, args, kwargs, output, attn=attn, kname=kname, vname=vname):
             x, context = args[0], args[1]
+            if queries is not None and x.shape[1] != queries:
+                return None                                 # ComfyUI's own output
             heads = attn.num_heads
             image = hasattr(attn, "k_img")                  # WanI2VCrossAttention: [image tokens; text tokens]
             n_img = kwargs.get("context_img_len") if image else None
@@ -114,17 +122,17 @@ def _reference(mp, negative, alpha, weights=None, guard=None):
             emb = _embed(dm, negative, w)
             k_neg = _rms(_lin(emb, attn.k, w.get(kname)), attn.norm_k)
             v_neg = _lin(emb, attn.v, w.get(vname))
-            chunks = kwargs["transformer_options"]["cond_or_uncond"]
+            chunks = kwargs["transformer_options"].get("cond_or_uncond", [0])   # none: the AR sampler (cfg 1)
             per = x.shape[0] // len(chunks)
             for c, kind in enumerate(chunks):
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
-                    pos = z[rows].clone()
-                    z[rows] = z[rows] - alpha * _attention(q[rows], k_neg, v_neg, heads)
+                    pos = z[rows, tokens].clone()
+                    z[rows, tokens] = z[rows, tokens] - alpha * _attention(q[rows, tokens], k_neg, v_neg, heads)
                     if guard is not None:
-                        pn, zn = pos.norm(dim=-1, keepdim=True), z[rows].norm(dim=-1, keepdim=True)
+                        pn, zn = pos.norm(dim=-1, keepdim=True), z[rows, tokens].norm(dim=-1, keepdim=True)
                         limit = pn if guard[0] == "rescale" else torch.minimum(zn, guard[1] * pn)
-                        z[rows] = z[rows] * limit / zn
+                        z[rows, tokens] = z[rows, tokens] * limit / zn
             if image:       # the image term, unsteered (without CLIP-vision input ComfyUI uses the whole context)
                 img = context if n_img is None else context[:, :n_img]
                 z = z + _attention(q, _rms(_lin(img, attn.k_img), attn.norm_k_img), _lin(img, attn.v_img), heads)
@@ -136,6 +144,12 @@ def _reference(mp, negative, alpha, weights=None, guard=None):
 def _reference_sample(mp, negative, alpha, *args, weights=None, guard=None, **kwargs):
     with _reference(mp, negative, alpha, weights, guard):
         return _sample(mp, *args, **kwargs)
+
+
+def _case_reference_sample(mp, name, negative, alpha, *args, tokens=slice(None), queries=None, **kwargs):
+    """A family case's sampling run (its latent and scheduler) under the reference."""
+    with _reference(mp, negative, alpha, tokens=tokens, queries=queries):
+        return cases.sample(mp, name, *args, **kwargs)
 
 
 FAMILIES = ["wan21_t2v", "wan21_i2v", "wan22_t2v"]
@@ -410,9 +424,238 @@ def test_sampler_negative_equals_wired_negative(env):
     assert torch.equal(_sample(env.apply(mp, alpha=0.8), pos, neg), wired)
 
 
-def test_wan_variants_with_other_forwards_are_refused(env):
-    """VACE (and camera, S2V, HuMo, Animate) subclass WanModel with a different forward: not silently steered."""
-    vace = env.rm.build_diffusion_model("WAN21_Vace", {**env.config("wan21_t2v"), "model_type": "vace",
-                                                       "vace_layers": 1, "vace_in_dim": 96})
-    with pytest.raises(ValueError, match="Apply NASA Attention: model family 'WAN21_Vace' is not supported"):
-        env.apply(vace)
+def test_wan_variants_with_other_blocks_or_forwards_are_refused(env):
+    """A causal model built as I2V (its cached cross-attention path drops the image term: another call sequence)
+    and a VACE model without VACE blocks (ComfyUI's forward could not run it) are not silently steered."""
+    import comfy.supported_models as sm
+    tiny = env.config("wan21_t2v")
+    for config_class, changes in (("WAN21_CausalAR_T2V", {"model_type": "i2v", "in_dim": 36}),
+                                  ("WAN21_Vace", {"model_type": "vace"})):
+        if not hasattr(sm, config_class):
+            continue        # 0.3.64 has no causal model
+        model = env.rm.build_diffusion_model(config_class, {**tiny, **changes})
+        with pytest.raises(ValueError, match=f"Apply NASA Attention: model family '{config_class}' is not supported"):
+            env.apply(model)
+
+
+# ----------------------------------------------------------------------------- the Wan variants
+
+VARIANTS = ["wan21_fun_control", "wan21_flowrvs", "wan21_vace", "wan21_camera", "wan22_camera", "wan22_s2v",
+            "wan22_animate", "wan21_humo", "wan21_scail", "wan21_scail2", "wan22_wandancer", "wan_animate2"]
+N_VIDEO = 2 * 4 * 4          # the cases' video: 2 frames of 8x8 latents in 2x2 patches
+N_REF = 4 * 4                # a reference frame
+
+
+def _video(name) -> slice:
+    """The video's tokens in the case's sequence: first, except after SCAIL's reference frame and Animate 2's
+    reference slot (frame 0 of its 3-frame latent)."""
+    start = N_REF if name.startswith("wan21_scail") or name == "wan_animate2" else 0
+    return slice(start, start + N_VIDEO)
+
+
+def _variant(env, name):
+    cases.skip_if_missing(name)
+    mp = cases.model(env.rm, name)
+    return mp, *cases.conds(env.rm, name)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_steered_output_equals_independent_reference(env, name):
+    """Every variant, with its conditioning (VACE control frames, camera, audio, reference and motion frames,
+    pose): NASA equals the reference, which steers the main blocks' text cross-attention of the video tokens and
+    nothing else (the VACE blocks, S2V's audio injector, Animate's face adapter, HuMo's audio cross-attention run
+    unhooked, as ComfyUI wrote them)."""
+    mp, pos, neg = _variant(env, name)
+    base = cases.sample(mp, name, pos, neg, steps=2)
+    got = cases.sample(env.apply(mp, alpha=0.8), name, pos, neg, steps=2)
+    queries = 3 * N_REF if name == "wan_animate2" else None      # not its pose branch's (2 frames)
+    want = _case_reference_sample(mp, name, neg[0][0], 0.8, pos, neg, steps=2, tokens=_video(name), queries=queries)
+    support.check_close(got, want, base)
+
+
+def test_animate2_pose_branch_and_reference_slot_are_not_steered(env):
+    """Animate 2: the pose branch (its own pass through every block, on the pose frames with the prompt as its text)
+    is bit-identical with NASA - the keys and values the video attends to are ComfyUI's; in the first block's
+    cross-attention the reference slot's tokens (frame 0) are too, the video's are steered. Per block the negative
+    is projected once, the prompt in each of the 2 forwards by both halves."""
+    mp, pos, neg = _variant(env, "wan_animate2")
+    dm = mp.model.diffusion_model
+    pose_out, gen_out = [], []
+    text_k = support.Lengths([b.cross_attn.k for b in dm.blocks])
+    hooks = [dm.blocks[i].cross_attn.register_forward_hook(
+        lambda m, args, o, i=i: (pose_out if args[0].shape[1] == 2 * N_REF else gen_out).append((i, o.clone())))
+        for i in (0, len(dm.blocks) - 1)]
+    try:
+        cases.sample(mp, "wan_animate2", pos, neg)
+        cases.sample(env.apply(mp, alpha=1.0), "wan_animate2", pos, neg)
+    finally:
+        for h in hooks:
+            h.remove()
+        text_k.close()
+    assert len(pose_out) == len(gen_out) == 4
+    for (i, plain), (j, nasa) in zip(pose_out[:2], pose_out[2:]):      # the pose branch: as without NASA
+        assert i == j and torch.equal(plain, nasa)
+    (_, plain), (_, nasa) = gen_out[0], gen_out[2]                    # block 0, the generation half
+    video = _video("wan_animate2")
+    assert plain.shape[1] == video.stop
+    assert torch.equal(nasa[:, :video.start], plain[:, :video.start])
+    assert ((nasa[:, video] - plain[:, video]).abs().amax(-1) > 0).all()
+    for lengths in text_k.calls.values():
+        assert lengths.count(NEG_LEN) == 1 and lengths.count(POS_LEN) == 4, text_k.calls
+
+
+@pytest.mark.parametrize("name", ["wan22_s2v", "wan21_humo", "wan21_scail", "wan21_scail2"])
+def test_variant_reference_and_motion_tokens_are_not_steered(env, name):
+    """S2V ([video; reference; motion frames]), HuMo ([video; reference]) and SCAIL ([reference; video; pose]):
+    the first block's cross-attention output of the tokens around the video is bit-identical with NASA; the
+    video's is steered."""
+    mp, pos, neg = _variant(env, name)
+    outs = []
+    h = mp.model.diffusion_model.blocks[0].cross_attn.register_forward_hook(lambda m, i, o: outs.append(o.clone()))
+    try:
+        cases.sample(mp, name, pos, neg)
+        cases.sample(env.apply(mp, alpha=1.0), name, pos, neg)
+    finally:
+        h.remove()
+    plain, nasa = outs
+    # S2V: the reference frame, the motion frames packed 1x (4x4), 2x (1x2x2), 4x (4x1x1); HuMo: the reference;
+    # SCAIL: the reference, the pose frame
+    extra = {"wan22_s2v": N_REF + 4 * 4 + 2 * 2 + 4, "wan21_humo": N_REF}.get(name, 2 * N_REF)
+    video = _video(name)
+    assert plain.shape[1] == N_VIDEO + extra, plain.shape
+    assert torch.equal(nasa[:, :video.start], plain[:, :video.start])
+    assert torch.equal(nasa[:, video.stop:], plain[:, video.stop:])
+    assert ((nasa[:, video] - plain[:, video]).abs().amax(-1) > 0).all()
+
+
+def test_vace_blocks_text_attention_is_not_steered(env):
+    """VACE: the vace blocks' queries are the control video's tokens (conditioning): their text cross-attention
+    never sees the negative, and the hint of the first vace block (control tokens and the patch embedding of the
+    video, before any main block) is bit-identical with NASA, while the main blocks' text attention is steered."""
+    mp, pos, neg = _variant(env, "wan21_vace")
+    dm = mp.model.diffusion_model
+    assert len(dm.vace_blocks) == 2
+    vace_k = support.Lengths([b.cross_attn.k for b in dm.vace_blocks])
+    main_k = support.Lengths([b.cross_attn.k for b in dm.blocks])
+    hints = []
+    h = dm.vace_blocks[0].register_forward_hook(lambda m, i, o: hints.append(o[0].clone()))
+    try:
+        cases.sample(mp, "wan21_vace", pos, neg)
+        cases.sample(env.apply(mp, alpha=1.0), "wan21_vace", pos, neg)
+    finally:
+        h.remove()
+        vace_k.close()
+        main_k.close()
+    assert all(lengths == [POS_LEN] * 2 for lengths in vace_k.calls.values()), vace_k.calls
+    assert all(lengths == [POS_LEN, POS_LEN, NEG_LEN] for lengths in main_k.calls.values()), main_k.calls
+    assert len(hints) == 2 and torch.equal(hints[0], hints[1])
+
+
+@pytest.mark.parametrize("name", ["wan21_humo", "wan22_s2v", "wan22_animate", "wan22_wandancer"])
+def test_audio_and_face_attention_never_see_the_negative(env, name):
+    """HuMo's audio cross-attention (keys: 16 audio tokens a frame), S2V's audio and WanDancer's music injector
+    and Animate's face adapter attend to their own tokens only; NASA's negative goes through the main blocks' text
+    k only."""
+    mp, pos, neg = _variant(env, name)
+    dm = mp.model.diffusion_model
+    if name == "wan21_humo":
+        extra = [b.audio_cross_attn_wrapper.audio_cross_attn.k for b in dm.blocks]
+    elif name in ("wan22_s2v", "wan22_wandancer"):
+        injector = dm.audio_injector if name == "wan22_s2v" else dm.music_injector
+        extra = [m.k for m in injector.injector]
+    else:
+        extra = [dm.face_adapter.fuser_blocks[0].linear1_kv]
+    text = support.Lengths([b.cross_attn.k for b in dm.blocks])
+    other = support.Lengths(extra)
+    try:
+        cases.sample(env.apply(mp, alpha=1.0), name, pos, neg)
+    finally:
+        text.close()
+        other.close()
+    assert all(lengths == [POS_LEN, NEG_LEN] for lengths in text.calls.values()), text.calls
+    assert all(NEG_LEN not in lengths and POS_LEN not in lengths for lengths in other.calls.values()), other.calls
+    if name != "wan22_animate":                  # Animate's face adapter runs only with face video (not here)
+        assert any(other.calls.values()), other.calls
+
+
+def test_humo_without_audio(env):
+    """HuMo sampled without audio: its blocks make two attention calls (no audio cross-attention); NASA still
+    equals the reference."""
+    mp, pos, neg = _variant(env, "wan21_humo")
+    for c in (pos, neg):
+        c[0][1] = {k: v for k, v in c[0][1].items() if k != "audio_embed"}
+    base = cases.sample(mp, "wan21_humo", pos, neg)
+    got = cases.sample(env.apply(mp, alpha=0.8), "wan21_humo", pos, neg)
+    want = _case_reference_sample(mp, "wan21_humo", neg[0][0], 0.8, pos, neg, tokens=_video("wan21_humo"))
+    support.check_close(got, want, base)
+
+
+# ----------------------------------------------------------------------------- the causal model's AR sampler
+
+class _NeverFilled(dict):
+    """A cross-attention cache that never reports itself filled: every call of the block takes its uncached path
+    (the same K, V of the same prompt), through cross_attn, which the reference hooks."""
+
+    def get(self, key, default=None):
+        return False if key == "is_init" else super().get(key, default)
+
+
+def _ar_sample(mp, pos, neg, frames_per_block=1, uncached=False, frames=3):
+    """ComfyUI's SamplerARVideo sampler (Causal Forcing / Self-Forcing): the video in chunks of
+    ``frames_per_block`` frames, two steps each, every chunk's clean frames then written to the KV cache."""
+    import comfy.sample
+    import comfy.samplers
+    dm = mp.model.diffusion_model
+    sampler = comfy.samplers.ksampler("ar_video", {"num_frame_per_block": frames_per_block})
+    latent = torch.zeros(1, 16, frames, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
+    if uncached:
+        dm.init_crossattn_caches = lambda bs, device, dtype: [_NeverFilled() for _ in dm.blocks]
+    try:
+        return comfy.sample.sample_custom(mp, noise, 1.0, sampler, torch.tensor([1.0, 0.6, 0.0]), pos, neg, latent,
+                                          disable_pbar=True, seed=1)
+    finally:
+        if uncached:
+            del dm.init_crossattn_caches
+
+
+@pytest.mark.parametrize("frames_per_block", [1, 3])
+def test_causal_ar_sampler_steers_every_chunk_like_the_reference(env, frames_per_block):
+    """Under the AR sampler (forward_block: blocks past the block replaces, KV caches, the cross-attention cache)
+    NASA steers every chunk's text cross-attention, at every step and in the cache-filling pass: the result equals
+    the reference applied to every call (the self-attention cache then holds the steered chunks, as in the
+    reference), chunk by chunk (1 frame) and for one chunk of all frames."""
+    cases.skip_if_missing("wan21_causal")
+    mp = cases.model(env.rm, "wan21_causal")
+    pos, neg = _conds(env, "wan21_t2v")
+    text_k = support.Lengths([b.cross_attn.k for b in mp.model.diffusion_model.blocks])
+    nasa = env.apply(mp, alpha=0.8)
+    try:
+        got = _ar_sample(nasa, pos, neg, frames_per_block)
+    finally:
+        text_k.close()
+    # per block: the negative once in the run (NASA's reuse); the prompt in the first call only (its attention and
+    # ComfyUI's cross-attention cache, which every later call reads)
+    assert all(lengths.count(NEG_LEN) == 1 and set(lengths) == {POS_LEN, NEG_LEN} and len(lengths) <= 3
+               for lengths in text_k.calls.values()), text_k.calls
+    assert support.steered_layers(nasa) == cases.CASES["wan21_causal"].layers(mp.model.diffusion_model)
+    base = _ar_sample(mp, pos, neg, frames_per_block)
+    with _reference(mp, neg[0][0], 0.8):
+        want = _ar_sample(mp, pos, neg, frames_per_block, uncached=True)
+    support.check_close(got, want, base)
+    assert torch.equal(_ar_sample(nasa, pos, neg, frames_per_block, uncached=True), got)  # cache: same result
+
+
+def test_s2v_where_blocks_get_no_options_is_an_error(env):
+    """ComfyUI 0.3.64's S2V forward gives its blocks no transformer_options (nothing reaches their attention):
+    NASA raises, naming the node and the fix, instead of returning an unsteered video."""
+    import comfy.supported_models as sm
+    if not hasattr(sm, "WAN22_S2V"):
+        support.skip_missing_family("wan22_s2v", "WAN22_S2V")
+    if cases.CASES["wan22_s2v"].requires()[0]:
+        support.skip_missing_family("wan22_s2v without transformer_options", "an S2V forward without them")
+    mp = cases.model(env.rm, "wan22_s2v")
+    pos, neg = cases.conds(env.rm, "wan22_s2v")
+    with pytest.raises(RuntimeError, match="Apply NASA Attention: this ComfyUI's WanModel_S2V ran its blocks without "
+                                           "their transformer_options.*Update ComfyUI"):
+        cases.sample(env.apply(mp, alpha=0.8), "wan22_s2v", pos, neg)
