@@ -280,7 +280,10 @@ def apply_random_weights(nodes, prompt: dict, spec: str, report: Report) -> list
                 "seed": 0}
     plan = [(LORA_LOADERS, stand_ins["lora"], lora_inputs)]
     if dit:
-        pipe = random_dit.PIPELINES[family]
+        try:
+            pipe = random_dit._pipeline(family)   # refuses a family this ComfyUI lacks (exit 2, before running)
+        except ValueError as e:
+            raise WorkflowError(str(e)) from None
         check_clip_loader_types(prompt, pipe.clip_loaders, spec, pipe.what)
         inputs = {"family": family, "seed": 0, "dtype": "float32"}
         plan += [(CHECKPOINT_LOADERS, stand_ins["checkpoint"], inputs), (MODEL_LOADERS, stand_ins["model"], inputs),

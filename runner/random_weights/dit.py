@@ -1,6 +1,7 @@
 """Random-weight DiT pipelines for the runner's ``--random-weights FAMILY``: the diffusion model, the
 text encoder(s), the VAE and LoRAs of FLUX.1-schnell, Chroma, SD3.5, PixArt, Wan 2.1, Qwen-Image and
-Lumina 2, built from ComfyUI's own classes with seeded random weights.
+Lumina 2 (and, on ComfyUI 0.33+, Z-Image Turbo and FLUX.2 Klein 4B), built from ComfyUI's own classes
+with seeded random weights.
 
 A real workflow of these families loads its parts separately - UNETLoader (or CheckpointLoaderSimple),
 CLIPLoader / DualCLIPLoader / TripleCLIPLoader with a ``type``, VAELoader, LoraLoaderModelOnly - and
@@ -15,7 +16,8 @@ kind of ComfyUI object the real loader would give:
   read from the DIT_FAMILIES config (``context_in_dim``, ``text_dim``, ...), its pooled width the
   model's pooled input where the model takes one (FLUX ``vec_in_dim`` = CLIP-L's width; SD3
   ``adm_in_channels`` = CLIP-L + CLIP-G pooled). Tokenizers are ComfyUI's shipped ones (CLIP, T5,
-  Qwen2.5), with these exceptions:
+  Qwen2.5; Z-Image's and Klein's Qwen3-4B use ComfyUI's shipped Qwen2.5 tokenizer files, as ComfyUI does), with
+  these exceptions:
 
   - **UMT5 (Wan) and Gemma 2 (Lumina 2) read their SentencePiece model from the checkpoint file, and
     ComfyUI ships neither. These random encoders use the SentencePiece model ComfyUI ships for
@@ -27,11 +29,16 @@ kind of ComfyUI object the real loader would give:
     (its vocabulary table is then the largest tensor built here, 131M numbers).
   - Qwen2.5-VL carries a vision tower whose size ComfyUI hard-codes (1280 wide, 32 blocks); it is
     replaced by ComfyUI's same ``Qwen2VLVisionTransformer`` class at tiny width.
+  - FLUX.2 Klein's encoder (``klein_te``, CLIPLoader type ``flux2``) concatenates Qwen3-4B's hidden
+    states at layers 9, 18 and 27 (fixed in ComfyUI's ``Qwen3_4BModel``), so the model's
+    ``context_in_dim`` is 3x the encoder's width and the tiny encoder keeps 28 (narrow) layers. Its
+    ``clip_target`` is built here: FLUX.2's ``clip_target()`` of an empty state dict finds no encoder.
 * VAE: a ``comfy.sd.VAE`` that ComfyUI set up from the family's real VAE file keys (class, latent
   channels, spatial/temporal scale, working dtypes), whose autoencoder is then swapped for a tiny
   instance of the same class (ComfyUI hard-codes those widths): ``AutoencodingEngine`` with 16
-  latent channels (FLUX/SD3/Lumina 2/Chroma), ``WanVAE`` with 16 (Wan 2.1, Qwen-Image), and the SD
-  ``AutoencoderKL`` with 4 (PixArt).
+  latent channels (FLUX/SD3/Lumina 2/Z-Image/Chroma), ``WanVAE`` with 16 (Wan 2.1, Qwen-Image), and the SD
+  ``AutoencoderKL`` with 4 (PixArt) - or, for FLUX.2 Klein, with 32 and the latent batch norm over 2x2
+  patches that makes FLUX.2's 128 latent channels (16x downscale; its running statistics stay 0 and 1).
 * LoRA: :func:`random_lora` makes a rank-4 LoRA over every linear layer of the diffusion model and
   applies it through ``comfy.sd.load_lora_for_models``, exactly as LoraLoaderModelOnly does.
 
@@ -70,6 +77,13 @@ PIPELINES = {
     "wan21": Pipeline("wan21_t2v", "umt5", (("CLIPLoader", "wan"),), "wan21", "Wan 2.1 text-to-video"),
     "qwen_image": Pipeline("qwen_image", "qwen25_7b", (("CLIPLoader", "qwen_image"),), "wan21", "Qwen-Image"),
     "lumina2": Pipeline("lumina2", "gemma2_2b", (("CLIPLoader", "lumina2"),), "flux16", "Lumina Image 2.0"),
+    # ComfyUI 0.33+. Its template loads Qwen3-4B with CLIPLoader type "lumina2": ComfyUI's loader detects
+    # Qwen3-4B from the file and builds Z-Image's encoder for every type but flux/flux2.
+    "z_image": Pipeline("z_image", "qwen3_4b", (("CLIPLoader", "lumina2"),), "flux16", "Z-Image (Turbo)"),
+    # ComfyUI 0.33+. Its template loads Qwen3-4B with CLIPLoader type "flux2"; ComfyUI builds Klein's encoder
+    # (klein_te) from a Qwen3-4B file for type "flux" too.
+    "klein": Pipeline("klein", "klein_qwen3_4b", (("CLIPLoader", "flux2"), ("CLIPLoader", "flux")), "flux2",
+                      "FLUX.2 Klein 4B"),
 }
 FAMILIES = tuple(PIPELINES)
 SD3_CONTEXT_WIDTH = 4096
@@ -87,6 +101,12 @@ def _pipeline(family: str) -> Pipeline:
     if pipe.dit not in rm.DIT_FAMILIES:
         raise ValueError(f"--random-weights {family}: models.DIT_FAMILIES has no {pipe.dit!r} entry yet "
                          f"(the tiny {pipe.what} model configuration)")
+    import comfy.supported_models as sm
+    config_class = rm.DIT_FAMILIES[pipe.dit][0]
+    if not hasattr(sm, config_class):   # a family newer than this ComfyUI (Z-Image: 0.33+, not 0.3.64)
+        import comfyui_version
+        raise ValueError(f"--random-weights {family}: this ComfyUI ({comfyui_version.__version__}) has no "
+                         f"{pipe.what} (comfy.supported_models.{config_class}); update ComfyUI to run it")
     return pipe
 
 
@@ -160,6 +180,14 @@ def _need(config: dict, key: str, family: str) -> int:
     return int(config[key])
 
 
+def klein_text_layers() -> list:
+    """The Qwen3-4B layers whose hidden states FLUX.2 Klein's text encoder stacks (``Qwen3_4BModel``'s
+    default ``layer``, read from ComfyUI: [9, 18, 27])."""
+    import inspect
+    import comfy.text_encoders.flux as flux_te
+    return list(inspect.signature(flux_te.Qwen3_4BModel.__init__).parameters["layer"].default)
+
+
 def text_encoder_configs(family: str) -> tuple:
     """``(clip_target, {model_name: config overrides}, tokenizer_data)`` of the family's tiny text
     encoder, widths read from :func:`dit_config`."""
@@ -193,6 +221,19 @@ def text_encoder_configs(family: str) -> tuple:
         tokenizer_data["spiece_model"] = sentencepiece_stand_in()
         configs = {"gemma2_2b": _llm(_need(config, "cap_feat_dim", family),
                                      _sentencepiece_size(tokenizer_data["spiece_model"]))}
+    elif pipe.text == "qwen3_4b":   # Z-Image: Qwen3-4B's second-to-last hidden state, Qwen2.5's shipped tokenizer
+        configs = {"qwen3_4b": _llm(_need(config, "cap_feat_dim", family))}
+    elif pipe.text == "klein_qwen3_4b":   # FLUX.2 Klein: 3 hidden states of Qwen3-4B side by side, Qwen2.5's tokenizer
+        import comfy.supported_models_base as smb
+        import comfy.text_encoders.flux as flux_te
+        width, taps = _need(config, "context_in_dim", family), klein_text_layers()
+        if width % len(taps):
+            raise ValueError(f"{family}: context_in_dim {width} must be {len(taps)} x the text encoder's width")
+        # The taps are layer indices, so the tiny encoder keeps enough layers to reach the last one.
+        configs = {"qwen3_4b": {**_llm(width // len(taps)), "num_hidden_layers": max(taps) + 1}}
+        # Built from an empty state dict, Flux2's clip_target finds no encoder; CLIPLoader builds this one from a
+        # Qwen3-4B file with type flux2 (or flux).
+        target = smb.ClipTarget(flux_te.KleinTokenizer, flux_te.klein_te(model_type="qwen3_4b"))
     else:
         raise AssertionError(pipe.text)
     return target, configs, tokenizer_data
@@ -235,6 +276,9 @@ _VAE_MARKERS = {   # kind -> the real VAE file's keys (with their shapes) ComfyU
               "decoder.head.0.gamma": (96, 1, 1, 1),               # 0.3.7x+ also reads its width and image/output
               "encoder.conv1.weight": (96, 3, 3, 3, 3),            # channels from these
               "decoder.head.2.weight": (3, 96, 3, 3, 3)},
+    "flux2": {"decoder.conv_in.weight": (512, 32, 3, 3),          # FLUX.2 VAE (ComfyUI 0.33+): 32 channels, quant
+              "post_quant_conv.weight": (32, 32, 1, 1),           # convs, a latent batch norm over 2x2 patches
+              "bn.running_mean": (128,)},                         # (128 latent channels)
 }
 _WAN_TINY_DIM = 16
 
@@ -269,6 +313,10 @@ def build_vae(family: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     if kind == "wan21":
         tiny = type(probe)(dim=_WAN_TINY_DIM, z_dim=probe.z_dim, dim_mult=probe.dim_mult, num_res_blocks=1,
                            attn_scales=probe.attn_scales, temperal_downsample=probe.temperal_downsample)
+    elif kind == "flux2":   # AutoencoderKL: z_channels 32 (128 latent channels after the 2x2 patches), batch norm kept
+        ddconfig = {**rm._VAE_DDCONFIG, **rm._VAE_SIZE["tiny"], "z_channels": probe.decoder.conv_in.in_channels,
+                    "batch_norm_latent": probe.bn is not None}
+        tiny = type(probe)(ddconfig=ddconfig, embed_dim=probe.embed_dim)
     else:
         ddconfig = {**rm._VAE_DDCONFIG, **rm._VAE_SIZE["tiny"], "z_channels": vae.latent_channels}
         tiny = probe

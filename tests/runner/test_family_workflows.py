@@ -1,5 +1,5 @@
-"""The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2)
-executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
+"""The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2,
+Z-Image Turbo, FLUX.2 Klein 4B) executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
 swaps in for their loaders (runner/random_weights/dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ WORKFLOWS = {  # file: --random-weights family
     "wan21_causvid_4step_nasa.json": "wan21",
     "qwen_image_lightning_8step_nasa.json": "qwen_image",
     "lumina2_nasa.json": "lumina2",
+    "z_image_turbo_8step_nasa.json": "z_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
+    "flux2_klein_4step_nasa.json": "klein",       # ComfyUI 0.33+ (skipped where missing: skip_missing)
 }
 ONE_PER_FAMILY = {family: name for name, family in reversed(list(WORKFLOWS.items()))}
 # Tests shrink the real resolutions. PixArt computes its position-embedding scale as round(side / 64)
@@ -37,6 +39,7 @@ SMALL = {
     "EmptyLatentImage": ["EmptyLatentImage.width=320", "EmptyLatentImage.height=320"],
     "EmptyHunyuanLatentVideo": ["EmptyHunyuanLatentVideo.width=64", "EmptyHunyuanLatentVideo.height=64",
                                 "EmptyHunyuanLatentVideo.length=5"],
+    "EmptyFlux2LatentImage": ["EmptyFlux2LatentImage.width=64", "EmptyFlux2LatentImage.height=64"],   # 16x: 4x4
 }
 MAX_STEPS = 4
 LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
@@ -58,7 +61,26 @@ FACTS = {
                    "comfy.text_encoders.qwen_image.QwenImageTokenizer", "WanVAE"),
     "lumina2": ("lumina2", "cap_feat_dim", "comfy.text_encoders.lumina2.LuminaModel",
                 "comfy.text_encoders.lumina2.LuminaTokenizer", "AutoencodingEngine"),
+    # CLIPLoader type "lumina2" with a Qwen3-4B file: ComfyUI detects Qwen3-4B and builds Z-Image's encoder.
+    "z_image": ("z_image", "cap_feat_dim", "comfy.text_encoders.z_image.ZImageTEModel",
+                "comfy.text_encoders.z_image.ZImageTokenizer", "AutoencodingEngine"),
+    # CLIPLoader type "flux2" with a Qwen3-4B file: klein_te(model_type="qwen3_4b"), a subclass of Flux2TEModel built
+    # inside klein_te around Qwen3_4BModel (checked too); the FLUX.2 VAE is the SD-style AutoencoderKL + latent batch norm.
+    "klein": ("klein", "context_in_dim", "comfy.text_encoders.flux.Flux2TEModel",
+              "comfy.text_encoders.flux.KleinTokenizer", "AutoencoderKL"),
 }
+NEEDS = {"z_image": "ZImage", "klein": "Flux2"}
+"""Families an older ComfyUI lacks: family -> its comfy.supported_models class (see :func:`skip_missing`)."""
+
+
+def skip_missing(family):
+    """Skip a test of ``family`` (the workflow's, for a test by workflow name) on a ComfyUI without its model class
+    (support.skip_missing_family: the one skip reason CI accepts with a ComfyUI found)."""
+    import comfy.supported_models as sm
+    if family in NEEDS and not hasattr(sm, NEEDS[family]):
+        support.skip_missing_family(family, NEEDS[family])
+
+
 SD3_PADDED_WIDTH = 4096  # ComfyUI's SD3ClipModel zero-pads CLIP-L+G to T5-XXL's width
 
 
@@ -173,6 +195,7 @@ def test_workflow_is_consistent_ui_format(name):
 def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
     """cfg 1, the NASA node on the sampler's model, the negative prompt wired into the sampler, real
     default resolution, and a Note naming the model files, the resolution, the steps and alpha."""
+    skip_missing(WORKFLOWS[name])   # the workflow's nodes (e.g. EmptyFlux2LatentImage) come with the family
     wf_mod = importlib.import_module("nasa_runner.workflow")
     wf = load(name)
     p = wf_mod.ui_to_api(wf, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
@@ -186,7 +209,10 @@ def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
     assert (negative["inputs"].get("text") or negative["inputs"].get("user_prompt")).strip()
     latent = next(v["inputs"] for v in p.values() if v["class_type"] in SMALL)
     assert min(latent["width"], latent["height"]) >= 480
-    steps = ins.get("steps") or next(v["inputs"]["steps"] for v in p.values() if v["class_type"] == "BasicScheduler")
+    steps = ins.get("steps") or next(v["inputs"]["steps"] for v in p.values()
+                                     if v["class_type"] in ("BasicScheduler", "Flux2Scheduler"))
+    for scheduler in (v["inputs"] for v in p.values() if v["class_type"] == "Flux2Scheduler"):   # shift from the size
+        assert (scheduler["width"], scheduler["height"]) == (latent["width"], latent["height"])
     (note,) = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]
     assert f"{latent['width']}x{latent['height']}" in note and "cfg 1" in note
     assert re.search(rf"\b{steps} steps?\b", note), note
@@ -204,12 +230,15 @@ def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
     """The random CLIP is ComfyUI's text-encoder class for the loader type, its output as wide as the
     model's context in DIT_FAMILIES (SD3: the 4096 it pads CLIP-L+G to, which the runner's SD3 model
     takes), its pooled output the model's pooled input, and different prompts encode differently."""
+    skip_missing(family)
     rm = importlib.import_module("nasa_runner.random_weights.models")
     dit, width_key, encoder_class, tokenizer_class, _ = FACTS[family]
     registry = rm.DIT_FAMILIES[dit][1]
     clip = rd.cached("clip", family)
     assert isinstance(clip.cond_stage_model, comfy_class(encoder_class))
     assert isinstance(clip.tokenizer, comfy_class(tokenizer_class))
+    if family == "klein":   # Flux2TEModel also wraps FLUX.2 dev's Mistral 3; Klein 4B's is Qwen3-4B
+        assert isinstance(clip.cond_stage_model.qwen3_4b, comfy_class("comfy.text_encoders.flux.Qwen3_4BModel"))
     cond, pooled = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_pooled=True)
     other = clip.encode_from_tokens(clip.tokenize("glasses"))
     if width_key is None:   # SD3
@@ -228,6 +257,7 @@ def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
 
 @pytest.mark.parametrize("family", sorted(FACTS))
 def test_vae_is_the_familys_class_with_the_models_latent_channels(rd, family):
+    skip_missing(family)
     model, vae = rd.cached("model", family), rd.cached("vae", family)
     assert type(vae.first_stage_model).__name__ == FACTS[family][4]
     assert vae.latent_channels == model.model.latent_format.latent_channels
@@ -235,7 +265,8 @@ def test_vae_is_the_familys_class_with_the_models_latent_channels(rd, family):
     assert vae.latent_dim == (3 if video else 2)
     latent = torch.randn(1, vae.latent_channels, *([2] if video else []), 8, 8)
     image = vae.decode(latent)
-    assert image.shape[-3:] == (64, 64, 3) and (not video or image.shape[1] == 5)   # Wan: 4x frames in time
+    side = 8 * getattr(model.model.latent_format, "spacial_downscale_ratio", 8)   # FLUX.2: 16 (ComfyUI < 0.3.7x: no attr)
+    assert image.shape[-3:] == (side, side, 3) and (not video or image.shape[1] == 5)   # Wan: 4x frames in time
     assert torch.isfinite(image).all() and image.std() > 0.01
     assert rm_params(vae) < 5_000_000
 
@@ -248,6 +279,7 @@ def rm_params(module):
 def test_comfyuis_own_norm_classes_get_weight_one(rd, family):
     """T5LayerNorm, ComfyUI's RMSNorm, FLUX's RMSNorm 'scale', the Wan VAE's RMS_norm 'gamma' are plain
     Modules: left at 0 they would zero every activation after them (text would not reach the output)."""
+    skip_missing(family)
     parts = [rd.cached("model", family).model, rd.cached("clip", family).cond_stage_model,
              rd.cached("vae", family).first_stage_model]
     seen = 0
@@ -298,6 +330,7 @@ def test_random_lora_patches_every_linear_layer_through_comfyui(rd):
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
 def test_workflow_runs_end_to_end_with_random_weights(cli, tmp_path, name):
     """Exit 0, one output file; every loader replaced by a random-weight stand-in; NASA ran."""
+    skip_missing(WORKFLOWS[name])
     r = run(cli, PACK_ROOT / "workflows" / name, small(name), tmp_path, WORKFLOWS[name])
     classes = [n["class_type"] for n in r.prompt.values()]
     assert not set(classes) & set(LOADERS) and "NASAApplyAttention" in classes
@@ -326,6 +359,7 @@ def plain_output(comfy, cli, tmp_path_factory):
 def test_random_parts_run_the_workflow_without_nasa(plain_output, family):
     """The runner's model, text encoder, VAE (and LoRA) on their own: the family's workflow with the
     NASA node bypassed, so this holds whatever the state of the family's NASA adapter."""
+    skip_missing(family)
     image = plain_output(family)
     assert image.std() > 0 and np.isfinite(image).all()
 
@@ -333,6 +367,7 @@ def test_random_parts_run_the_workflow_without_nasa(plain_output, family):
 @pytest.mark.parametrize("family", sorted(ONE_PER_FAMILY))
 def test_nasa_changes_the_output_and_alpha_zero_is_the_plain_workflow(comfy, cli, plain_output, tmp_path, family):
     """alpha 0: the same pixels as without the node; the workflow's alpha: visibly different pixels."""
+    skip_missing(family)
     name = ONE_PER_FAMILY[family]
     wf = tapped(comfy, PACK_ROOT / "workflows" / name)
     steered = frames(run(cli, wf, small(name), tmp_path / "a", family))
@@ -368,6 +403,15 @@ def test_dit_families_have_only_the_tiny_size(cli):
     assert r.exit_code == 2 and "tiny size only" in r.error
 
 
+def test_a_family_this_comfyui_lacks_is_refused_before_running(cli):
+    """--random-weights of a family this ComfyUI lacks (Z-Image on 0.3.64) stops before running (exit 2), naming
+    the missing class; where every NEEDS family is there (0.33) there is nothing to refuse."""
+    import comfy.supported_models as sm
+    for family in (f for f, config_class in NEEDS.items() if not hasattr(sm, config_class)):
+        r = cli.run_workflow(PACK_ROOT / "workflows" / "flux_schnell_1step_nasa.json", [], random_weights=family)
+        assert r.exit_code == 2 and f"comfy.supported_models.{NEEDS[family]}" in r.error, r.error
+
+
 def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
     name = "flux_schnell_1step_nasa.json"
     env = dict(os.environ, COMFYUI_PATH=str(comfy.dir))
@@ -383,7 +427,8 @@ def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
 # --- Apply NASA Attention (Advanced) on every family ------------------------------------------------------
 
 GROUPS = {"flux": "double, single", "chroma": "double, single", "sd35": "joint", "pixart": "blocks",
-          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers"}   # as the Advanced node's help page documents them
+          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers",
+          "z_image": "layers", "klein": "double, single"}   # as the Advanced node's help page documents them
 
 
 def advanced(name, blocks, start=0.0, end=1.0):
@@ -403,6 +448,7 @@ def test_advanced_block_groups_of_every_family(comfy, cli, plain_output, tmp_pat
     """Every documented group of the family at multiplier 0 is the plain workflow; all groups at 1 is the basic
     node's output, pixel for pixel."""
     assert set(GROUPS) == set(ONE_PER_FAMILY)
+    skip_missing(family)
     name = ONE_PER_FAMILY[family]
     zero = ", ".join(f"{g}*0" for g in GROUPS[family].split(", "))
     off = frames(run(cli, tapped(comfy, advanced(name, zero)), small(name), tmp_path / "a", family))
