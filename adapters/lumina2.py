@@ -222,21 +222,28 @@ def _forward_wrapper(executor, *args, **kwargs):
 
 
 def flop_layers(model_patcher, latent) -> tuple:
-    """(Embedding, [NasaLayer]) for nasa_core.flops: cap_embedder and the caption refiner on the negative, then
-    each layer's stream (adaLN, qkv; out and feed_forward except in the last layer), GQA keys repeated to all heads."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
+    """(Embedding, [NasaLayer]) for nasa_core.flops (:func:`nextdit_flop_layers`; the stream's own attention sees the
+    image tokens)."""
+    from ..nasa_core.flops import patch_tokens
     dm = model_patcher.model.diffusion_model
-    p = dm.patch_size
-    n_img = patch_tokens(latent[-2:], p)
+    return nextdit_flop_layers(dm, patch_tokens(latent[-2:], dm.patch_size), patch_tokens(latent[-2:], dm.patch_size))
+
+
+def nextdit_flop_layers(dm, image_tokens: int, stream_keys: int) -> tuple:
+    """A NextDiT's (Embedding, [NasaLayer]): cap_embedder and the caption refiner on the negative, then each main
+    layer's stream (adaLN, qkv; out and feed_forward except in the last layer), GQA keys repeated to all heads; the
+    stream's own attention over ``stream_keys`` tokens of the sequence besides its own (Lumina 2: the image; Z-Image:
+    the image and its padding)."""
+    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights
     width = dm.layers[0].attention.n_local_heads * dm.layers[0].attention.head_dim
     layers = []
     for i, layer in enumerate(dm.layers):
         last = i == len(dm.layers) - 1
         att = layer.attention
         rows = module_linear_weights(att.qkv) + (0 if last else module_linear_weights(att.out, layer.feed_forward))
-        layers.append(NasaLayer(width=width, query_tokens=n_img, row_weights=rows,
+        layers.append(NasaLayer(width=width, query_tokens=image_tokens, row_weights=rows,
                                 row_vector_weights=module_linear_weights(layer.adaLN_modulation),
-                                stream_keys=-1 if last else n_img))
+                                stream_keys=-1 if last else stream_keys))
     embedding = Embedding(weights=module_linear_weights(dm.cap_embedder, *dm.context_refiner),
                           attention=[width] * len(dm.context_refiner))
     return embedding, layers

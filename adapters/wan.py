@@ -208,7 +208,7 @@ def _forward_wrapper(executor, *args, **kwargs):
     seen = new[_BLOCKS_SEEN] = []
     call["transformer_options"] = new
     out = call.invoke(executor)
-    if not seen and len(dm.blocks):
+    if not seen and len(dm.blocks) and type(dm).__name__ == "WanModel_S2V":     # (a step cache may skip blocks)
         raise RuntimeError(f"{new[FORWARD_KEY].run.node}: this ComfyUI's {type(dm).__name__} ran its blocks without "
                            f"their transformer_options (older ComfyUI releases do so for Wan S2V), so NASA could not "
                            f"steer this Wan model. Update ComfyUI, or remove the node for this model.")

@@ -51,7 +51,7 @@ import torch
 from . import joint
 from .binding import Call, SignatureChanged, set_wrapper, wrapped_call
 from .family import Family, no_layers
-from .lumina2 import caption_rope, layer_streams, negative_rope
+from .lumina2 import caption_rope, layer_streams, negative_rope, nextdit_flop_layers
 
 CONFIGS = {"ZImage": "Lumina2", "ZImagePixelSpace": "ZImagePixelSpace"}
 """comfy.supported_models class -> the comfy.model_base class it builds."""
@@ -182,26 +182,13 @@ def _forward_wrapper(executor, *args, **kwargs):
 
 
 def flop_layers(model_patcher, latent) -> tuple:
-    """(Embedding, [NasaLayer]) for nasa_core.flops: cap_embedder and the caption refiner on the negative (counted at
-    the negative's length: a multiple of 32, as the model pads it, in the cost table), then each main layer's
-    stream (adaLN, qkv; out and feed_forward except in the last layer), whose own attention sees the image and its
-    padding."""
-    from ..nasa_core.flops import Embedding, NasaLayer, module_linear_weights, patch_tokens
+    """(Embedding, [NasaLayer]) for nasa_core.flops (:func:`.lumina2.nextdit_flop_layers`): the negative counted at
+    its length (a multiple of 32, as the model pads it, in the cost table); the stream's own attention sees the
+    image and its padding."""
+    from ..nasa_core.flops import patch_tokens
     dm = model_patcher.model.diffusion_model
     n_img = patch_tokens(latent[-2:], dm.patch_size)
-    keys = padded(n_img, dm.pad_tokens_multiple)
-    width = dm.layers[0].attention.n_local_heads * dm.layers[0].attention.head_dim
-    layers = []
-    for i, layer in enumerate(dm.layers):
-        last = i == len(dm.layers) - 1
-        att = layer.attention
-        rows = module_linear_weights(att.qkv) + (0 if last else module_linear_weights(att.out, layer.feed_forward))
-        layers.append(NasaLayer(width=width, query_tokens=n_img, row_weights=rows,
-                                row_vector_weights=module_linear_weights(layer.adaLN_modulation),
-                                stream_keys=-1 if last else keys))
-    embedding = Embedding(weights=module_linear_weights(dm.cap_embedder, *dm.context_refiner),
-                          attention=[width] * len(dm.context_refiner))
-    return embedding, layers
+    return nextdit_flop_layers(dm, n_img, padded(n_img, dm.pad_tokens_multiple))
 
 
 def block_groups(model_patcher) -> dict:

@@ -328,5 +328,19 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def unavailable(case: CostCase) -> Optional[str]:
+    """Why the running ComfyUI cannot count ``case`` (its model class is missing, or NASA cannot steer that model
+    on this version), or None."""
+    import inspect
+    import comfy.supported_models as sm
+    if not hasattr(sm, case.config_class):
+        return f"{case.config_class} is not in this ComfyUI"
+    if case.config_class == "WAN22_S2V":       # older releases hand S2V's blocks no transformer_options
+        from comfy.ldm.wan.model import WanModel_S2V
+        if '"transformer_options": transformer_options}' not in inspect.getsource(WanModel_S2V.forward_orig):
+            return "this ComfyUI's Wan S2V runs its blocks without transformer_options (NASA refuses it)"
+    return None
+
+
 def find_case(name: str) -> Optional[CostCase]:
     return next((c for c in CASES if c.config_class == name or c.name == name), None)

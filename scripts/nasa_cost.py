@@ -35,6 +35,10 @@ def main(argv=None) -> int:
         return 2
     rows = []
     for case in cases:
+        why = costs.unavailable(case)
+        if why is not None:
+            print(f"skipping {case.name}: {why}", file=sys.stderr)
+            continue
         print(f"counting {case.name} ...", file=sys.stderr)
         rows.append(costs.count(case, alpha=args.alpha))
     print(costs.markdown(rows))

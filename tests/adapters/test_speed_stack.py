@@ -98,7 +98,11 @@ def test_compiled_nasa_is_eager_nasa_without_breaks_or_recompiles(env, name):
         with Dynamo() as dynamo:
             first = cases.sample(compiled, name, pos, neg, steps=STEPS)
             second = cases.sample(compiled, name, pos, neg, steps=STEPS)
-    assert dynamo.same_as(plain_dynamo), f"{name}: NASA {dynamo} against the plain model's {plain_dynamo}"
+    if plain_dynamo.breaks:     # ComfyUI's own forward breaks the graph (data-dependent ops: 0.3.64's HunyuanImage
+        # 2.1 text path): NASA, running the model's own text path on the negative, meets the same ops - and no other
+        assert set(dynamo.reasons) <= set(plain_dynamo.reasons), f"{name}: NASA {dynamo} against {plain_dynamo}"
+    else:
+        assert dynamo.same_as(plain_dynamo), f"{name}: NASA {dynamo} against the plain model's {plain_dynamo}"
     assert dynamo.graphs >= 1, f"{name}: nothing was compiled; the test shows nothing"
     _close(first, eager, 1e-5)
     _close(second, eager, 1e-5)

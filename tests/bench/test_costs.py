@@ -9,19 +9,28 @@ def env(comfyui):
     return dict(costs=comfyui.mod("bench.costs"), adapters=comfyui.mod("adapters"))
 
 
+def _countable(env) -> list:
+    """The cases this ComfyUI can count (a newer model class than this version has is left out, by name)."""
+    return [c for c in env["costs"].CASES if env["costs"].unavailable(c) is None]
+
+
 @pytest.fixture(scope="module")
 def rows(env):
-    return {c.name: env["costs"].count(c) for c in env["costs"].CASES}
+    return {c.name: env["costs"].count(c) for c in _countable(env)}
 
 
 def test_every_supported_family_has_a_cost_case(env):
+    """Every family this ComfyUI has a model class of is in the cost table; the cases left out are only those of
+    model classes this version lacks (or cannot run with NASA), each named by costs.unavailable."""
     import comfy.supported_models as sm
     covered = set()
-    for case in env["costs"].CASES:
+    for case in _countable(env):
         model = env["costs"].meta_model(case, __import__("torch").bfloat16)
         covered.add(env["adapters"].find_adapter(model))
         assert isinstance(model.model.model_config, getattr(sm, case.config_class))
-    assert covered == set(env["adapters"].FAMILIES)
+    present = {f for f in env["adapters"].FAMILIES if any(hasattr(sm, name) for name in f.model_classes)}
+    assert covered == present, sorted(f.name for f in present - covered)
+
 
 
 def test_nasa_costs_a_fraction_of_cfg(rows):
