@@ -226,7 +226,8 @@ def flop_layers(model_patcher, latent) -> tuple:
     image tokens)."""
     from ..nasa_core.flops import patch_tokens
     dm = model_patcher.model.diffusion_model
-    return nextdit_flop_layers(dm, patch_tokens(latent[-2:], dm.patch_size), patch_tokens(latent[-2:], dm.patch_size))
+    n_img = patch_tokens(latent[-2:], dm.patch_size)
+    return nextdit_flop_layers(dm, n_img, n_img)
 
 
 def nextdit_flop_layers(dm, image_tokens: int, stream_keys: int) -> tuple:
@@ -250,19 +251,27 @@ def nextdit_flop_layers(dm, image_tokens: int, stream_keys: int) -> tuple:
 
 
 def block_groups(model_patcher) -> dict:
+    """A NextDiT's block groups (Lumina 2, Z-Image): its main ``layers``."""
     return {"layers": list(range(len(model_patcher.model.diffusion_model.layers)))}
 
 
-def install(model_patcher) -> int:
+def install_nextdit(model_patcher, make_layer_forward, forward_wrapper) -> int:
+    """Object-patch each main layer's ``forward`` with ``make_layer_forward(index, layer, last, prior)`` (chaining an
+    object patch installed before NASA) and set ``forward_wrapper`` as the DIFFUSION_MODEL wrapper (Lumina 2,
+    Z-Image)."""
     dm = model_patcher.model.diffusion_model
     for i, layer in enumerate(dm.layers):
         key = f"diffusion_model.layers.{i}.forward"
         prior = joint.unwrap_prior(model_patcher.object_patches.get(key))
-        patch = _make_layer_forward(i, layer, i == len(dm.layers) - 1, prior)
+        patch = make_layer_forward(i, layer, i == len(dm.layers) - 1, prior)
         patch.nasa_prior = prior
         model_patcher.add_object_patch(key, patch)
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", _forward_wrapper)
+    set_wrapper(model_patcher, "DIFFUSION_MODEL", forward_wrapper)
     return len(dm.layers)
+
+
+def install(model_patcher) -> int:
+    return install_nextdit(model_patcher, _make_layer_forward, _forward_wrapper)
 
 
 FAMILY = Family(

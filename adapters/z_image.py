@@ -49,9 +49,10 @@ from typing import Optional
 import torch
 
 from . import joint
-from .binding import Call, SignatureChanged, set_wrapper, wrapped_call
+from .binding import Call, SignatureChanged, wrapped_call
 from .family import Family, no_layers
-from .lumina2 import caption_rope, layer_streams, negative_rope, nextdit_flop_layers
+from .lumina2 import (block_groups, caption_rope, install_nextdit, layer_streams, negative_rope,
+                      nextdit_flop_layers)
 
 CONFIGS = {"ZImage": "Lumina2", "ZImagePixelSpace": "ZImagePixelSpace"}
 """comfy.supported_models class -> the comfy.model_base class it builds."""
@@ -191,20 +192,8 @@ def flop_layers(model_patcher, latent) -> tuple:
     return nextdit_flop_layers(dm, n_img, padded(n_img, dm.pad_tokens_multiple))
 
 
-def block_groups(model_patcher) -> dict:
-    return {"layers": list(range(len(model_patcher.model.diffusion_model.layers)))}
-
-
 def install(model_patcher) -> int:
-    dm = model_patcher.model.diffusion_model
-    for i, layer in enumerate(dm.layers):
-        key = f"diffusion_model.layers.{i}.forward"
-        prior = joint.unwrap_prior(model_patcher.object_patches.get(key))
-        patch = _make_layer_forward(i, layer, i == len(dm.layers) - 1, prior)
-        patch.nasa_prior = prior
-        model_patcher.add_object_patch(key, patch)
-    set_wrapper(model_patcher, "DIFFUSION_MODEL", _forward_wrapper)
-    return len(dm.layers)
+    return install_nextdit(model_patcher, _make_layer_forward, _forward_wrapper)
 
 
 FAMILY = Family(
