@@ -17,10 +17,19 @@ MISSING_FAMILY = "model family missing in this ComfyUI"
 """The one skip reason CI accepts with a ComfyUI found (tests/conftest.py)."""
 
 
-def skip_missing_family(family: str, needs: str) -> None:
-    """Skip a test of ``family`` on a ComfyUI version that lacks it; ``needs``: what is missing (a class name)."""
-    import comfyui_version
-    pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {comfyui_version.__version__})")
+def skip_missing_family(family: str, needs: str, version: str | None = None) -> None:
+    """Skip a test of ``family`` on a ComfyUI version that lacks it; ``needs``: what is missing (a class name);
+    ``version``: that ComfyUI's, where this process does not import it (the browser test's server)."""
+    if version is None:
+        import comfyui_version
+        version = comfyui_version.__version__
+    pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {version})")
+
+
+NEWER_FAMILIES = {"z_image": "ZImage", "klein": "Flux2"}
+"""Families of example workflows that an older ComfyUI lacks: family -> its comfy.supported_models class."""
+NEWER_WORKFLOWS = {"z_image_turbo_8step_nasa.json": "z_image", "flux2_klein_4step_nasa.json": "klein"}
+"""The example workflows of those families: file name -> family."""
 
 
 def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="simple", seed=1, noise=None,

@@ -69,16 +69,13 @@ FACTS = {
     "klein": ("klein", "context_in_dim", "comfy.text_encoders.flux.Flux2TEModel",
               "comfy.text_encoders.flux.KleinTokenizer", "AutoencoderKL"),
 }
-NEEDS = {"z_image": "ZImage", "klein": "Flux2"}
-"""Families an older ComfyUI lacks: family -> its comfy.supported_models class (see :func:`skip_missing`)."""
-
-
 def skip_missing(family):
     """Skip a test of ``family`` (the workflow's, for a test by workflow name) on a ComfyUI without its model class
     (support.skip_missing_family: the one skip reason CI accepts with a ComfyUI found)."""
     import comfy.supported_models as sm
-    if family in NEEDS and not hasattr(sm, NEEDS[family]):
-        support.skip_missing_family(family, NEEDS[family])
+    needs = support.NEWER_FAMILIES.get(family)
+    if needs and not hasattr(sm, needs):
+        support.skip_missing_family(family, needs)
 
 
 SD3_PADDED_WIDTH = 4096  # ComfyUI's SD3ClipModel zero-pads CLIP-L+G to T5-XXL's width
@@ -405,11 +402,11 @@ def test_dit_families_have_only_the_tiny_size(cli):
 
 def test_a_family_this_comfyui_lacks_is_refused_before_running(cli):
     """--random-weights of a family this ComfyUI lacks (Z-Image on 0.3.64) stops before running (exit 2), naming
-    the missing class; where every NEEDS family is there (0.33) there is nothing to refuse."""
+    the missing class; where every newer family is there (0.33) there is nothing to refuse."""
     import comfy.supported_models as sm
-    for family in (f for f, config_class in NEEDS.items() if not hasattr(sm, config_class)):
+    for family in (f for f, config_class in support.NEWER_FAMILIES.items() if not hasattr(sm, config_class)):
         r = cli.run_workflow(PACK_ROOT / "workflows" / "flux_schnell_1step_nasa.json", [], random_weights=family)
-        assert r.exit_code == 2 and f"comfy.supported_models.{NEEDS[family]}" in r.error, r.error
+        assert r.exit_code == 2 and f"comfy.supported_models.{support.NEWER_FAMILIES[family]}" in r.error, r.error
 
 
 def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
