@@ -109,3 +109,23 @@ def set_wrapper(model_patcher, kind: str, fn: Callable, key: str = WRAPPER_KEY) 
     kind = getattr(pe.WrappersMP, kind)
     model_patcher.remove_wrappers_with_key(kind, key)
     model_patcher.add_wrapper_with_key(kind, key, fn)
+
+
+def patch_forwards(model_patcher, modules, key_of: Callable[[int], str], make_forward: Callable,
+                   what: Callable[[int], str]) -> int:
+    """Object-patch the ``forward`` of each of ``modules`` (module ``i`` at model object ``key_of(i)``) with
+    ``make_forward(i, module, original)``; returns how many.
+
+    ``original`` is the class's forward bound to the module. A forward a previous Apply NASA Attention patched is
+    replaced; one another node patched is a loud error naming ``what(i)`` (e.g. "the cross-attention of PixArt
+    block 3"): NASA cannot steer through a forward it does not know."""
+    for i, module in enumerate(modules):
+        original = type(module).forward.__get__(module)
+        current = model_patcher.get_model_object(key_of(i))
+        if getattr(current, "nasa_original", current) != original:
+            raise ValueError(f"Apply NASA Attention: another node already replaced {what(i)} ({key_of(i)}); NASA "
+                             f"cannot steer through it. Remove that node to use NASA on this model.")
+        forward = make_forward(i, module, original)
+        forward.nasa_original = original
+        model_patcher.add_object_patch(key_of(i), forward)
+    return len(modules)

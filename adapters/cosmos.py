@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from .binding import Call, set_wrapper, signature_of, wrapped_call
+from .binding import Call, patch_forwards, set_wrapper, signature_of, wrapped_call
 from .cross_blocks import FORWARD_KEY, forward_options
 from .family import Family, no_layers
 from ..nasa_core import steer
@@ -211,7 +211,6 @@ def _make_forward(index: int, layer, original):
             return original(*args, **kwargs)
         return _steered(index, layer, call["x"], call["context"], call["rope_emb"], options, qkv_options, scale)
 
-    nasa_cosmos_cross_attention.nasa_original = original
     return nasa_cosmos_cross_attention
 
 
@@ -238,19 +237,11 @@ def flop_layers(model_patcher, latent) -> tuple:
 
 def install(model_patcher) -> int:
     """Object-patch every block's cross-attention forward of a (cloned) model patcher and add the forward wrapper."""
-    blocks = model_patcher.model.diffusion_model.blocks
-    for i, block in enumerate(blocks):
-        layer = block.cross_attn
-        original = type(layer).forward.__get__(layer)
-        current = model_patcher.get_model_object(_layer_key(i))
-        # A second Apply NASA Attention replaces the first; another node's patch cannot be steered through.
-        if getattr(current, "nasa_original", current) != original:
-            raise ValueError(f"Apply NASA Attention: another node already replaced the cross-attention of "
-                             f"{model_name(model_patcher)} block {i} ({_layer_key(i)}); NASA cannot steer through "
-                             f"it. Remove that node to use NASA on this model.")
-        model_patcher.add_object_patch(_layer_key(i), _make_forward(i, layer, original))
+    name = model_name(model_patcher)
+    count = patch_forwards(model_patcher, [block.cross_attn for block in model_patcher.model.diffusion_model.blocks],
+                           _layer_key, _make_forward, lambda i: f"the cross-attention of {name} block {i}")
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _make_forward_wrapper(_is_anima(model_patcher)))
-    return len(blocks)
+    return count
 
 
 FAMILY = Family(

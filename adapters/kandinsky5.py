@@ -47,7 +47,7 @@ from typing import Optional
 
 import torch
 
-from .binding import Call, set_wrapper, wrapped_call
+from .binding import Call, patch_forwards, set_wrapper, wrapped_call
 from .cross_blocks import FORWARD_KEY, forward_options, steer_block
 from .family import Family, no_layers
 from ..nasa_core.flops import patch_tokens
@@ -195,7 +195,6 @@ def _make_block(index: int, block, original):
         return steer_block({"transformer_options": options}, None, run_block, project,
                            _text_call(call["text_embed"].shape[1], where), where, layer=("blocks", index), calls=2)
 
-    nasa_kandinsky5_block.nasa_original = original
     return nasa_kandinsky5_block
 
 
@@ -226,18 +225,10 @@ def block_groups(model_patcher) -> dict:
 def install(model_patcher) -> int:
     """Object-patch every visual block's forward of a (cloned) model patcher and wrap the diffusion model's
     forward; returns how many blocks."""
-    blocks = model_patcher.model.diffusion_model.visual_transformer_blocks
-    for i, block in enumerate(blocks):
-        original = type(block).forward.__get__(block)
-        current = model_patcher.get_model_object(_block_key(i))
-        # A second Apply NASA Attention replaces the first; another node's patch cannot be steered through.
-        if getattr(current, "nasa_original", current) != original:
-            raise ValueError(f"Apply NASA Attention: another node already replaced the forward of Kandinsky 5 "
-                             f"visual block {i} ({_block_key(i)}); NASA cannot steer through it. Remove that node "
-                             f"to use NASA on this model.")
-        model_patcher.add_object_patch(_block_key(i), _make_block(i, block, original))
+    count = patch_forwards(model_patcher, model_patcher.model.diffusion_model.visual_transformer_blocks, _block_key,
+                           _make_block, lambda i: f"the forward of Kandinsky 5 visual block {i}")
     set_wrapper(model_patcher, "DIFFUSION_MODEL", _forward_wrapper)
-    return len(blocks)
+    return count
 
 
 FAMILY = Family(

@@ -164,34 +164,47 @@ def layer_streams(layer, adaln_input, pe):
     return prepare, finish
 
 
-def _make_layer_forward(index, layer, last, prior):
-    own = type(layer).forward.__get__(layer, type(layer))      # the signature the model calls the layer with
-    original = prior if prior is not None else own
-    where = f"Lumina 2 layer {index} ({type(layer).__name__}.forward)"
+def nextdit_layer_forward(family: str, sides, omni_refusal):
+    """``make_layer_forward`` for :func:`install_nextdit`: a NextDiT main layer's forward that runs the negative
+    stream(s) beside the positive (joint.run_block). ``sides(state, call, where)`` gives the image's token slice, the
+    slice (or function) the negative's keys and values are read from, and the negative's RoPE; a run with reference
+    latents (the Omni edit path) raises ``omni_refusal(node)``."""
+    def make_layer_forward(index, layer, last, prior):
+        own = type(layer).forward.__get__(layer, type(layer))      # the signature the model calls the layer with
+        original = prior if prior is not None else own
+        where = f"{family} layer {index} ({type(layer).__name__}.forward)"
 
-    def nasa_layer_forward(*args, **kwargs):
-        call = Call(own, args, kwargs, where, needs=("x", "x_mask", "freqs_cis", "adaln_input", "transformer_options"))
-        state = joint.forward_state(call["transformer_options"])
-        if state is None or not state.streams:
-            return call.invoke(original)
-        node = state.run.node
-        if call.get("timestep_zero_index") is not None:
-            raise ValueError(f"{node}: this Lumina 2 run has reference latents (the Omni edit path: reference images "
-                             f"and captions in the sequence, modulated at timestep 0), which NASA does not support "
-                             f"yet. Remove the reference latents, or bypass the NASA node for this run.")
+        def nasa_layer_forward(*args, **kwargs):
+            call = Call(own, args, kwargs, where,
+                        needs=("x", "x_mask", "freqs_cis", "adaln_input", "transformer_options"))
+            state = joint.forward_state(call["transformer_options"])
+            if state is None or not state.streams:
+                return call.invoke(original)
+            if call.get("timestep_zero_index") is not None:
+                raise ValueError(omni_refusal(state.run.node))
 
-        def call_block(a):
-            call["transformer_options"] = a["transformer_options"]
-            return call.invoke(original)
+            def call_block(a):
+                call["transformer_options"] = a["transformer_options"]
+                return call.invoke(original)
 
-        x = call["x"]
-        image = image_tokens(state, x, call["x_mask"], node)
-        pe = negative_rope(state, call["freqs_cis"], image.start, where)
-        prepare, finish = layer_streams(layer, call["adaln_input"], pe)
-        return joint.run_block(state, {"x": x, "transformer_options": call["transformer_options"]}, call_block,
-                               image, image, prepare, None if last else finish, f"Lumina 2 layer {index}",
-                               layer=("layers", index))
-    return nasa_layer_forward
+            image, image_kv, pe = sides(state, call, where)
+            prepare, finish = layer_streams(layer, call["adaln_input"], pe)
+            return joint.run_block(state, {"x": call["x"], "transformer_options": call["transformer_options"]},
+                                   call_block, image, image_kv, prepare, None if last else finish,
+                                   f"{family} layer {index}", layer=("layers", index))
+        return nasa_layer_forward
+    return make_layer_forward
+
+
+def _omni_refusal(node: str) -> str:
+    return (f"{node}: this Lumina 2 run has reference latents (the Omni edit path: reference images and captions in "
+            f"the sequence, modulated at timestep 0), which NASA does not support yet. Remove the reference latents, "
+            f"or bypass the NASA node for this run.")
+
+
+def _sides(state, call, where):
+    image = image_tokens(state, call["x"], call["x_mask"], state.run.node)
+    return image, image, negative_rope(state, call["freqs_cis"], image.start, where)
 
 
 def _forward_wrapper(executor, *args, **kwargs):
@@ -271,7 +284,7 @@ def install_nextdit(model_patcher, make_layer_forward, forward_wrapper) -> int:
 
 
 def install(model_patcher) -> int:
-    return install_nextdit(model_patcher, _make_layer_forward, _forward_wrapper)
+    return install_nextdit(model_patcher, nextdit_layer_forward("Lumina 2", _sides, _omni_refusal), _forward_wrapper)
 
 
 FAMILY = Family(

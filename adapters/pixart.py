@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
-from .binding import set_wrapper, wrapped_call
+from .binding import patch_forwards, set_wrapper, wrapped_call
 from .run import RUN_KEY, with_plan
 from .family import Family
 
@@ -110,7 +110,6 @@ def _make_forward(index, layer, original, local):
             return original(x, cond, mask)
         return _steered_cross_attention(index, layer, x, cond, forward)
 
-    nasa_cross_attention.nasa_original = original
     return nasa_cross_attention
 
 
@@ -150,19 +149,12 @@ def flop_layers(model_patcher, latent) -> tuple:
 def install(model_patcher) -> int:
     """Object-patch every block's cross-attention forward of a (cloned) model patcher; returns how many."""
     local = threading.local()
-    blocks = model_patcher.model.diffusion_model.blocks
-    for i, block in enumerate(blocks):
-        layer = block.cross_attn
-        original = type(layer).forward.__get__(layer)
-        current = model_patcher.get_model_object(_layer_key(i))
-        # A second Apply NASA Attention replaces the first; another node's patch cannot be steered through.
-        if getattr(current, "nasa_original", current) != original:
-            raise ValueError(f"Apply NASA Attention: another node already replaced the cross-attention of "
-                             f"PixArt block {i} ({_layer_key(i)}); NASA cannot steer through it. Remove that "
-                             f"node to use NASA on this model.")
-        model_patcher.add_object_patch(_layer_key(i), _make_forward(i, layer, original, local))
+    layers = [block.cross_attn for block in model_patcher.model.diffusion_model.blocks]
+    count = patch_forwards(model_patcher, layers, _layer_key,
+                           lambda i, layer, original: _make_forward(i, layer, original, local),
+                           lambda i: f"the cross-attention of PixArt block {i}")
     set_wrapper(model_patcher, "APPLY_MODEL", _make_wrapper(local))
-    return len(blocks)
+    return count
 
 
 FAMILY = Family(

@@ -49,10 +49,10 @@ from typing import Optional
 import torch
 
 from . import joint
-from .binding import Call, SignatureChanged, wrapped_call
+from .binding import SignatureChanged, wrapped_call
 from .family import Family, no_layers
-from .lumina2 import (block_groups, caption_rope, install_nextdit, layer_streams, negative_rope,
-                      nextdit_flop_layers)
+from .lumina2 import (block_groups, caption_rope, install_nextdit, negative_rope, nextdit_flop_layers,
+                      nextdit_layer_forward)
 
 CONFIGS = {"ZImage": "Lumina2", "ZImagePixelSpace": "ZImagePixelSpace"}
 """comfy.supported_models class -> the comfy.model_base class it builds."""
@@ -114,41 +114,23 @@ def _image_side(state, image: slice, pad: slice):
     return image_kv
 
 
-def _make_layer_forward(index, layer, last, prior):
-    own = type(layer).forward.__get__(layer, type(layer))      # the signature the model calls the layer with
-    original = prior if prior is not None else own
-    where = f"Z-Image layer {index} ({type(layer).__name__}.forward)"
-
-    def nasa_layer_forward(*args, **kwargs):
-        call = Call(own, args, kwargs, where, needs=("x", "x_mask", "freqs_cis", "adaln_input", "transformer_options"))
-        state = joint.forward_state(call["transformer_options"])
-        if state is None or not state.streams:
-            return call.invoke(original)
-        if call.get("timestep_zero_index") is not None:
-            raise ValueError(_omni_refusal(state.run.node))
-
-        def call_block(a):
-            call["transformer_options"] = a["transformer_options"]
-            return call.invoke(original)
-
-        x = call["x"]
-        n_image, n_padded = state.info["image_tokens"]
-        start = x.shape[1] - n_padded
-        if start <= 0:
-            raise SignatureChanged(f"NASA: {where} got a sequence of {x.shape[1]} tokens for an image of {n_padded} "
-                                   f"padded tokens: this ComfyUI version changed Z-Image's sequence. Please report "
-                                   f"it to the NASA pack.")
-        image, pad = slice(start, start + n_image), slice(start + n_image, x.shape[1])
-        pe = negative_rope(state, call["freqs_cis"], image.start, where)
-        if "pad_shift" not in state.info:
-            state.info["pad_shift"] = {n: state.info["rope"](torch.tensor([start - n])).to(call["freqs_cis"].dtype)
-                                       for n in state.info["relative"]}
-        image_kv = image if pad.start == pad.stop else _image_side(state, image, pad)
-        prepare, finish = layer_streams(layer, call["adaln_input"], pe)
-        return joint.run_block(state, {"x": x, "transformer_options": call["transformer_options"]}, call_block,
-                               image, image_kv, prepare, None if last else finish, f"Z-Image layer {index}",
-                               layer=("layers", index))
-    return nasa_layer_forward
+def _sides(state, call, where):
+    """The image's tokens in Z-Image's sequence (caption first, the image padded to a multiple of 32 at the end),
+    where the negative reads its keys and values (the image's padding too, as the positive's attention does, placed
+    by :func:`_image_side`), and the negative's RoPE."""
+    x = call["x"]
+    n_image, n_padded = state.info["image_tokens"]
+    start = x.shape[1] - n_padded
+    if start <= 0:
+        raise SignatureChanged(f"NASA: {where} got a sequence of {x.shape[1]} tokens for an image of {n_padded} "
+                               f"padded tokens: this ComfyUI version changed Z-Image's sequence. Please report it to "
+                               f"the NASA pack.")
+    image, pad = slice(start, start + n_image), slice(start + n_image, x.shape[1])
+    pe = negative_rope(state, call["freqs_cis"], image.start, where)
+    if "pad_shift" not in state.info:
+        state.info["pad_shift"] = {n: state.info["rope"](torch.tensor([start - n])).to(call["freqs_cis"].dtype)
+                                   for n in state.info["relative"]}
+    return image, image if pad.start == pad.stop else _image_side(state, image, pad), pe
 
 
 def _forward_wrapper(executor, *args, **kwargs):
@@ -193,7 +175,7 @@ def flop_layers(model_patcher, latent) -> tuple:
 
 
 def install(model_patcher) -> int:
-    return install_nextdit(model_patcher, _make_layer_forward, _forward_wrapper)
+    return install_nextdit(model_patcher, nextdit_layer_forward("Z-Image", _sides, _omni_refusal), _forward_wrapper)
 
 
 FAMILY = Family(
