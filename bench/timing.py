@@ -22,6 +22,7 @@ Nothing here is a test: speed targets live in this table, never in unit tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -199,7 +200,8 @@ class ForwardCase:
     build: Callable[[torch.dtype], object]        # -> ModelPatcher with random weights
     cost: CostCase                                # the same architecture and shapes, for the FLOPs count
     extra: Callable[[int, torch.dtype, object], dict] = lambda batch, dtype, device: {}
-    nag: str = "unet"                             # which of ComfyUI-NAG's model switches fits (see load_nag)
+    nag: Optional[str] = "unet"                   # which of ComfyUI-NAG's model switches fits (see load_nag); None:
+    # none does (ComfyUI-NAG has no FLUX.2 switch)
     pooled: Optional[int] = None                  # the text encoder's pooled output width its conditioning takes
 
 
@@ -236,12 +238,15 @@ def _unet(family):
     return build
 
 
-def _flux(depth, single):
+def _dit(family, config):
     def build(dtype):
         from ..runner.random_weights.models import build_dit_model
-        return build_dit_model("flux", dtype=dtype, seed=0, **dict(FLUX_FULL_WIDTH, depth=depth,
-                                                                      depth_single_blocks=single))
+        return build_dit_model(family, dtype=dtype, seed=0, **config)
     return build
+
+
+def _flux(depth, single):
+    return _dit("flux", dict(FLUX_FULL_WIDTH, depth=depth, depth_single_blocks=single))
 
 
 def _pooled(width):
@@ -252,12 +257,20 @@ _FLUX_SMALL = CostCase("FLUX real width, 2 double + 4 single blocks", "FluxSchne
                        dict(FLUX_FULL_WIDTH, depth=2, depth_single_blocks=4), "512², T5 256 + 256 tokens",
                        (16, 64, 64), (256, 4096), 256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype)})
 
+_KLEIN = find_case("FLUX.2 Klein 4B")
+_KLEIN_SMALL = dataclasses.replace(                 # Klein 4B's width (3072, 24 heads, Qwen3 3 x 2560) with few blocks
+    _KLEIN, name="FLUX.2 Klein 4B width, 2 double + 4 single blocks",
+    unet_config=dict(_KLEIN.unet_config, depth=2, depth_single_blocks=4), setting="512², Qwen3 512 + 512 tokens",
+    latent=(128, 32, 32))
+
 FORWARD_CASES = {
     "sd15": ForwardCase("SD1.5 512²", _unet("sd15"), find_case("SD15")),
     "sdxl": ForwardCase("SDXL 1024²", _unet("sdxl"), find_case("SDXL"), _pooled(2816), pooled=1280),
     "flux-small": ForwardCase("FLUX real width, 2+4 blocks, 512²", _flux(2, 4), _FLUX_SMALL, _pooled(768), "flux",
                               pooled=768),
     "flux": ForwardCase("FLUX.1 1024²", _flux(19, 38), find_case("FluxSchnell"), _pooled(768), "flux", pooled=768),
+    "klein-small": ForwardCase("FLUX.2 Klein 4B width, 2+4 blocks, 512²", _dit("klein", _KLEIN_SMALL.unet_config),
+                               _KLEIN_SMALL, nag=None),
 }
 
 

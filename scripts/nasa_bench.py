@@ -6,7 +6,7 @@
     python scripts/nasa_bench.py forward --model flux-small     # FLUX at real width, 2 double + 4 single blocks
     python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
     python scripts/nasa_bench.py forward --nag ~/ComfyUI-NAG    # side by side with a ComfyUI-NAG checkout
-    python scripts/nasa_bench.py forward --core-nag --model flux  # side by side with ComfyUI's own NAGuidance (0.33+)
+    python scripts/nasa_bench.py forward --core-nag --model flux-small --model klein-small  # side by side with ComfyUI's own NAGuidance (0.33+)
     python scripts/nasa_bench.py trim                           # FLUX: does trimming the negative's T5 padding keep NASA?
     python scripts/nasa_bench.py forward --compile inductor     # whole runs, TorchCompileModel on plain and NASA
     python scripts/nasa_bench.py forward --cache easycache --steps 10   # whole runs with ComfyUI's EasyCache
@@ -101,6 +101,11 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in cases]
     if unknown:
         print(f"nasa_bench: unknown --model {unknown} for {args.mode}; choose from {list(cases)}", file=sys.stderr)
+        return 2
+    no_switch = [n for n in names if nag is not None and cases[n].nag is None]
+    if no_switch:
+        print(f"nasa_bench: --nag: ComfyUI-NAG has no model switch for --model {no_switch}; leave --nag out for "
+              f"them (--core-nag times ComfyUI's own NAGuidance there)", file=sys.stderr)
         return 2
     print(f"nasa_bench {args.mode}: torch {torch.__version__}, {args.dtype}, {args.device}, "
           f"{torch.get_num_threads()} threads, ComfyUI {comfy_env.comfyui_version(comfy_dir)}"

@@ -37,27 +37,30 @@ def test_stack_mode_times_whole_runs_with_the_speed_tools(bench, comfyui, tools)
     assert "3-step run" in rows[0].name and (("torch.compile eager" in rows[0].name) == ("compile_backend" in tools))
 
 
-def test_forward_mode_times_core_naguidance_beside_nasa_and_cfg(bench, comfyui):
-    """--core-nag: ComfyUI's own NAGuidance node, applied through the node on the same tiny FLUX, timed beside
-    plain, NASA and CFG (it steers: checked by the benchmark before timing); FLOPs twice the plain forward's.
-    ComfyUI 0.3.64 has no NAGuidance: the benchmark says so."""
+@pytest.mark.parametrize("family", ["flux", "klein"])
+def test_forward_mode_times_core_naguidance_beside_nasa_and_cfg(bench, comfyui, family):
+    """--core-nag: ComfyUI's own NAGuidance node, applied through the node on the same tiny FLUX.1 / FLUX.2 Klein,
+    timed beside plain, NASA and CFG (it steers: checked by the benchmark before timing); FLOPs twice the plain
+    forward's. ComfyUI 0.3.64 has no NAGuidance: the benchmark says so."""
     if not bench.core_nag_available():
         import comfyui_version
         assert comfyui_version.__version__ == "0.3.64"
         return
     rm = comfyui.mod("runner.random_weights.models")
     costs = comfyui.mod("bench.costs")
-    config = rm.DIT_FAMILIES["flux"][1]
-    shapes = costs.CostCase("tiny FLUX", "FluxSchnell", config, "tiny", (16, 8, 8), (16, config["context_in_dim"]), 16,
-                            lambda dtype: {"y": costs.meta_tensor(1, config["vec_in_dim"], dtype=dtype)})
-    case = bench.ForwardCase("tiny FLUX", lambda dtype: rm.build_dit_model("flux", dtype=dtype, seed=0), shapes,
-                             lambda batch, dtype, device: {"y": torch.randn(batch, config["vec_in_dim"], dtype=dtype)},
-                             "flux", pooled=config["vec_in_dim"])
+    config_class, config = rm.DIT_FAMILIES[family]
+    pooled = config["vec_in_dim"]         # FLUX.1's CLIP-L vector; Klein takes none
+    shapes = costs.CostCase(f"tiny {family}", config_class, config, "tiny", (config["in_channels"], 8, 8),
+                            (16, config["context_in_dim"]), 16,
+                            lambda dtype: {"y": costs.meta_tensor(1, pooled, dtype=dtype)} if pooled else {})
+    case = bench.ForwardCase(f"tiny {family}", lambda dtype: rm.build_dit_model(family, dtype=dtype, seed=0), shapes,
+                             lambda batch, dtype, device: {"y": torch.randn(batch, pooled, dtype=dtype)} if pooled else {},
+                             "flux" if pooled else None, pooled=pooled)
     rows = bench.run_forward(case, rounds=2, warmup=1, device=torch.device("cpu"), core_nag=True)
     by_mode = {r.mode: r for r in rows}
     assert list(by_mode) == ["plain", "NASA", "CFG", "NAGuidance (core)"], list(by_mode)
     assert by_mode["NAGuidance (core)"].flops_ratio == 2.0 and by_mode["NAGuidance (core)"].peak_mib > 0
-    assert "| tiny FLUX | NAGuidance (core) |" in bench.markdown(rows)
+    assert f"| tiny {family} | NAGuidance (core) |" in bench.markdown(rows)
 
 
 def test_interleaving_rotates_the_order(bench):
