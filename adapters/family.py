@@ -10,7 +10,7 @@ blocks), :mod:`.cross_blocks` (Wan-style blocks with a text cross-attention call
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 
 def model_layers(base_model) -> dict:
@@ -41,8 +41,9 @@ class Family:
     would misread (a subclass with another forward, a variant with other text positions)."""
     model_name: Callable[..., str]
     """``model_name(model_patcher)``: the family and the model's config, as errors name it."""
-    context_dim: Callable[..., Optional[int]]
-    """``context_dim(model_patcher)``: the text width the model takes (a negative of another width is refused)."""
+    context_dim: Callable[..., Union[int, tuple, None]]
+    """``context_dim(model_patcher)``: the text width the model takes, or a tuple of the widths it takes (a negative
+    of another width is refused); None: any."""
     block_groups: Callable[..., dict]
     """``block_groups(model_patcher)``: ``{group: [index, ...]}``, what a block selection may name; every steering
     call site passes its ``(group, index)`` to the run."""

@@ -57,10 +57,13 @@ def check_single_batch(t: torch.Tensor, node: str, what: str) -> None:
                          f"(batch 1) - it steers every image of the batch. Encode one negative with CLIP Text Encode.")
 
 
-def check_width(t: torch.Tensor, context_dim: Optional[int], family: str, node: str, what: str) -> None:
-    if context_dim is not None and t.shape[-1] != context_dim:
+def check_width(t: torch.Tensor, context_dim, family: str, node: str, what: str) -> None:
+    """``context_dim``: the width the model takes, a tuple of the widths it takes, or None (any)."""
+    widths = context_dim if isinstance(context_dim, tuple) else (context_dim,)
+    if context_dim is not None and t.shape[-1] not in widths:
+        expects = " or ".join(str(w) for w in widths)
         raise ValueError(
-            f"{node}: {what} is {t.shape[-1]} wide but this {family} model's text input expects {context_dim}. "
+            f"{node}: {what} is {t.shape[-1]} wide but this {family} model's text input expects {expects}. "
             f"The negative was encoded with a different text encoder than the model's (CLIP and T5 outputs "
             f"differ in width): encode it with the same text encoder as the positive prompt (the CLIP output of "
             f"this model's checkpoint or CLIP loader).")

@@ -38,8 +38,6 @@ text modulated per timestep before ``to_k``), gated attention or connector-side 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import joint
@@ -79,20 +77,24 @@ def matches(model_patcher) -> bool:
                for b in dm.transformer_blocks)
 
 
-def context_dim(model_patcher) -> Optional[int]:
-    """The width of LTX-2's text encoder output (its Gemma features, before the connectors)."""
-    return model_patcher.model.diffusion_model.caption_channels
+def context_dim(model_patcher) -> tuple:
+    """The widths of LTX-2's text encoder output: its Gemma features before the connectors, or (ComfyUI's encoder
+    in its compat mode, for checkpoints whose connectors it loads itself) the connectors' video and audio outputs
+    side by side."""
+    width = model_patcher.model.diffusion_model.caption_channels
+    return (width, 2 * width)
 
 
 def model_name(model_patcher) -> str:
     return f"LTX-2 ({type(model_patcher.model.model_config).__name__})"
 
 
-def embed_text(dm, text: torch.Tensor) -> tuple:
-    """``(video, audio)``: raw text-encoder output as LTX-2 embeds its prompt for each stream - the connectors
-    (``LTXAV.extra_conds`` -> ``preprocess_text_embeds``), then the split and each stream's caption projection
-    (``LTXAVModel._prepare_context``)."""
-    both = dm.preprocess_text_embeds(text, unprocessed=True)
+def embed_text(dm, text: torch.Tensor, unprocessed: bool = True) -> tuple:
+    """``(video, audio)``: text-encoder output as LTX-2 embeds its prompt for each stream - the connectors
+    (``LTXAV.extra_conds`` -> ``preprocess_text_embeds``, with the prompt's ``unprocessed_ltxav_embeds`` flag: a
+    prompt the encoder already ran the connectors on passes as it is), then the split and each stream's caption
+    projection (``LTXAVModel._prepare_context``)."""
+    both = dm.preprocess_text_embeds(text, unprocessed=unprocessed)
     video, audio = torch.split(both, [dm.caption_channels, dm.caption_channels], dim=-1)
     return dm.caption_projection(video), dm.audio_caption_projection(audio)
 
@@ -125,8 +127,9 @@ def _forward_wrapper(executor, *args, **kwargs):
     options = call["transformer_options"]
 
     def text(entry, run):      # both streams' embeddings of a negative, once per run where reuse can keep them
-        return run.reuse("embed", _text_modules(dm), entry.on(context.device, context.dtype),
-                         lambda neg: embed_text(dm, neg))
+        unprocessed = bool(entry.options.get("unprocessed_ltxav_embeds", False))     # as LTXAV.extra_conds reads it
+        return run.reuse(("embed", unprocessed), _text_modules(dm), entry.on(context.device, context.dtype),
+                         lambda neg: embed_text(dm, neg, unprocessed))
 
     n_video = video_tokens(dm, vx, call["keyframe_idxs"], call.get("denoise_mask"))
     new = forward_options(options, vx.shape[0], dm, slice(0, n_video), lambda e, run: (text(e, run)[0], None))

@@ -179,6 +179,29 @@ def test_one_stream_selections_equal_the_reference_of_that_stream(env, blocks, s
     assert support.steered_layers(m) == frozenset((streams[0], i) for i in range(n))
 
 
+def test_prompts_the_encoder_already_ran_the_connectors_on_are_steered_alike(env):
+    """ComfyUI's LTX-2 text encoder runs the connectors itself for checkpoints whose connectors it loads (its compat
+    mode): the prompt is then the connectors' video and audio outputs side by side (2 x caption_channels wide),
+    without ``unprocessed_ltxav_embeds``, and LTXAV.extra_conds passes it as it is. The negative is embedded the
+    same way: processed prompts give NASA's output of the unprocessed ones, and are accepted at that width."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    pos, neg = _conds(env)
+
+    def processed(conds):
+        (t, opts), = conds
+        assert opts.get("unprocessed_ltxav_embeds") is True
+        with torch.no_grad():
+            t = dm.preprocess_text_embeds(t, unprocessed=True)
+        return [[t, {k: v for k, v in opts.items() if k != "unprocessed_ltxav_embeds"}]]
+    p_pos, p_neg = processed(pos), processed(neg)
+    assert p_neg[0][0].shape[-1] == 2 * dm.caption_channels
+    m = env["apply"](mp, alpha=0.8)
+    got, want = _sample(m, p_pos, p_neg), _sample(m, pos, neg)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5), (got - want).abs().max()
+    assert not torch.allclose(got, _sample(mp, p_pos, p_neg), rtol=0, atol=1e-3)
+
+
 def test_a_zero_multiplier_alone_selects_nothing(env):
     """``audio*0`` alone is a selection in which every named layer has multiplier 0 and every unnamed one is left
     out: nothing is steered (the model runs plain). Video only is ``video`` (or ``video, audio*0``)."""
