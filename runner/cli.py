@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 from . import comfy_env
-from .workflow import (CHECKPOINT_LOADERS, CLIP_LOADERS, LORA_LOADERS, MODEL_LOADERS, VAE_LOADERS, WorkflowError,
-                       apply_sets, check_clip_loader_types, load_workflow, loaded_files, parse_random_weights,
-                       swap_nodes, to_api)
+from .workflow import (AUDIO_VAE_LOADERS, CHECKPOINT_LOADERS, CLIP_LOADERS, LORA_LOADERS, MODEL_LOADERS, VAE_LOADERS,
+                       WorkflowError, apply_sets, check_clip_loader_types, load_workflow, loaded_files,
+                       parse_random_weights, swap_nodes, to_api)
 
 EXIT_OK, EXIT_EXECUTION, EXIT_USAGE = 0, 1, 2
 CLIENT_ID = "nasa-headless-runner"
@@ -266,7 +266,8 @@ def apply_random_weights(nodes, prompt: dict, spec: str, report: Report) -> list
     """Swap the workflow's loaders for random-weight stand-ins of FAMILY (see --help).
 
     SD families: CheckpointLoaderSimple. DiT families: CheckpointLoaderSimple, UNETLoader, the CLIP
-    loaders (whose ``type`` must be the family's) and VAELoader. Both: LoraLoaderModelOnly."""
+    loaders (whose ``type`` must be the family's) and VAELoader (LTX-2: also LTXAVTextEncoderLoader and
+    LTXVAudioVAELoader). Both: LoraLoaderModelOnly."""
     from .random_weights import dit as random_dit, models as random_models
     family, size = parse_random_weights(spec, random_models.FAMILIES + random_dit.FAMILIES, random_models.SIZES)
     dit = family in random_dit.FAMILIES
@@ -287,7 +288,8 @@ def apply_random_weights(nodes, prompt: dict, spec: str, report: Report) -> list
         check_clip_loader_types(prompt, pipe.clip_loaders, spec, pipe.what)
         inputs = {"family": family, "seed": 0, "dtype": "float32"}
         plan += [(CHECKPOINT_LOADERS, stand_ins["checkpoint"], inputs), (MODEL_LOADERS, stand_ins["model"], inputs),
-                 (CLIP_LOADERS, stand_ins["clip"], inputs), (VAE_LOADERS, stand_ins["vae"], inputs)]
+                 (CLIP_LOADERS, stand_ins["clip"], inputs), (VAE_LOADERS, stand_ins["vae"], inputs),
+                 (AUDIO_VAE_LOADERS, stand_ins["audio_vae"], inputs)]
     else:
         plan.append((CHECKPOINT_LOADERS, random_models.random_checkpoint_node_class(),
                      {"family": family, "size": size, "seed": 0, "dtype": "float32"}))
@@ -420,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke test without model files: replace the workflow's loaders by random-weight "
                         "models of FAMILY built from ComfyUI's own classes. sd15, sd21, sd21v, sdxl (SIZE tiny, "
                         "the default, or full): CheckpointLoaderSimple. flux, chroma, sd35, pixart, wan21, "
-                        "qwen_image, lumina2 (tiny only): CheckpointLoaderSimple, UNETLoader, CLIPLoader/"
-                        "DualCLIPLoader/TripleCLIPLoader (their type must be the family's) and VAELoader. "
+                        "qwen_image, lumina2, anima, hidream, ... (tiny only): CheckpointLoaderSimple, UNETLoader, "
+                        "CLIPLoader/DualCLIPLoader/TripleCLIPLoader (their type must be the family's), "
+                        "QuadrupleCLIPLoader and VAELoader (ltx2 also LTXAVTextEncoderLoader and "
+                        "LTXVAudioVAELoader). "
                         "LoraLoaderModelOnly becomes a random LoRA. The images are noise.")
     p.add_argument("--comfyui", metavar="PATH", help="ComfyUI checkout (default: $COMFYUI_PATH, the "
                                                     "ComfyUI/custom_nodes/<pack> location, ~/ComfyUI)")

@@ -136,6 +136,8 @@ def _specs(entries, prefix: str = "") -> list[WidgetSpec]:
     specs = []
     for name, category, raw_type, opts in entries:
         t = _type_name(raw_type)
+        if t not in WIDGET_TYPES and opts.get("widgetType") in WIDGET_TYPES:   # a V3 MultiType input ("FLOAT,INT")
+            t = opts["widgetType"]                                             # gets its first type's widget
         if t not in WIDGET_TYPES or opts.get("forceInput") or opts.get("hidden"):
             continue
         control = opts.get("control_after_generate")
@@ -444,8 +446,10 @@ def apply_sets(prompt: dict, sets: Iterable[str], class_mappings: Mapping[str, A
 
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
 MODEL_LOADERS = ("UNETLoader",)
-CLIP_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
+CLIP_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader",   # the last: HiDream, no type
+                "LTXAVTextEncoderLoader")   # LTX-2: Gemma 3 12B + the checkpoint's text projection, no type
 VAE_LOADERS = ("VAELoader",)
+AUDIO_VAE_LOADERS = ("LTXVAudioVAELoader",)   # LTX-2: the audio VAE inside the checkpoint
 LORA_LOADERS = ("LoraLoaderModelOnly",)
 
 

@@ -26,9 +26,15 @@ def skip_missing_family(family: str, needs: str, version: str | None = None) -> 
     pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {version})")
 
 
-NEWER_FAMILIES = {"z_image": "ZImage", "klein": "Flux2"}
+NEWER_FAMILIES = {"z_image": "ZImage", "klein": "Flux2", "anima": "Anima", "longcat_image": "LongCatImage",
+                  "kandinsky5_image": "Kandinsky5Image", "hunyuan_video15": "HunyuanVideo15", "ltx2": "LTXAV"}
 """Families of example workflows that an older ComfyUI lacks: family -> its comfy.supported_models class."""
-NEWER_WORKFLOWS = {"z_image_turbo_8step_nasa.json": "z_image", "flux2_klein_4step_nasa.json": "klein"}
+NEWER_WORKFLOWS = {"z_image_turbo_8step_nasa.json": "z_image", "flux2_klein_4step_nasa.json": "klein",
+                   "anima_nasa.json": "anima",
+                   "longcat_image_nasa.json": "longcat_image",
+                   "kandinsky5_image_lite_nasa.json": "kandinsky5_image",
+                   "hunyuan_video15_nasa.json": "hunyuan_video15",
+                   "ltx2_distilled_nasa.json": "ltx2"}
 """The example workflows of those families: file name -> family."""
 
 

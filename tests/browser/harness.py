@@ -43,8 +43,13 @@ LOADERS = {
     "CLIPLoader": "text_encoders",
     "DualCLIPLoader": "text_encoders",
     "TripleCLIPLoader": "text_encoders",
+    "QuadrupleCLIPLoader": "text_encoders",
     "VAELoader": "vae",
     "LoraLoaderModelOnly": "loras",
+    # LTX-2: Gemma 3 (text_encoders) + the checkpoint (its text projection; the CheckpointLoaderSimple of the same
+    # workflow puts that file in checkpoints); the audio VAE read from the checkpoint.
+    "LTXAVTextEncoderLoader": "text_encoders",
+    "LTXVAudioVAELoader": "checkpoints",
 }
 
 

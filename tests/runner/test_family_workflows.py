@@ -1,5 +1,6 @@
 """The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2,
-Z-Image Turbo, FLUX.2 Klein 4B) executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
+HiDream-I1 Fast, Anima,
+Z-Image Turbo, FLUX.2 Klein 4B, LongCat-Image, Kandinsky 5.0 Image Lite) executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
 swaps in for their loaders (runner/random_weights/dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
 from __future__ import annotations
 
@@ -28,8 +29,15 @@ WORKFLOWS = {  # file: --random-weights family
     "wan21_causvid_4step_nasa.json": "wan21",
     "qwen_image_lightning_8step_nasa.json": "qwen_image",
     "lumina2_nasa.json": "lumina2",
+    "hidream_i1_fast_nasa.json": "hidream",       # also on ComfyUI 0.3.64
+    "anima_nasa.json": "anima",                   # ComfyUI 0.33+ (skipped where missing: skip_missing)
     "z_image_turbo_8step_nasa.json": "z_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
     "flux2_klein_4step_nasa.json": "klein",       # ComfyUI 0.33+ (skipped where missing: skip_missing)
+    "longcat_image_nasa.json": "longcat_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
+    "kandinsky5_image_lite_nasa.json": "kandinsky5_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
+    "hunyuan_image21_distilled_nasa.json": "hunyuan_image21",   # also on ComfyUI 0.3.64
+    "hunyuan_video15_nasa.json": "hunyuan_video15",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
+    "ltx2_distilled_nasa.json": "ltx2",           # ComfyUI 0.33+ (skipped where missing: skip_missing)
 }
 ONE_PER_FAMILY = {family: name for name, family in reversed(list(WORKFLOWS.items()))}
 # Tests shrink the real resolutions. PixArt computes its position-embedding scale as round(side / 64)
@@ -40,13 +48,22 @@ SMALL = {
     "EmptyHunyuanLatentVideo": ["EmptyHunyuanLatentVideo.width=64", "EmptyHunyuanLatentVideo.height=64",
                                 "EmptyHunyuanLatentVideo.length=5"],
     "EmptyFlux2LatentImage": ["EmptyFlux2LatentImage.width=64", "EmptyFlux2LatentImage.height=64"],   # 16x: 4x4
+    "EmptyHunyuanImageLatent": ["EmptyHunyuanImageLatent.width=128", "EmptyHunyuanImageLatent.height=128"],   # 32x: 4x4
+    "EmptyHunyuanVideo15Latent": ["EmptyHunyuanVideo15Latent.width=64", "EmptyHunyuanVideo15Latent.height=64",
+                                  "EmptyHunyuanVideo15Latent.length=5"],   # 16x, 4x in time: 4x4, 2 frames
+    "EmptyLTXVLatentVideo": ["EmptyLTXVLatentVideo.width=64", "EmptyLTXVLatentVideo.height=64",   # 32x, 8x in time:
+                             "EmptyLTXVLatentVideo.length=9", "LTXVEmptyLatentAudio.frames_number=9"],   # 2x2, 2 frames
 }
 MAX_STEPS = 4
 LOADERS = ("CheckpointLoaderSimple", "UNETLoader", "CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
-           "LoraLoaderModelOnly")
+           "LoraLoaderModelOnly", "QuadrupleCLIPLoader", "LTXAVTextEncoderLoader", "LTXVAudioVAELoader")
 # What a real workflow of each family loads, independently of the runner: DIT_FAMILIES key, the config key
 # holding the text width the model takes, ComfyUI's text-encoder and tokenizer classes, VAE class.
 FACTS = {
+    # LTXAVTextEncoderLoader (CLIPType.LTXV) with Gemma 3 12B + the LTX-2 checkpoint: ltxav_te, a subclass of
+    # LTXAVTEModel built inside ltxav_te around Gemma3_12BModel (checked too); the video VAE is LTX's VideoVAE.
+    "ltx2": ("ltx2", "caption_channels", "comfy.text_encoders.lt.LTXAVTEModel",
+             "comfy.text_encoders.lt.LTXAVGemmaTokenizer", "VideoVAE"),
     "flux": ("flux", "context_in_dim", "comfy.text_encoders.flux.FluxClipModel",
              "comfy.text_encoders.flux.FluxTokenizer", "AutoencodingEngine"),
     "chroma": ("chroma", "context_in_dim", "comfy.text_encoders.pixart_t5.PixArtT5XXL",
@@ -61,6 +78,16 @@ FACTS = {
                    "comfy.text_encoders.qwen_image.QwenImageTokenizer", "WanVAE"),
     "lumina2": ("lumina2", "cap_feat_dim", "comfy.text_encoders.lumina2.LuminaModel",
                 "comfy.text_encoders.lumina2.LuminaTokenizer", "AutoencodingEngine"),
+    # QuadrupleCLIPLoader (CLIP-L, CLIP-G, T5-XXL, Llama 3.1 8B; sd.py's four-file branch): hidream_clip's
+    # HiDreamTEModel; T5 tokens caption_channels[0] wide, every Llama layer's states caption_channels[1] wide, pooled
+    # CLIP-L + CLIP-G text_emb_dim (checked too). The MoE model ("hidream"), as a real HiDream-I1 checkpoint detects.
+    "hidream": ("hidream", "caption_channels", "comfy.text_encoders.hidream.HiDreamTEModel",
+                "comfy.text_encoders.hidream.HiDreamTokenizer", "AutoencodingEngine"),
+    # CLIPLoader (type stable_diffusion, as ComfyUI's template) with a Qwen3 0.6B file (sd.py: TEModel.QWEN3_06B, any
+    # type): anima.te's AnimaTEModel, 1024 wide (the LLM adapter's source width), T5 token ids beside it (checked
+    # too); the Qwen-Image VAE (Wan 2.1's).
+    "anima": ("anima", "crossattn_emb_channels", "comfy.text_encoders.anima.AnimaTEModel",
+              "comfy.text_encoders.anima.AnimaTokenizer", "WanVAE"),
     # CLIPLoader type "lumina2" with a Qwen3-4B file: ComfyUI detects Qwen3-4B and builds Z-Image's encoder.
     "z_image": ("z_image", "cap_feat_dim", "comfy.text_encoders.z_image.ZImageTEModel",
                 "comfy.text_encoders.z_image.ZImageTokenizer", "AutoencodingEngine"),
@@ -68,7 +95,33 @@ FACTS = {
     # inside klein_te around Qwen3_4BModel (checked too); the FLUX.2 VAE is the SD-style AutoencoderKL + latent batch norm.
     "klein": ("klein", "context_in_dim", "comfy.text_encoders.flux.Flux2TEModel",
               "comfy.text_encoders.flux.KleinTokenizer", "AutoencoderKL"),
+    # CLIPLoader type "longcat_image" with a Qwen2.5-VL 7B file (sd.py: TEModel.QWEN25_7B, CLIPType.LONGCAT_IMAGE).
+    "longcat_image": ("longcat_image", "context_in_dim", "comfy.text_encoders.longcat_image.LongCatImageTEModel",
+                      "comfy.text_encoders.longcat_image.LongCatImageTokenizer", "AutoencodingEngine"),
+    # DualCLIPLoader type "kandinsky5_image" with Qwen2.5-VL 7B + CLIP-L (sd.py: CLIPType.KANDINSKY5_IMAGE); pooled:
+    # CLIP-L's (checked too).
+    "kandinsky5_image": ("kandinsky5_image", "in_text_dim", "comfy.text_encoders.kandinsky5.Kandinsky5TEModel",
+                         "comfy.text_encoders.kandinsky5.Kandinsky5TokenizerImage", "AutoencodingEngine"),
+    # DualCLIPLoader type "hunyuan_image" with Qwen2.5-VL 7B + ByT5 (sd.py's two-file CLIPType.HUNYUAN_IMAGE branch):
+    # hunyuan_image.te (a HunyuanImageTEModel with ByT5, checked too); the VAE: AutoencodingEngine around
+    # hunyuan_video.vae's 32x Encoder/Decoder (checked too).
+    "hunyuan_image21": ("hunyuan_image21", "context_in_dim", "comfy.text_encoders.hunyuan_image.HunyuanImageTEModel",
+                        "comfy.text_encoders.hunyuan_image.HunyuanImageTokenizer", "AutoencodingEngine"),
+    # DualCLIPLoader type "hunyuan_video_15" (CLIPType.HUNYUAN_VIDEO_15): the same encoder, HunyuanVideo15Tokenizer;
+    # the VAE: AutoencodingEngine around vae_refiner's Encoder/Decoder with plain 3D convs (16x, 4x in time).
+    "hunyuan_video15": ("hunyuan_video15", "context_in_dim", "comfy.text_encoders.hunyuan_image.HunyuanImageTEModel",
+                        "comfy.text_encoders.hunyuan_video.HunyuanVideo15Tokenizer", "AutoencodingEngine"),
 }
+VIDEO_VAES = {"hunyuan_video15", "ltx2"}
+"""Families whose VAE is a video VAE though not Wan's (latents with a time axis)."""
+TIME = {"ltx2": 8}
+"""A video VAE's time factor where it is not Wan's 4 (2 latent frames decode to 1 + TIME frames)."""
+FRAMES = {"hunyuan_video15": 8}
+"""Frames 2 latent frames decode to where the VAE is not causal in time (HunyuanVideo 1.5's: 4 per latent frame)."""
+HUNYUAN_VAE_CODERS = {"hunyuan_image21": "comfy.ldm.hunyuan_video.vae", "hunyuan_video15": "comfy.ldm.hunyuan_video.vae_refiner"}
+"""The module of the encoder / decoder ComfyUI puts in each Hunyuan VAE's AutoencodingEngine."""
+SPATIAL = {"hunyuan_image21": 32}
+"""A VAE's spatial factor where the latent format does not state it (HunyuanImage 2.1 on ComfyUI 0.3.64)."""
 def skip_missing(family):
     """Skip a test of ``family`` (the workflow's, for a test by workflow name) on a ComfyUI without its model class
     (support.skip_missing_family: the one skip reason CI accepts with a ComfyUI found)."""
@@ -196,18 +249,22 @@ def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
     wf_mod = importlib.import_module("nasa_runner.workflow")
     wf = load(name)
     p = wf_mod.ui_to_api(wf, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
-    (sampler,) = [v for v in p.values() if v["class_type"] in ("KSampler", "SamplerCustom")]
+    # KSampler / SamplerCustom, or a CFGGuider (cfg, model, positive, negative) of SamplerCustomAdvanced (LTX-2)
+    (sampler,) = [v for v in p.values() if v["class_type"] in ("KSampler", "SamplerCustom", "CFGGuider")]
     (nasa_id, nasa), = [(k, v) for k, v in p.items() if v["class_type"] == "NASAApplyAttention"]
     ins = sampler["inputs"]
     assert ins["cfg"] == 1.0 and ins["model"] == [nasa_id, 0]
     assert nasa["inputs"]["use_sampler_negative"] is True and "negative" not in nasa["inputs"]
     negative = p[ins["negative"][0]]
+    while negative["class_type"] == "LTXVConditioning":   # LTX-2: the frame rate added to both prompts on the way
+        negative = p[negative["inputs"]["negative"][0]]
     assert negative["_meta"]["title"] == "Negative Prompt (NASA)"
     assert (negative["inputs"].get("text") or negative["inputs"].get("user_prompt")).strip()
     latent = next(v["inputs"] for v in p.values() if v["class_type"] in SMALL)
     assert min(latent["width"], latent["height"]) >= 480
-    steps = ins.get("steps") or next(v["inputs"]["steps"] for v in p.values()
-                                     if v["class_type"] in ("BasicScheduler", "Flux2Scheduler"))
+    manual = [len(v["inputs"]["sigmas"].split(",")) - 1 for v in p.values() if v["class_type"] == "ManualSigmas"]
+    steps = ins.get("steps") or (manual and manual[0]) or next(v["inputs"]["steps"] for v in p.values()
+                                                               if v["class_type"] in ("BasicScheduler", "Flux2Scheduler"))
     for scheduler in (v["inputs"] for v in p.values() if v["class_type"] == "Flux2Scheduler"):   # shift from the size
         assert (scheduler["width"], scheduler["height"]) == (latent["width"], latent["height"])
     (note,) = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note"]
@@ -216,7 +273,7 @@ def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
     assert "alpha" in note and f"{nasa['inputs']['alpha']}" in note
     for node in p.values():
         if node["class_type"] in LOADERS:
-            for file in (v for k, v in node["inputs"].items() if "_name" in k):
+            for file in (v for k, v in node["inputs"].items() if "_name" in k or k == "text_encoder"):
                 assert file in note, f"{file} is not named in the Note"
 
 
@@ -236,6 +293,8 @@ def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
     assert isinstance(clip.tokenizer, comfy_class(tokenizer_class))
     if family == "klein":   # Flux2TEModel also wraps FLUX.2 dev's Mistral 3; Klein 4B's is Qwen3-4B
         assert isinstance(clip.cond_stage_model.qwen3_4b, comfy_class("comfy.text_encoders.flux.Qwen3_4BModel"))
+    if family == "ltx2":   # LTXAVTEModel wraps Gemma 3 12B (or Gemma 4); LTX-2 19B's is Gemma 3 12B
+        assert isinstance(clip.cond_stage_model.gemma3_12b, comfy_class("comfy.text_encoders.lt.Gemma3_12BModel"))
     cond, pooled = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_pooled=True)
     other = clip.encode_from_tokens(clip.tokenize("glasses"))
     if width_key is None:   # SD3
@@ -243,10 +302,36 @@ def test_text_encoder_is_comfyuis_class_and_matches_the_model_width(rd, family):
         assert rd.dit_config(family)["context_embedder_config"]["params"]["in_features"] == SD3_PADDED_WIDTH
         assert pooled.shape[-1] == registry["adm_in_channels"]
         assert all(getattr(clip.cond_stage_model, e) is not None for e in ("clip_l", "clip_g", "t5xxl"))
+    elif family == "hidream":   # T5's tokens, every Llama layer's states (conditioning_llama3), CLIP-L + CLIP-G pooled
+        t5_width, llama_width = registry[width_key]
+        llama = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_dict=True)["conditioning_llama3"]
+        assert cond.shape[-1] == t5_width and llama.shape[-1] == llama_width
+        assert llama.shape[1] > max(registry["llama_layers"]) and pooled.shape[-1] == registry["text_emb_dim"]
+        assert all(getattr(clip.cond_stage_model, e) is not None for e in ("clip_l", "clip_g", "t5xxl", "llama"))
+        # the runner's model is the MoE one a real HiDream-I1 checkpoint gives ComfyUI (not the dense test stand-in)
+        assert rd.PIPELINES[family].dit == dit and registry["num_routed_experts"] > 0
     else:
         assert cond.shape[-1] == registry[width_key]
+    if family == "anima":   # the prompt's T5 ids beside Qwen3 0.6B's states: ComfyUI's shipped T5 tokenizer's ids,
+        from transformers import T5TokenizerFast   # each a row of the model's LLM adapter embedding
+        out = clip.encode_from_tokens(clip.tokenize("a photo of a cat"), return_dict=True)
+        t5 = T5TokenizerFast.from_pretrained(Path(comfy_class("comfy.text_encoders.anima.te").__code__.co_filename)
+                                             .parent / "t5_tokenizer")
+        assert out["t5xxl_ids"].tolist() == t5("a photo of a cat").input_ids
+        adapter = rd.cached("model", family).model.diffusion_model.llm_adapter
+        assert cond.shape[-1] == rd.anima_text_width() and int(out["t5xxl_ids"].max()) < adapter.embed.num_embeddings
     if family == "flux":
         assert pooled.shape[-1] == registry["vec_in_dim"]
+    if family == "kandinsky5_image":   # the pooled CLIP-L vector the model's time embedding takes
+        assert pooled.shape[-1] == registry["in_text_dim2"]
+        assert isinstance(clip.cond_stage_model.clip_l, comfy_class("comfy.sd1_clip.SDClipModel"))
+    if family in ("hunyuan_image21", "hunyuan_video15"):   # ByT5 glyph tokens of the quoted words, as wide as the
+        byt5 = clip.cond_stage_model.byt5_small            # model's glyph mapper takes (its layer norm's width)
+        assert isinstance(byt5, comfy_class("comfy.text_encoders.hunyuan_image.ByT5SmallModel"))
+        glyphs = clip.encode_from_tokens(clip.tokenize('a sign that reads "OPEN"'), return_dict=True)
+        mapper = rd.cached("model", family).model.diffusion_model.byt5_in
+        assert glyphs["conditioning_byt5small"].shape[-1] == mapper.layernorm.normalized_shape[0]
+        assert "conditioning_byt5small" not in clip.encode_from_tokens(clip.tokenize("a sign"), return_dict=True)
     assert torch.isfinite(cond).all() and cond.std() > 0.1
     n = min(cond.shape[1], other.shape[1])
     assert not torch.allclose(cond[:, :n], other[:, :n])
@@ -258,14 +343,42 @@ def test_vae_is_the_familys_class_with_the_models_latent_channels(rd, family):
     model, vae = rd.cached("model", family), rd.cached("vae", family)
     assert type(vae.first_stage_model).__name__ == FACTS[family][4]
     assert vae.latent_channels == model.model.latent_format.latent_channels
-    video = FACTS[family][4] == "WanVAE"
+    video = FACTS[family][4] == "WanVAE" or family in VIDEO_VAES
     assert vae.latent_dim == (3 if video else 2)
+    if family in HUNYUAN_VAE_CODERS:
+        coders = importlib.import_module(HUNYUAN_VAE_CODERS[family])
+        assert type(vae.first_stage_model.encoder) is coders.Encoder and type(vae.first_stage_model.decoder) is coders.Decoder
     latent = torch.randn(1, vae.latent_channels, *([2] if video else []), 8, 8)
     image = vae.decode(latent)
-    side = 8 * getattr(model.model.latent_format, "spacial_downscale_ratio", 8)   # FLUX.2: 16 (ComfyUI < 0.3.7x: no attr)
-    assert image.shape[-3:] == (side, side, 3) and (not video or image.shape[1] == 5)   # Wan: 4x frames in time
+    side = 8 * getattr(model.model.latent_format, "spacial_downscale_ratio", SPATIAL.get(family, 8))   # FLUX.2: 16 (ComfyUI < 0.3.7x: no attr)
+    assert image.shape[-3:] == (side, side, 3) and (not video or image.shape[1] == FRAMES.get(family, 1 + TIME.get(family, 4)))   # Wan: 4x
     assert torch.isfinite(image).all() and image.std() > 0.01
     assert rm_params(vae) < 5_000_000
+
+
+def test_ltx2_audio_vae_and_text_flag_are_what_the_ltx2_loaders_give(comfy, rd):
+    """LTXVAudioVAELoader's stand-in: ComfyUI's AudioVAE whose latent (channels x frequency bins) is the model's audio
+    input, decoding to a stereo waveform; the text encoder flags its output as LTXAV's unprocessed Gemma features
+    (the model's connectors embed it); the workflow's audio latent reads its frame rate (a MultiType widget)."""
+    skip_missing("ltx2")
+    model, audio = rd.cached("model", "ltx2"), rd.cached("audio_vae", "ltx2")
+    assert type(audio.first_stage_model) is comfy_class("comfy.ldm.lightricks.vae.audio_vae.AudioVAE")
+    first = audio.first_stage_model
+    assert audio.latent_channels * first.latent_frequency_bins == model.model.diffusion_model.audio_in_channels
+    wave = audio.decode(torch.randn(1, audio.latent_channels, 5, first.latent_frequency_bins))
+    assert wave.shape[0] == 1 and wave.shape[-1] == 2 and torch.isfinite(wave).all() and wave.std() > 0   # (b, t, ch)
+    assert rm_params(audio) < 5_000_000
+    with pytest.raises(ValueError, match="no audio VAE"):
+        rd.build_audio_vae("flux")
+    clip = rd.cached("clip", "ltx2")
+    (cond, extra), = clip.encode_from_tokens_scheduled(clip.tokenize("rain on a window"))
+    assert extra.get("unprocessed_ltxav_embeds") is True and cond.shape[-1] == rd.dit_config("ltx2")["caption_channels"]
+    wf_mod = importlib.import_module("nasa_runner.workflow")
+    p = wf_mod.ui_to_api(load("ltx2_distilled_nasa.json"), comfy.nodes.NODE_CLASS_MAPPINGS,
+                         comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    rates = {v["class_type"]: v["inputs"].get("frame_rate", v["inputs"].get("fps")) for v in p.values()
+             if v["class_type"] in ("LTXVEmptyLatentAudio", "LTXVConditioning", "CreateVideo")}
+    assert rates == {"LTXVEmptyLatentAudio": 24, "LTXVConditioning": 24, "CreateVideo": 24}
 
 
 def rm_params(module):
@@ -309,9 +422,34 @@ def test_sentencepiece_stand_in_is_comfyuis_pile_t5_model(rd):
     import sentencepiece
     model = rd.sentencepiece_stand_in()
     size = sentencepiece.SentencePieceProcessor(model_proto=model.numpy().tobytes()).get_piece_size()
-    for family, name in (("wan21", "umt5xxl"), ("lumina2", "gemma2_2b")):
+    import comfy.supported_models as sm
+    pairs = (("wan21", "umt5xxl"), ("lumina2", "gemma2_2b")) + ((("ltx2", ""),) if hasattr(sm, "LTXAV") else ())
+    for family, name in pairs:   # LTX-2's Gemma 3 takes its overrides under "" (LTXAVTEModel gives it no name)
         _, configs, tokenizer_data = rd.text_encoder_configs(family)
         assert torch.equal(tokenizer_data["spiece_model"], model) and configs[name]["vocab_size"] == size
+
+
+def test_hidream_llama_tokenizer_is_comfyuis_or_the_stated_stand_in(rd):
+    """HiDream's Llama tokens: ComfyUI's HiDreamTokenizer where ComfyUI's Llama 3 tokenizer file is there; without it
+    (a copy of ComfyUI that lacks its 9 MB file) the stand-in on CLIP's BPE files. Either way a LLAMA3Tokenizer with
+    HiDream's settings (ComfyUI's HiDreamTokenizer: 128 tokens, padded with 128009), and the other three parts are
+    ComfyUI's own tokenizers' tokens."""
+    import comfy.text_encoders.hidream as hidream_te
+    import comfy.text_encoders.hunyuan_video as hunyuan_video
+    import comfy.text_encoders.sd3_clip as sd3_clip
+    from comfy import sd1_clip, sdxl_clip
+    cls = rd.hidream_tokenizer_class()
+    assert (cls is hidream_te.HiDreamTokenizer) == os.path.isfile(rd.llama_tokenizer_file())
+    assert issubclass(cls, hidream_te.HiDreamTokenizer)
+    tokenizer, text = cls(), "a photo of a cat"
+    assert isinstance(tokenizer.llama, hunyuan_video.LLAMA3Tokenizer)
+    tokens = tokenizer.tokenize_with_weights(text)
+    (llama,) = tokens["llama"]
+    ids = [t for t, _ in llama]
+    assert len(ids) == 128 and ids[0] == tokenizer.llama.start_token and ids[-1] == 128009 and ids[1] != 128009
+    assert tokens["l"] == sd1_clip.SDTokenizer().tokenize_with_weights(text)
+    assert tokens["g"] == sdxl_clip.SDXLClipGTokenizer().tokenize_with_weights(text)
+    assert tokens["t5xxl"] == sd3_clip.T5XXLTokenizer(min_length=128, max_length=128).tokenize_with_weights(text)[:1]
 
 
 def test_random_lora_patches_every_linear_layer_through_comfyui(rd):
@@ -448,7 +586,10 @@ def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
 
 GROUPS = {"flux": "double, single", "chroma": "double, single", "sd35": "joint", "pixart": "blocks",
           "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers",
-          "z_image": "layers", "klein": "double, single"}   # as the Advanced node's help page documents them
+          "hidream": "double, single", "anima": "blocks",
+          "z_image": "layers", "klein": "double, single", "longcat_image": "double, single",
+          "kandinsky5_image": "blocks", "hunyuan_image21": "double, single",
+          "hunyuan_video15": "double", "ltx2": "video, audio"}   # as the Advanced node's help page documents them
 
 
 def advanced(name, blocks, start=0.0, end=1.0):
