@@ -17,13 +17,10 @@ MISSING_FAMILY = "model family missing in this ComfyUI"
 """The one skip reason CI accepts with a ComfyUI found (tests/conftest.py)."""
 
 
-def skip_missing_family(family: str, needs: str, version: str | None = None) -> None:
-    """Skip a test of ``family`` on a ComfyUI version that lacks it; ``needs``: what is missing (a class name);
-    ``version``: that ComfyUI's, where this process does not import it (the browser test's server)."""
-    if version is None:
-        import comfyui_version
-        version = comfyui_version.__version__
-    pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {version})")
+def skip_missing_family(family: str, needs: str) -> None:
+    """Skip a test of ``family`` on a ComfyUI version that lacks it; ``needs``: what is missing (a class name)."""
+    import comfyui_version
+    pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {comfyui_version.__version__})")
 
 
 NEWER_FAMILIES = {"z_image": "ZImage", "klein": "Flux2", "anima": "Anima", "longcat_image": "LongCatImage",
