@@ -118,10 +118,13 @@ TIME = {"ltx2": 8}
 """A video VAE's time factor where it is not Wan's 4 (2 latent frames decode to 1 + TIME frames)."""
 FRAMES = {"hunyuan_video15": 8}
 """Frames 2 latent frames decode to where the VAE is not causal in time (HunyuanVideo 1.5's: 4 per latent frame)."""
-HUNYUAN_VAE_CODERS = {"hunyuan_image21": "comfy.ldm.hunyuan_video.vae", "hunyuan_video15": "comfy.ldm.hunyuan_video.vae_refiner"}
+HUNYUAN_VAE_CODERS = {"hunyuan_image21": "comfy.ldm.hunyuan_video.vae",
+                      "hunyuan_video15": "comfy.ldm.hunyuan_video.vae_refiner"}
 """The module of the encoder / decoder ComfyUI puts in each Hunyuan VAE's AutoencodingEngine."""
 SPATIAL = {"hunyuan_image21": 32}
 """A VAE's spatial factor where the latent format does not state it (HunyuanImage 2.1 on ComfyUI 0.3.64)."""
+
+
 def skip_missing(family):
     """Skip a test of ``family`` (the workflow's, for a test by workflow name) on a ComfyUI without its model class
     (support.skip_missing_family: the one skip reason CI accepts with a ComfyUI found)."""
