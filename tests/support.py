@@ -23,16 +23,43 @@ def skip_missing_family(family: str, needs: str) -> None:
     pytest.skip(f"{MISSING_FAMILY}: {family} ({needs} is not in ComfyUI {comfyui_version.__version__})")
 
 
-NEWER_FAMILIES = {"z_image": "ZImage", "klein": "Flux2", "anima": "Anima", "longcat_image": "LongCatImage",
-                  "kandinsky5_image": "Kandinsky5Image", "hunyuan_video15": "HunyuanVideo15", "ltx2": "LTXAV"}
-"""Families of example workflows that an older ComfyUI lacks: family -> its comfy.supported_models class."""
-NEWER_WORKFLOWS = {"z_image_turbo_8step_nasa.json": "z_image", "flux2_klein_4step_nasa.json": "klein",
-                   "anima_nasa.json": "anima",
-                   "longcat_image_nasa.json": "longcat_image",
-                   "kandinsky5_image_lite_nasa.json": "kandinsky5_image",
-                   "hunyuan_video15_nasa.json": "hunyuan_video15",
-                   "ltx2_distilled_nasa.json": "ltx2"}
-"""The example workflows of those families: file name -> family."""
+EXAMPLE_WORKFLOWS = {  # file: --random-weights family
+    "flux_schnell_1step_nasa.json": "flux",
+    "flux_schnell_4step_nasa.json": "flux",
+    "chroma_flash_nasa.json": "chroma",
+    "sd35_turbo_4step_nasa.json": "sd35",
+    "pixart_dmd_1step_nasa.json": "pixart",
+    "wan21_causvid_4step_nasa.json": "wan21",
+    "qwen_image_lightning_8step_nasa.json": "qwen_image",
+    "lumina2_nasa.json": "lumina2",
+    "hidream_i1_fast_nasa.json": "hidream",       # also on ComfyUI 0.3.64
+    "anima_nasa.json": "anima",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "z_image_turbo_8step_nasa.json": "z_image",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "flux2_klein_4step_nasa.json": "klein",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "longcat_image_nasa.json": "longcat_image",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "kandinsky5_image_lite_nasa.json": "kandinsky5_image",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "hunyuan_image21_distilled_nasa.json": "hunyuan_image21",   # also on ComfyUI 0.3.64
+    "hunyuan_video15_nasa.json": "hunyuan_video15",   # ComfyUI 0.33+ (skip_missing_pipeline)
+    "ltx2_distilled_nasa.json": "ltx2",   # ComfyUI 0.33+ (skip_missing_pipeline)
+}
+"""The example workflows the runner smoke-tests: file name -> its ``--random-weights`` family (tests/runner,
+tests/browser)."""
+
+
+def pipeline_model_class(family: str) -> str:
+    """The ``comfy.supported_models`` class of the runner's ``--random-weights`` DiT ``family``, from the runner's
+    own tables (its pipeline's DIT_FAMILIES entry)."""
+    from nasa_runner.random_weights import dit, models
+    return models.DIT_FAMILIES[dit.PIPELINES[family].dit][0]
+
+
+def skip_missing_pipeline(family: str) -> None:
+    """Skip a test of the runner's ``family`` (or of its example workflow) on a ComfyUI without its model class;
+    the nodes and loader types of its workflow come with it (FLUX.2's EmptyFlux2LatentImage, LongCat's CLIP type)."""
+    import comfy.supported_models as sm
+    config_class = pipeline_model_class(family)
+    if not hasattr(sm, config_class):
+        skip_missing_family(family, config_class)
 
 
 def sample(model, latent, pos, neg, cfg=1.0, steps=1, capture=None, scheduler="simple", seed=1, noise=None,

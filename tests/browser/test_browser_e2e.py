@@ -278,11 +278,8 @@ def test_pack_installs_fresh_and_loads_without_errors_or_warnings(server, object
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_opens_and_queues_in_the_ui(ui, server, object_info, comfy, workflow):
     saved = json.loads(workflow.read_text(encoding="utf-8"))
-    family = support.NEWER_WORKFLOWS.get(workflow.name)
-    if family:      # a family the server's ComfyUI (imported here too: ``comfy``) lacks, with its nodes and loader types
-        import comfy.supported_models as sm
-        if not hasattr(sm, support.NEWER_FAMILIES[family]):
-            support.skip_missing_family(family, support.NEWER_FAMILIES[family])
+    if workflow.name in support.EXAMPLE_WORKFLOWS:      # a family the server's ComfyUI lacks (imported here too: ``comfy``)
+        support.skip_missing_pipeline(support.EXAMPLE_WORKFLOWS[workflow.name])
     ui.close_dialogs()                              # a failed workflow before this one must not fail this one
     ui.load_workflow(workflow)
     assert ui.dialogs() == [], f"{workflow.name}: a dialog opened on load (missing nodes or models?)"

@@ -20,25 +20,7 @@ import torch
 import nasa_test_support as support
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = {  # file: --random-weights family
-    "flux_schnell_1step_nasa.json": "flux",
-    "flux_schnell_4step_nasa.json": "flux",
-    "chroma_flash_nasa.json": "chroma",
-    "sd35_turbo_4step_nasa.json": "sd35",
-    "pixart_dmd_1step_nasa.json": "pixart",
-    "wan21_causvid_4step_nasa.json": "wan21",
-    "qwen_image_lightning_8step_nasa.json": "qwen_image",
-    "lumina2_nasa.json": "lumina2",
-    "hidream_i1_fast_nasa.json": "hidream",       # also on ComfyUI 0.3.64
-    "anima_nasa.json": "anima",                   # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "z_image_turbo_8step_nasa.json": "z_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "flux2_klein_4step_nasa.json": "klein",       # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "longcat_image_nasa.json": "longcat_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "kandinsky5_image_lite_nasa.json": "kandinsky5_image",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "hunyuan_image21_distilled_nasa.json": "hunyuan_image21",   # also on ComfyUI 0.3.64
-    "hunyuan_video15_nasa.json": "hunyuan_video15",   # ComfyUI 0.33+ (skipped where missing: skip_missing)
-    "ltx2_distilled_nasa.json": "ltx2",           # ComfyUI 0.33+ (skipped where missing: skip_missing)
-}
+WORKFLOWS = support.EXAMPLE_WORKFLOWS
 ONE_PER_FAMILY = {family: name for name, family in reversed(list(WORKFLOWS.items()))}
 # Tests shrink the real resolutions. PixArt computes its position-embedding scale as round(side / 64)
 # of the latent side, which is 0 (a division by zero in ComfyUI) below 40 latent pixels: 320x320.
@@ -127,11 +109,8 @@ SPATIAL = {"hunyuan_image21": 32}
 
 def skip_missing(family):
     """Skip a test of ``family`` (the workflow's, for a test by workflow name) on a ComfyUI without its model class
-    (support.skip_missing_family: the one skip reason CI accepts with a ComfyUI found)."""
-    import comfy.supported_models as sm
-    needs = support.NEWER_FAMILIES.get(family)
-    if needs and not hasattr(sm, needs):
-        support.skip_missing_family(family, needs)
+    (support.skip_missing_pipeline: the one skip reason CI accepts with a ComfyUI found)."""
+    support.skip_missing_pipeline(family)
 
 
 SD3_PADDED_WIDTH = 4096  # ComfyUI's SD3ClipModel zero-pads CLIP-L+G to T5-XXL's width
@@ -566,11 +545,14 @@ def test_dit_families_have_only_the_tiny_size(cli):
 
 def test_a_family_this_comfyui_lacks_is_refused_before_running(cli):
     """--random-weights of a family this ComfyUI lacks (Z-Image on 0.3.64) stops before running (exit 2), naming
-    the missing class; where every newer family is there (0.33) there is nothing to refuse."""
+    the missing class; where every family is there (0.33) there is nothing to refuse."""
     import comfy.supported_models as sm
-    for family in (f for f, config_class in support.NEWER_FAMILIES.items() if not hasattr(sm, config_class)):
+    for family in sorted(set(WORKFLOWS.values())):
+        config_class = support.pipeline_model_class(family)
+        if hasattr(sm, config_class):
+            continue
         r = cli.run_workflow(PACK_ROOT / "workflows" / "flux_schnell_1step_nasa.json", [], random_weights=family)
-        assert r.exit_code == 2 and f"comfy.supported_models.{support.NEWER_FAMILIES[family]}" in r.error, r.error
+        assert r.exit_code == 2 and f"comfy.supported_models.{config_class}" in r.error, r.error
 
 
 def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
