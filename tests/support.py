@@ -30,6 +30,7 @@ EXAMPLE_WORKFLOWS = {  # file: --random-weights family
     "sd35_turbo_4step_nasa.json": "sd35",
     "pixart_dmd_1step_nasa.json": "pixart",
     "wan21_causvid_4step_nasa.json": "wan21",
+    "wan21_vace_causvid_4step_nasa.json": "wan21_vace",   # also on ComfyUI 0.3.64
     "qwen_image_lightning_8step_nasa.json": "qwen_image",
     "lumina2_nasa.json": "lumina2",
     "hidream_i1_fast_nasa.json": "hidream",       # also on ComfyUI 0.3.64

@@ -111,6 +111,9 @@ PIPELINES = {
                      "flux16", "SD3.5 Large/Turbo/Medium"),
     "pixart": Pipeline("pixart", "t5_pixart", (("CLIPLoader", "pixart"),), "sd4", "PixArt-alpha/sigma"),
     "wan21": Pipeline("wan21_t2v", "umt5", (("CLIPLoader", "wan"),), "wan21", "Wan 2.1 text-to-video"),
+    # Wan 2.1 VACE (also on ComfyUI 0.3.64): Wan 2.1's encoder and VAE; WanVaceToVideo encodes the control video with
+    # that VAE (control frames + 8x8 mask channels: the model's vace_in_dim).
+    "wan21_vace": Pipeline("wan21_vace", "umt5", (("CLIPLoader", "wan"),), "wan21", "Wan 2.1 VACE"),
     "qwen_image": Pipeline("qwen_image", "qwen25_7b", (("CLIPLoader", "qwen_image"),), "wan21", "Qwen-Image"),
     "lumina2": Pipeline("lumina2", "gemma2_2b", (("CLIPLoader", "lumina2"),), "flux16", "Lumina Image 2.0"),
     # ComfyUI 0.33+. Its template loads Qwen3-4B with CLIPLoader type "lumina2": ComfyUI's loader detects

@@ -1,7 +1,8 @@
-"""The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1, Qwen-Image, Lumina 2,
-HiDream-I1 Fast, Anima,
-Z-Image Turbo, FLUX.2 Klein 4B, LongCat-Image, Kandinsky 5.0 Image Lite) executed by the headless runner with ``--random-weights <family>``, and the random-weight parts the runner
-swaps in for their loaders (runner/random_weights/dit.py): ComfyUI's own classes, widths read from DIT_FAMILIES."""
+"""The DiT example workflows (FLUX.1-schnell, Chroma, SD3.5 Turbo, PixArt, Wan 2.1 and VACE, Qwen-Image, Lumina 2,
+HiDream-I1 Fast, Anima, Z-Image Turbo, FLUX.2 Klein 4B, LongCat-Image, Kandinsky 5.0 Image Lite, HunyuanImage 2.1,
+HunyuanVideo 1.5, LTX-2) executed by the headless runner with ``--random-weights <family>``, and the random-weight
+parts the runner swaps in for their loaders (runner/random_weights/dit.py): ComfyUI's own classes, widths read from
+DIT_FAMILIES."""
 from __future__ import annotations
 
 import copy
@@ -27,6 +28,7 @@ ONE_PER_FAMILY = {family: name for name, family in reversed(list(WORKFLOWS.items
 SMALL = {
     "EmptySD3LatentImage": ["EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64"],
     "EmptyLatentImage": ["EmptyLatentImage.width=320", "EmptyLatentImage.height=320"],
+    "WanVaceToVideo": ["WanVaceToVideo.width=64", "WanVaceToVideo.height=64", "WanVaceToVideo.length=5"],
     "EmptyHunyuanLatentVideo": ["EmptyHunyuanLatentVideo.width=64", "EmptyHunyuanLatentVideo.height=64",
                                 "EmptyHunyuanLatentVideo.length=5"],
     "EmptyFlux2LatentImage": ["EmptyFlux2LatentImage.width=64", "EmptyFlux2LatentImage.height=64"],   # 16x: 4x4
@@ -56,6 +58,9 @@ FACTS = {
                "comfy.text_encoders.pixart_t5.PixArtTokenizer", "AutoencoderKL"),
     "wan21": ("wan21_t2v", "text_dim", "comfy.text_encoders.wan.WanT5Model", "comfy.text_encoders.wan.WanT5Tokenizer",
               "WanVAE"),
+    # The VACE checkpoint (UNETLoader) with Wan 2.1's UMT5 (CLIPLoader type "wan") and VAE, as ComfyUI's VACE templates.
+    "wan21_vace": ("wan21_vace", "text_dim", "comfy.text_encoders.wan.WanT5Model",
+                   "comfy.text_encoders.wan.WanT5Tokenizer", "WanVAE"),
     "qwen_image": ("qwen_image", "joint_attention_dim", "comfy.text_encoders.qwen_image.QwenImageTEModel",
                    "comfy.text_encoders.qwen_image.QwenImageTokenizer", "WanVAE"),
     "lumina2": ("lumina2", "cap_feat_dim", "comfy.text_encoders.lumina2.LuminaModel",
@@ -238,8 +243,8 @@ def test_workflow_is_cfg1_nasa_with_a_sampler_negative_and_a_note(comfy, name):
     assert ins["cfg"] == 1.0 and ins["model"] == [nasa_id, 0]
     assert nasa["inputs"]["use_sampler_negative"] is True and "negative" not in nasa["inputs"]
     negative = p[ins["negative"][0]]
-    while negative["class_type"] == "LTXVConditioning":   # LTX-2: the frame rate added to both prompts on the way
-        negative = p[negative["inputs"]["negative"][0]]
+    while negative["class_type"] in ("LTXVConditioning", "WanVaceToVideo"):   # both prompts on their way: LTX-2's
+        negative = p[negative["inputs"]["negative"][0]]                        # frame rate, VACE's control latents
     assert negative["_meta"]["title"] == "Negative Prompt (NASA)"
     assert (negative["inputs"].get("text") or negative["inputs"].get("user_prompt")).strip()
     latent = next(v["inputs"] for v in p.values() if v["class_type"] in SMALL)
@@ -570,7 +575,7 @@ def test_command_line_runs_a_dit_workflow(comfy, tmp_path):
 # --- Apply NASA Attention (Advanced) on every family ------------------------------------------------------
 
 GROUPS = {"flux": "double, single", "chroma": "double, single", "sd35": "joint", "pixart": "blocks",
-          "wan21": "blocks", "qwen_image": "blocks", "lumina2": "layers",
+          "wan21": "blocks", "wan21_vace": "blocks", "qwen_image": "blocks", "lumina2": "layers",
           "hidream": "double, single", "anima": "blocks",
           "z_image": "layers", "klein": "double, single", "longcat_image": "double, single",
           "kandinsky5_image": "blocks", "hunyuan_image21": "double, single",
