@@ -110,6 +110,11 @@ _KANDINSKY5_IMAGE = dict(image_model="kandinsky5", model_dim=2560, ff_dim=10240,
 _CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
                mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
                patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5)
+# Chroma Radiance (x0 release) as comfy/model_detection.py reads its checkpoint: Chroma's blocks on 16x16 pixel patches
+# (1024² = 64 x 64 tokens, as Chroma's latent patches) and the NeRF decoder head on each patch's pixels
+_CHROMA_RADIANCE = dict(_CHROMA, image_model="chroma_radiance", in_channels=3, out_channels=3, patch_size=16,
+                        nerf_hidden_size=64, nerf_mlp_ratio=4, nerf_depth=4, nerf_max_freqs=8, nerf_tile_size=512,
+                        nerf_final_head_type="conv", nerf_embedder_dtype=torch.float32, use_x0=True)
 _HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
                       context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=20,
                       depth_single_blocks=40, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
@@ -153,6 +158,8 @@ CASES = [
              256, lambda dtype: {"y": meta_tensor(1, 768, dtype=dtype)}),
     CostCase("Chroma", "Chroma", _CHROMA, "1024², T5 256 + 256 tokens", (16, 128, 128), (256, 4096), 256,
              lambda dtype: {"guidance": meta_tensor(1, dtype=dtype)}),
+    CostCase("Chroma Radiance", "ChromaRadiance", _CHROMA_RADIANCE, "1024² (pixel space), T5 256 + 256 tokens",
+             (3, 1024, 1024), (256, 4096), 256, lambda dtype: {"guidance": meta_tensor(1, dtype=dtype)}),
     CostCase("SD3.5 Large / Turbo", "SD3", _SD35_LARGE, "1024², 154 + 154 tokens", (16, 128, 128), (154, 4096), 154,
              lambda dtype: {"y": meta_tensor(1, 2048, dtype=dtype)}),
     CostCase("PixArt-α 512", "PixArtAlpha", _PIXART_ALPHA_512, "512², T5 120 + 120 tokens", (4, 64, 64),
@@ -175,6 +182,11 @@ CASES = [
              lambda dtype: {"c_concat": meta_tensor(1, 20, 21, 60, 104, dtype=dtype),
                             "clip_fea": meta_tensor(1, 257, 1280, dtype=dtype),
                             "pose_latents": meta_tensor(1, 16, 20, 60, 104, dtype=dtype)}),
+    # Wan 2.1 VACE 14B: 8 VACE blocks (one per 5 main blocks) on the control video's latents (16 inactive + 16 reactive
+    # channels + the 8x8 mask's 64), as WanVaceToVideo makes them; they attend to the positive text only
+    CostCase("Wan 2.1 VACE 14B", "WAN21_Vace", dict(_WAN21_14B, model_type="vace", vace_in_dim=96, vace_layers=8),
+             "832×480×81 + control video, umT5 512 + 512 tokens", (16, 21, 60, 104), (512, 4096), 512,
+             lambda dtype: {"vace_context": meta_tensor(1, 1, 96, 21, 60, 104, dtype=dtype), "vace_strength": [1.0]}),
     CostCase("Qwen-Image", "QwenImage", _QWEN_IMAGE, "1024², 128 + 128 tokens", (16, 1, 128, 128), (128, 3584), 128),
     CostCase("Lumina 2", "Lumina2", _LUMINA2, "1024², 256 + 256 tokens", (16, 128, 128), (256, 2304), 256,
              lambda dtype: {"num_tokens": 256}),
