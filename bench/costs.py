@@ -110,11 +110,12 @@ _KANDINSKY5_IMAGE = dict(image_model="kandinsky5", model_dim=2560, ff_dim=10240,
 _CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
                mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
                patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5)
-# Chroma Radiance (x0 release) as comfy/model_detection.py reads its checkpoint: Chroma's blocks on 16x16 pixel patches
-# (1024² = 64 x 64 tokens, as Chroma's latent patches) and the NeRF decoder head on each patch's pixels
+# Chroma Radiance as comfy/model_detection.py reads its checkpoint: Chroma's blocks on 16x16 pixel patches (1024² =
+# 64 x 64 tokens, as Chroma's latent patches) and the NeRF decoder head on each patch's pixels (use_x0, which newer
+# versions read from the file, changes no FLOP: models.detected_config sets it where this ComfyUI has it)
 _CHROMA_RADIANCE = dict(_CHROMA, image_model="chroma_radiance", in_channels=3, out_channels=3, patch_size=16,
                         nerf_hidden_size=64, nerf_mlp_ratio=4, nerf_depth=4, nerf_max_freqs=8, nerf_tile_size=512,
-                        nerf_final_head_type="conv", nerf_embedder_dtype=torch.float32, use_x0=True)
+                        nerf_final_head_type="conv", nerf_embedder_dtype=torch.float32)
 _HUNYUAN_VIDEO = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
                       context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=20,
                       depth_single_blocks=40, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
