@@ -26,7 +26,7 @@ from .registry import FAMILIES
 from .run import RUN_KEY, NasaRun
 from .binding import set_wrapper
 from .sampler import NasaSettings, make_sampler_wrapper, nasa_replaces
-from ..nasa_core import DEFAULT_ALPHA, Guard, check_alpha
+from ..nasa_core import DEFAULT_ALPHA, Guard, check_alpha, check_method
 from ..nasa_core.controls import Schedule, parse_blocks
 from ..nasa_core.flops import nasa_extra_flops
 
@@ -64,7 +64,7 @@ def find_adapter(model_patcher, node: str = "Apply NASA Attention") -> Family:
 
 def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=True, node: str = "Apply NASA Attention",
                negatives=None, start_percent: float = 0.0, end_percent: float = 1.0, alpha_end_scale: float = 1.0,
-               blocks: str = "", guard: Optional[Guard] = None, stream: str = "propagated"):
+               blocks: str = "", guard: Optional[Guard] = None, stream: str = "propagated", method=None):
     """Return a clone of ``model`` with NASA on the selected text-attention layers. ``model`` itself is untouched.
 
     ``negative``: one CONDITIONING steered with ``alpha``; ``negatives``: a NASA_NEGATIVES list
@@ -74,10 +74,12 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
     :func:`nasa_core.controls.parse_blocks`); empty = every block. ``guard``: the stability guard
     (:class:`nasa_core.Guard`; None or mode "off" = plain NASA). ``stream`` (joint-attention families only):
     "propagated" (the negative flows through every block's text-stream weights) or "embedded" (each block
-    projects the embedded negative; cheaper, an approximation)."""
-    alpha = check_alpha(alpha, node)
+    projects the embedded negative; cheaper, an approximation). ``method``: None for NASA, or a
+    :class:`nasa_core.Nag` / :class:`nasa_core.Vsf` run on the same negatives, windows, blocks and regions; then
+    ``alpha`` is that method's strength (``method.strength``: NAG's scale - 1, VSF's scale)."""
     adapter = find_adapter(model, node)
     family = adapter.model_name(model)
+    alpha = _method_alpha(method, alpha, negatives, adapter, family, node)
     if negative is not None and negatives is not None:
         raise ValueError(f"{node}: both 'negative' and 'negatives' are connected; connect one. To steer away from "
                          f"several prompts, chain NASA Negative nodes into 'negatives'.")
@@ -116,10 +118,33 @@ def apply_nasa(model, negative=None, alpha=DEFAULT_ALPHA, use_sampler_negative=T
     settings = NasaSettings(alpha=alpha, negatives=inputs, use_sampler_negative=bool(use_sampler_negative),
                             node=node, family=family, context_dim=adapter.context_dim(model),
                             schedule=schedule, blocks=selection, replaces=nasa_replaces(m.model_options),
-                            guard=guard, stream=stream, stream_last=stream_last, stream_skip=stream_skip)
+                            guard=guard, stream=stream, stream_last=stream_last, stream_skip=stream_skip,
+                            method=method)
     set_wrapper(m, "SAMPLER_SAMPLE", make_sampler_wrapper(settings, adapter.layers))
     model_call.install(m)
     return m
+
+
+def _method_alpha(method, alpha, negatives, adapter, family: str, node: str) -> float:
+    """The run's coefficient base: NASA's checked alpha, or the method's strength (checked against ``alpha``)."""
+    if method is None:
+        return check_alpha(alpha, node)
+    try:
+        check_method(method)
+    except TypeError as e:
+        raise ValueError(f"{node}: {e}") from None
+    if float(alpha) != method.strength:
+        raise ValueError(f"{node}: with method '{method.name}' the negatives' strength is the method's own "
+                         f"({method.strength}), not alpha {alpha}; pass alpha=method.strength.")
+    if method.name == "vsf" and adapter.joint_stream:
+        raise ValueError(f"{node}: method 'vsf' is not available for {family} (joint attention) yet: its one "
+                         f"softmax would need the image tokens' keys beside the negative's. Use method 'nasa' or "
+                         f"'nag' with this model.")
+    if negatives is not None and any(n.alpha is not None for n in check_inputs(negatives, node)):
+        raise ValueError(f"{node}: a NASA Negative in 'negatives' has its own alpha, which is NASA's strength; with "
+                         f"method '{method.name}' set that alpha to -1 so the method's strength applies, or pick "
+                         f"method 'nasa'.")
+    return method.strength
 
 
 def nasa_flops(model_patcher, latent, negative_tokens: int, rows: int = 1, reused: bool = False) -> Optional[int]:

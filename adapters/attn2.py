@@ -44,7 +44,9 @@ def make_replace(key, prior):
                                     extra_options, mask, skip_output_reshape=True)
 
         # Z+ from ComfyUI's attention here is ours to overwrite; a prior replace's output is not
-        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2], inplace=prior is None)
+        # VSF attends with the positive keys: a prior replace's own Z+ (IPAdapter-style) would be lost, so it gets none
+        return run.steer(z_pos, q, extra_options, heads, project, attention_fn, layer=key[:2], inplace=prior is None,
+                         positive=(k, v, None) if prior is None else None)
 
     nasa_attn2.nasa_prior = prior
     nasa_attn2.nasa_key = key

@@ -191,7 +191,7 @@ def _steered(index: int, layer, x, context, rope_emb, options: dict, qkv_options
         terms = [t._replace(coef=t.coef * scale) for t in terms]
         negs = fwd.run.negative_terms(terms, s, q.device, q_rows.dtype, projected_kv)
         z = steer(z, q_rows, negs, heads, rows, attention_fn, inplace=keep is None or z is not z_pos,
-                  guard=fwd.run.guard)
+                  guard=fwd.run.guard, method=fwd.run.method)     # attn_op takes no key mask: no VSF here yet
         fwd.run.mark_steered(("blocks", index))
     if keep is not None:
         z = torch.where(keep, z, z_pos)             # conditioning frames keep Z+

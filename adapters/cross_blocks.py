@@ -83,8 +83,11 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
             return out
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         rest = {n: v for n, v in kwargs.items() if n not in ("heads", "mask")}
+        v = args[2]
         if q.ndim == 4 and rest.pop("skip_reshape", False):   # a head-major (B, H, L, D) call (Kandinsky 5): steer
-            q = q.transpose(1, 2).flatten(2)                   # its queries as (B, L, H*D); Z-'s call is (B, L, H*D)
+            q, k, v = (t.transpose(1, 2).flatten(2) for t in (q, k, v))   # as (B, L, H*D); Z-'s call is (B, L, H*D)
+        # the layer's own keys for a method that attends with them (VSF); a masked call's mask stays the host's
+        positive = (k, v, None) if prior is None and _mask_arg(args, kwargs) is None else None
 
         def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):
             b = q_rows.shape[0]
@@ -109,7 +112,7 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
             negs = fwd.run.negative_terms(terms, q_tok.shape[1], q.device, q.dtype, projected_kv,
                                           lambda t: fwd.negatives[t.slot][1])
             z = steer(z, q_tok, negs, heads, rows, attention_fn, inplace=prior is None,   # z: a view of out
-                      guard=fwd.run.guard)
+                      guard=fwd.run.guard, method=fwd.run.method, positive=positive)
             fwd.run.mark_steered(layer)
         if z is not view:       # steer could not write into out (a prior's output, or autograd on): put it back
             out[:, tok] = z

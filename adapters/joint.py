@@ -26,7 +26,8 @@ The image is never duplicated; the extra work is the negative text tokens' share
 the stream at its embedding: every block projects the embedded negative with its own text-stream
 weights, but the stream is never updated (no stream attention, no ``finish``). With a run's ``guard``
 (nasa_core.Guard) each steered image token of Z+ - sum coef Z- is rescaled or clipped against Z+'s norm
-over all heads' channels.
+over all heads' channels. With the run's method NAG (nasa_core.Nag) the same subtraction is turned into NAG's
+result per image token (``Nag.finish``: extrapolation, L1 cap, blend), before the guard.
 A family adapter supplies ``prepare``/``finish`` and where the image tokens sit in the joint
 sequence; everything generic lives here.
 """
@@ -151,6 +152,7 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
     streams, run = state.streams, state.run
     scale = 1.0 if run is None or layer is None else run.layer_scale(layer)
     guard = None if run is None else run.guard
+    finish = getattr(getattr(run, "method", None), "finish", None)     # NAG: from NASA's result and Z+
 
     def attend(func, *args, **kwargs):      # every attention call, NASA's too, through an override set before NASA
         return prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
@@ -171,6 +173,10 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
         head_major = bool(kwargs.get("skip_output_reshape"))
         steered = [s for s in streams if s.coef * scale != 0.0]
         pos_norm = _token_norms(out[out_tokens], head_major) if guard is not None and steered else None
+        if finish is not None and steered:      # Z+ of the image tokens, and sum coef * region per token (NAG's weight)
+            pos = out[out_tokens].clone()
+            weight = torch.zeros(pos.shape[0], *((1, n_img) if head_major else (n_img,)), 1, dtype=pos.dtype,
+                                 device=pos.device)
         for s in streams:
             coef = s.coef * scale
             s_k, s_v = _to_layout(s.k, k, bhld), _to_layout(s.v, v, bhld)
@@ -178,7 +184,10 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 z_neg = attend(func, _tokens(q, bhld, s.rows, image_q), s_k, s_v, *rest, **kw)
                 region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
                 if region is not None:
-                    z_neg = z_neg * (region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None])
+                    region = region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None]
+                    z_neg = z_neg * region
+                if finish is not None:
+                    weight[s.rows] += coef if region is None else coef * region
                 index = (s.rows,) + out_tokens[1:]
                 if isinstance(s.rows, slice):       # a view of out: subtract in place, no coef * Z- temporary
                     out[index].sub_(z_neg.to(out.dtype), alpha=coef)
@@ -190,10 +199,14 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 img_k, img_v = _image_side(image_kv, s, k, v, bhld)
                 s.out = _rows_layout(attend(func, _to_layout(s.q, q, bhld), torch.cat((s_k, img_k), dim=cat_dim),
                                           torch.cat((s_v, img_v), dim=cat_dim), *rest, **kw))
-        if pos_norm is not None:
+        if steered and (pos_norm is not None or finish is not None):
             rows = steered[0].rows if len(steered) == 1 else torch.unique(torch.cat([
                 torch.arange(out.shape[0], device=out.device)[s.rows] for s in steered]))
-            _guard(guard, out, out_tokens, pos_norm, rows, head_major)
+            if finish is not None:
+                index = (rows,) + out_tokens[1:]
+                out[index] = finish(pos[rows], out[index], weight[rows], head_major)
+            if pos_norm is not None:
+                _guard(guard, out, out_tokens, pos_norm, rows, head_major)
         return out
     return nasa_joint_attention
 

@@ -99,7 +99,8 @@ def _steered_cross_attention(index, layer, x, cond, forward: _Forward):
         return attention(q_rows, k_neg.expand(n, -1, -1), v_neg.expand(n, -1, -1), heads_, mask=mask,
                          skip_output_reshape=True)
 
-    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn, layer=("blocks", index), inplace=True)
+    z = forward.run.steer(z, q, forward.options, heads, project, attention_fn, layer=("blocks", index), inplace=True,
+                          positive=(k.view(b, -1, c), v.view(b, -1, c), None))
     return layer.proj_drop(layer.proj(z))
 
 

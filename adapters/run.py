@@ -147,9 +147,11 @@ class NasaRun:
                  percent_to_sigma: Optional[Callable[[float], float]] = None, blocks: Optional[dict] = None,
                  guard: Optional[Guard] = None, stream: str = "propagated", stream_last: Optional[tuple] = None,
                  stream_skip: frozenset = frozenset(), layers: Optional[dict] = None,
-                 latent: Optional[tuple] = None, areas: Optional[dict] = None, reuse_projections: bool = False):
+                 latent: Optional[tuple] = None, areas: Optional[dict] = None, reuse_projections: bool = False,
+                 method=None):
         self.default = prompt_list(default)
         self.guard = guard if guard is not None and guard.active else None   # None: plain NASA's code path
+        self.method = method        # None: NASA; nasa_core.Nag / Vsf: that method on the same terms (nasa_core.steer)
         self.stream = stream
         self.stream_last, self.stream_skip = stream_last, stream_skip      # see sampler.NasaSettings
         self.carried = {uuid: prompt_list(p) for uuid, p in carried.items()}
@@ -276,7 +278,7 @@ class NasaRun:
 
     @functools.cached_property
     def settings_signature(self) -> str:
-        """The run's settings a compiled graph bakes in, whatever the call: the guard, the stream, the block
+        """The run's settings a compiled graph bakes in, whatever the call: the method, the guard, the stream, the block
         selection, the latent's size, and each negative's alpha, weights and shapes. Fixed for the run (a NasaRun
         is complete when constructed): made once, not at every model call."""
         prompts = [p for ps in [self.default, *self.carried.values()] for p in ps]
@@ -284,7 +286,7 @@ class NasaRun:
                                                                  _tensor_key(e.attention_mask),
                                                                  _options_key(e.options)) for e in p.entries))
                           for p in prompts)
-        return repr((repr(self.guard), self.stream, self.stream_last, tuple(sorted(self.stream_skip, key=repr)),
+        return repr((repr(self.method), repr(self.guard), self.stream, self.stream_last, tuple(sorted(self.stream_skip, key=repr)),
                      None if self.blocks is None else tuple(sorted(self.blocks.items(), key=repr)), self.latent,
                      negatives))
 
@@ -342,17 +344,20 @@ class NasaRun:
                              self.region(t, n_tokens, device, dtype)) for t in terms]
 
     def steer(self, z_pos: torch.Tensor, q: torch.Tensor, extra_options: dict, heads: int,
-              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None, inplace: bool = False) -> torch.Tensor:
+              project: Callable[[torch.Tensor], tuple], attention_fn, layer=None, inplace: bool = False,
+              positive: Optional[tuple] = None) -> torch.Tensor:
         """Subtract every positive chunk's negative attention from ``z_pos`` (batch rows of q); every query
         token is an image token. ``layer`` ((group, index)) picks the block selection's multiplier.
 
         ``project(neg)`` returns the layer's (K-, V-) for a negative already on q's device/dtype;
         ``attention_fn(q, k, v, heads, mask=None)`` is the host's attention kernel; ``inplace``: z_pos is the
-        caller's own fresh tensor (nasa_core.steer overwrites it instead of copying).
+        caller's own fresh tensor (nasa_core.steer overwrites it instead of copying). ``positive``: the layer's
+        (K+, V+, key mask or None), which the run's method may need (VSF).
         """
         for terms, rows in self.groups(extra_options, q.shape[0], layer):
             negs = self.negative_terms(terms, q.shape[1], q.device, q.dtype,
                                        lambda t: project(t.entry.on(q.device, q.dtype)))  # batch 1: every row
-            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace, guard=self.guard)  # a run of rows: a slice
+            z_pos = steer(z_pos, q, negs, heads, rows, attention_fn, inplace, guard=self.guard,   # rows: a slice
+                          method=self.method, positive=positive)
             self.mark_steered(layer)
         return z_pos

@@ -39,6 +39,7 @@ class NasaSettings:
     blocks: Optional[dict] = None       # {(group, index): alpha multiplier}; None = every block at 1
     replaces: frozenset = frozenset()   # NASA's ("attn2" | "dit", key) replaces, checked at sample time
     guard: Optional[Guard] = None       # the stability guard (nasa_core.Guard); None = plain NASA
+    method: object = None               # None = NASA; nasa_core.Nag or nasa_core.Vsf on the same terms
     stream: str = "propagated"          # joint-attention models: the negative stream (joint.STREAMS)
     stream_last: Optional[tuple] = None  # joint models with a block selection: the last steered layer, and
     stream_skip: frozenset = frozenset()  # the layers after it (the stream stops there: nothing reads it)
@@ -65,6 +66,10 @@ def _carried_negatives(positive_conds: Sequence[dict], settings: NasaSettings, m
         for t, _ in spec["entries"]:
             check_width(t, settings.context_dim, settings.family, "NASA Negative Conditioning",
                         "the carried negative")
+        if spec.get("alpha") is not None and settings.method is not None:
+            raise ValueError(f"NASA Negative Conditioning: its alpha {spec['alpha']} is NASA's strength; with "
+                             f"{settings.node}'s method '{settings.method.name}' set it to -1 so the method's "
+                             f"strength applies, or pick method 'nasa'.")
         alpha = settings.alpha if spec.get("alpha") is None else spec["alpha"]
         carried[c["uuid"]] = negative_prompt(spec["entries"], alpha, model_sampling)
     return carried
@@ -129,7 +134,8 @@ def build_run(guider, settings: NasaSettings, latent_shape=None, layers: Optiona
             areas = {c["uuid"]: _area_crop(c.get("area"), latent) for c in positive if "uuid" in c}
     return NasaRun(default, carried, settings.node, settings.schedule, getattr(model_sampling, "percent_to_sigma", None),
                    settings.blocks, settings.guard, settings.stream, settings.stream_last, settings.stream_skip,
-                   layers=layers, latent=latent, areas=areas, reuse_projections=reuse_projections)
+                   layers=layers, latent=latent, areas=areas, reuse_projections=reuse_projections,
+                   method=settings.method)
 
 
 def nasa_replaces(model_options: dict) -> frozenset:

@@ -1,10 +1,12 @@
-"""Framework-agnostic NASA: the attention math and validation helpers. Pure torch; imports nothing from ComfyUI."""
+"""Framework-agnostic NASA: the attention math (NASA, and NAG and VSF beside it) and validation helpers. Pure torch; imports nothing from ComfyUI."""
 from .attention import (GUARD_MODES, Guard, NegativeTerm, attention, nasa_attention, reference_attention,
                         reference_nasa_attention, row_index, steer)
+from .methods import METHODS, Nag, Vsf, check_method, reference_nag, reference_vsf, vsf_attention
 from .validation import check_alpha, check_finite
 
 __all__ = ["GUARD_MODES", "Guard", "NegativeTerm", "attention", "nasa_attention", "reference_attention",
-           "reference_nasa_attention", "row_index", "steer", "check_alpha", "check_finite"]
+           "reference_nasa_attention", "row_index", "steer", "check_alpha", "check_finite", "METHODS", "Nag", "Vsf",
+           "check_method", "reference_nag", "reference_vsf", "vsf_attention"]
 
 # alpha guidance from the paper (section 6.1, "Implementation Details"): NASA-I defaults per backbone.
 PAPER_ALPHA = {"SD1.5": 0.1, "SD2.1": 0.2, "PixArt-alpha": 0.5}

@@ -87,22 +87,29 @@ class Guard:
         return one.expand_as(norm)
 
 
-def _weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tensor:
+def region_weight(term: NegativeTerm, like: torch.Tensor, rows=None) -> Optional[torch.Tensor]:
+    """The term's per-query-token region weight shaped to multiply ``like`` ((B, Lq, C) or (B, Lq, H, D)): (B or 1,
+    Lq, 1[, 1]), rows selected where the region has a batch; None without a region."""
+    if term.region is None:
+        return None
+    region = term.region.to(device=like.device, dtype=like.dtype)
+    if region.ndim == 2 and region.shape[0] != 1 and rows is not None:
+        region = region[rows]
+    if region.shape[-1] != like.shape[1]:
+        raise ValueError(f"NASA attention: the region weights {region.shape[-1]} query tokens but the layer has "
+                         f"{like.shape[1]}")
+    return region.reshape(region.shape + (1,) * (like.ndim - 2))
+
+
+def weighted(z_neg: torch.Tensor, term: NegativeTerm, rows=None) -> torch.Tensor:
     """coef * Z- (times the term's per-token region weight, rows selected where it has a batch). Z- is
     (B, Lq, C) or (B, Lq, H, D)."""
     out = z_neg * term.coef
-    if term.region is None:
-        return out
-    region = term.region.to(device=z_neg.device, dtype=z_neg.dtype)
-    if region.ndim == 2 and region.shape[0] != 1 and rows is not None:
-        region = region[rows]
-    if region.shape[-1] != z_neg.shape[1]:
-        raise ValueError(f"NASA attention: the region weights {region.shape[-1]} query tokens but the layer has "
-                         f"{z_neg.shape[1]}")
-    return out * region.reshape(region.shape + (1,) * (z_neg.ndim - 2))
+    region = region_weight(term, z_neg, rows)
+    return out if region is None else out * region
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, what: str) -> None:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, what: str) -> None:
     if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
         raise ValueError(f"NASA attention: {what}: q, k, v must be (batch, tokens, channels); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -119,13 +126,17 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, wh
                          f"query batch {q.shape[0]} (must be 1 or equal)")
 
 
-def _additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
-    """(B or 1, Lk) bool/float key mask -> additive (B, 1, 1, Lk) float mask."""
+def additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
+    """(B or 1, Lk) or (B or 1, 1, Lk) (ComfyUI's key-mask layout) bool/float key mask -> additive (B, 1, 1, Lk)
+    float mask."""
     if mask is None:
         return None
     mask = mask.to(device)
+    if mask.ndim == 3 and mask.shape[1] == 1:
+        mask = mask[:, 0]
     if mask.ndim != 2:
-        raise ValueError(f"NASA attention: key mask must be (batch, tokens), got {tuple(mask.shape)}")
+        raise ValueError(f"NASA attention: key mask must be (batch, tokens) or (batch, 1, tokens), got "
+                         f"{tuple(mask.shape)}")
     if mask.dtype == torch.bool:
         add = torch.zeros(mask.shape, dtype=dtype, device=device)
         add = add.masked_fill(~mask, float("-inf"))
@@ -136,7 +147,7 @@ def _additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype,
 
 def reference_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) V per head, written out; float64 math, output in q's dtype."""
-    _check_qkv(q, k, v, heads, "reference")
+    check_qkv(q, k, v, heads, "reference")
     b, lq, c = q.shape
     d = c // heads
     k = k.expand(b, -1, -1)
@@ -145,7 +156,7 @@ def reference_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None
     kh = k.double().reshape(b, k.shape[1], heads, d).transpose(1, 2)
     vh = v.double().reshape(b, v.shape[1], heads, d).transpose(1, 2)
     scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
-    add = _additive_mask(mask, b, torch.float64, q.device)
+    add = additive_mask(mask, b, torch.float64, q.device)
     if add is not None:
         scores = scores + add
     probs = torch.softmax(scores, dim=-1)
@@ -163,7 +174,7 @@ def reference_nasa_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm],
     for term in negatives:
         z_neg = reference_attention(q, term.k, term.v, heads, term.mask).double()
         delta = torch.zeros_like(z)
-        delta[rows] = _weighted(z_neg, term)[rows]
+        delta[rows] = weighted(z_neg, term)[rows]
         z = z - delta
     if guard is not None and guard.mode != "off":
         pos_norm = torch.sqrt((z_pos ** 2).sum(-1, keepdim=True))
@@ -187,7 +198,7 @@ def attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch
     qh = q.reshape(b, lq, heads, d).transpose(1, 2)
     kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
     vh = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    add = _additive_mask(mask, b, q.dtype, q.device)
+    add = additive_mask(mask, b, q.dtype, q.device)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=add)
     return out.transpose(1, 2).reshape(b, lq, c)
 
@@ -242,13 +253,16 @@ def _like(dst: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
 
 def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm], heads: int,
           steer_rows: Rows = None, attention_fn: AttentionFn = attention, inplace: bool = False,
-          guard: Optional[Guard] = None) -> torch.Tensor:
+          guard: Optional[Guard] = None, method=None, positive: Optional[tuple] = None) -> torch.Tensor:
     """Z+ - sum_i coef_i * Z-_i on the steered rows; Z+ is returned untouched where nothing is steered.
 
     ``attention_fn(q, k, v, heads, mask=None)`` computes each Z-, as (B, Lq, H*D) or head-major
     (B, H, Lq, D); pass the host's backend so the negative attention runs on the same kernel as the
     positive one. ``inplace``: ``z_pos`` is the caller's own fresh tensor and is overwritten (no copy of it).
     ``guard``: an optional :class:`Guard` applied to the steered rows' result (None or mode "off": plain NASA).
+    ``method``: None for NASA, else a method of nasa_core.methods with the same terms: one with ``finish`` (NAG)
+    turns NASA's result into its own; one with ``attend`` (VSF) computes the steered rows from the layer's
+    positive keys, which ``positive`` = (k_pos, v_pos, pos_mask or None) must then give.
     """
     active = [t for t in negatives if t.coef != 0.0]
     if not active:
@@ -265,31 +279,43 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
     in_view = inplace and isinstance(rows, slice)
     guarded = guard is not None and guard.active
     pos_norm = (z_pos if all_rows else z_pos[rows]).float().norm(dim=-1, keepdim=True) if guarded else None
-    out = None          # Z+ minus the terms so far, on the steered rows; a tensor we may write once set
-    for term in active:
-        k = term.k if all_rows else _rows_of(term.k, rows)
-        v = term.v if all_rows else _rows_of(term.v, rows)
-        mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
-        _check_qkv(q_rows, k, v, heads, "negative")
-        z_neg = _as_rows(attention_fn(q_rows, k, v, heads, mask=mask), heads)
-        if term.region is None:      # one pass over Z-: out - coef * Z-, no coef * Z- temporary
-            z_neg, coef = z_neg.to(z_pos.dtype), term.coef
-        else:
-            z_neg, coef = _weighted(z_neg, term, None if all_rows else rows).to(z_pos.dtype), 1.0
-        if out is None:
-            base = z_pos if all_rows else z_pos[rows]
-            if in_view or not isinstance(rows, slice):
-                out = base                      # Z+ itself (or a view of it), or the copy indexing made
-            elif z_neg.ndim == 3:
-                out = torch.sub(base, z_neg, alpha=coef)
-                continue
+    if getattr(method, "attend", None) is not None:
+        out = _attend(method, z_pos, q_rows, active, heads, rows, all_rows, attention_fn, positive)
+    else:
+        finish = getattr(method, "finish", None)
+        pos_rows = (z_pos if all_rows else z_pos[rows]).clone() if finish is not None else None
+        weight = 0.0        # sum of the terms' weights per token (NAG's Z~ = NASA's result + weight * Z+)
+        out = None          # Z+ minus the terms so far, on the steered rows; a tensor we may write once set
+        for term in active:
+            k = term.k if all_rows else _rows_of(term.k, rows)
+            v = term.v if all_rows else _rows_of(term.v, rows)
+            mask = term.mask if (term.mask is None or all_rows) else _rows_of(term.mask, rows)
+            check_qkv(q_rows, k, v, heads, "negative")
+            z_neg = _as_rows(attention_fn(q_rows, k, v, heads, mask=mask), heads)
+            if term.region is None:      # one pass over Z-: out - coef * Z-, no coef * Z- temporary
+                z_neg, coef = z_neg.to(z_pos.dtype), term.coef
             else:
-                out = base.clone()
-        _like(out, z_neg).sub_(z_neg, alpha=coef)
+                z_neg, coef = weighted(z_neg, term, None if all_rows else rows).to(z_pos.dtype), 1.0
+            if finish is not None:
+                region = region_weight(term, z_pos, None if all_rows else rows)
+                weight = weight + (term.coef if region is None else term.coef * region)
+            if out is None:
+                base = z_pos if all_rows else z_pos[rows]
+                if in_view or not isinstance(rows, slice):
+                    out = base                      # Z+ itself (or a view of it), or the copy indexing made
+                elif z_neg.ndim == 3:
+                    out = torch.sub(base, z_neg, alpha=coef)
+                    continue
+                else:
+                    out = base.clone()
+            _like(out, z_neg).sub_(z_neg, alpha=coef)
+        if finish is not None:
+            done = finish(pos_rows, out, weight)
+            out = out.copy_(done) if in_view else done
     if guarded:
         factor = guard.scale(pos_norm, out).to(out.dtype)
         out = out * factor if (torch.is_grad_enabled() and out.requires_grad) else out.mul_(factor)
-    if in_view:
+    if in_view and out.data_ptr() == (z_pos if all_rows else z_pos[rows]).data_ptr():
         return z_pos                            # written through ``out``, Z+ itself or a view of it
     if all_rows:
         return out
@@ -298,12 +324,26 @@ def steer(z_pos: torch.Tensor, q: torch.Tensor, negatives: Sequence[NegativeTerm
     return full
 
 
+def _attend(method, z_pos, q_rows, active, heads, rows, all_rows, attention_fn, positive) -> torch.Tensor:
+    """The steered rows' output of a method that attends with the layer's positive keys (VSF)."""
+    if positive is None:
+        raise RuntimeError("NASA: this steering path gives no positive keys and values, which the chosen method "
+                           "(VSF) needs for its one softmax. Use NASA or NAG with this model, and please report it.")
+    k_pos, v_pos, pos_mask = positive
+
+    def pick(t):
+        return t if (t is None or all_rows) else _rows_of(t, rows)
+    terms = [NegativeTerm(pick(t.k), pick(t.v), t.coef, pick(t.mask), t.region) for t in active]
+    return method.attend(q_rows, pick(k_pos), pick(v_pos), terms, heads, attention_fn, pick(pos_mask),
+                         z_pos if all_rows else z_pos[rows], None if all_rows else rows)
+
+
 def nasa_attention(q, k_pos, v_pos, k_neg, v_neg, heads: int, alpha: float,
                    pos_mask: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None,
                    steer_rows: Rows = None, attention_fn: AttentionFn = attention,
                    guard: Optional[Guard] = None) -> torch.Tensor:
     """The paper's NASA layer for one negative: Z+ - alpha * Z-, only on ``steer_rows`` (optionally guarded)."""
-    _check_qkv(q, k_pos, v_pos, heads, "positive")
+    check_qkv(q, k_pos, v_pos, heads, "positive")
     z_pos = attention_fn(q, k_pos, v_pos, heads, mask=pos_mask)
     return steer(z_pos, q, [NegativeTerm(k_neg, v_neg, float(alpha), neg_mask)], heads, steer_rows, attention_fn,
                  guard=guard)

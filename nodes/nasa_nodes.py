@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..adapters import apply_nasa, make_carried_negative, make_negatives
 from ..sampling.alpha_grid import alpha_grid, sampler_options
-from ..nasa_core import DEFAULT_ALPHA, GUARD_MODES, Guard
+from ..nasa_core import DEFAULT_ALPHA, GUARD_MODES, METHODS, Guard, Nag, Vsf
 
 ALPHA_TOOLTIP = ("How strongly the negative is subtracted inside every text-attention layer "
                  "(Z = Z+ - alpha*Z-); 0 = off, bit-identical to the unpatched model. Raise it step by step "
@@ -116,6 +116,7 @@ class NASANegative(io.ComfyNode):
 
 
 GUARD_TAU_DEFAULT = 1.5
+NAG_DEFAULTS, VSF_DEFAULTS = Nag(), Vsf()
 
 
 class NASAApplyAttentionAdvanced(io.ComfyNode):
@@ -164,14 +165,47 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                optional=True,
                                tooltip="For guard 'clip' only: the largest allowed ratio of a steered token's norm to "
                                        "its norm without NASA (1 = never larger than Z+)."),
+                io.Combo.Input("method", options=list(METHODS), default="nasa", optional=True,
+                               tooltip="How the negative attention is used, in the same single pass: nasa = Z+ - "
+                                       "alpha Z- (this pack's method, the default); nag = Normalized Attention "
+                                       "Guidance (nag_scale, nag_tau, nag_alpha; as ComfyUI's NAGuidance node, at "
+                                       "NASA's cost); vsf = Value Sign Flip (vsf_scale, vsf_bias; cross-attention "
+                                       "models). With nag or vsf, 'alpha' is not used: the method's own inputs set "
+                                       "the strength. The help page says which to pick."),
+                io.Float.Input("nag_scale", default=NAG_DEFAULTS.scale, min=1.0, max=50.0, step=0.1, round=0.001,
+                               optional=True,
+                               tooltip="For method 'nag' only: the guidance scale, as in ComfyUI's NAGuidance node "
+                                       "(Z~ = scale Z+ - (scale - 1) Z-); 1 = off. The NAG authors use 5."),
+                io.Float.Input("nag_tau", default=NAG_DEFAULTS.tau, min=1.0, max=10.0, step=0.01, round=0.001,
+                               optional=True,
+                               tooltip="For method 'nag' only: the largest allowed L1 norm ratio of Z~ to Z+ per "
+                                       "token; larger ones are scaled down to it. The NAG authors use 2.5."),
+                io.Float.Input("nag_alpha", default=NAG_DEFAULTS.alpha, min=0.0, max=1.0, step=0.01, round=0.001,
+                               optional=True,
+                               tooltip="For method 'nag' only: the blend of the normalized Z~ into Z+ (0 = off, 1 = "
+                                       "Z~ alone). The NAG authors use 0.25 on FLUX, 0.5 elsewhere."),
+                io.Float.Input("vsf_scale", default=VSF_DEFAULTS.scale, min=0.0, max=20.0, step=0.01, round=0.001,
+                               optional=True,
+                               tooltip="For method 'vsf' only: the negative's values enter the one softmax flipped "
+                                       "and scaled (-scale V-); 0 = off. The VSF authors use 3.5 on SD3.5 Turbo, 1.8 "
+                                       "on Wan."),
+                io.Float.Input("vsf_bias", default=VSF_DEFAULTS.bias, min=-10.0, max=10.0, step=0.01, round=0.001,
+                               optional=True,
+                               tooltip="For method 'vsf' only: added to the negative's attention logits (more "
+                                       "attention to the flipped negative when higher). The VSF authors use 0.1."),
             ],
             outputs=[io.Model.Output(tooltip="The model with NASA installed on the selected layers.")],
         )
 
     @classmethod
     def execute(cls, model, alpha, use_sampler_negative, start_percent, end_percent, alpha_end_scale, blocks,
-                negatives=None, guard="off", guard_tau=GUARD_TAU_DEFAULT) -> io.NodeOutput:
+                negatives=None, guard="off", guard_tau=GUARD_TAU_DEFAULT, method="nasa",
+                nag_scale=NAG_DEFAULTS.scale, nag_tau=NAG_DEFAULTS.tau, nag_alpha=NAG_DEFAULTS.alpha,
+                vsf_scale=VSF_DEFAULTS.scale, vsf_bias=VSF_DEFAULTS.bias) -> io.NodeOutput:
         node = "Apply NASA Attention (Advanced)"
+        method_setting = _method(node, method, nag_scale, nag_tau, nag_alpha, vsf_scale, vsf_bias)
+        if method_setting is not None:
+            alpha = method_setting.strength
         if guard not in GUARD_MODES:
             raise ValueError(f"{node}: input 'guard' is {guard!r}; pick one of {', '.join(GUARD_MODES)}.")
         try:
@@ -181,7 +215,22 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
         return io.NodeOutput(apply_nasa(model, negatives=negatives, alpha=alpha,
                                         use_sampler_negative=use_sampler_negative, node=node,
                                         start_percent=start_percent, end_percent=end_percent,
-                                        alpha_end_scale=alpha_end_scale, blocks=blocks, guard=guard_setting))
+                                        alpha_end_scale=alpha_end_scale, blocks=blocks, guard=guard_setting,
+                                        method=method_setting))
+
+
+def _method(node: str, method: str, nag_scale, nag_tau, nag_alpha, vsf_scale, vsf_bias):
+    """The Advanced node's method choice as nasa_core's setting (None for NASA), its inputs checked by name."""
+    if method not in METHODS:
+        raise ValueError(f"{node}: input 'method' is {method!r}; pick one of {', '.join(METHODS)}.")
+    if method == "nasa":
+        return None
+    names = {"nag": ("nag_scale", "nag_tau", "nag_alpha"), "vsf": ("vsf_scale", "vsf_bias")}[method]
+    try:
+        return Nag(float(nag_scale), float(nag_tau), float(nag_alpha)) if method == "nag" else \
+            Vsf(float(vsf_scale), float(vsf_bias))
+    except ValueError as e:
+        raise ValueError(f"{node}: inputs {', '.join(names)}: {e}") from e
 
 
 class NASAAlphaGrid(io.ComfyNode):

@@ -334,6 +334,32 @@ def check_ui_workflow(wf: dict) -> None:
 
 # ----------------------------------------------------------------------------- reference building blocks
 
+def nag_written_out(pos, z_neg, weight, tau, blend):
+    """NAG (Normalized Attention Guidance) on float64 (rows, tokens, channels) attention outputs, written from the
+    paper: guided = Z+ + weight (Z+ - Z-); where its per-token L1 norm over the channels exceeds tau times Z+'s, it is
+    scaled down to that; the result is Z+ + blend (guided - Z+). ``weight`` is the paper's scale (nag_scale - 1)."""
+    pos, z_neg = pos.double(), z_neg.double()
+    guided = pos + weight * (pos - z_neg)
+    ratio = guided.abs().sum(-1, keepdim=True).clamp_min(1e-6) / pos.abs().sum(-1, keepdim=True).clamp_min(1e-6)
+    capped = torch.where(ratio > tau, guided * tau / ratio, guided)
+    return pos + blend * (capped - pos)
+
+
+def vsf_written_out(q, k_pos, v_pos, k_neg, v_neg, heads, scale, bias):
+    """VSF (Value Sign Flip) on (rows, tokens, channels) projections, written from the paper in float64: one softmax
+    per head over the positive keys and the negative's, the negative's logits + ``bias``, against [V+; -scale V-]."""
+    b, lq, c = q.shape
+    d = c // heads
+
+    def split(t):
+        return t.double().expand(b, -1, -1).reshape(b, t.shape[1], heads, d).transpose(1, 2)
+    qh = split(q)
+    scores = torch.cat((qh @ split(k_pos).transpose(-1, -2), qh @ split(k_neg).transpose(-1, -2) + bias * math.sqrt(d)),
+                       dim=-1) / math.sqrt(d)
+    values = torch.cat((split(v_pos), -scale * split(v_neg)), dim=2)
+    return (torch.softmax(scores, dim=-1) @ values).transpose(1, 2).reshape(b, lq, c)
+
+
 def reference_rotary(x, ids, axes_dim, theta=10000):
     """Rotary embedding written out (independent of the pack and of ComfyUI's RoPE kernels): (B, L, heads, D) by positions ids (B, L, axes), float64."""
     angles = torch.cat([ids[..., a, None].double() * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)

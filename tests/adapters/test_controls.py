@@ -315,6 +315,36 @@ def test_guard_inputs_reach_the_run(sd, comfyui):
         assert not torch.equal(_sample(m, sd), plain), guard
 
 
+def test_method_inputs_reach_the_run(sd, comfyui):
+    """The node's method inputs: 'nasa' (the default, and what a workflow without them gets) is the plain node bit
+    for bit whatever the other methods' inputs say; 'nag' and 'vsf' build nasa_core's setting from their own inputs,
+    steer with the method's strength (not 'alpha') and equal apply_nasa with the same setting."""
+    import comfy.patcher_extension as pe
+    binding, core = comfyui.mod("adapters.binding"), comfyui.mod("nasa_core")
+    apply_nasa = comfyui.mod("adapters").apply_nasa
+    plain = _sample(_advanced(sd["mp"]), sd)
+    assert torch.equal(_sample(_advanced(sd["mp"], method="nasa", nag_scale=9.0, vsf_scale=0.0), sd), plain)
+    for method, inputs, want in (("nag", dict(nag_scale=3.0, nag_tau=1.5, nag_alpha=0.5), core.Nag(3.0, 1.5, 0.5)),
+                                 ("vsf", dict(vsf_scale=2.0, vsf_bias=-0.5), core.Vsf(2.0, -0.5))):
+        m = _advanced(sd["mp"], alpha=0.3, method=method, **inputs)
+        settings = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, binding.WRAPPER_KEY)[0].nasa_settings
+        assert settings.method == want and settings.alpha == want.strength
+        out = _sample(m, sd)
+        assert torch.equal(out, _sample(apply_nasa(sd["mp"], alpha=want.strength, method=want), sd))
+        assert not torch.equal(out, plain) and not torch.equal(out, _sample(_advanced(sd["mp"], alpha=0.3), sd))
+
+
+def test_methods_refuse_nasa_alphas_with_the_fix(sd, comfyui):
+    """A NASA Negative's own alpha is NASA's strength: with NAG or VSF it is refused, naming the fix."""
+    with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): a NASA Negative in 'negatives' has its "
+                                         r"own alpha.*method 'nag' set that alpha to -1"):
+        _advanced(sd["mp"], method="nag", negatives=_negative(sd["neg"], 0.5))
+    m = _advanced(sd["mp"], method="nag", negatives=_negative(sd["neg"], -1.0))
+    assert not torch.equal(_sample(m, sd), _sample(sd["mp"], sd))
+    with pytest.raises(ValueError, match="with method 'vsf' the negatives' strength is the method's own"):
+        comfyui.mod("adapters").apply_nasa(sd["mp"], alpha=0.5, method=comfyui.mod("nasa_core").Vsf())
+
+
 def test_bad_inputs_name_node_input_and_fix(sd):
     with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): 'blocks': 'output:99' is out of range"):
         _advanced(sd["mp"], blocks="output:99")
@@ -326,6 +356,14 @@ def test_bad_inputs_name_node_input_and_fix(sd):
         _advanced(sd["mp"], guard="clip", guard_tau=0.0)
     with pytest.raises(ValueError, match="mask must be one image"):
         _advanced(sd["mp"], negatives=_negative(sd["neg"], 1.0, mask=torch.ones(2, 8, 8)))
+    with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): input 'method' is 'cfg'; pick one of nasa, "
+                                         r"nag, vsf"):
+        _advanced(sd["mp"], method="cfg")
+    with pytest.raises(ValueError, match=r"Apply NASA Attention \(Advanced\): inputs nag_scale, nag_tau, nag_alpha: NAG: "
+                                         r"tau is the largest allowed"):
+        _advanced(sd["mp"], method="nag", nag_tau=0.5)
+    with pytest.raises(ValueError, match=r"inputs vsf_scale, vsf_bias: VSF: scale flips"):
+        _advanced(sd["mp"], method="vsf", vsf_scale=-1.0)
     with pytest.raises(ValueError, match=r"NASA Negative: 'mask' has values in \[0, 2\]"):
         _negative(sd["neg"], 1.0, mask=torch.arange(3.0).repeat(3, 1))
     with pytest.raises(ValueError, match="start_percent 0.8 is after end_percent 0.2"):

@@ -41,17 +41,19 @@ def _sample(model, pos, neg, cfg=1.0, steps=1):
     return cases.sample(model, "flux", pos, neg, cfg, steps)
 
 
-def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=None, stream="propagated", blocks=""):
+def _direct(env, mp, x, t, context, y, negative, alpha, ref_latents=None, guard=None, stream="propagated", blocks="",
+            method=None):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive);
-    ``guard`` (a nasa_core.Guard) and ``stream`` as apply_nasa takes them."""
-    if guard is None and stream == "propagated" and not blocks:
+    ``guard`` (a nasa_core.Guard), ``stream`` and ``method`` (nasa_core.Nag, ...) as apply_nasa takes them."""
+    if guard is None and stream == "propagated" and not blocks and method is None:
         m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
     else:
-        m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, guard=guard, stream=stream, blocks=blocks)
+        m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, guard=guard, stream=stream, blocks=blocks,
+                              method=method)
     settings = env["sampler_settings"](m)
     options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["flux"].FAMILY, blocks=settings.blocks,
                                    guard=guard, stream=stream, stream_last=settings.stream_last,
-                                   stream_skip=settings.stream_skip)
+                                   stream_skip=settings.stream_skip, method=method)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, ref_latents=ref_latents, transformer_options=options)
 
@@ -78,11 +80,11 @@ def _mod(x, m):
     return x * (1 + m.scale) + m.shift
 
 
-def _guarded(a, steer, alpha_term, guard):
-    """a[:, steer] - alpha_term, then the guard written out: per image token, norms over all channels;
-    ``guard`` = (mode, tau) or None."""
+def _guarded(a, steer, weight, z_neg, guard, nag=None):
+    """a[:, steer] - weight * z_neg (NASA), or NAG written out (``nag`` = (tau, blend); support.nag_written_out), then
+    the guard written out: per image token, norms over all channels; ``guard`` = (mode, tau) or None."""
     pos = a[:, steer].clone()
-    z = pos - alpha_term
+    z = pos - weight * z_neg if nag is None else support.nag_written_out(pos, z_neg, weight, *nag)
     if guard is not None:
         mode, tau = guard
         pn, zn = pos.norm(dim=-1, keepdim=True), z.norm(dim=-1, keepdim=True)
@@ -94,8 +96,9 @@ def _guarded(a, steer, alpha_term, guard):
 
 
 def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_references=False, guard=None,
-               stream="propagated", scales=None):
-    """FLUX forward with NASA, written from the paper's formula and FLUX's published block structure,
+               stream="propagated", scales=None, nag=None):
+    """FLUX forward with NASA (``nag`` = (tau, blend): NAG at strength ``alpha`` instead), written from the paper's
+    formula and FLUX's published block structure,
     using the model's weights; attention in float64. ``guard`` = (mode, tau): the stability guard on the
     steered tokens; ``stream="embedded"``: the negative is never updated by the blocks; ``scales``: alpha
     multiplier per ("double" | "single", index), 0 where missing (None: every block at 1)."""
@@ -132,7 +135,7 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
         if scale("double", bi):
-            _guarded(a, steer, alpha * scale("double", bi) * _attn(q[:, :, steer], nk, nv), guard)
+            _guarded(a, steer, alpha * scale("double", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
         ta, ia = a[:, :T].float(), a[:, T:].float()
         img = img + im1.gate * blk.img_attn.proj(ia)
@@ -156,7 +159,7 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
         if scale("single", bi):
-            _guarded(a, steer, alpha * scale("single", bi) * _attn(q[:, :, steer], nk, nv), guard)
+            _guarded(a, steer, alpha * scale("single", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
         h = h + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
         if stream == "propagated":
@@ -175,15 +178,19 @@ def _inputs(config, seed=3, batch=1, size=8):
 
 
 def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1e-3, guard=None, stream="propagated",
-                             blocks="", scales=None):
-    """``guard`` = (mode, tau) or None; ``blocks``: the node's block selection, ``scales`` the same written out."""
+                             blocks="", scales=None, nag=None):
+    """``guard`` = (mode, tau) or None; ``blocks``: the node's block selection, ``scales`` the same written out;
+    ``nag`` = (scale, tau, blend): NAG at those settings (``alpha`` unused)."""
+    method = None if nag is None else env["core"].Nag(*nag)
+    alpha = alpha if method is None else method.strength
     x, t, context, y, negative = _inputs(config)
     dm = mp.model.diffusion_model
     got = _direct(env, mp, x, t, context, y, negative, alpha, ref_latents,
-                  guard=None if guard is None else env["core"].Guard(*guard), stream=stream, blocks=blocks)
+                  guard=None if guard is None else env["core"].Guard(*guard), stream=stream, blocks=blocks,
+                  method=method)
     with torch.no_grad():
         want = _reference(dm, x, t, context, y, negative, alpha, ref_latents, guard=guard, stream=stream,
-                          scales=scales)
+                          scales=scales, nag=None if nag is None else nag[1:])
         base = _reference(dm, x, t, context, y, negative, 0.0, ref_latents)
     support.check_close(got, want, base, tol)
     return got
@@ -203,6 +210,25 @@ def test_guard_matches_reference(env, guard):
     got = _check_against_reference(env, mp, env["config"], alpha=1.0, guard=guard)
     plain = _direct(env, mp, *_inputs(env["config"]), 1.0)
     assert (got - plain).abs().max().item() > 1e-3 * plain.abs().max().item(), "the guard never bit: test it harder"
+
+
+@pytest.mark.parametrize("nag", [(3.0, 2.0, 0.5), (5.0, 100.0, 0.25)], ids=["capped", "uncapped"])
+def test_nag_matches_reference(env, nag):
+    """NAG on the joint attention's image tokens (the negative stream as NASA's) equals NAG written out on the FLUX
+    reference; NAG at scale 1 (and at blend 0) is the unpatched model bit for bit."""
+    mp = env["model"]()
+    _check_against_reference(env, mp, env["config"], nag=nag, guard=("clip", 1.5) if nag[1] > 10 else None)
+    args = _inputs(env["config"])
+    with torch.no_grad():
+        plain = mp.model.diffusion_model(*args[:3], y=args[3])
+    for off in (env["core"].Nag(scale=1.0), env["core"].Nag(scale=5.0, alpha=0.0)):
+        assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
+
+
+def test_vsf_is_refused_with_a_clear_error_for_now(env):
+    with pytest.raises(ValueError, match=r"method 'vsf' is not available for .*joint attention.* Use method 'nasa' or "
+                                         r"'nag'"):
+        env["apply_nasa"](env["model"](), alpha=3.5, method=env["core"].Vsf())
 
 
 def test_guard_off_and_unreached_clip_are_bit_identical(env):

@@ -87,14 +87,16 @@ def _explicit_attention(q, k, v, heads):
     return (p @ vh).transpose(1, 2).reshape(b, lq, c)
 
 
-def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None, guard=None):
+def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None, guard=None, method=None):
     """A clone of ``mp`` running NASA as written in the paper, implemented here with ComfyUI's replace hook.
 
     ``negative_tensor`` is one text-encoder output, or a list of (tensor, weight) averaged with those weights.
 
     ``weights`` optionally maps layer key -> (W_k, W_v) to use for the negative's projection.
     ``prior(q, k, v, extra)`` optionally produces Z+ (to model a chained replace).
-    ``guard`` = (mode, tau): the stability guard on each steered token (norms over all channels)."""
+    ``guard`` = (mode, tau): the stability guard on each steered token (norms over all channels).
+    ``method``: ("nag", tau, blend) or ("vsf", bias), the other methods written out (support.nag_written_out,
+    support.vsf_written_out) at strength ``alpha``; one negative."""
     m = mp.clone()
     mods = _cross_attention_modules(mp.model.diffusion_model)
 
@@ -116,7 +118,14 @@ def _reference_model(mp, negative_tensor, alpha, weights=None, prior=None, guard
                 for i, kind in enumerate(chunks):
                     if kind == 0:
                         rows = slice(i * per, (i + 1) * per)
-                        z[rows] = z[rows] - alpha * share * _explicit_attention(q[rows], kn, vn, heads)
+                        zn = _explicit_attention(q[rows], kn, vn, heads)
+                        if method is None:
+                            z[rows] = z[rows] - alpha * share * zn
+                        elif method[0] == "nag":
+                            z[rows] = support.nag_written_out(z[rows], zn, alpha * share, *method[1:])
+                        else:
+                            z[rows] = support.vsf_written_out(q[rows], k[rows], v[rows], kn, vn, heads,
+                                                              alpha * share, method[1])
             if guard is not None:
                 mode, tau = guard
                 pn, zn = pos.norm(dim=-1, keepdim=True), z.norm(dim=-1, keepdim=True)
@@ -206,6 +215,23 @@ def test_guard_equals_reference_and_bites(env, comfyui, guard):
     assert err <= 1e-3 * effect, (err, effect)
     for off in (core.Guard("off"), core.Guard("clip", 1e6)):
         assert torch.equal(env["sample"](apply_nasa(mp, alpha=0.8, guard=off), pos, neg, cfg=4.0), plain)
+
+
+@pytest.mark.parametrize("method", [("nag", 2.0, 0.5), ("nag", 100.0, 1.0), ("vsf", 0.1), ("vsf", -2.0)],
+                         ids=["nag-capped", "nag-uncapped", "vsf", "vsf-bias-2"])
+def test_nag_and_vsf_equal_their_references(env, comfyui, method):
+    """NAG and VSF on every cross-attention layer (cfg 4: the uncond rows untouched) equal the methods written out
+    in the test; at zero strength (NAG scale 1, VSF scale 0) the output is the unpatched model's, bit for bit."""
+    core, apply_nasa = comfyui.mod("nasa_core"), comfyui.mod("adapters").apply_nasa
+    mp, clip = env["checkpoint"]("sd15", weight_scale=3.0)
+    pos, neg = env["encode"](clip, "a photo of a cat"), env["encode"](clip, "a dog")
+    plain = env["sample"](mp, pos, neg, cfg=4.0)
+    obj = core.Nag(scale=3.0, tau=method[1], alpha=method[2]) if method[0] == "nag" else core.Vsf(2.0, method[1])
+    got = env["sample"](apply_nasa(mp, alpha=obj.strength, method=obj), pos, neg, cfg=4.0)
+    want = env["sample"](_reference_model(mp, neg[0][0], obj.strength, method=method), pos, neg, cfg=4.0)
+    support.check_close(got, want, plain)
+    off = core.Nag(scale=1.0) if method[0] == "nag" else core.Vsf(scale=0.0)
+    assert torch.equal(env["sample"](apply_nasa(mp, alpha=off.strength, method=off), pos, neg, cfg=4.0), plain)
 
 
 def test_cfg_above_one_cond_rows_equal_the_reference(env):

@@ -94,14 +94,15 @@ def _embed(dm, text, weights=None):
     return _lin(h, dm.text_embedding[2], w.get("text_embedding.2.weight"))
 
 
-def _reference(mp, negative, alpha, weights=None, guard=None, tokens=slice(None), queries=None):
+def _reference(mp, negative, alpha, weights=None, guard=None, tokens=slice(None), queries=None, method=None):
     """Every block's cross_attn of ``mp`` computes NASA written out in float64 while the returned
     hooks are open (a ``with`` block); ``tokens``: the query tokens steered (the video's; all by default);
     ``queries``: only calls with that many queries are steered (Animate 2's pose branch calls the same modules).
 
     ``weights`` maps parameter names (of the diffusion model) to the tensors the negative's path uses
     instead of the live ones (to model a patch the reference must or must not see). ``guard`` = (mode, tau):
-    the stability guard on each steered token of the text attention (norms over all channels)."""
+    the stability guard on each steered token of the text attention (norms over all channels). ``method``:
+    ("nag", tau, blend) or ("vsf", bias), written out in support at strength ``alpha``."""
     dm = mp.model.diffusion_model
     w = weights or {}
     hooks = []
@@ -118,7 +119,8 @@ def _reference(mp, negative, alpha, weights=None, guard=None, tokens=slice(None)
             n_img = kwargs.get("context_img_len") if image else None
             text = context if n_img is None else context[:, n_img:]
             q = _rms(_lin(x, attn.q), attn.norm_q)
-            z = _attention(q, _rms(_lin(text, attn.k), attn.norm_k), _lin(text, attn.v), heads)
+            k_pos, v_pos = _rms(_lin(text, attn.k), attn.norm_k), _lin(text, attn.v)
+            z = _attention(q, k_pos, v_pos, heads)
             emb = _embed(dm, negative, w)
             k_neg = _rms(_lin(emb, attn.k, w.get(kname)), attn.norm_k)
             v_neg = _lin(emb, attn.v, w.get(vname))
@@ -128,7 +130,14 @@ def _reference(mp, negative, alpha, weights=None, guard=None, tokens=slice(None)
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
                     pos = z[rows, tokens].clone()
-                    z[rows, tokens] = z[rows, tokens] - alpha * _attention(q[rows, tokens], k_neg, v_neg, heads)
+                    z_neg = _attention(q[rows, tokens], k_neg, v_neg, heads)
+                    if method is None:
+                        z[rows, tokens] = z[rows, tokens] - alpha * z_neg
+                    elif method[0] == "nag":
+                        z[rows, tokens] = support.nag_written_out(pos, z_neg, alpha, *method[1:]).to(z.dtype)
+                    else:
+                        z[rows, tokens] = support.vsf_written_out(q[rows, tokens], k_pos[rows], v_pos[rows], k_neg,
+                                                                  v_neg, heads, alpha, method[1]).to(z.dtype)
                     if guard is not None:
                         pn, zn = pos.norm(dim=-1, keepdim=True), z[rows, tokens].norm(dim=-1, keepdim=True)
                         limit = pn if guard[0] == "rescale" else torch.minimum(zn, guard[1] * pn)
@@ -224,6 +233,23 @@ def test_guard_equals_reference(env, comfyui, guard):
     want = _reference_sample(mp, neg[0][0], 0.8, pos, neg, guard=guard, cfg=4.0)
     support.check_close(got, want, plain)
     assert torch.equal(_sample(apply_nasa(mp, alpha=0.8, guard=core.Guard("off")), pos, neg, cfg=4.0), plain)
+
+
+@pytest.mark.parametrize("method", [("nag", 2.0, 0.5), ("vsf", 0.1)])
+def test_nag_and_vsf_equal_their_references(env, comfyui, method):
+    """NAG and VSF on Wan's text cross-attention (I2V: before the unsteered image term) at cfg 4 equal the methods
+    written out in the test; at zero strength the output is the unpatched model's, bit for bit."""
+    apply_nasa, core = comfyui.mod("adapters").apply_nasa, comfyui.mod("nasa_core")
+    mp = env.model("wan21_i2v")
+    pos, neg = _conds(env, "wan21_i2v")
+    plain = _sample(mp, pos, neg, cfg=4.0)
+    obj = core.Nag(scale=3.0, tau=method[1], alpha=method[2]) if method[0] == "nag" else core.Vsf(2.0, method[1])
+    got = _sample(apply_nasa(mp, alpha=obj.strength, method=obj), pos, neg, cfg=4.0)
+    with _reference(mp, neg[0][0], obj.strength, method=method):
+        want = _sample(mp, pos, neg, cfg=4.0)
+    support.check_close(got, want, plain)
+    off = core.Nag(scale=1.0) if method[0] == "nag" else core.Vsf(scale=0.0)
+    assert torch.equal(_sample(apply_nasa(mp, alpha=off.strength, method=off), pos, neg, cfg=4.0), plain)
 
 
 def test_i2v_without_clip_vision_input(env):
