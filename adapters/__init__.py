@@ -136,10 +136,6 @@ def _method_alpha(method, alpha, negatives, adapter, family: str, node: str) -> 
     if float(alpha) != method.strength:
         raise ValueError(f"{node}: with method '{method.name}' the negatives' strength is the method's own "
                          f"({method.strength}), not alpha {alpha}; pass alpha=method.strength.")
-    if method.name == "vsf" and adapter.joint_stream:
-        raise ValueError(f"{node}: method 'vsf' is not available for {family} (joint attention) yet: its one "
-                         f"softmax would need the image tokens' keys beside the negative's. Use method 'nasa' or "
-                         f"'nag' with this model.")
     if negatives is not None and any(n.alpha is not None for n in check_inputs(negatives, node)):
         raise ValueError(f"{node}: a NASA Negative in 'negatives' has its own alpha, which is NASA's strength; with "
                          f"method '{method.name}' set that alpha to -1 so the method's strength applies, or pick "

@@ -153,6 +153,7 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
     scale = 1.0 if run is None or layer is None else run.layer_scale(layer)
     guard = None if run is None else run.guard
     finish = getattr(getattr(run, "method", None), "finish", None)     # NAG: from NASA's result and Z+
+    vsf = getattr(getattr(run, "method", None), "attend", None) is not None   # VSF: one softmax with the image's keys
 
     def attend(func, *args, **kwargs):      # every attention call, NASA's too, through an override set before NASA
         return prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
@@ -177,10 +178,12 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
             pos = out[out_tokens].clone()
             weight = torch.zeros(pos.shape[0], *((1, n_img) if head_major else (n_img,)), 1, dtype=pos.dtype,
                                  device=pos.device)
+        if vsf and steered:
+            _vsf(attend, func, args, kwargs, out, steered, scale, bhld, image_q, out_tokens, n_img, run, layer)
         for s in streams:
             coef = s.coef * scale
             s_k, s_v = _to_layout(s.k, k, bhld), _to_layout(s.v, v, bhld)
-            if coef != 0.0:     # a block the selection leaves out: the stream still flows through it
+            if coef != 0.0 and not vsf:     # a block the selection leaves out: the stream still flows through it
                 z_neg = attend(func, _tokens(q, bhld, s.rows, image_q), s_k, s_v, *rest, **kw)
                 region = None if run is None or s.term is None else run.region(s.term, n_img, z_neg.device, z_neg.dtype)
                 if region is not None:
@@ -209,6 +212,48 @@ def _make_override(state: ForwardState, image_q: slice, image_kv: slice, with_st
                 _guard(guard, out, out_tokens, pos_norm, rows, head_major)
         return out
     return nasa_joint_attention
+
+
+def _vsf(attend, func, args, kwargs, out, steered, scale, bhld, image_q, out_tokens, n_img, run, layer) -> None:
+    """VSF on a joint attention call, in place on ``out``: for each group of rows, the image queries' one softmax over
+    the block's own keys ([text; image], RoPE applied, as the host attended) and every steered stream's keys, the
+    streams' logits raised by the method's bias, against [V; -coef V-]; a regional negative blends per token
+    (Z+ + r (Z_vsf - Z+)). The host's Z+ of those tokens is recomputed this way: VSF costs one more image attention
+    over the prompt, image and negative keys than NASA does."""
+    q, k, v = args[:3]
+    if (kwargs.get("mask") if "mask" in kwargs else (args[4] if len(args) > 4 else None)) is not None:
+        raise RuntimeError("NASA: method VSF on a joint attention call with a mask (the prompt's padding) is not "
+                           "available yet: its one softmax would need that mask beside the negative's bias. Use "
+                           "method 'nasa' or 'nag' with this model.")
+    cat_dim = 2 if bhld else 1
+    by_rows: dict = {}
+    for s in steered:
+        by_rows.setdefault(id(s.rows), []).append(s)
+    bias = run.method.bias
+    for group in by_rows.values():
+        rows = group[0].rows
+        regional = [s for s in group if s.term is not None and s.term.prompt.mask is not None]
+        if regional and len(group) > 1:
+            raise ValueError("VSF: a masked (regional) negative must be the only negative of its prompt: VSF puts "
+                             "all negatives into one softmax, which cannot weight each by its own region. Use NASA "
+                             "or NAG for several masked negatives, or one masked negative with VSF.")
+        keys = [k[rows]] + [_to_layout(s.k, k, bhld) for s in group]
+        values = [v[rows]] + [_to_layout(s.v, v, bhld) * -(s.coef * scale) for s in group]
+        r = keys[0].shape[0]
+        mask = torch.cat([torch.zeros(r, 1, keys[0].shape[cat_dim], dtype=q.dtype, device=q.device)] +
+                         [torch.full((r, 1, t.shape[cat_dim]), bias, dtype=q.dtype, device=q.device) for t in keys[1:]],
+                         dim=-1)
+        call = (_tokens(q, bhld, rows, image_q), torch.cat(keys, dim=cat_dim), torch.cat(values, dim=cat_dim))
+        call += args[3:4] + ((mask,) + args[5:] if len(args) > 4 else ())
+        kw = dict(kwargs) if len(args) > 4 else {**kwargs, "mask": mask}
+        z = attend(func, *call, **kw).to(out.dtype)
+        index = (rows,) + out_tokens[1:]
+        if regional:
+            region = run.region(regional[0].term, n_img, z.device, z.dtype)
+            region = region[:, None, :, None] if kwargs.get("skip_output_reshape") else region[..., None]
+            z = torch.addcmul(out[index], region, z - out[index])
+        out[index] = z
+        run.mark_steered(layer)
 
 
 def stream_end(groups: dict, selection: dict) -> tuple:

@@ -193,7 +193,7 @@ def test_canary_every_layer_is_steered(env, name):
         f"{name}: layers never steered: {sorted(expected - support.steered_layers(m))}"
 
 
-VSF_REFUSED = re.compile(r"method 'vsf' is not available for .* Use method 'nasa' or 'nag'|"
+VSF_REFUSED = re.compile(r"method VSF on a joint attention call with a mask .* Use method 'nasa' or 'nag'|"
                          r"positive keys and values, which the chosen method \(VSF\) needs.* Use NASA or NAG")
 
 

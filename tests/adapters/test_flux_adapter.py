@@ -80,6 +80,16 @@ def _mod(x, m):
     return x * (1 + m.scale) + m.shift
 
 
+def _vsf_attn(q, k, v, nk, nv, weight, bias):
+    """VSF written out on (B, H, L, D) projections, float64: one softmax over the block's keys and the negative
+    stream's (logits + bias) against [V; -weight V-] -> (B, L, H*D)."""
+    d = q.shape[-1]
+    q, k, v, nk, nv = (t.double() for t in (q, k, v, nk, nv))
+    s = torch.cat((q @ k.transpose(-1, -2) / math.sqrt(d), q @ nk.transpose(-1, -2) / math.sqrt(d) + bias), -1)
+    o = torch.softmax(s, dim=-1) @ torch.cat((v, -weight * nv), 2)
+    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
+
+
 def _guarded(a, steer, weight, z_neg, guard, nag=None):
     """a[:, steer] - weight * z_neg (NASA), or NAG written out (``nag`` = (tau, blend); support.nag_written_out), then
     the guard written out: per image token, norms over all channels; ``guard`` = (mode, tau) or None."""
@@ -96,8 +106,9 @@ def _guarded(a, steer, weight, z_neg, guard, nag=None):
 
 
 def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_references=False, guard=None,
-               stream="propagated", scales=None, nag=None):
-    """FLUX forward with NASA (``nag`` = (tau, blend): NAG at strength ``alpha`` instead), written from the paper's
+               stream="propagated", scales=None, nag=None, vsf=None):
+    """FLUX forward with NASA (``nag`` = (tau, blend): NAG at strength ``alpha`` instead; ``vsf`` = bias: VSF at
+    strength ``alpha``), written from the paper's
     formula and FLUX's published block structure,
     using the model's weights; attention in float64. ``guard`` = (mode, tau): the stability guard on the
     steered tokens; ``stream="embedded"``: the negative is never updated by the blocks; ``scales``: alpha
@@ -134,7 +145,9 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         v = torch.cat((tv, iv), 2).double()
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        if scale("double", bi):
+        if scale("double", bi) and vsf is not None:
+            a[:, steer] = _vsf_attn(q[:, :, steer], k, v, nk, nv, alpha * scale("double", bi), vsf)
+        elif scale("double", bi):
             _guarded(a, steer, alpha * scale("double", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
         ta, ia = a[:, :T].float(), a[:, T:].float()
@@ -158,7 +171,9 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         nq, nk, nv, nmlp = lin1(neg)
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        if scale("single", bi):
+        if scale("single", bi) and vsf is not None:
+            a[:, steer] = _vsf_attn(q[:, :, steer], k, v, nk, nv, alpha * scale("single", bi), vsf)
+        elif scale("single", bi):
             _guarded(a, steer, alpha * scale("single", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
         h = h + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
@@ -178,10 +193,10 @@ def _inputs(config, seed=3, batch=1, size=8):
 
 
 def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1e-3, guard=None, stream="propagated",
-                             blocks="", scales=None, nag=None):
+                             blocks="", scales=None, nag=None, vsf=None):
     """``guard`` = (mode, tau) or None; ``blocks``: the node's block selection, ``scales`` the same written out;
-    ``nag`` = (scale, tau, blend): NAG at those settings (``alpha`` unused)."""
-    method = None if nag is None else env["core"].Nag(*nag)
+    ``nag`` = (scale, tau, blend) or ``vsf`` = (scale, bias): that method at those settings (``alpha`` unused)."""
+    method = env["core"].Nag(*nag) if nag is not None else env["core"].Vsf(*vsf) if vsf is not None else None
     alpha = alpha if method is None else method.strength
     x, t, context, y, negative = _inputs(config)
     dm = mp.model.diffusion_model
@@ -190,7 +205,7 @@ def _check_against_reference(env, mp, config, alpha=1.0, ref_latents=None, tol=1
                   method=method)
     with torch.no_grad():
         want = _reference(dm, x, t, context, y, negative, alpha, ref_latents, guard=guard, stream=stream,
-                          scales=scales, nag=None if nag is None else nag[1:])
+                          scales=scales, nag=None if nag is None else nag[1:], vsf=None if vsf is None else vsf[1])
         base = _reference(dm, x, t, context, y, negative, 0.0, ref_latents)
     support.check_close(got, want, base, tol)
     return got
@@ -225,10 +240,17 @@ def test_nag_matches_reference(env, nag):
         assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
 
 
-def test_vsf_is_refused_with_a_clear_error_for_now(env):
-    with pytest.raises(ValueError, match=r"method 'vsf' is not available for .*joint attention.* Use method 'nasa' or "
-                                         r"'nag'"):
-        env["apply_nasa"](env["model"](), alpha=3.5, method=env["core"].Vsf())
+@pytest.mark.parametrize("vsf", [(2.0, 0.1), (3.5, -1.0)])
+def test_vsf_matches_reference(env, vsf):
+    """VSF on the joint attention's image tokens: one softmax over the block's own keys (text and image, RoPE) and
+    the negative stream's, as written out on the FLUX reference; VSF at scale 0 is the unpatched model bit for bit."""
+    mp = env["model"]()
+    _check_against_reference(env, mp, env["config"], vsf=vsf)
+    args = _inputs(env["config"])
+    with torch.no_grad():
+        plain = mp.model.diffusion_model(*args[:3], y=args[3])
+    off = env["core"].Vsf(scale=0.0)
+    assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
 
 
 def test_guard_off_and_unreached_clip_are_bit_identical(env):
