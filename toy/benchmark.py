@@ -105,8 +105,9 @@ class Bench:
 
     def images(self, sampler: Sampler, pair: world.PromptPair, method: str, value: Optional[float],
                nasa_options: Optional[dict] = None) -> torch.Tensor:
-        """method: "none", "cfg" (value = kappa) or "nasa" (value = alpha; ``nasa_options``: more
-        :func:`..adapters.apply_nasa` keywords, e.g. blocks, guard, stream)."""
+        """method: "none", "cfg" (value = kappa), "nasa" (value = alpha; ``nasa_options``: more
+        :func:`..adapters.apply_nasa` keywords, e.g. blocks, guard, stream, method) or "core_nag" (ComfyUI's own
+        NAGuidance node, value = (nag_scale, nag_alpha, nag_tau), the negative as the sampler's at cfg 1)."""
         import comfy.sample
         model = self.loaded[sampler.model][0]
         negative, cfg = self.cond(""), sampler.base_cfg
@@ -115,6 +116,11 @@ class Bench:
         elif method == "nasa":
             model = apply_nasa(model, negative=self.cond(pair.negative), alpha=float(value), use_sampler_negative=False,
                                node="toy benchmark", **(nasa_options or {}))
+        elif method == "core_nag":
+            from comfy_extras.nodes_nag import NAGuidance
+            scale, blend, tau = value
+            model = NAGuidance.execute(model=model, nag_scale=scale, nag_alpha=blend, nag_tau=tau).result[0]
+            negative = self.cond(pair.negative)
         elif method != "none":
             raise ValueError(f"unknown method {method!r}")
         latent = torch.zeros_like(self.noise)

@@ -5,6 +5,7 @@
     train-student   a one-step student distilled from the teacher image-free: SBv2 or NASA-T (--mode)
     benchmark       the removal table (markdown) and a labeled image grid
     joint-study     NASA's variants on the FLUX-class toy and the stability guard on both toy models (issue 9)
+    method-study    NASA, NAG and VSF (and ComfyUI's NAGuidance) side by side on both toy models (issue 27)
     ablation        the NASA-T ablation table from students trained with train-student --mode
 """
 from __future__ import annotations
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--tables-from", nargs="*", default=[], help="earlier <world>.json results to put in the tables")
     js.add_argument("--grids", action="store_true", help="also write <world>_grid.png: no negative, best, worst")
     js.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
+    ms = sub.add_parser("method-study", help="NASA, NAG and VSF (and ComfyUI's NAGuidance) on both toy models")
+    ms.add_argument("--worlds", nargs="*", default=["unet", "unet4", "mmdit", "mmdit4"],
+                    help="some of unet, unet4, mmdit, mmdit4 (default: all)")
+    ms.add_argument("--weights", default=str(models.WEIGHTS_DIR))
+    ms.add_argument("--seeds", type=_positive, default=100, help="seeds per held-out prompt pair (default 100)")
+    ms.add_argument("--out", default="output/method_study", help="folder for <world>.json")
+    ms.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
     return p
 
 
@@ -112,6 +120,10 @@ def main(argv=None) -> int:
         from . import joint_study
         print(joint_study.main(args.worlds, args.seeds, args.out, args.tables_from, args.grids, args.weights,
                                resume=not args.no_resume, log=log))
+        return 0
+    if args.command == "method-study":
+        from . import method_study
+        print(method_study.main(args.worlds, args.seeds, args.out, args.weights, resume=not args.no_resume, log=log))
         return 0
     if args.command == "ablation":
         from . import ablation
