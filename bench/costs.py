@@ -302,13 +302,14 @@ def _forward_flops(model_patcher, case: CostCase, options: dict, dtype) -> int:
 
 
 def direct_options(nasa_model, negative: torch.Tensor, alpha: float, reuse_projections: bool = False,
-                   negative_options: Optional[dict] = None) -> dict:
+                   negative_options: Optional[dict] = None, method=None) -> dict:
     """``transformer_options`` for calling a NASA clone's ``apply_model`` directly (no sampler): what the sampler
     puts there (comfy.samplers, comfy.sampler_helpers) plus a NasaRun steering one positive row with ``negative``
     (``reuse_projections``: as the sampler wrapper sets it for multi-step runs; ``negative_options``: its
-    conditioning options)."""
+    conditioning options; ``method``: nasa_core.Nag / Vsf, with ``alpha`` its strength)."""
     run = NasaRun(negative_prompt([(negative, negative_options or {})], alpha), {}, "nasa_direct",
-                  layers=find_adapter(nasa_model).layers(nasa_model.model), reuse_projections=reuse_projections)
+                  layers=find_adapter(nasa_model).layers(nasa_model.model), reuse_projections=reuse_projections,
+                  method=method)
     return {**nasa_model.model_options.get("transformer_options", {}), "cond_or_uncond": [0],
             "wrappers": nasa_model.wrappers, RUN_KEY: run}
 

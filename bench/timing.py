@@ -32,6 +32,7 @@ import torch
 
 from ..adapters import apply_nasa, attn2
 from ..adapters.run import RUN_KEY, NasaRun, negative_prompt
+from ..nasa_core import Nag, Vsf
 from ..nasa_core import flops as flop_math
 from .costs import CostCase, count, direct_options, find_case, meta_tensor
 from ..runner.random_weights.models import FLUX_FULL_WIDTH
@@ -275,10 +276,12 @@ FORWARD_CASES = {
 
 
 def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alpha=0.5,
-                device=None, nag: Optional[dict] = None, core_nag: bool = False) -> List[Row]:
+                device=None, nag: Optional[dict] = None, core_nag: bool = False, methods: bool = False) -> List[Row]:
     """Modes: plain; NASA at a run's first step (everything computed); NASA at steps 2+ of a multi-step run
     (the negative's projections reused, cross-attention families); CFG; ComfyUI-NAG when ``nag`` (load_nag) is
-    given, with its defaults and the same negative; ComfyUI's own NAGuidance node when ``core_nag``."""
+    given, with its defaults and the same negative; ComfyUI's own NAGuidance node when ``core_nag``; the pack's
+    NAG and VSF (nasa_core.Nag / Vsf at their defaults, Apply NASA Attention's one pass) when ``methods``, their
+    FLOPs counted by FlopCounterMode on the forward itself."""
     import comfy.model_management as mm
     device = device or mm.get_torch_device()
     shapes = case.cost
@@ -325,6 +328,14 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
     if core_nag:
         fns["NAGuidance (core)"] = _core_nag_forward(mp, x, t, pos, uncond, extra2)
         flops["NAGuidance (core)"] = 2.0     # CFG's batch of two; its normalisation is elementwise (no matmul)
+    if methods:
+        for method in (Nag(), Vsf()):
+            label = f"{method.name.upper()} (pack)"
+            m = apply_nasa(mp, negative=None, alpha=method.strength, use_sampler_negative=True, node="nasa_bench",
+                           method=method)
+            fns[label] = _method_forward(m.model, x, t, pos, direct_options(m, neg, method.strength, method=method),
+                                         extra1)
+            flops[label] = _forward_flops(fns[label]) / _forward_flops(plain)
     check_steers(plain, steered, case.name)
     if "NASA, steps 2+" in fns:
         check_steers(steered, steered_later, case.name, same=True)
@@ -332,6 +343,8 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
         check_steers(plain, fns["NAG"], case.name + " (ComfyUI-NAG)")
     if core_nag:
         check_steers(plain, lambda: fns["NAGuidance (core)"]()[:1], case.name + " (core NAGuidance)")
+    for label in [k for k in fns if k.endswith("(pack)")]:
+        check_steers(plain, fns[label], f"{case.name} ({label})")
     times = interleaved(fns, rounds, warmup, device)
     peaks = {}
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -348,6 +361,24 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
             finally:
                 framed.teardown()
     return summarize(case.name, times, flops, peaks)
+
+
+def _method_forward(model, x, t, pos, options, extra):
+    @torch.no_grad()
+    def forward():
+        return model.apply_model(x, t, c_crossattn=pos, transformer_options=dict(options), **extra)
+    return forward
+
+
+def _forward_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` by torch's FlopCounterMode (CPU's fused attention counted with torch's SDPA
+    formula, which the counter lacks for that kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 SPEED_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}     # ComfyUI's core step-cache nodes

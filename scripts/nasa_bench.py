@@ -7,6 +7,7 @@
     python scripts/nasa_bench.py forward --model sdxl --model flux --device cuda   # on a GPU
     python scripts/nasa_bench.py forward --nag ~/ComfyUI-NAG    # side by side with a ComfyUI-NAG checkout
     python scripts/nasa_bench.py forward --core-nag --model flux-small --model klein-small  # side by side with ComfyUI's own NAGuidance (0.33+)
+    python scripts/nasa_bench.py forward --methods --core-nag --model flux-small   # ... and the pack's NAG and VSF
     python scripts/nasa_bench.py trim                           # FLUX: does trimming the negative's T5 padding keep NASA?
     python scripts/nasa_bench.py forward --compile inductor     # whole runs, TorchCompileModel on plain and NASA
     python scripts/nasa_bench.py forward --cache easycache --steps 10   # whole runs with ComfyUI's EasyCache
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     parser.add_argument("--core-nag", action="store_true",
                         help="forward: also time ComfyUI's own NAGuidance node (ComfyUI 0.33+, its defaults, the "
                              "negative as the batch's second row)")
+    parser.add_argument("--methods", action="store_true",
+                        help="forward: also time the pack's NAG and VSF (Apply NASA Attention (Advanced)'s method, "
+                             "their defaults, the same negative)")
     parser.add_argument("--compile", choices=("inductor", "eager", "aot_eager", "cudagraphs"), default=None,
                         help="forward: time whole sampling runs with ComfyUI's TorchCompileModel (this backend) on "
                              "the plain model and on NASA")
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
         else:
             rows += bench.run_forward(cases[name], rounds=args.rounds or 8,
                                       warmup=args.warmup if args.warmup is not None else 2, dtype=dtype, device=device,
-                                      nag=nag, core_nag=args.core_nag)
+                                      nag=nag, core_nag=args.core_nag, methods=args.methods)
     print(bench.markdown(rows))
     return 0
 

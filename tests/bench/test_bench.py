@@ -63,6 +63,25 @@ def test_forward_mode_times_core_naguidance_beside_nasa_and_cfg(bench, comfyui, 
     assert f"| tiny {family} | NAGuidance (core) |" in bench.markdown(rows)
 
 
+def test_forward_mode_times_the_packs_nag_and_vsf(bench, comfyui):
+    """--methods: the pack's NAG and VSF (their defaults, Apply NASA Attention's one pass) beside NASA on a tiny FLUX:
+    both steer (checked before timing); NAG costs NASA's FLOPs (its normalisation is elementwise), VSF more (its one
+    softmax recomputes the image tokens' attention with the negative's keys)."""
+    rm = comfyui.mod("runner.random_weights.models")
+    costs = comfyui.mod("bench.costs")
+    config_class, config = rm.DIT_FAMILIES["flux"]
+    pooled = config["vec_in_dim"]
+    shapes = costs.CostCase("tiny flux", config_class, config, "tiny", (config["in_channels"], 8, 8),
+                            (16, config["context_in_dim"]), 16, lambda dtype: {"y": costs.meta_tensor(1, pooled, dtype=dtype)})
+    case = bench.ForwardCase("tiny flux", lambda dtype: rm.build_dit_model("flux", dtype=dtype, seed=0), shapes,
+                             lambda batch, dtype, device: {"y": torch.randn(batch, pooled, dtype=dtype)}, "flux",
+                             pooled=pooled)
+    rows = {r.mode: r for r in bench.run_forward(case, rounds=2, warmup=1, device=torch.device("cpu"), methods=True)}
+    assert list(rows) == ["plain", "NASA", "CFG", "NAG (pack)", "VSF (pack)"], list(rows)
+    assert rows["NAG (pack)"].flops_ratio == pytest.approx(rows["NASA"].flops_ratio, rel=0.02)
+    assert rows["VSF (pack)"].flops_ratio > rows["NASA"].flops_ratio
+
+
 def test_interleaving_rotates_the_order(bench):
     seen = []
     fns = {name: (lambda name=name: seen.append(name)) for name in ("a", "b", "c")}
