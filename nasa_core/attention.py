@@ -127,16 +127,17 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, wha
 
 
 def additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype, device) -> Optional[torch.Tensor]:
-    """(B or 1, Lk) or (B or 1, 1, Lk) (ComfyUI's key-mask layout) bool/float key mask -> additive (B, 1, 1, Lk)
-    float mask."""
+    """(B or 1, Lk), or with singleton axes between as ComfyUI lays key masks out ((B, 1, Lk), (B, 1, 1, Lk)),
+    bool/float key mask -> additive (B, 1, 1, Lk) float mask."""
     if mask is None:
         return None
+    shape = tuple(mask.shape)
     mask = mask.to(device)
-    if mask.ndim == 3 and mask.shape[1] == 1:
+    while mask.ndim > 2 and mask.shape[1] == 1:
         mask = mask[:, 0]
     if mask.ndim != 2:
-        raise ValueError(f"NASA attention: key mask must be (batch, tokens) or (batch, 1, tokens), got "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(f"NASA attention: key mask must be (batch, tokens), or with axes of 1 between (ComfyUI's "
+                         f"(batch, 1, tokens) / (batch, 1, 1, tokens)), got {shape}")
     if mask.dtype == torch.bool:
         add = torch.zeros(mask.shape, dtype=dtype, device=device)
         add = add.masked_fill(~mask, float("-inf"))
