@@ -126,6 +126,11 @@ def bootstrap(comfy_dir, cpu: Optional[bool] = None, pytorch_attention: Optional
     standins.install("(headless NASA run)")
 
     import comfy.model_management  # noqa: F401  (reads args.cpu)
+    if (comfy_dir / "utils" / "__init__.py").is_file() and "utils" not in sys.modules:
+        # ComfyUI's top-level utils package, imported before nodes.py as main.py does: nodes.py puts comfy/ on
+        # sys.path, after which `import utils` would find comfy/utils.py and server.py's `utils.install_util`
+        # (0.3.6x; every comfy_extras module that imports server, e.g. nodes_images) would fail to import
+        importlib.import_module("utils")
     nodes = importlib.import_module("nodes")
     if Path(nodes.__file__).resolve().parent != comfy_dir:
         raise RuntimeError(f"imported 'nodes' from {nodes.__file__}, expected ComfyUI's at {comfy_dir}")
