@@ -357,15 +357,18 @@ def _check_toy_image(ui, server, workflow, saved, entry, save):
     png = ui.page.evaluate("""async (src) => { const r = await fetch(src); const b = new Uint8Array(await r.arrayBuffer());
                                 let s = ''; for (const x of b) s += String.fromCharCode(x); return btoa(s); }""", shown_src)
     png = base64.b64decode(png)
-    without, with_nasa = _side_by_side_rows(png)
+    rows = _side_by_side_rows(png)          # a judge's two rows, or several judges' stacked (the methods workflow)
     judge = next(n for n in saved["nodes"] if n["type"] == "NASAToyJudge")
     attribute, value = [s.strip() for s in judge["widgets_values"][0].split(":")]
-    red_without = int(judges.judge(without).has(attribute, value).sum())
-    red_with = int(judges.judge(with_nasa).has(attribute, value).sum())
-    # The toy prompt's bias shows the attribute without NASA; NASA removes it from at least a quarter of the seeds
-    # (the shipped models remove it in 10/16 at alpha 0.75 for SBv2, 5/16 at alpha 0.5 for NASA-T).
-    assert red_without >= 12 and red_with <= red_without - 4, \
-        f"{workflow.name}: '{attribute}: {value}' in {red_without}/16 without NASA and {red_with}/16 with"
+    assert len(rows) == 2 * sum(n["type"] == "NASAToyJudge" for n in saved["nodes"]), len(rows)
+    for panel in range(len(rows) // 2):
+        red_without = int(judges.judge(rows[2 * panel]).has(attribute, value).sum())
+        red_with = int(judges.judge(rows[2 * panel + 1]).has(attribute, value).sum())
+        # The toy prompt's bias shows the attribute without NASA; NASA (the first panel) removes it from at least
+        # a quarter of the seeds (the shipped models remove it in 10/16 at alpha 0.75 for SBv2, 5/16 at alpha 0.5
+        # for NASA-T); each other method's panel (NAG, VSF) from some.
+        assert red_without >= 12 and red_with <= red_without - (4 if panel == 0 else 1), \
+            f"{workflow.name} panel {panel}: '{attribute}: {value}' in {red_without}/16 without and {red_with}/16 with"
 
     # The same pixels as the headless runner's output for the same file (the UI changed nothing on the way).
     out = harness.artifacts_dir() / f"runner-{workflow.stem}"
