@@ -50,6 +50,9 @@ SAMPLERS = (
     Sampler("student 4-step", STUDENT, 4, "lcm", "sgm_uniform", 1.0, STUDENT_KAPPAS, STUDENT_ALPHAS),
 )
 RETENTION_FLOOR = 0.95     # a setting must keep >= 95% of the baseline's retention to be chosen
+CORE_NAG_CHUNK = 16
+"""Seeds per batch for ComfyUI's NAGuidance node: it acts only where ComfyUI runs the cond and uncond rows in one
+batch, and ComfyUI splits them into two batches of 100 toy images on CPU (the node then silently does nothing)."""
 
 
 @dataclass
@@ -117,16 +120,35 @@ class Bench:
             model = apply_nasa(model, negative=self.cond(pair.negative), alpha=float(value), use_sampler_negative=False,
                                node="toy benchmark", **(nasa_options or {}))
         elif method == "core_nag":
-            from comfy_extras.nodes_nag import NAGuidance
-            scale, blend, tau = value
-            model = NAGuidance.execute(model=model, nag_scale=scale, nag_alpha=blend, nag_tau=tau).result[0]
-            negative = self.cond(pair.negative)
+            return self._core_nag_images(sampler, pair, *value)
         elif method != "none":
             raise ValueError(f"unknown method {method!r}")
         latent = torch.zeros_like(self.noise)
         out = comfy.sample.sample(model, self.noise, sampler.steps, cfg, sampler.sampler, sampler.scheduler,
                                   self.cond(pair.positive), negative, latent, disable_pbar=True, seed=self.seeds[0])
         return self.vae.decode(out).movedim(-1, 1).float().clamp(0, 1)
+
+    def _core_nag_images(self, sampler: Sampler, pair: world.PromptPair, scale: float, blend: float,
+                         tau: float) -> torch.Tensor:
+        """ComfyUI's NAGuidance node (the negative as the sampler's, cfg 1), sampled :data:`CORE_NAG_CHUNK` seeds at
+        a time (each chunk's sampler seed its first seed), each chunk checked to differ from the same chunk
+        without it: a node that did nothing is an error, not a measurement."""
+        import comfy.sample
+        from comfy_extras.nodes_nag import NAGuidance
+        base = self.loaded[sampler.model][0]
+        model = NAGuidance.execute(model=base, nag_scale=scale, nag_alpha=blend, nag_tau=tau).result[0]
+        chunks = []
+        for start in range(0, len(self.seeds), CORE_NAG_CHUNK):
+            noise = self.noise[start:start + CORE_NAG_CHUNK]
+            outs = [comfy.sample.sample(m, noise, sampler.steps, sampler.base_cfg, sampler.sampler, sampler.scheduler,
+                                        self.cond(pair.positive), self.cond(pair.negative if m is model else ""),
+                                        torch.zeros_like(noise), disable_pbar=True, seed=self.seeds[start])
+                    for m in (base, model)]
+            if torch.allclose(outs[0], outs[1], atol=1e-5):
+                raise RuntimeError("toy benchmark: ComfyUI's NAGuidance changed nothing (ComfyUI ran the cond and "
+                                   "uncond rows in separate batches?); lower CORE_NAG_CHUNK")
+            chunks.append(outs[1])
+        return self.vae.decode(torch.cat(chunks)).movedim(-1, 1).float().clamp(0, 1)
 
     def cell(self, sampler: Sampler, pairs: Sequence[world.PromptPair], method: str, value=None,
              nasa_options: Optional[dict] = None) -> Tuple[Scores, list]:

@@ -53,7 +53,8 @@ def test_each_method_changes_the_toy_mmdit_image_and_core_nag_runs_a_second_batc
         out = bench.images(sampler, pair, *core_nag.call())
     finally:
         comfy.model_base.BaseModel.apply_model = forward
-    assert not torch.equal(out, plain) and batches == [2 * plain.shape[0]]     # cond and uncond: a second batch
+    # the chunk without the node (its check that the node acted), then cond and uncond in one batch: a second batch
+    assert not torch.equal(out, plain) and batches == [plain.shape[0], 2 * plain.shape[0]]
 
 
 def test_tables_and_recommendation_follow_the_scores(ms, tmp_path):
