@@ -76,7 +76,8 @@ def test_tables_and_recommendation_follow_the_scores(ms, tmp_path):
     assert "| VSF scale 2, bias 0.1 | 80.0 / 90.0 / 70.0 / 30.0 | 1.060× | 1.20× |" in text
     assert "| core NAGuidance scale 5, τ 1.5, α 0.5 | not run: no node | – | – |" in text
     assert ("| UNet student 1-step | NAG | 70.0 / 90.0 / 10.0 | NASA α 0.5 (60.0) | NAG scale 5, τ 2.5, α 0.25 (70.0) "
-            "| none usable | none usable |") in text
+            "| none usable | none usable | VSF scale 2, bias 0.1 (80.0 / 90.0 / 30.0) |") in text
+    assert ms.recommend(result, defects=False)[0] == "vsf"
     (tmp_path / "unet.json").write_text("{}")
     with pytest.raises(ValueError, match="not a method-study result"):
         ms.load(tmp_path / "unet.json")
