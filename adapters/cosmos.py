@@ -175,8 +175,13 @@ def _steered(index: int, layer, x, context, rope_emb, options: dict, qkv_options
 
     def attention_fn(q_, k_neg, v_neg, heads_, mask=None):          # the layer's own attention call, head-split
         r = q_.shape[0]
-        return layer.attn_op(q_.view(r, -1, heads_, d), k_neg.expand(r, -1, -1).view(r, -1, heads_, d),
-                             v_neg.expand(r, -1, -1).view(r, -1, heads_, d), transformer_options=options)
+        q4, k4, v4 = (t.expand(r, -1, -1).reshape(r, -1, heads_, d) for t in (q_, k_neg, v_neg))
+        if mask is None:
+            return layer.attn_op(q4, k4, v4, transformer_options=options)
+        # a key mask (VSF's bias): attn_op takes none, so ComfyUI's attention function it calls, as it calls it
+        from comfy.ldm.modules.attention import optimized_attention
+        return optimized_attention(q4.transpose(1, 2), k4.transpose(1, 2), v4.transpose(1, 2), heads_,
+                                   skip_reshape=True, mask=mask, transformer_options=options)
 
     projected = {}
 
@@ -191,7 +196,8 @@ def _steered(index: int, layer, x, context, rope_emb, options: dict, qkv_options
         terms = [t._replace(coef=t.coef * scale) for t in terms]
         negs = fwd.run.negative_terms(terms, s, q.device, q_rows.dtype, projected_kv)
         z = steer(z, q_rows, negs, heads, rows, attention_fn, inplace=keep is None or z is not z_pos,
-                  guard=fwd.run.guard, method=fwd.run.method)     # attn_op takes no key mask: no VSF here yet
+                  guard=fwd.run.guard, method=fwd.run.method,
+                  positive=(k.reshape(b, k.shape[1], heads * d), v.reshape(b, v.shape[1], heads * d), None))
         fwd.run.mark_steered(("blocks", index))
     if keep is not None:
         z = torch.where(keep, z, z_pos)             # conditioning frames keep Z+

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from . import joint
-from ..nasa_core import steer
+from ..nasa_core import key_mask_of, steer
 from .binding import set_wrapper
 from .run import RUN_KEY
 
@@ -67,14 +67,6 @@ def _mask_arg(args: tuple, kwargs: dict):
     return kwargs["mask"] if "mask" in kwargs else (args[4] if len(args) > 4 else None)
 
 
-def _key_mask(mask: torch.Tensor, keys: int):
-    """A cross-attention call's mask as a key mask (B or 1, 1, keys) - LTX-Video's text padding mask is (B, 1, 1,
-    keys) - or None where it is not one (it depends on the query)."""
-    while mask.ndim > 3 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    return mask if mask.ndim == 3 and mask.shape[1] == 1 and mask.shape[-1] == keys else None
-
-
 def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matched: list, is_text: Callable,
                    layer):
     scale = fwd.run.layer_scale(layer)
@@ -97,7 +89,7 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
         # the layer's own keys (and key mask) for a method that attends with them (VSF); not under a prior override,
         # nor with a mask that depends on the query
         host_mask = _mask_arg(args, kwargs)
-        key_mask = None if host_mask is None else _key_mask(host_mask, k.shape[1])
+        key_mask = None if host_mask is None else key_mask_of(host_mask, k.shape[1])   # LTX-Video: (B, 1, 1, L)
         positive = (k, v, key_mask) if prior is None and (host_mask is None or key_mask is not None) else None
 
         def attention_fn(q_rows, k_neg, v_neg, heads_, mask=None):

@@ -221,11 +221,11 @@ def _vsf(attend, func, args, kwargs, out, steered, scale, bhld, image_q, out_tok
     (Z+ + r (Z_vsf - Z+)). The host's Z+ of those tokens is recomputed this way: VSF costs one more image attention
     over the prompt, image and negative keys than NASA does."""
     q, k, v = args[:3]
+    cat_dim = 2 if bhld else 1
     if (kwargs.get("mask") if "mask" in kwargs else (args[4] if len(args) > 4 else None)) is not None:
         raise RuntimeError("NASA: method VSF on a joint attention call with a mask (the prompt's padding) is not "
                            "available yet: its one softmax would need that mask beside the negative's bias. Use "
                            "method 'nasa' or 'nag' with this model.")
-    cat_dim = 2 if bhld else 1
     by_rows: dict = {}
     for s in steered:
         by_rows.setdefault(id(s.rows), []).append(s)

@@ -1,10 +1,10 @@
 """Framework-agnostic NASA: the attention math (NASA, and NAG and VSF beside it) and validation helpers. Pure torch; imports nothing from ComfyUI."""
-from .attention import (GUARD_MODES, Guard, NegativeTerm, attention, nasa_attention, reference_attention,
-                        reference_nasa_attention, row_index, steer)
+from .attention import (GUARD_MODES, Guard, NegativeTerm, additive_mask, attention, key_mask_of, nasa_attention,
+                        reference_attention, reference_nasa_attention, row_index, steer)
 from .methods import METHODS, Nag, Vsf, check_method, reference_nag, reference_vsf, vsf_attention
 from .validation import check_alpha, check_finite
 
-__all__ = ["GUARD_MODES", "Guard", "NegativeTerm", "attention", "nasa_attention", "reference_attention",
+__all__ = ["GUARD_MODES", "Guard", "NegativeTerm", "additive_mask", "key_mask_of", "attention", "nasa_attention", "reference_attention",
            "reference_nasa_attention", "row_index", "steer", "check_alpha", "check_finite", "METHODS", "Nag", "Vsf",
            "check_method", "reference_nag", "reference_vsf", "vsf_attention"]
 

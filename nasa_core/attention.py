@@ -146,6 +146,14 @@ def additive_mask(mask: Optional[torch.Tensor], batch: int, dtype: torch.dtype, 
     return add.expand(batch, -1)[:, None, None, :]
 
 
+def key_mask_of(mask: torch.Tensor, keys: int) -> Optional[torch.Tensor]:
+    """An attention call's mask as a key mask (B or 1, 1, ``keys``), the same for every query - (B, 1, keys) or
+    (B, 1, 1, keys) as ComfyUI's text padding masks are laid out - or None where it depends on the query."""
+    while mask.ndim > 3 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    return mask if mask.ndim == 3 and mask.shape[1] == 1 and mask.shape[-1] == keys else None
+
+
 def reference_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) V per head, written out; float64 math, output in q's dtype."""
     check_qkv(q, k, v, heads, "reference")

@@ -245,6 +245,27 @@ def test_positive_text_mask_stays_on_the_positive(env):
     _check_against_reference(env, txt_mask=mask)
 
 
+def test_vsf_refuses_a_padded_prompt_clearly(env, comfyui):
+    """VSF's one softmax on a joint attention call that carries a mask (a padded prompt's) is refused at the first
+    block with an error naming the methods that work, not run without the mask; unpadded, VSF steers."""
+    core = comfyui.mod("nasa_core")
+    mp = env["model"]()
+    x, t, context, y, guidance, negative = _inputs(env["config"])
+    mask = torch.ones(1, POS_LEN, dtype=torch.long)
+    mask[:, -POS_LEN // 3:] = 0
+    vsf = core.Vsf(2.0, 0.1)
+    m = comfyui.mod("adapters").apply_nasa(mp, negative=[[negative, {}]], alpha=vsf.strength, method=vsf)
+    options = support.nasa_options(m, negative, vsf.strength, env["nasa_run"], env["hunyuan"].FAMILY, method=vsf)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"method VSF on a joint attention call with a mask .* Use "
+                                                            r"method 'nasa' or 'nag'"):
+        m.model.diffusion_model(x, t, context, y=y, guidance=guidance, attention_mask=mask,
+                                transformer_options=dict(options))
+    with torch.no_grad():
+        steered = m.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options=dict(options))
+        plain = mp.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options={})
+    assert (steered - plain).abs().max() > 1e-2 * plain.abs().max()
+
+
 def _conditioning_tokens_check(env, **conditioning):
     mp = env["model"]()
     inputs = _inputs(env["config"])
