@@ -75,8 +75,8 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
         call = len(seen)
         seen.append(call)
         out = prior(func, *args, **kwargs) if prior is not None else func(*args, **kwargs)
-        q, k = args[0], args[1]
-        if not is_text(call, q, k, _mask_arg(args, kwargs)):
+        q, k, host_mask = args[0], args[1], _mask_arg(args, kwargs)
+        if not is_text(call, q, k, host_mask):
             return out
         matched.append(call)
         if scale == 0.0:
@@ -88,7 +88,6 @@ def _make_override(fwd: CrossForward, project: Callable, prior, seen: list, matc
             q, k, v = (t.transpose(1, 2).flatten(2) for t in (q, k, v))   # as (B, L, H*D); Z-'s call is (B, L, H*D)
         # the layer's own keys (and key mask) for a method that attends with them (VSF); not under a prior override,
         # nor with a mask that depends on the query
-        host_mask = _mask_arg(args, kwargs)
         key_mask = None if host_mask is None else key_mask_of(host_mask, k.shape[1])   # LTX-Video: (B, 1, 1, L)
         positive = (k, v, key_mask) if prior is None and (host_mask is None or key_mask is not None) else None
 

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import torch
 
 from ..nasa_core import row_index
+from ..nasa_core.methods import check_vsf_regions
 from .run import RUN_KEY
 
 FORWARD_KEY = "nasa_forward"      # transformer_options key: this forward's ForwardState
@@ -233,10 +234,7 @@ def _vsf(attend, func, args, kwargs, out, steered, scale, bhld, image_q, out_tok
     for group in by_rows.values():
         rows = group[0].rows
         regional = [s for s in group if s.term is not None and s.term.prompt.mask is not None]
-        if regional and len(group) > 1:
-            raise ValueError("VSF: a masked (regional) negative must be the only negative of its prompt: VSF puts "
-                             "all negatives into one softmax, which cannot weight each by its own region. Use NASA "
-                             "or NAG for several masked negatives, or one masked negative with VSF.")
+        check_vsf_regions(len(group), len(regional))
         keys = [k[rows]] + [_to_layout(s.k, k, bhld) for s in group]
         values = [v[rows]] + [_to_layout(s.v, v, bhld) * -(s.coef * scale) for s in group]
         r = keys[0].shape[0]

@@ -335,7 +335,7 @@ def run_forward(case: ForwardCase, rounds=8, warmup=2, dtype=torch.float32, alph
                            method=method)
             fns[label] = _method_forward(m.model, x, t, pos, direct_options(m, neg, method.strength, method=method),
                                          extra1)
-            flops[label] = _forward_flops(fns[label]) / _forward_flops(plain)
+            flops[label] = flop_math.counted_flops(fns[label]) / flop_math.counted_flops(plain)
     check_steers(plain, steered, case.name)
     if "NASA, steps 2+" in fns:
         check_steers(steered, steered_later, case.name, same=True)
@@ -368,17 +368,6 @@ def _method_forward(model, x, t, pos, options, extra):
     def forward():
         return model.apply_model(x, t, c_crossattn=pos, transformer_options=dict(options), **extra)
     return forward
-
-
-def _forward_flops(fn) -> int:
-    """FLOPs of one call of ``fn`` by torch's FlopCounterMode (CPU's fused attention counted with torch's SDPA
-    formula, which the counter lacks for that kernel)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
-    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 SPEED_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}     # ComfyUI's core step-cache nodes

@@ -102,3 +102,16 @@ def _is_linear(m, torch) -> bool:
     return isinstance(m, torch.nn.Linear) or (
         isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)
         and isinstance(getattr(m, "weight", None), torch.Tensor))
+
+
+def counted_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` by torch's FlopCounterMode. CPU's fused attention kernel has no formula in the
+    counter; without one, attention (what NASA adds) would not be counted at all, so it gets the formula torch uses
+    for the other SDPA kernels."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        fn()
+    return counter.get_total_flops()

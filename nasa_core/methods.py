@@ -120,10 +120,7 @@ class Vsf:
         batch rows ``q`` was taken from (a region with a batch is selected by them)."""
         active = [t for t in negatives if t.coef != 0.0]
         regional = [t for t in active if t.region is not None]
-        if regional and len(active) > 1:
-            raise ValueError("VSF: a masked (regional) negative must be the only negative of its prompt: VSF puts "
-                             "all negatives into one softmax, which cannot weight each by its own region. Use NASA "
-                             "or NAG for several masked negatives, or one masked negative with VSF.")
+        check_vsf_regions(len(active), len(regional))
         z = vsf_attention(q, k_pos, v_pos, active, heads, self.bias, pos_mask, attention_fn)
         if z.ndim == 4:         # head-major (B, H, Lq, D) from the host's kernel
             z = z.transpose(1, 2).reshape(q.shape)
@@ -141,7 +138,15 @@ def check_method(method) -> None:
         raise TypeError(f"NASA: method must be None (NASA), nasa_core.Nag or nasa_core.Vsf; got {type(method).__name__}")
 
 
-def _vsf_keys(k_pos, v_pos, pos_mask, negatives: Sequence[NegativeTerm], bias: float, batch: int, dtype, device):
+def check_vsf_regions(negatives: int, regional: int) -> None:
+    """VSF's one softmax takes one region: a masked (regional) negative must be the only negative of its prompt."""
+    if regional and negatives > 1:
+        raise ValueError("VSF: a masked (regional) negative must be the only negative of its prompt: VSF puts "
+                         "all negatives into one softmax, which cannot weight each by its own region. Use NASA "
+                         "or NAG for several masked negatives, or one masked negative with VSF.")
+
+
+def _vsf_keys(k_pos, v_pos, pos_mask, negatives: Sequence[NegativeTerm], bias: float, dtype, device):
     """[K+; K-_i], [V+; -c_i V-_i] and the additive key mask [pos mask; neg mask + bias] of VSF's one softmax, the
     mask as (B or 1, 1, Lk): the key-mask layout every ComfyUI attention backend broadcasts over heads and queries."""
     masks = []
@@ -170,7 +175,7 @@ def vsf_attention(q, k_pos, v_pos, negatives: Sequence[NegativeTerm], heads: int
         check_qkv(q, t.k, t.v, heads, "negative")
     if not active:
         return attention_fn(q, k_pos, v_pos, heads, mask=pos_mask)
-    k, v, mask = _vsf_keys(k_pos, v_pos, pos_mask, active, bias, q.shape[0], q.dtype, q.device)
+    k, v, mask = _vsf_keys(k_pos, v_pos, pos_mask, active, bias, q.dtype, q.device)
     return attention_fn(q, k, v, heads, mask=mask)
 
 

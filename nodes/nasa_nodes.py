@@ -169,8 +169,7 @@ class NASAApplyAttentionAdvanced(io.ComfyNode):
                                tooltip="How the negative attention is used, in the same single pass: nasa = Z+ - "
                                        "alpha Z- (this pack's method, the default); nag = Normalized Attention "
                                        "Guidance (nag_scale, nag_tau, nag_alpha; as ComfyUI's NAGuidance node, at "
-                                       "NASA's cost); vsf = Value Sign Flip (vsf_scale, vsf_bias; cross-attention "
-                                       "models). With nag or vsf, 'alpha' is not used: the method's own inputs set "
+                                       "NASA's cost); vsf = Value Sign Flip (vsf_scale, vsf_bias). With nag or vsf, 'alpha' is not used: the method's own inputs set "
                                        "the strength. The help page says which to pick."),
                 io.Float.Input("nag_scale", default=NAG_DEFAULTS.scale, min=1.0, max=50.0, step=0.1, round=0.001,
                                optional=True,

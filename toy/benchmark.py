@@ -156,6 +156,27 @@ class Bench:
         return Scores.mean(per_pair), per_pair
 
 
+def relative_cost(bench: Bench, sampler: Sampler, call: tuple, repeats: int = 3) -> dict:
+    """FLOPs and CPU time (min of ``repeats``) of one 1-step batch of ``sampler``'s model sampled with ``call`` =
+    (method, value, options) as :meth:`Bench.images` takes them, relative to the same batch without a negative."""
+    from ..nasa_core.flops import counted_flops
+    one = Sampler(sampler.label, sampler.model, 1, sampler.sampler, sampler.scheduler, 1.0, (), ())
+    pair = world.pairs("heldout")[0]
+
+    def measure(method, value, options):
+        flops = counted_flops(lambda: bench.images(one, pair, method, value, options))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            bench.images(one, pair, method, value, options)
+            times.append(time.perf_counter() - t0)
+        return flops, min(times)
+
+    f0, t0 = measure("none", None, None)
+    f1, t1 = measure(*call)
+    return {"flops": f1 / f0, "time": t1 / t0}
+
+
 def choose(bench: Bench, sampler: Sampler, method: str, values: Sequence[float], baseline: Scores,
            pairs: Sequence[world.PromptPair]) -> Tuple[float, List[Tuple[float, Scores]]]:
     """The value with the highest removal among those keeping RETENTION_FLOOR of the baseline's

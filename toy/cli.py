@@ -77,23 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", default=str(models.WEIGHTS_DIR))
     b.add_argument("--seeds", type=int, default=100, help="seeds per prompt pair (default 100)")
     b.add_argument("--out", default="output/toy_benchmark", help="folder for grid.png and results.json")
-    js = sub.add_parser("joint-study", help="variants x alpha on joint attention, the guard on both toy models")
-    js.add_argument("--worlds", nargs="*", default=["mmdit", "mmdit4", "unet", "unet4"],
-                    help="some of mmdit, mmdit4 (FLUX-class student, 1 and 4 steps), unet, unet4 (default: all)")
-    js.add_argument("--weights", default=str(models.WEIGHTS_DIR))
-    js.add_argument("--seeds", type=_positive, default=100, help="seeds per held-out prompt pair (default 100)")
-    js.add_argument("--out", default="output/joint_study", help="folder for <world>.json and the grids")
+    js = _study(sub, "joint-study", "variants x alpha on joint attention, the guard on both toy models",
+                ["mmdit", "mmdit4", "unet", "unet4"], "output/joint_study", "folder for <world>.json and the grids")
     js.add_argument("--tables-from", nargs="*", default=[], help="earlier <world>.json results to put in the tables")
     js.add_argument("--grids", action="store_true", help="also write <world>_grid.png: no negative, best, worst")
-    js.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
-    ms = sub.add_parser("method-study", help="NASA, NAG and VSF (and ComfyUI's NAGuidance) on both toy models")
-    ms.add_argument("--worlds", nargs="*", default=["unet", "unet4", "mmdit", "mmdit4"],
-                    help="some of unet, unet4, mmdit, mmdit4 (default: all)")
-    ms.add_argument("--weights", default=str(models.WEIGHTS_DIR))
-    ms.add_argument("--seeds", type=_positive, default=100, help="seeds per held-out prompt pair (default 100)")
-    ms.add_argument("--out", default="output/method_study", help="folder for <world>.json")
-    ms.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
+    _study(sub, "method-study", "NASA, NAG and VSF (and ComfyUI's NAGuidance) on both toy models",
+           ["unet", "unet4", "mmdit", "mmdit4"], "output/method_study", "folder for <world>.json")
     return p
+
+
+def _study(sub, name: str, help_text: str, worlds: list, out: str, out_help: str):
+    """A study's subcommand over the toy worlds (joint_study.WORLDS): worlds, weights, seeds, out, resume."""
+    s = sub.add_parser(name, help=help_text)
+    s.add_argument("--worlds", nargs="*", default=worlds,
+                   help="some of mmdit, mmdit4 (FLUX-class student, 1 and 4 steps), unet, unet4 (default: all)")
+    s.add_argument("--weights", default=str(models.WEIGHTS_DIR))
+    s.add_argument("--seeds", type=_positive, default=100, help="seeds per held-out prompt pair (default 100)")
+    s.add_argument("--out", default=out, help=out_help)
+    s.add_argument("--no-resume", action="store_true", help="re-run worlds whose <world>.json is in --out")
+    return s
 
 
 def main(argv=None) -> int:

@@ -99,28 +99,7 @@ def usable(baseline: benchmark.Scores, s: benchmark.Scores, defects: bool = True
 
 def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting, repeats: int = 3) -> dict:
     """FLOPs and CPU time of one 1-step batch with ``setting`` at alpha 1, relative to no negative."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-    # CPU's fused attention kernel has no formula in torch's counter; without one, attention (what NASA adds) is
-    # not counted at all. The same formula torch uses for the other SDPA kernels:
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
-    one = benchmark.Sampler(sampler.label, sampler.model, 1, sampler.sampler, sampler.scheduler, 1.0, (), ())
-    pair = world.pairs("heldout")[0]
-
-    def measure(method, value, options):
-        with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-            bench.images(one, pair, method, value, options)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            bench.images(one, pair, method, value, options)
-            times.append(time.perf_counter() - t0)
-        return counter.get_total_flops(), min(times)
-
-    f0, t0 = measure("none", None, None)
-    f1, t1 = measure("nasa", 1.0, setting.nasa_options())
-    return {"flops": f1 / f0, "time": t1 / t0}
+    return benchmark.relative_cost(bench, sampler, ("nasa", 1.0, setting.nasa_options()), repeats)
 
 
 def run(bench: benchmark.Bench, world_name: str, log=print) -> dict:

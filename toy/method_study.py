@@ -63,36 +63,14 @@ SETTINGS = (
 
 
 def core_nag_available() -> Optional[str]:
-    """Why ComfyUI's NAGuidance node cannot run here, or None."""
-    try:
-        import comfy_extras.nodes_nag  # noqa: F401
-    except ImportError:
-        return "this ComfyUI has no NAGuidance node (0.33+)"
-    return None
+    """Why ComfyUI's NAGuidance node cannot run here, or None (bench.timing's check)."""
+    from ..bench.timing import core_nag_available as available
+    return None if available() else "this ComfyUI has no NAGuidance node (0.33+)"
 
 
 def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting, repeats: int = 3) -> dict:
     """FLOPs and CPU time of one 1-step batch with ``setting``, relative to no negative."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
-    one = benchmark.Sampler(sampler.label, sampler.model, 1, sampler.sampler, sampler.scheduler, 1.0, (), ())
-    pair = world.pairs("heldout")[0]
-
-    def measure(method, value, options):
-        with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-            bench.images(one, pair, method, value, options)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            bench.images(one, pair, method, value, options)
-            times.append(time.perf_counter() - t0)
-        return counter.get_total_flops(), min(times)
-
-    f0, t0 = measure("none", None, None)
-    f1, t1 = measure(*setting.call())
-    return {"flops": f1 / f0, "time": t1 / t0}
+    return benchmark.relative_cost(bench, sampler, setting.call(), repeats)
 
 
 def run(bench: benchmark.Bench, world_name: str, settings: Sequence[Setting] = SETTINGS, log=print) -> dict:
