@@ -349,15 +349,49 @@ def vsf_written_out(q, k_pos, v_pos, k_neg, v_neg, heads, scale, bias):
     """VSF (Value Sign Flip) on (rows, tokens, channels) projections, written from the paper in float64: one softmax
     per head over the positive keys and the negative's, the negative's logits + ``bias``, against [V+; -scale V-]."""
     b, lq, c = q.shape
-    d = c // heads
+    out = steered_written_out(("vsf", bias), None, *(split_heads(t.expand(b, -1, -1), heads)
+                                                   for t in (q, k_pos, v_pos, k_neg, v_neg)), scale)
+    return out.reshape(b, lq, c)
 
-    def split(t):
-        return t.double().expand(b, -1, -1).reshape(b, t.shape[1], heads, d).transpose(1, 2)
-    qh = split(q)
-    scores = torch.cat((qh @ split(k_pos).transpose(-1, -2), qh @ split(k_neg).transpose(-1, -2) + bias * math.sqrt(d)),
-                       dim=-1) / math.sqrt(d)
-    values = torch.cat((split(v_pos), -scale * split(v_neg)), dim=2)
-    return (torch.softmax(scores, dim=-1) @ values).transpose(1, 2).reshape(b, lq, c)
+
+def split_heads(t, heads):
+    """(B, L, heads*D) -> (B, heads, L, D)."""
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+# The methods every family's reference is checked with (NAG at scale 3, VSF at scale 2): written out as
+# ("nag", tau, blend) or ("vsf", bias); method_objects gives the pack's objects for them.
+METHODS = [pytest.param(("nag", 2.0, 0.5), id="nag"), pytest.param(("vsf", 0.1), id="vsf")]
+
+
+def method_objects(core, written):
+    """(the pack's method for the written-out ``written``, the same method switched off); ``core``: nasa_core."""
+    if written[0] == "nag":
+        return core.Nag(scale=3.0, tau=written[1], alpha=written[2]), core.Nag(scale=1.0)
+    return core.Vsf(scale=2.0, bias=written[1]), core.Vsf(scale=0.0)
+
+
+def steered_written_out(method, pos, q, k, v, nk, nv, weight, mask=None):
+    """The steered rows of one attention, written out in float64 on (B, H, L, D) projections -> (B, L, H*D).
+    ``q``: the steered rows' queries; ``k``, ``v``: the keys and values they attend to (``mask``: an additive bias on
+    those logits); ``nk``, ``nv``: the negative's; ``pos``: the rows' attention output without steering (unused by
+    VSF). ``method``: None (NASA: Z+ - weight Z-), ("nag", tau, blend) (:func:`nag_written_out`, weight = the
+    paper's scale) or ("vsf", bias) (one softmax over [K; K-], the negative's logits + bias, against [V; -weight V-])."""
+    d = q.shape[-1]
+    q, k, v, nk, nv = (t.double() for t in (q, k, v, nk, nv))
+
+    def softmax_attention(scores, values):
+        o = torch.softmax(scores, dim=-1) @ values
+        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
+    neg_scores = q @ nk.transpose(-1, -2) / math.sqrt(d)
+    if method is not None and method[0] == "vsf":
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + (0 if mask is None else mask.double())
+        return softmax_attention(torch.cat((scores, neg_scores + method[1]), -1), torch.cat((v, -weight * nv), 2))
+    z_neg = softmax_attention(neg_scores, nv)
+    if method is None:
+        return pos.double() - weight * z_neg
+    assert method[0] == "nag", method
+    return nag_written_out(pos, z_neg, weight, *method[1:])
 
 
 def reference_rotary(x, ids, axes_dim, theta=10000):

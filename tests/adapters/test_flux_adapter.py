@@ -80,16 +80,6 @@ def _mod(x, m):
     return x * (1 + m.scale) + m.shift
 
 
-def _vsf_attn(q, k, v, nk, nv, weight, bias):
-    """VSF written out on (B, H, L, D) projections, float64: one softmax over the block's keys and the negative
-    stream's (logits + bias) against [V; -weight V-] -> (B, L, H*D)."""
-    d = q.shape[-1]
-    q, k, v, nk, nv = (t.double() for t in (q, k, v, nk, nv))
-    s = torch.cat((q @ k.transpose(-1, -2) / math.sqrt(d), q @ nk.transpose(-1, -2) / math.sqrt(d) + bias), -1)
-    o = torch.softmax(s, dim=-1) @ torch.cat((v, -weight * nv), 2)
-    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
-
-
 def _guarded(a, steer, weight, z_neg, guard, nag=None):
     """a[:, steer] - weight * z_neg (NASA), or NAG written out (``nag`` = (tau, blend); support.nag_written_out), then
     the guard written out: per image token, norms over all channels; ``guard`` = (mode, tau) or None."""
@@ -146,7 +136,8 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
         if scale("double", bi) and vsf is not None:
-            a[:, steer] = _vsf_attn(q[:, :, steer], k, v, nk, nv, alpha * scale("double", bi), vsf)
+            a[:, steer] = support.steered_written_out(("vsf", vsf), None, q[:, :, steer], k, v, nk, nv,
+                                                       alpha * scale("double", bi))
         elif scale("double", bi):
             _guarded(a, steer, alpha * scale("double", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
@@ -172,7 +163,8 @@ def _reference(dm, x, t, context, y, negative, alpha, ref_latents=None, steer_re
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
         if scale("single", bi) and vsf is not None:
-            a[:, steer] = _vsf_attn(q[:, :, steer], k, v, nk, nv, alpha * scale("single", bi), vsf)
+            a[:, steer] = support.steered_written_out(("vsf", vsf), None, q[:, :, steer], k, v, nk, nv,
+                                                       alpha * scale("single", bi))
         elif scale("single", bi):
             _guarded(a, steer, alpha * scale("single", bi), _attn(q[:, :, steer], nk, nv), guard, nag)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
