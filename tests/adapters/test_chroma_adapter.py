@@ -41,13 +41,18 @@ def env(comfyui):
     apply = support.apply_nasa
 
     return dict(rm=rm, nasa_run=nasa_run, chroma=chroma, model=model, apply=apply,
+                apply_nasa=comfyui.mod("adapters").apply_nasa, core=comfyui.mod("nasa_core"),
                 config=lambda family="chroma": rm.DIT_FAMILIES[family][1])
 
 
-def _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=None):
-    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["chroma"].FAMILY)
+def _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=None, method=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive);
+    ``method``: nasa_core.Nag / Vsf as apply_nasa takes it (None: NASA, through the node)."""
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["chroma"].FAMILY, method=method)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, guidance, transformer_options=options,
                                        attention_mask=attention_mask)
@@ -96,8 +101,9 @@ def _modulations(dm, t, guidance, batch):
     return single, double, (table[:, -2:-1], table[:, -1:])
 
 
-def _reference(dm, x, t, context, guidance, negative, alpha, mask=None):
-    """Chroma / Chroma Radiance forward with NASA, written from the paper's formula and Chroma's published block
+def _reference(dm, x, t, context, guidance, negative, alpha, mask=None, method=None):
+    """Chroma / Chroma Radiance forward with NASA (``method``: NAG or VSF instead, written as
+    support.steered_written_out takes it), written from the paper's formula and Chroma's published block
     structure, using the model's weights; attention in float64. ``mask``: the positive's additive attention bias."""
     from comfy.ldm.chroma_radiance.model import ChromaRadiance
     from einops import rearrange
@@ -111,6 +117,7 @@ def _reference(dm, x, t, context, guidance, negative, alpha, mask=None):
     pe = dm.pe_embedder(torch.cat((torch.zeros(b, T, 3), ids.reshape(1, h * w, 3).expand(b, -1, -1)), 1))
     pe_neg = dm.pe_embedder(torch.zeros(b, negative.shape[1], 3))
     single_mods, double_mods, final_mod = _modulations(dm, t, guidance, b)
+    rows_mask = None if mask is None else mask[:, None, T:]      # the image rows' logit bias, (B, 1, N, T + N)
     txt, neg = dm.txt_in(context), dm.txt_in(negative).expand(b, -1, -1)
     H = dm.num_heads
     for blk, ((im1, im2), (tm1, tm2)) in zip(dm.double_blocks, double_mods):
@@ -125,7 +132,7 @@ def _reference(dm, x, t, context, guidance, negative, alpha, mask=None):
         v = torch.cat((tv, iv), 2).double()
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v, mask)
-        a[:, T:] -= alpha * _attn(q[:, :, T:], nk, nv)
+        a[:, T:] = support.steered_written_out(method, a[:, T:], q[:, :, T:], k, v, nk, nv, alpha, rows_mask)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:]), 2))
         ta, ia = a[:, :T].float(), a[:, T:].float()
         img = img + im1[2] * blk.img_attn.proj(ia)
@@ -145,7 +152,7 @@ def _reference(dm, x, t, context, guidance, negative, alpha, mask=None):
         nq, nk, nv, nmlp = lin1(neg)
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v, mask)
-        a[:, T:] -= alpha * _attn(q[:, :, T:], nk, nv)
+        a[:, T:] = support.steered_written_out(method, a[:, T:], q[:, :, T:], k, v, nk, nv, alpha, rows_mask)
         na = _attn(nq, torch.cat((nk, k[:, :, T:]), 2), torch.cat((nv.double(), v[:, :, T:].double()), 2))
         hs = hs + m[2] * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
         neg = neg + m[2] * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
@@ -165,13 +172,14 @@ def _inputs(config, seed=3, batch=1):
     return x, torch.full((batch,), 0.7), context, torch.zeros(batch), negative
 
 
-def _check_against_reference(env, family, alpha=1.0, mask=None, tol=1e-3):
+def _check_against_reference(env, family, alpha=1.0, mask=None, tol=1e-3, method=None, written=None):
+    """``method``: the pack's nasa_core.Nag / Vsf (at strength ``alpha``), ``written``: the same written out."""
     mp = env["model"](family)
     x, t, context, guidance, negative = _inputs(env["config"](family))
     dm = mp.model.diffusion_model
-    got = _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=mask)
+    got = _direct(env, mp, x, t, context, guidance, negative, alpha, attention_mask=mask, method=method)
     with torch.no_grad():
-        want = _reference(dm, x, t, context, guidance, negative, alpha, mask)
+        want = _reference(dm, x, t, context, guidance, negative, alpha, mask, method=written)
         base = _reference(dm, x, t, context, guidance, negative, 0.0, mask)
     support.check_close(got, want, base, tol)
 
@@ -181,6 +189,21 @@ def _check_against_reference(env, family, alpha=1.0, mask=None, tol=1e-3):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_matches_independent_reference(env, family):
     _check_against_reference(env, family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, family, method):
+    """NAG and VSF on the joint attention's image rows (double and single blocks; VSF's softmax over the block's
+    text and image keys and the negative stream's) equal the methods written out on the reference; at zero
+    strength (NAG scale 1, VSF scale 0) the output is the unpatched model's, bit for bit."""
+    obj, off = support.method_objects(env["core"], method)
+    _check_against_reference(env, family, alpha=obj.strength, method=obj, written=method)
+    mp = env["model"](family)
+    x, t, context, guidance, negative = _inputs(env["config"](family))
+    with torch.no_grad():
+        plain = mp.model.diffusion_model(x, t, context, guidance, transformer_options={})
+    assert torch.equal(_direct(env, mp, x, t, context, guidance, negative, off.strength, method=off), plain)
 
 
 def test_positive_attention_mask_stays_on_the_positive(env):

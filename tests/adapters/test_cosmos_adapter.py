@@ -76,8 +76,9 @@ def _attention(q, k, v, heads):
     return (p @ vh).transpose(1, 2).reshape(b, lq, c)
 
 
-def _reference(mp, negative_context, alpha, fixed_tokens=None, weights=None):
-    """Every block's cross_attn of ``mp`` computes NASA written out in float64 while the hooks are open.
+def _reference(mp, negative_context, alpha, fixed_tokens=None, weights=None, method=None):
+    """Every block's cross_attn of ``mp`` computes NASA (or ``method``, written as support.steered_written_out takes
+    it) written out in float64 while the hooks are open.
     ``negative_context``: (1, L, width), the context the model makes of the negative prompt. ``fixed_tokens``: query
     tokens not steered (conditioning frames). ``weights``: parameter name -> tensor the negative's K/V use."""
     dm = mp.model.diffusion_model
@@ -91,8 +92,8 @@ def _reference(mp, negative_context, alpha, fixed_tokens=None, weights=None):
             context = args[1] if len(args) > 1 else kwargs["context"]
             heads = attn.n_heads
             q = _rms_heads(_lin(x, attn.q_proj), attn.q_norm, heads)
-            z = _attention(q, _rms_heads(_lin(context, attn.k_proj), attn.k_norm, heads), _lin(context, attn.v_proj),
-                           heads)
+            k, v = _rms_heads(_lin(context, attn.k_proj), attn.k_norm, heads), _lin(context, attn.v_proj)
+            z = _attention(q, k, v, heads)
             k_neg = _rms_heads(_lin(negative_context, attn.k_proj, w.get(f"blocks.{i}.cross_attn.k_proj.weight")),
                                attn.k_norm, heads)
             v_neg = _lin(negative_context, attn.v_proj, w.get(f"blocks.{i}.cross_attn.v_proj.weight"))
@@ -101,7 +102,9 @@ def _reference(mp, negative_context, alpha, fixed_tokens=None, weights=None):
             for c, kind in enumerate(chunks):
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
-                    steered = z[rows] - alpha * _attention(q[rows], k_neg, v_neg, heads)
+                    steered = support.steered_written_out(
+                        method, z[rows], *(support.split_heads(t.expand(per, -1, -1), heads) for t in (
+                            q[rows], k[rows], v[rows], k_neg, v_neg)), alpha)
                     if fixed_tokens is not None:
                         steered[:, fixed_tokens] = z[rows][:, fixed_tokens]
                     z[rows] = steered
@@ -143,6 +146,24 @@ def test_steered_output_equals_independent_reference(env, family):
     with _reference(mp, _negative_context(env, mp, family, neg), 0.8):
         want = _sample(mp, family, pos, neg, steps=2)
     support.check_close(got, want, base)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method, family):
+    """NAG and VSF on every block's text cross-attention (VSF's softmax over the prompt's keys and the negative's
+    context's) equal the methods written out in the test; switched off, the output is the unpatched model's, bit
+    for bit."""
+    obj, off = support.method_objects(env.mod("nasa_core"), method)
+    apply_nasa = env.mod("adapters").apply_nasa
+    mp = _model(env, family)
+    pos, neg = _conds(env, family)
+    base = _sample(mp, family, pos, neg, steps=2)
+    got = _sample(apply_nasa(mp, alpha=obj.strength, method=obj), family, pos, neg, steps=2)
+    with _reference(mp, _negative_context(env, mp, family, neg), obj.strength, method=method):
+        want = _sample(mp, family, pos, neg, steps=2)
+    support.check_close(got, want, base)
+    assert torch.equal(_sample(apply_nasa(mp, alpha=off.strength, method=off), family, pos, neg, steps=2), base)
 
 
 @pytest.mark.parametrize("family", ["cosmos_predict2_t2i", "anima"])

@@ -32,15 +32,19 @@ POS_LEN = 600          # a positive past PAD (unpadded), so hooks tell it from t
 @pytest.fixture(scope="module")
 def env(comfyui):
     cases.skip_if_missing("flux2")
-    return dict(cases.family_env(comfyui, "flux2", flux2="adapters.flux2", flux="adapters.flux"),
+    return dict(cases.family_env(comfyui, "flux2", flux2="adapters.flux2", flux="adapters.flux", core="nasa_core"),
                 adapters=comfyui.mod("adapters"))
 
 
-def _direct(env, mp, x, t, context, guidance, negative, alpha, ref_latents=None, method=None):
-    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (every row positive)."""
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["flux2"].FAMILY)
-    kw = {} if method is None else {"ref_latents_method": method}
+def _direct(env, mp, x, t, context, guidance, negative, alpha, ref_latents=None, ref_method=None, method=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (every row positive);
+    ``ref_method``: the model's ref_latents_method; ``method``: nasa_core.Nag / Vsf as apply_nasa takes it."""
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["flux2"].FAMILY, method=method)
+    kw = {} if ref_method is None else {"ref_latents_method": ref_method}
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, guidance=guidance, ref_latents=ref_latents,
                                        transformer_options=options, **kw)
@@ -100,11 +104,12 @@ def _attn(q, k, v):
     return support.reference_attention(q, k, v)
 
 
-def _reference(dm, config, x, t, context, guidance, negative, alpha, ref_latents=(), method="index",
-               steer_references=False, neg_counted=True, neg_padded=True):
-    """FLUX.2 forward with NASA, from the paper's formula and FLUX.2's published structure, on the model's weights;
-    attention and rotary in float64. ``neg_counted`` / ``neg_padded`` False: the wrong text rules (for the test
-    that shows they matter)."""
+def _reference(dm, config, x, t, context, guidance, negative, alpha, ref_latents=(), ref_method="index",
+               steer_references=False, neg_counted=True, neg_padded=True, method=None):
+    """FLUX.2 forward with NASA (``method``: NAG or VSF instead, written as support.steered_written_out takes it),
+    from the paper's formula and FLUX.2's published structure, on the model's weights; attention and rotary in
+    float64. ``ref_method``: the model's ref_latents_method. ``neg_counted`` / ``neg_padded`` False: the wrong text
+    rules (for the test that shows they matter)."""
     from comfy.ldm.flux.layers import timestep_embedding
     H, D = config["num_heads"], config["hidden_size"]
     axes, theta = config["axes_dim"], config["theta"]
@@ -127,12 +132,15 @@ def _reference(dm, config, x, t, context, guidance, negative, alpha, ref_latents
     def temb(v):
         return timestep_embedding(v, 256)
     vec = dm.time_in(temb(t)) + dm.guidance_in(temb(guidance))
-    zero_refs = method == "index_timestep_zero" and n_ref > 0
+    zero_refs = ref_method == "index_timestep_zero" and n_ref > 0
     vec0 = dm.time_in(temb(t * 0)) + dm.guidance_in(temb(guidance)) if zero_refs else vec
     img = torch.nn.functional.linear(img, dm.img_in.weight)
     txt = torch.nn.functional.linear(context, dm.txt_in.weight)
     neg = torch.nn.functional.linear(negative, dm.txt_in.weight).expand(b, -1, -1)
     steer = slice(T, None) if steer_references else slice(T, T + n_img)
+
+    def steered(pos, *qkvs):     # the steered rows; projections (B, L, H, D/H) as support's (B, H, L, D/H)
+        return support.steered_written_out(method, pos, *(t_.transpose(1, 2) for t_ in qkvs), alpha)
 
     def heads(y):          # (B, L, 3D) -> q, k, v each (B, L, H, D/H)
         return y.unflatten(-1, (3, H, -1)).unbind(2)
@@ -155,7 +163,7 @@ def _reference(dm, config, x, t, context, guidance, negative, alpha, ref_latents
         v = torch.cat((tv, iv), 1).double()
         nq, nk = rot(nq, neg_ids), rot(nk, neg_ids)
         a = _attn(q, k, v)
-        a[:, steer] -= alpha * _attn(q[:, steer], nk, nv)
+        a[:, steer] = steered(a[:, steer], q[:, steer], k, v, nk, nv)
         na = _attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:]), 1))
 
         def out(attn, mlp, norm2, h_, o, m1, m2):
@@ -178,7 +186,7 @@ def _reference(dm, config, x, t, context, guidance, negative, alpha, ref_latents
         nq, nk, nv, nmlp = lin1(neg, sm_t)
         q, k, nq, nk = rot(q, ids), rot(k, ids), rot(nq, neg_ids), rot(nk, neg_ids)
         a = _attn(q, k, v)
-        a[:, steer] -= alpha * _attn(q[:, steer], nk, nv)
+        a[:, steer] = steered(a[:, steer], q[:, steer], k, v, nk, nv)
         na = _attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:].double()), 1))
         h_ = h_ + sm.gate * torch.nn.functional.linear(torch.cat((a.float(), _gated(mlp)), 2), blk.linear2.weight)
         neg = neg + sm_t.gate * torch.nn.functional.linear(torch.cat((na.float(), _gated(nmlp)), 2),
@@ -204,13 +212,14 @@ def _refs(config, n=2, seed=9):
     return [torch.randn(1, config["in_channels"], 4 + 2 * i, 6, generator=g) for i in range(n)]
 
 
-def _check(env, mp, config, alpha=1.0, ref_latents=None, method=None, tol=1e-3):
+def _check(env, mp, config, alpha=1.0, ref_latents=None, ref_method=None, tol=1e-3, method=None, written=None):
+    """``method``: the pack's nasa_core.Nag / Vsf (at strength ``alpha``), ``written``: the same written out."""
     args = _inputs(config)
-    got = _direct(env, mp, *args, alpha, ref_latents, method)
+    got = _direct(env, mp, *args, alpha, ref_latents, ref_method, method=method)
     dm = mp.model.diffusion_model
-    kw = dict(ref_latents=ref_latents or (), method=method or "index")
+    kw = dict(ref_latents=ref_latents or (), ref_method=ref_method or "index")
     with torch.no_grad():
-        want = _reference(dm, config, *args, alpha, **kw)
+        want = _reference(dm, config, *args, alpha, method=written, **kw)
         base = _reference(dm, config, *args, 0.0, **kw)
     support.check_close(got, want, base, tol)
     return got, want, args, kw
@@ -231,17 +240,33 @@ def test_matches_independent_reference_and_the_text_rules_matter(env):
             assert (got - off).abs().max() > 10 * err, wrong
 
 
-@pytest.mark.parametrize("method", ["index", "index_timestep_zero"])
-def test_reference_images_are_keys_but_not_steered(env, method):
+@pytest.mark.parametrize("ref_method", ["index", "index_timestep_zero"])
+def test_reference_images_are_keys_but_not_steered(env, ref_method):
     """Two reference latents (FLUX.2 edit / Klein references) after the image: NASA equals the reference, which
     steers only the generated image's rows, and not one that steers the references too. "index_timestep_zero"
     modulates the references at timestep 0 (the model gives the single blocks two modulations per row)."""
     mp, config = env["model"](), env["config"]
     refs = _refs(config)
-    got, want, args, kw = _check(env, mp, config, ref_latents=refs, method=method)
+    got, want, args, kw = _check(env, mp, config, ref_latents=refs, ref_method=ref_method)
     with torch.no_grad():
         wrong = _reference(mp.model.diffusion_model, config, *args, 1.0, steer_references=True, **kw)
     assert (got - wrong).abs().max() > 10 * (got - want).abs().max()
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's image rows (double and single blocks; VSF's softmax over the block's
+    text and image keys and the negative stream's, all with their RoPE), also with two reference images as keys
+    that are not steered, equal the methods written out on the reference; at zero strength (NAG scale 1, VSF
+    scale 0) the output is the unpatched model's, bit for bit."""
+    mp, config = env["model"](), env["config"]
+    obj, off = support.method_objects(env["core"], method)
+    _check(env, mp, config, alpha=obj.strength, method=obj, written=method)
+    _check(env, mp, config, alpha=obj.strength, ref_latents=_refs(config), method=obj, written=method)
+    args = _inputs(config)
+    with torch.no_grad():
+        plain = mp.model.diffusion_model(*args[:3], guidance=args[3], transformer_options={})
+    assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
 
 
 def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):

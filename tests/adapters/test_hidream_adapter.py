@@ -61,7 +61,8 @@ def env(comfyui):
         wrappers = m.get_wrappers(pe.WrappersMP.SAMPLER_SAMPLE, comfyui.mod("adapters.binding").WRAPPER_KEY)
         return wrappers[0].nasa_settings
 
-    return dict(cases.family_env(comfyui, CASE, hidream="adapters.hidream", pack="adapters"), model=moe_model,
+    return dict(cases.family_env(comfyui, CASE, hidream="adapters.hidream", pack="adapters", core="nasa_core"),
+                model=moe_model,
                 dense=lambda: cases.model(rm, CASE), apply_nasa=comfyui.mod("adapters").apply_nasa,
                 sampler_settings=sampler_settings)
 
@@ -79,18 +80,19 @@ def _inputs(config, batch=1, seed=3):
     return x, t, y, context, ll, negative, neg_ll
 
 
-def _direct(env, mp, x, t, y, context, ll, negative, neg_ll, alpha, stream="propagated", blocks="", **extra):
+def _direct(env, mp, x, t, y, context, ll, negative, neg_ll, alpha, stream="propagated", blocks="", method=None,
+            **extra):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (every row positive),
     the negative's Llama states in its options as the text encoder puts them there. The clone is loaded as the
-    sampler loads it, which applies its object patches."""
+    sampler loads it, which applies its object patches. ``method``: nasa_core.Nag / Vsf at strength ``alpha``."""
     import comfy.model_management
     run_mod = env["nasa_run"]
     neg = [[negative, {"conditioning_llama3": neg_ll}]]
-    m = env["apply_nasa"](mp, negative=neg, alpha=alpha, stream=stream, blocks=blocks)
+    m = env["apply_nasa"](mp, negative=neg, alpha=alpha, stream=stream, blocks=blocks, method=method)
     settings = env["sampler_settings"](m)
     run = run_mod.NasaRun(run_mod.negative_prompt([(negative, {"conditioning_llama3": neg_ll})], alpha), {}, "test",
                           layers=env["hidream"].FAMILY.layers(m.model), blocks=settings.blocks, stream=stream,
-                          stream_last=settings.stream_last, stream_skip=settings.stream_skip)
+                          stream_last=settings.stream_last, stream_skip=settings.stream_skip, method=method)
     options = dict(m.model_options["transformer_options"])
     options.update({run_mod.RUN_KEY: run, "cond_or_uncond": [0], "wrappers": m.wrappers})
     comfy.model_management.load_models_gpu([m])
@@ -119,8 +121,9 @@ def _mod(norm, x, shift, scale):
     return norm(x) * (1 + scale) + shift
 
 
-def _reference(dm, x, t, y, context, ll, negative, neg_ll, alpha, stream="propagated", scales=None):
-    """HiDream forward with NASA, written from the paper's formula and HiDream's published block structure using
+def _reference(dm, x, t, y, context, ll, negative, neg_ll, alpha, stream="propagated", scales=None, method=None):
+    """HiDream forward with NASA (``method`` ("nag", tau, blend) or ("vsf", bias): that method at strength ``alpha``,
+    support.steered_written_out), written from the paper's formula and HiDream's published block structure using
     the model's weights; attention in float64. ``scales``: alpha multiplier per ("double" | "single", index), 0
     where missing (None: every block at 1); ``stream="embedded"``: the negative is never updated by the blocks."""
     from einops import rearrange
@@ -157,7 +160,8 @@ def _reference(dm, x, t, y, context, ll, negative, neg_ll, alpha, stream="propag
         """Joint attention over [image; text], steered on the image rows, and the stream's own attention."""
         a = support.reference_attention(q, k, v)
         if scale(kind, i):
-            a[:, :n_img] -= alpha * scale(kind, i) * support.reference_attention(q[:, :n_img], kn, vn)
+            a[:, :n_img] = support.steered_written_out(method, a[:, :n_img], *(t_.transpose(1, 2) for t_ in (
+                q[:, :n_img], k, v, kn, vn)), alpha * scale(kind, i))
         na = support.reference_attention(qn, torch.cat((kn, k[:, :n_img]), 1), torch.cat((vn.double(), v[:, :n_img].double()), 1))
         return a.float(), na.float()
 
@@ -227,6 +231,24 @@ def _check_against_reference(env, mp, alpha=1.0, batch=2, stream="propagated", b
 def test_matches_independent_reference(env):
     """Two rows at different timesteps (per-row modulation of the stream), MoE model."""
     _check_against_reference(env, env["model"]())
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's image rows (MoE model, two rows at different timesteps); VSF's softmax
+    over the block's image, text and Llama keys and the negative stream's. At zero strength the output is the
+    unpatched model's, bit for bit."""
+    obj, off = support.method_objects(env["core"], method)
+    mp = env["model"]()
+    args = _inputs(env["config"], 2)
+    dm = mp.model.diffusion_model
+    got = _direct(env, mp, *args, obj.strength, method=obj)
+    with torch.no_grad():
+        want = _reference(dm, *args, obj.strength, method=method)
+        base = _reference(dm, *args, 0.0)
+        plain = dm(*args[:5], transformer_options={})
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
 
 
 def test_dense_model_matches_independent_reference(env):

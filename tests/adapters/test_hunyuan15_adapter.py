@@ -37,7 +37,8 @@ SIGMAS = (1.0, 0.7, 0.4, 0.0)    # the sampler's schedule; this forward at 0.7: 
 def env(comfyui, request):
     cases.skip_if_missing(request.param)
     module = cases.CASES[request.param].adapter
-    return dict(cases.family_env(comfyui, request.param, family=module, hunyuan="adapters.hunyuan_video"),
+    return dict(cases.family_env(comfyui, request.param, family=module, hunyuan="adapters.hunyuan_video",
+                                 adapters="adapters", core="nasa_core"),
                 name=request.param, video=request.param == "hunyuan_video15")
 
 
@@ -67,10 +68,16 @@ def _schedule(options):
     return dict(options, sigmas=torch.tensor([SIGMAS[1]]), sample_sigmas=torch.tensor(SIGMAS))
 
 
-def _direct(env, mp, inputs, alpha):
-    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (rows all positive)."""
-    m = env["apply"](mp, negative=[[inputs["negative"], {}]], alpha=alpha)
-    options = _schedule(support.nasa_options(m, inputs["negative"], alpha, env["nasa_run"], env["family"].FAMILY))
+def _direct(env, mp, inputs, alpha, method=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (rows all positive);
+    ``method``: nasa_core.Nag / Vsf as apply_nasa takes it."""
+    negative = [[inputs["negative"], {}]]
+    if method is None:
+        m = env["apply"](mp, negative=negative, alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=negative, alpha=alpha, method=method)
+    options = _schedule(support.nasa_options(m, inputs["negative"], alpha, env["nasa_run"], env["family"].FAMILY,
+                                             method=method))
     with torch.no_grad():
         return m.model.diffusion_model(inputs["x"], inputs["t"], inputs["context"], txt_byt5=inputs["byt5"],
                                        clip_fea=inputs["clip"], guidance=inputs["guidance"],
@@ -114,10 +121,11 @@ def _positions(x):
     return grid.expand(x.shape[0], -1, -1)
 
 
-def _reference(dm, inputs, alpha, neg_type=0):
-    """The model's forward with NASA, written from the paper's formula and the published structure, with the
-    model's weights; attention in float64. ``neg_type``: the condition-type vector added to the negative's text
-    (None: none), where the model has the embedding."""
+def _reference(dm, inputs, alpha, neg_type=0, method=None):
+    """The model's forward with NASA (``method``: NAG or VSF instead, written as support.steered_written_out takes
+    it), written from the paper's formula and the published structure, with the model's weights; attention in
+    float64. ``neg_type``: the condition-type vector added to the negative's text (None: none), where the model
+    has the embedding."""
     from comfy.ldm.flux.layers import timestep_embedding
     from einops import rearrange
     x, t, context, negative = inputs["x"], inputs["t"], inputs["context"], inputs["negative"]
@@ -162,7 +170,7 @@ def _reference(dm, inputs, alpha, neg_type=0):
         v = torch.cat((iv, tv), 2).double()
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        a[:, :N] -= alpha * _attn(q[:, :, :N], nk, nv)
+        a[:, :N] = support.steered_written_out(method, a[:, :N], q[:, :, :N], k, v, nk, nv, alpha)
         na = _attn(nq, torch.cat((nk, k[:, :, :N]), 2), torch.cat((nv.double(), v[:, :, :N]), 2))
         img = img + im1.gate * blk.img_attn.proj(a[:, :N].float())
         img = img + im2.gate * blk.img_mlp(_mod(blk.img_norm2(img), im2))
@@ -183,7 +191,7 @@ def _reference(dm, inputs, alpha, neg_type=0):
         nq, nk, nv, nmlp = lin1(neg)
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v)
-        a[:, :N] -= alpha * _attn(q[:, :, :N], nk, nv)
+        a[:, :N] = support.steered_written_out(method, a[:, :N], q[:, :, :N], k, v, nk, nv, alpha)
         na = _attn(nq, torch.cat((nk, k[:, :, :N]), 2), torch.cat((nv.double(), v[:, :, :N].double()), 2))
         hs = hs + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
         neg = neg + m.gate * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
@@ -204,6 +212,24 @@ def test_matches_independent_reference(env):
         base = _reference(mp.model.diffusion_model, inputs, 0.0)
     support.check_close(got, want, base)
     assert torch.allclose(_plain(mp.model.diffusion_model, inputs), base, atol=1e-4, rtol=1e-4)   # the reference
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's image rows (double and single blocks; VSF's softmax over the block's
+    image keys, its whole text side - text, glyph and vision tokens - and the negative stream's) equal the methods
+    written out on the reference; at zero strength (NAG scale 1, VSF scale 0) the output is the unpatched
+    model's, bit for bit."""
+    mp = env["model"]()
+    dm = mp.model.diffusion_model
+    inputs = _inputs(env)
+    obj, off = support.method_objects(env["core"], method)
+    got = _direct(env, mp, inputs, obj.strength, method=obj)
+    with torch.no_grad():
+        want = _reference(dm, inputs, obj.strength, method=method)
+        base = _reference(dm, inputs, 0.0)
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, inputs, off.strength, method=off), _plain(dm, inputs))
 
 
 def test_the_negative_text_takes_the_text_condition_type(env):

@@ -37,7 +37,8 @@ VIDEO_TOKENS = FRAMES * 16
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    return cases.family_env(comfyui, "hunyuan_video", hunyuan="adapters.hunyuan_video")
+    return cases.family_env(comfyui, "hunyuan_video", hunyuan="adapters.hunyuan_video", adapters="adapters",
+                            core="nasa_core")
 
 
 def _conds(env):
@@ -48,12 +49,16 @@ def _sample(model, pos, neg, cfg=1.0, steps=1):
     return cases.sample(model, "hunyuan_video", pos, neg, cfg, steps)
 
 
-def _direct(env, mp, inputs, alpha, **conditioning):
+def _direct(env, mp, inputs, alpha, method=None, **conditioning):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all
-    positive). ``conditioning``: attention_mask, ref_latent, guiding_frame_index as ComfyUI passes them."""
+    positive). ``conditioning``: attention_mask, ref_latent, guiding_frame_index as ComfyUI passes them;
+    ``method``: nasa_core.Nag / Vsf as apply_nasa takes it."""
     x, t, context, y, guidance, negative = inputs
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["hunyuan"].FAMILY)
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["hunyuan"].FAMILY, method=method)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options=options,
                                        **conditioning)
@@ -91,8 +96,9 @@ def _positions(latent):
 
 
 def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_index=None, steer_conditioning=False,
-               text_first=False):
-    """HunyuanVideo forward with NASA, written from the paper's formula and the published HunyuanVideo structure,
+               text_first=False, method=None):
+    """HunyuanVideo forward with NASA (``method``: NAG or VSF instead, written as support.steered_written_out takes
+    it), written from the paper's formula and the published HunyuanVideo structure,
     using the model's weights; attention in float64. Modulation is written per token: with a guiding frame, one
     latent frame's worth of tokens uses the vector of the guiding frame's timestep, every other token the sampled
     timestep's. Double blocks and the last layer count image tokens (the guiding frame's are the first), the text
@@ -131,6 +137,7 @@ def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_
     if txt_mask is not None:
         bias = (txt_mask - 1).float() * torch.finfo(torch.float32).max
         key_bias = torch.cat((torch.zeros(b, N), bias), 1)
+    rows_bias = None if key_bias is None else key_bias[:, None, None, :]     # as support's (B, H, Lq, Lk) logits
     txt = dm.txt_in(context, t, bias)
     neg = dm.txt_in(negative, t, None)               # the negative through the refiner: same timestep, no padding
     H = dm.num_heads
@@ -149,7 +156,7 @@ def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_
         v = torch.cat((iv, tv), 2).double()
         nq, nk = _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v, key_bias)
-        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        a[:, steer] = support.steered_written_out(method, a[:, steer], q[:, :, steer], k, v, nk, nv, alpha, rows_bias)
         na = _attn(nq, torch.cat((nk, k[:, :, :N]), 2), torch.cat((nv.double(), v[:, :, :N]), 2))
         ia, ta = a[:, :N].float(), a[:, N:].float()
         img = img + im1.gate * blk.img_attn.proj(ia)
@@ -179,7 +186,7 @@ def _reference(dm, inputs, alpha, txt_mask=None, ref_latent=None, guiding_frame_
         nq, nk, nv, nmlp = lin1(neg, mn)
         q, k, nq, nk = _rope(q, pe), _rope(k, pe), _rope(nq, pe_neg), _rope(nk, pe_neg)
         a = _attn(q, k, v, key_bias)
-        a[:, steer] -= alpha * _attn(q[:, :, steer], nk, nv)
+        a[:, steer] = support.steered_written_out(method, a[:, steer], q[:, :, steer], k, v, nk, nv, alpha, rows_bias)
         na = _attn(nq, torch.cat((nk, k[:, :, :N]), 2), torch.cat((nv.double(), v[:, :, :N].double()), 2))
         hs = hs + m.gate * blk.linear2(torch.cat((a.float(), blk.mlp_act(mlp)), 2))
         neg = neg + mn.gate * blk.linear2(torch.cat((na.float(), blk.mlp_act(nmlp)), 2))
@@ -216,16 +223,17 @@ def _model_order(env) -> bool:
     return env["text_first"]
 
 
-def _check_against_reference(env, alpha=1.0, tol=1e-3, **conditioning):
+def _check_against_reference(env, alpha=1.0, tol=1e-3, method=None, written=None, **conditioning):
+    """``method``: the pack's nasa_core.Nag / Vsf (at strength ``alpha``), ``written``: the same written out."""
     mp = env["model"]()
     inputs = _inputs(env["config"])
     dm = mp.model.diffusion_model
     direct = {"attention_mask": conditioning.get("txt_mask"), "ref_latent": conditioning.get("ref_latent"),
               "guiding_frame_index": conditioning.get("guiding_frame_index")}
     conditioning["text_first"] = _model_order(env)
-    got = _direct(env, mp, inputs, alpha, **direct)
+    got = _direct(env, mp, inputs, alpha, method=method, **direct)
     with torch.no_grad():
-        want = _reference(dm, inputs, alpha, **conditioning)
+        want = _reference(dm, inputs, alpha, method=written, **conditioning)
         base = _reference(dm, inputs, 0.0, **conditioning)
     support.check_close(got, want, base, tol)
     return got
@@ -235,6 +243,29 @@ def _check_against_reference(env, alpha=1.0, tol=1e-3, **conditioning):
 
 def test_matches_independent_reference(env):
     _check_against_reference(env)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's video rows (double and single blocks; VSF's softmax over the block's
+    video and text keys and the negative stream's), also with a reference latent's tokens as keys that are not
+    steered, equal the methods written out on the reference; at zero strength (NAG scale 1, VSF scale 0) the
+    output is the unpatched model's, bit for bit. NAG also with a padded positive's text mask; VSF refuses a
+    masked joint attention call (test_vsf_refuses_a_padded_prompt_clearly)."""
+    obj, off = support.method_objects(env["core"], method)
+    _check_against_reference(env, alpha=obj.strength, method=obj, written=method)
+    ref = torch.randn(1, env["config"]["in_channels"], 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    _check_against_reference(env, alpha=obj.strength, method=obj, written=method, ref_latent=ref)
+    if method[0] == "nag":
+        mask = torch.ones(1, POS_LEN, dtype=torch.long)
+        mask[:, -POS_LEN // 3:] = 0
+        _check_against_reference(env, alpha=obj.strength, method=obj, written=method, txt_mask=mask)
+    mp = env["model"]()
+    inputs = _inputs(env["config"])
+    x, t, context, y, guidance, _ = inputs
+    with torch.no_grad():
+        plain = mp.model.diffusion_model(x, t, context, y=y, guidance=guidance, transformer_options={})
+    assert torch.equal(_direct(env, mp, inputs, off.strength, method=off), plain)
 
 
 def test_positive_text_mask_stays_on_the_positive(env):

@@ -106,10 +106,11 @@ def _attention(q, k, v):
     return (p @ v).transpose(1, 2).flatten(2)
 
 
-def _reference(mp, negative, alpha, skip_tokens=0):
-    """Every visual block's cross_attention of ``mp`` computes NASA written out in float64 while the returned hooks
-    are open (a ``with`` block); each block's time_embed is read by a pre-hook on the block (the model's own
-    tensor). ``skip_tokens``: leading query tokens that are conditioning (unsteered)."""
+def _reference(mp, negative, alpha, skip_tokens=0, method=None):
+    """Every visual block's cross_attention of ``mp`` computes NASA (or ``method``, written as
+    support.steered_written_out takes it) written out in float64 while the returned hooks are open (a ``with``
+    block); each block's time_embed is read by a pre-hook on the block (the model's own tensor). ``skip_tokens``:
+    leading query tokens that are conditioning (unsteered)."""
     dm = mp.model.diffusion_model
     seen = {}
     pre = [b.register_forward_pre_hook(lambda m, args, kwargs, i=i: seen.__setitem__(i, args[2]), with_kwargs=True)
@@ -122,8 +123,8 @@ def _reference(mp, negative, alpha, skip_tokens=0):
             x, context = args[0], args[1]
             h = attn.num_heads
             q = _rms(_heads(_lin(x, attn.to_query), h), attn.query_norm)
-            z = _attention(q, _rms(_heads(_lin(context, attn.to_key), h), attn.key_norm),
-                           _heads(_lin(context, attn.to_value), h))
+            k, v = _rms(_heads(_lin(context, attn.to_key), h), attn.key_norm), _heads(_lin(context, attn.to_value), h)
+            z = _attention(q, k, v)
             te = seen[i]
             chunks = kwargs["transformer_options"]["cond_or_uncond"]
             per = x.shape[0] // len(chunks)
@@ -134,8 +135,9 @@ def _reference(mp, negative, alpha, skip_tokens=0):
                     stream = _negative_stream(dm, negative, te[r:r + 1])
                     k_neg = _rms(_heads(_lin(stream, attn.to_key), h), attn.key_norm)
                     v_neg = _heads(_lin(stream, attn.to_value), h)
-                    z_neg = _attention(q[r:r + 1, skip_tokens:], k_neg, v_neg)
-                    z[r:r + 1, skip_tokens:] = z[r:r + 1, skip_tokens:] - alpha * z_neg
+                    z[r:r + 1, skip_tokens:] = support.steered_written_out(
+                        method, z[r:r + 1, skip_tokens:], *(t.transpose(1, 2) for t in (
+                            q[r:r + 1, skip_tokens:], k[r:r + 1], v[r:r + 1], k_neg, v_neg)), alpha)
             return _lin(z, attn.out_layer).to(x.dtype)
         hooks.append((attn, hook))
 
@@ -147,8 +149,8 @@ def _reference(mp, negative, alpha, skip_tokens=0):
     return Hooks(hooks)
 
 
-def _reference_sample(mp, name, negative, alpha, *args, skip_tokens=0, **kwargs):
-    with _reference(mp, negative, alpha, skip_tokens):
+def _reference_sample(mp, name, negative, alpha, *args, skip_tokens=0, method=None, **kwargs):
+    with _reference(mp, negative, alpha, skip_tokens, method):
         return _sample(mp, name, *args, **kwargs)
 
 
@@ -162,6 +164,23 @@ def test_steered_output_equals_independent_reference(env, name):
     got = _sample(env["apply"](mp, alpha=0.8), name, pos, neg, steps=2)
     want = _reference_sample(mp, name, neg[0][0], 0.8, pos, neg, steps=2)
     support.check_close(got, want, base)
+
+
+@pytest.mark.parametrize("name", [VIDEO, IMAGE])
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, comfyui, method, name):
+    """NAG and VSF on every visual block's cross-attention (VSF's softmax over the prompt's keys and the negative's,
+    streamed through the text blocks with the row's time_embed) equal the methods written out in the test;
+    switched off, the output is the unpatched model's, bit for bit."""
+    obj, off = support.method_objects(comfyui.mod("nasa_core"), method)
+    mp = _model(env, name)
+    pos, neg = _conds(env, name)
+    base = _sample(mp, name, pos, neg, steps=2)
+    got = _sample(env["adapters"].apply_nasa(mp, alpha=obj.strength, method=obj), name, pos, neg, steps=2)
+    want = _reference_sample(mp, name, neg[0][0], obj.strength, pos, neg, steps=2, method=method)
+    support.check_close(got, want, base)
+    assert torch.equal(_sample(env["adapters"].apply_nasa(mp, alpha=off.strength, method=off), name, pos, neg,
+                               steps=2), base)
 
 
 def test_alpha_zero_is_bit_identical(env):

@@ -29,7 +29,7 @@ POS_LEN, NEG_LEN = 20, 27
 def env(comfyui):
     cases.skip_if_missing("longcat_image")
     return dict(cases.family_env(comfyui, "longcat_image", longcat="adapters.longcat_image", flux="adapters.flux",
-                                 flux2="adapters.flux2"),
+                                 flux2="adapters.flux2", core="nasa_core"),
                 adapters=comfyui.mod("adapters"))
 
 
@@ -38,9 +38,13 @@ def _rope_options(text_len):
     return {"rope_options": {"shift_t": 1.0, "shift_y": float(text_len), "shift_x": float(text_len)}}
 
 
-def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None):
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["longcat"].FAMILY)
+def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None, method=None):
+    """``method``: nasa_core.Nag / Vsf at strength ``alpha`` (None: NASA through the node)."""
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["longcat"].FAMILY, method=method)
     options.update(_rope_options(context.shape[1]))
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, ref_latents=ref_latents, transformer_options=options)
@@ -73,8 +77,9 @@ def _mod(x, m):
     return x * (1 + m.scale) + m.shift
 
 
-def _reference(dm, config, x, t, context, negative, alpha, neg_counted=True):
-    """LongCat-Image forward with NASA from the paper's formula and FLUX.1's published block structure, on the
+def _reference(dm, config, x, t, context, negative, alpha, neg_counted=True, method=None):
+    """LongCat-Image forward with NASA (``method`` ("nag", tau, blend) or ("vsf", bias): that method at strength
+    ``alpha``, support.steered_written_out) from the paper's formula and FLUX.1's published block structure, on the
     model's weights; attention and rotary in float64."""
     from comfy.ldm.flux.layers import timestep_embedding
     H, D, axes = config["num_heads"], config["hidden_size"], config["axes_dim"]
@@ -93,6 +98,11 @@ def _reference(dm, config, x, t, context, negative, alpha, neg_counted=True):
 
     def attn(q, k, v):
         return support.reference_attention(q, k, v)
+
+    def steered(a, q, k, v, nk, nv):
+        """The image rows of ``a`` steered; (B, L, H, D) projections, ``k``/``v`` all the joint keys/values."""
+        a[:, steer] = support.steered_written_out(method, a[:, steer], *(t_.transpose(1, 2) for t_ in (
+            q[:, steer], k, v, nk, nv)), alpha)
     vec = dm.time_in(timestep_embedding(t, 256))
     img, txt, neg = dm.img_in(img), dm.txt_in(context), dm.txt_in(negative)
     steer = slice(T, None)
@@ -109,7 +119,7 @@ def _reference(dm, config, x, t, context, negative, alpha, neg_counted=True):
         q, k, v = rot(torch.cat((tq, iq), 1), ids), rot(torch.cat((tk, ik), 1), ids), torch.cat((tv, iv), 1).double()
         nq, nk = rot(nq, neg_ids), rot(nk, neg_ids)
         a = attn(q, k, v)
-        a[:, steer] -= alpha * attn(q[:, steer], nk, nv)
+        steered(a, q, k, v, nk, nv)
         na = attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:]), 1))
 
         def out(at, mlp, norm2, h_, o, m1, m2):
@@ -132,7 +142,7 @@ def _reference(dm, config, x, t, context, negative, alpha, neg_counted=True):
         nq, nk, nv, nmlp = lin1(neg)
         q, k, nq, nk = rot(q, ids), rot(k, ids), rot(nq, neg_ids), rot(nk, neg_ids)
         a = attn(q, k, v.double())
-        a[:, steer] -= alpha * attn(q[:, steer], nk, nv)
+        steered(a, q, k, v, nk, nv)
         na = attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:].double()), 1))
         h_ = h_ + m.gate * blk.linear2(torch.cat((a.float(), gelu(mlp)), 2))
         neg = neg + m.gate * blk.linear2(torch.cat((na.float(), gelu(nmlp)), 2))
@@ -153,6 +163,24 @@ def test_matches_independent_reference_and_text_positions_matter(env):
         zero_ids = _reference(dm, config, *args, 1.0, neg_counted=False)
     support.check_close(got, want, base)
     assert (got - zero_ids).abs().max() > 10 * (got - want).abs().max()
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's image rows (the negative's text at its own counted RoPE positions);
+    VSF's softmax over the block's text and image keys and the negative stream's. At zero strength the output is
+    the unpatched model's, bit for bit."""
+    obj, off = support.method_objects(env["core"], method)
+    mp, config = env["model"](), env["config"]
+    args = _inputs(config)
+    dm = mp.model.diffusion_model
+    got = _direct(env, mp, *args, obj.strength, method=obj)
+    with torch.no_grad():
+        want = _reference(dm, config, *args, obj.strength, method=method)
+        base = _reference(dm, config, *args, 0.0)
+        plain = dm(*args[:3], transformer_options=_rope_options(POS_LEN))
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, *args, off.strength, method=off), plain)
 
 
 def test_negative_stream_after_first_block_equals_a_real_forward_on_the_negative(env):

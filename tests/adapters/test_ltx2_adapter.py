@@ -106,11 +106,12 @@ def _embedded(dm, text):
     return _pixart(both[..., :c], dm.caption_projection), _pixart(both[..., c:], dm.audio_caption_projection)
 
 
-def _reference(mp, negative, alpha, streams=("video", "audio"), audio_skip=0, video_tokens=None):
-    """Every block's attn2 (``"video"``) and audio_attn2 (``"audio"``) named in ``streams`` computes NASA written
-    out in float64 while the returned hooks are open; the others run as ComfyUI wrote them. ``negative``: the raw
-    negative tensor. ``audio_skip``: leading audio tokens not steered (reference audio); ``video_tokens``: only the
-    first that many video tokens are steered (the rest are guide frames)."""
+def _reference(mp, negative, alpha, streams=("video", "audio"), audio_skip=0, video_tokens=None, method=None):
+    """Every block's attn2 (``"video"``) and audio_attn2 (``"audio"``) named in ``streams`` computes NASA (or
+    ``method``, written as support.steered_written_out takes it) written out in float64 while the returned hooks are
+    open; the others run as ComfyUI wrote them. ``negative``: the raw negative tensor. ``audio_skip``: leading audio
+    tokens not steered (reference audio); ``video_tokens``: only the first that many video tokens are steered (the
+    rest are guide frames)."""
     dm = mp.model.diffusion_model
     emb = dict(zip(("video", "audio"), _embedded(dm, negative)))
     hooks = []
@@ -123,7 +124,8 @@ def _reference(mp, negative, alpha, streams=("video", "audio"), audio_skip=0, vi
                 x, context, mask = args[0], kwargs["context"], kwargs.get("mask")
                 heads = attn.heads
                 q = _rms(_lin(x, attn.to_q), attn.q_norm)
-                z = _attention(q, _rms(_lin(context, attn.to_k), attn.k_norm), _lin(context, attn.to_v), heads, mask)
+                k, v = _rms(_lin(context, attn.to_k), attn.k_norm), _lin(context, attn.to_v)
+                z = _attention(q, k, v, heads, mask)
                 k_neg, v_neg = _rms(_lin(emb[stream], attn.to_k), attn.k_norm), _lin(emb[stream], attn.to_v)
                 chunks = kwargs["transformer_options"]["cond_or_uncond"]
                 per = x.shape[0] // len(chunks)
@@ -131,15 +133,18 @@ def _reference(mp, negative, alpha, streams=("video", "audio"), audio_skip=0, vi
                 for c, kind in enumerate(chunks):
                     if kind == 0:
                         rows = slice(c * per, (c + 1) * per)
-                        z[rows, tok] = z[rows, tok] - alpha * _attention(q[rows, tok], k_neg, v_neg, heads)
+                        row_mask = None if mask is None else mask[rows] if mask.shape[0] > 1 else mask
+                        z[rows, tok] = support.steered_written_out(
+                            method, z[rows, tok], *(support.split_heads(t.expand(per, -1, -1), heads) for t in (
+                                q[rows, tok], k[rows], v[rows], k_neg, v_neg)), alpha, row_mask)
                 return _lin(z, attn.to_out[0]).to(x.dtype)
             hooks.append((attn, hook))
     return support.Replacing(hooks)
 
 
 def _reference_sample(mp, negative, alpha, *args, streams=("video", "audio"), audio_skip=0, video_tokens=None,
-                      **kwargs):
-    with _reference(mp, negative, alpha, streams, audio_skip, video_tokens):
+                      method=None, **kwargs):
+    with _reference(mp, negative, alpha, streams, audio_skip, video_tokens, method):
         return _sample(mp, *args, **kwargs)
 
 
@@ -151,6 +156,21 @@ def test_steered_output_equals_independent_reference(env):
     base = _sample(mp, pos, neg)
     got = _sample(env["apply"](mp, alpha=0.8), pos, neg)
     support.check_close(got, _reference_sample(mp, neg[0][0], 0.8, pos, neg), base)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, comfyui, method):
+    """NAG and VSF on every block's video and audio text cross-attention (VSF's softmax over the prompt's keys of
+    that stream and the negative's) equal the methods written out in the test; switched off, the output is the
+    unpatched model's, bit for bit."""
+    core = comfyui.mod("nasa_core")
+    obj, off = support.method_objects(core, method)
+    mp = env["model"]()
+    pos, neg = _conds(env)
+    base = _sample(mp, pos, neg)
+    got = _sample(env["adapters"].apply_nasa(mp, alpha=obj.strength, method=obj), pos, neg)
+    support.check_close(got, _reference_sample(mp, neg[0][0], obj.strength, pos, neg, method=method), base)
+    assert torch.equal(_sample(env["adapters"].apply_nasa(mp, alpha=off.strength, method=off), pos, neg), base)
 
 
 def test_cfg_above_one_cond_rows_equal_the_reference(env):

@@ -125,9 +125,9 @@ def _attention(q, k, v, heads, bias=None):
     return (torch.softmax(scores, dim=-1) @ vh).transpose(1, 2).reshape(b, lq, c)
 
 
-def _reference(mp, negative, alpha, video_tokens=None):
-    """Every block's attn2 of ``mp`` computes NASA written out in float64 while the returned
-    hooks are open (a ``with`` block).
+def _reference(mp, negative, alpha, video_tokens=None, method=None):
+    """Every block's attn2 of ``mp`` computes NASA (or ``method``, written as support.steered_written_out takes it)
+    written out in float64 while the returned hooks are open (a ``with`` block).
     ``negative`` is a conditioning entry [tensor, {"attention_mask": ...}]; only its real tokens count.
     ``video_tokens``: only the first that many query tokens are steered (the rest are guide frames)."""
     dm = mp.model.diffusion_model
@@ -142,7 +142,8 @@ def _reference(mp, negative, alpha, video_tokens=None):
             x, context, mask = args[0], kwargs["context"], kwargs.get("mask")
             heads = attn.heads
             q = _rms(_lin(x, attn.to_q), attn.q_norm)
-            z = _attention(q, _rms(_lin(context, attn.to_k), attn.k_norm), _lin(context, attn.to_v), heads, mask)
+            k, v = _rms(_lin(context, attn.to_k), attn.k_norm), _lin(context, attn.to_v)
+            z = _attention(q, k, v, heads, mask)
             cp = dm.caption_projection
             emb = _lin(F.gelu(_lin(text, cp.linear_1), approximate="tanh"), cp.linear_2)
             k_neg, v_neg = _rms(_lin(emb, attn.to_k), attn.k_norm), _lin(emb, attn.to_v)
@@ -152,14 +153,17 @@ def _reference(mp, negative, alpha, video_tokens=None):
                 if kind == 0:
                     rows = slice(c * per, (c + 1) * per)
                     tok = slice(0, video_tokens)
-                    z[rows, tok] = z[rows, tok] - alpha * _attention(q[rows, tok], k_neg, v_neg, heads)
+                    row_mask = None if mask is None else mask[rows] if mask.shape[0] > 1 else mask
+                    z[rows, tok] = support.steered_written_out(
+                        method, z[rows, tok], *(support.split_heads(t.expand(per, -1, -1), heads) for t in (
+                            q[rows, tok], k[rows], v[rows], k_neg, v_neg)), alpha, row_mask)
             return _lin(z, attn.to_out[0]).to(x.dtype)
         hooks.append((attn, hook))
     return support.Replacing(hooks)
 
 
-def _reference_sample(mp, negative, alpha, *args, video_tokens=None, **kwargs):
-    with _reference(mp, negative, alpha, video_tokens):
+def _reference_sample(mp, negative, alpha, *args, video_tokens=None, method=None, **kwargs):
+    with _reference(mp, negative, alpha, video_tokens, method):
         return _sample(mp, *args, **kwargs)
 
 
@@ -192,6 +196,21 @@ def test_steered_output_equals_independent_reference(env):
     base = _sample(mp, pos, neg, steps=2)
     got = _sample(env.apply(mp, alpha=0.8), pos, neg, steps=2)
     support.check_close(got, _reference_sample(mp, neg[0], 0.8, pos, neg, steps=2), base)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, comfyui, method):
+    """NAG and VSF on every block's text cross-attention (VSF's softmax over the prompt's real tokens, by its mask,
+    and the negative's) equal the methods written out in the test; switched off, the output is the unpatched
+    model's, bit for bit."""
+    core, apply_nasa = comfyui.mod("nasa_core"), comfyui.mod("adapters").apply_nasa
+    obj, off = support.method_objects(core, method)
+    mp = env.model()
+    pos, neg = _conds(env)
+    base = _sample(mp, pos, neg, steps=2)
+    got = _sample(apply_nasa(mp, alpha=obj.strength, method=obj), pos, neg, steps=2)
+    support.check_close(got, _reference_sample(mp, neg[0], obj.strength, pos, neg, steps=2, method=method), base)
+    assert torch.equal(_sample(apply_nasa(mp, alpha=off.strength, method=off), pos, neg, steps=2), base)
 
 
 def test_negative_padding_is_ignored_as_the_model_ignores_the_prompts(env):

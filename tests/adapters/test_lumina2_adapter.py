@@ -1,11 +1,11 @@
 """NASA-I on ComfyUI's own Lumina 2 class, NextDiT (random weights, tiny config from runner.random_weights.models).
 
 Held against code written here, independent of the pack:
-* a float64-attention NextDiT forward with the negative stream and NASA written out (``_reference``): the
-  negative goes through the caption embedder and context refiner, then each main layer's weights; its
-  RoPE is that of a forward on the negative prompt (captions 0..N-1, the image right after them at N),
-  applied there to the image's queries and keys too; giving it the positive's image positions instead is
-  detectably wrong,
+* a float64-attention NextDiT forward with the negative stream and NASA (or NAG, VSF) written out
+  (``_reference``): the negative goes through the caption embedder and context refiner, then each main
+  layer's weights; its RoPE is that of a forward on the negative prompt (captions 0..N-1, the image right
+  after them at N), applied there to the image's queries and keys too; giving it the positive's image
+  positions instead is detectably wrong,
 * hooks counting projections: one context-refiner pass and one projection per main layer for the negative
   per forward, none in the noise refiner,
 * the negative stream after the context refiner and after main layer 0 equals the caption stream of a
@@ -45,20 +45,23 @@ IMAGE_TOKENS = (H // 2) * (W // 2)
 @pytest.fixture(scope="module")
 def env(comfyui):
     return cases.family_env(comfyui, "lumina2", lumina="adapters.lumina2", z_image="adapters.z_image",
-                            adapters="adapters")
+                            adapters="adapters", core="nasa_core")
 
 
 def _width(config):
     return config["cap_feat_dim"]
 
 
-def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, **extra):
+def _direct(env, mp, x, t, context, negative, alpha, attention_mask=None, method=None, **extra):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all
-    positive). The clone is loaded as the sampler loads it, which applies its object patches. ``extra``: more
-    keyword arguments of the model's forward."""
+    positive). The clone is loaded as the sampler loads it, which applies its object patches. ``method``
+    (nasa_core.Nag, ...) as apply_nasa takes it; ``extra``: more keyword arguments of the model's forward."""
     import comfy.model_management
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["lumina"].FAMILY)
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["lumina"].FAMILY, method=method)
     comfy.model_management.load_models_gpu([m])
     num_tokens = context.shape[1] if attention_mask is None else int(attention_mask[0].sum())
     with torch.no_grad():
@@ -116,11 +119,12 @@ def _self_layer(layer, h, ids, temb, config):
     return _finish(layer, h, _attn(_rotate(q, ids, axes), _rotate(k, ids, axes), v), g1, s2, g2)
 
 
-def _reference(dm, config, x, t, context, negative, alpha, negative_beside_positive=False):
+def _reference(dm, config, x, t, context, negative, alpha, negative_beside_positive=False, method=None):
     """NextDiT forward with NASA from the paper's formula and the published structure, with the model's weights;
     attention and RoPE in float64. The negative's terms use the positions of a forward on the negative prompt
     (``negative_beside_positive``: the negative at 0..N-1 but the image where the positive put it, to show that
-    choice is caught)."""
+    choice is caught). ``method``: None (NASA), ("nag", tau, blend) or ("vsf", bias) at strength ``alpha``
+    (support.steered_written_out; VSF's one softmax sees the positive keys at their distances from the image)."""
     axes, b = config["axes_dims"], x.shape[0]
     temb = dm.t_embedder(1.0 - t, dtype=x.dtype)
     cap, neg = dm.cap_embedder(context), dm.cap_embedder(negative)
@@ -135,6 +139,8 @@ def _reference(dm, config, x, t, context, negative, alpha, negative_beside_posit
     h = torch.cat((cap, img), 1)
     ids = torch.cat((_caption_ids(b, P), _image_ids(b, P)), 1)
     image_ids_for_negative = _image_ids(b, P if negative_beside_positive else N)
+    shifted = ids.clone()           # the positive's positions moved with the image: the same distances to it
+    shifted[..., 0] += image_ids_for_negative[0, 0, 0] - P
     for layer in dm.layers:
         s1, g1, s2, g2 = _mods(layer, temb)
         q, k, v = _project(layer, h, s1, config)
@@ -142,7 +148,8 @@ def _reference(dm, config, x, t, context, negative, alpha, negative_beside_posit
         o = _attn(_rotate(q, ids, axes), _rotate(k, ids, axes), v)
         qi, ki = _rotate(q[:, P:], image_ids_for_negative, axes), _rotate(k[:, P:], image_ids_for_negative, axes)
         nq, nk = _rotate(nq, _caption_ids(b, N), axes), _rotate(nk, _caption_ids(b, N), axes)
-        o[:, P:] -= alpha * _attn(qi, nk, nv)
+        o[:, P:] = support.steered_written_out(method, o[:, P:], *(u.transpose(1, 2) for u in (
+            qi, _rotate(k, shifted, axes), v, nk, nv)), alpha)
         no = _attn(nq, torch.cat((nk, ki), 1), torch.cat((nv, v[:, P:]), 1))
         h, neg = _finish(layer, h, o, g1, s2, g2), _finish(layer, neg, no, g1, s2, g2)
     out = dm.final_layer(h, temb)[:, P:]
@@ -170,6 +177,24 @@ def test_matches_independent_reference(env):
         wrong = _reference(dm, config, x, t, context, negative, 1.0, negative_beside_positive=True)
     support.check_close(got, want, base)
     assert (got - wrong).abs().max() > 10 * (got - want).abs().max()    # the negative's RoPE positions show
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the main layers' image query rows equal the methods written out on the reference (VSF's one
+    softmax over the layer's caption and image keys and the negative stream's); at zero strength the output is the
+    unpatched model's, bit for bit."""
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    obj, off = support.method_objects(env["core"], method)
+    got = _direct(env, mp, x, t, context, negative, obj.strength, method=obj)
+    with torch.no_grad():
+        dm = mp.model.diffusion_model
+        want = _reference(dm, config, x, t, context, negative, obj.strength, method=method)
+        base = _reference(dm, config, x, t, context, negative, 0.0)
+        plain = dm(x, t, context, POS_LEN, transformer_options={})
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, x, t, context, negative, off.strength, method=off), plain)
 
 
 def test_negative_goes_through_the_caption_path_once_and_every_main_layer_once_per_forward(env):

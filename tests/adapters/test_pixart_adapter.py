@@ -1,8 +1,8 @@
 """NASA on ComfyUI's own PixArt-α / PixArt-Σ classes (``comfy.ldm.pixart``, random weights).
 
 Held against code written here, independent of the pack:
-* a PixArt forward with NASA written out (float64 cross-attention, the model's weights) on the inputs
-  the diffusion model received inside ComfyUI's sampler (``_reference``), batch 1, batch 2 and cfg > 1;
+* a PixArt forward with NASA (or NAG, VSF) written out (float64 cross-attention, the model's weights) on the
+  inputs the diffusion model received inside ComfyUI's sampler (``_reference``), batch 1, batch 2 and cfg > 1;
 * hooks counting each block's ``kv_linear`` inputs of the negative's length: every cross-attention
   layer projects the negative exactly once per sampling run, and the caption projection embeds it once;
 * alpha = 0 runs the original forward (the negative is never projected); cfg 1 runs one model pass per step;
@@ -38,7 +38,8 @@ def env(comfyui):
         return cases.model(rm, family, dtype)
 
     return dict(rm=rm, pixart=comfyui.mod("adapters.pixart"), nasa_run=comfyui.mod("adapters.run"),
-                model=model, apply=support.apply_nasa, width=lambda family: cases.width(rm, family))
+                model=model, apply=support.apply_nasa, width=lambda family: cases.width(rm, family),
+                adapters=comfyui.mod("adapters"), core=comfyui.mod("nasa_core"))
 
 
 def _conds(env, family="pixart", **kw):
@@ -87,10 +88,11 @@ def _attn(q, k, v, heads):
     return (p @ vh).transpose(1, 2).reshape(b, n, c)
 
 
-def _reference(dm, call, negative, alpha):
+def _reference(dm, call, negative, alpha, method=None):
     """PixArtMS forward (published block structure, the model's weights) whose every cross-attention is
     Z+ - alpha * softmax(Q K-^T/sqrt(d)) V- on the positive rows, K-/V- = kv_linear(caption projection of
-    the negative); cross-attention in float64."""
+    the negative); cross-attention in float64. ``method``: None (NASA), ("nag", tau, blend) or ("vsf", bias)
+    at strength ``alpha`` instead (support.steered_written_out)."""
     from comfy.ldm.pixart.pixartms import get_2d_sincos_pos_embed_torch, t2i_modulate
     x, t, context = call["x"], call["t"], call["context"]
     b, _, h, w = x.shape
@@ -121,28 +123,31 @@ def _reference(dm, call, negative, alpha):
         k_neg, v_neg = ca.kv_linear(neg).chunk(2, dim=-1)
         z = _attn(q, k, v, ca.num_heads)
         if steer:
-            z[steer] -= alpha * _attn(q[steer], k_neg, v_neg, ca.num_heads)
+            rows = [support.split_heads(u.expand(len(steer), -1, -1), ca.num_heads)
+                    for u in (q[steer], k[steer], v[steer], k_neg, v_neg)]
+            z[steer] = support.steered_written_out(method, z[steer], *rows, alpha)
         hid = hid + ca.proj(z.to(hid.dtype))
         hid = hid + mods[5] * blk.mlp(t2i_modulate(blk.norm2(hid), mods[3], mods[4]))
     out = dm.unpatchify(dm.final_layer(hid, temb), h, w)
     return out[:, :dm.in_channels] if dm.pred_sigma else out
 
 
-def _check_run_against_reference(env, mp, width, alpha, cfg=1.0, batch=1, same_lengths=False, tol=1e-4):
-    """Sample one step with NASA, then hold every captured forward against ``_reference``."""
+def _check_run_against_reference(env, mp, width, alpha, cfg=1.0, batch=1, same_lengths=False, tol=1e-4,
+                                 method=None):
+    """Sample one step with NASA, then hold every captured forward against ``_reference``. ``method``: (the pack's
+    method object, its written form) to run NAG or VSF at ``alpha`` (that method's strength) instead."""
     pos, neg = _conds(env, width=width, neg_len=POS_LEN if same_lengths else NEG_LEN)
     dm = mp.model.diffusion_model
+    nasa = env["apply"](mp, alpha=alpha) if method is None else env["adapters"].apply_nasa(mp, alpha=alpha,
+                                                                                            method=method[0])
     with _Capture(dm) as cap:
-        _sample(env["apply"](mp, alpha=alpha), pos, neg, cfg=cfg, batch=batch)
+        _sample(nasa, pos, neg, cfg=cfg, batch=batch)
     assert cap.calls
     for call in cap.calls:
         with torch.no_grad():
-            want = _reference(dm, call, neg[0][0], alpha)
+            want = _reference(dm, call, neg[0][0], alpha, None if method is None else method[1])
             base = _reference(dm, call, neg[0][0], 0.0)
-        effect = (want - base).abs().max().item()
-        err = (call["out"] - want).abs().max().item()
-        assert effect > 1e-2 * base.abs().max().item(), "NASA's effect is too small to test against"
-        assert err <= tol * effect, (err, effect)
+        support.check_close(call["out"], want, base, tol)
     return cap.calls
 
 
@@ -153,6 +158,20 @@ def test_output_equals_independent_reference(env, family):
     """cfg 1, batch 1 (the sampler's negative, which ComfyUI drops from the model pass at cfg 1)."""
     calls = _check_run_against_reference(env, env["model"](family), env["width"](family), alpha=0.8)
     assert [c["cond_or_uncond"] for c in calls] == [[0]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, family, method):
+    """NAG and VSF on every block's cross-attention (cfg 1, batch 1: VSF's one softmax over the caption's keys and
+    the negative's) equal the methods written out on the reference; at zero strength the output is the unpatched
+    model's, bit for bit."""
+    mp = env["model"](family)
+    obj, off = support.method_objects(env["core"], method)
+    _check_run_against_reference(env, mp, env["width"](family), alpha=obj.strength, method=(obj, method))
+    pos, neg = _conds(env, family)
+    assert torch.equal(_sample(env["adapters"].apply_nasa(mp, alpha=off.strength, method=off), pos, neg),
+                       _sample(mp, pos, neg))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -34,17 +34,21 @@ H, W = 8, 12                   # latent size: 4 x 6 image tokens, text positions
 
 @pytest.fixture(scope="module")
 def env(comfyui):
-    return cases.family_env(comfyui, "qwen_image", qwen="adapters.qwen_image")
+    return cases.family_env(comfyui, "qwen_image", qwen="adapters.qwen_image", core="nasa_core", pack="adapters")
 
 
 def _width(config):
     return config["joint_attention_dim"]
 
 
-def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None):
-    """One diffusion-model forward of the NASA clone of ``mp``, NasaRun built by hand (batch rows all positive)."""
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["qwen"].FAMILY)
+def _direct(env, mp, x, t, context, negative, alpha, ref_latents=None, method=None):
+    """One diffusion-model forward of the NASA clone of ``mp``, NasaRun built by hand (batch rows all positive);
+    ``method``: nasa_core.Nag / Vsf at strength ``alpha`` (None: NASA through the node)."""
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["pack"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["qwen"].FAMILY, method=method)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, ref_latents=ref_latents, transformer_options=options)
 
@@ -84,8 +88,9 @@ def _mlp(x, norm, mlp, params):
 
 
 def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, steer_references=False,
-               negative_text_start=None, ref_timestep_zero=False, steered_tokens=None):
-    """Qwen-Image forward with NASA from the paper's formula and the published block structure, with the
+               negative_text_start=None, ref_timestep_zero=False, steered_tokens=None, method=None):
+    """Qwen-Image forward with NASA (``method`` ("nag", tau, blend) or ("vsf", bias): that method at strength
+    ``alpha``, support.steered_written_out) from the paper's formula and the published block structure, with the
     model's weights; attention and RoPE in float64. Text RoPE: both prompts start at half the image's
     longer token side (``negative_text_start`` overrides the negative's, to show a wrong choice is caught).
     ``x`` is (B, C, T, H, W): T > 1 frames (Layered) are all generated image tokens, numbered by frame on the
@@ -133,7 +138,8 @@ def _reference(dm, config, x, t, context, negative, alpha, ref_latents=None, ste
         v = torch.cat((tv, iv), 1)
         nq, nk = _rotate(nq, neg_ids, axes), _rotate(nk, neg_ids, axes)
         o = _attn(q, k, v)
-        o[:, steer] -= alpha * _attn(q[:, steer], nk, nv)
+        o[:, steer] = support.steered_written_out(method, o[:, steer], *(t_.transpose(1, 2) for t_ in (
+            q[:, steer], k, v, nk, nv)), alpha)
         no = _attn(nq, torch.cat((nk, k[:, T:]), 1), torch.cat((nv.double(), v[:, T:].double()), 1))
         img = img + gi * a.to_out[0](o[:, T:].float())
         txt = txt + gt * a.to_add_out(o[:, :T].float())
@@ -174,6 +180,25 @@ def _check(env, alpha=1.0, ref_latents=None, tol=1e-3, mp=None, frames=1, ref_ti
 
 def test_matches_independent_reference(env):
     _check(env)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's generated-image rows, without and with an Edit reference latent (extra
+    keys, not steered); VSF's softmax over the block's text, image (and reference) keys and the negative stream's.
+    At zero strength the output is the unpatched model's, bit for bit."""
+    obj, off = support.method_objects(env["core"], method)
+    mp, config = env["model"](), env["config"]
+    x, t, context, negative = _inputs(config)
+    dm = mp.model.diffusion_model
+    for refs in (None, _ref_latents()):
+        got = _direct(env, mp, x, t, context, negative, obj.strength, refs, method=obj)
+        with torch.no_grad():
+            want = _reference(dm, config, x, t, context, negative, obj.strength, refs, method=method)
+            base = _reference(dm, config, x, t, context, negative, 0.0, refs)
+            plain = dm(x, t, context, ref_latents=refs, transformer_options={})
+        support.check_close(got, want, base)
+        assert torch.equal(_direct(env, mp, x, t, context, negative, off.strength, refs, method=off), plain)
 
 
 def test_negative_text_rope_starts_where_the_models_text_does(env):

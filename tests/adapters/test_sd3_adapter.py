@@ -33,13 +33,15 @@ def env(comfyui):
     rm = comfyui.mod("runner.random_weights.models")
     nasa_run = comfyui.mod("adapters.run")
     sd3 = comfyui.mod("adapters.sd3")
+    core = comfyui.mod("nasa_core")
 
     def model(family="sd3", dtype=torch.float32, **overrides):
         return cases.model(rm, family, dtype, **overrides)     # random RMS qk norms (family_cases.py)
 
     apply = support.apply_nasa
 
-    return dict(rm=rm, nasa_run=nasa_run, sd3=sd3, model=model, apply=apply)
+    return dict(rm=rm, nasa_run=nasa_run, sd3=sd3, core=core, model=model, apply=apply,
+                apply_nasa=comfyui.mod("adapters").apply_nasa)
 
 
 def _config(env, family="sd3"):
@@ -54,10 +56,14 @@ def _conds(env, family):
     return cases.conds(env["rm"], family, POS_LEN, NEG_LEN)
 
 
-def _direct(env, mp, x, t, context, y, negative, alpha):
-    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive)."""
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["sd3"].FAMILY)
+def _direct(env, mp, x, t, context, y, negative, alpha, method=None):
+    """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all positive);
+    ``method``: nasa_core.Nag / Vsf at strength ``alpha`` (None: NASA through the node)."""
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["apply_nasa"](mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], env["sd3"].FAMILY, method=method)
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context.clone(), y=y, transformer_options=options)  # a context processor adds in place
 
@@ -103,8 +109,9 @@ def _mlp(block, h, shift, scale, gate):
     return h + gate[:, None] * m.fc2(F.gelu(m.fc1(_modulate(h, shift, scale)), approximate="tanh"))
 
 
-def _reference(dm, x, t, context, y, negative, alpha):
-    """MMDiT forward with NASA, written from the paper's formula and SD3's published block structure (joint
+def _reference(dm, x, t, context, y, negative, alpha, method=None):
+    """MMDiT forward with NASA (``method`` ("nag", tau, blend) or ("vsf", bias): that method at strength ``alpha``,
+    support.steered_written_out), written from the paper's formula and SD3's published block structure (joint
     sequence [text; image], adaLN-Zero, SD3.5M's extra image self-attention unsteered), using the model's weights;
     attention in float64."""
     from einops import rearrange
@@ -125,7 +132,7 @@ def _reference(dm, x, t, context, y, negative, alpha):
         iq, ik, iv = _qkv(xb.attn, img, xm[0], xm[1])
         q, k, v = (torch.cat(p, 2) for p in ((tq, iq), (tk, ik), (tv, iv)))
         a = _attn(q, k, v)
-        a[:, T:] -= alpha * _attn(iq, nk, nv)
+        a[:, T:] = support.steered_written_out(method, a[:, T:], iq, k, v, nk, nv, alpha)
         new_img = img + xm[2][:, None] * xb.attn.proj(a[:, T:].float())
         if xb.x_block_self_attn:
             new_img = new_img + xm[8][:, None] * xb.attn2.proj(_attn(*_qkv(xb.attn2, img, xm[6], xm[7])).float())
@@ -241,6 +248,24 @@ def test_block_replace_installed_before_nasa_still_runs(env):
     got = _direct(env, prior, x, t, context, y, negative, 1.0)
     assert calls == list(range(len(mp.model.diffusion_model.joint_blocks)))
     assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the joint attention's image rows of the SD3.5M-like model (its image-only self-attention
+    unsteered); VSF's softmax over the block's text and image keys and the negative stream's. At zero strength the
+    output is the unpatched model's, bit for bit."""
+    obj, off = support.method_objects(env["core"], method)
+    mp = env["model"]("sd35m")
+    x, t, context, y, negative = _inputs(_config(env, "sd35m"))
+    dm = mp.model.diffusion_model
+    got = _direct(env, mp, x, t, context, y, negative, obj.strength, method=obj)
+    with torch.no_grad():
+        want = _reference(dm, x, t, context, y, negative, obj.strength, method=method)
+        base = _reference(dm, x, t, context, y, negative, 0.0)
+        plain = dm(x, t, context.clone(), y=y, transformer_options={})
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, x, t, context, y, negative, off.strength, method=off), plain)
 
 
 def test_stock_loader_builds_the_tiny_sd35m_and_nasa_matches_reference(env):

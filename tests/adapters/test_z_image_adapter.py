@@ -2,12 +2,12 @@
 tiny configs from runner.random_weights.models (pad multiple 8 instead of the published 32).
 
 Held against code written here, independent of the pack:
-* a float64-attention Z-Image forward with the negative stream and NASA written out (``_reference``): the caption
-  and the negative padded with the learned caption pad token to a multiple of 8, at positions 1..P (1..N for the
-  negative); the image at P + 1 followed by learned image pad tokens at position 0; the negative's terms use the
-  positions of a forward on the negative prompt (image at N + 1, its padding at 0), also for the image padding keys
-  the stream attends to - giving those the positive's distances instead is detectably wrong; the pixel-space model's
-  decoder head on the same backbone;
+* a float64-attention Z-Image forward with the negative stream and NASA (or NAG, VSF) written out (``_reference``):
+  the caption and the negative padded with the learned caption pad token to a multiple of 8, at positions 1..P
+  (1..N for the negative); the image at P + 1 followed by learned image pad tokens at position 0; the negative's
+  terms use the positions of a forward on the negative prompt (image at N + 1, its padding at 0), also for the image
+  padding keys the stream attends to - giving those the positive's distances instead is detectably wrong; the
+  pixel-space model's decoder head on the same backbone;
 * the negative stream after the context refiner and after main layers 0 equals the caption stream of a plain
   forward on the negative - with prompts padded to different lengths where the image needs no padding, and with
   image padding where the prompts pad to the same length (the noise refiner lets the image attend to its padding,
@@ -36,19 +36,25 @@ MULTIPLE = 8
 @pytest.fixture(scope="module")
 def env(comfyui):
     cases.skip_if_missing("z_image")
-    return cases.family_env(comfyui, "z_image", z_image="adapters.z_image", lumina="adapters.lumina2")
+    return cases.family_env(comfyui, "z_image", z_image="adapters.z_image", lumina="adapters.lumina2",
+                            adapters="adapters", core="nasa_core")
 
 
 def _padded(n):
     return -(-n // MULTIPLE) * MULTIPLE
 
 
-def _direct(env, mp, x, t, context, negative, alpha, family=None, **extra):
+def _direct(env, mp, x, t, context, negative, alpha, family=None, method=None, **extra):
     """One diffusion-model forward of the NASA clone of ``mp`` with a NasaRun built by hand (batch rows all
-    positive), the clone loaded as the sampler loads it (which applies its object patches)."""
+    positive), the clone loaded as the sampler loads it (which applies its object patches); ``method``
+    (nasa_core.Nag, ...) as apply_nasa takes it."""
     import comfy.model_management
-    m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
-    options = support.nasa_options(m, negative, alpha, env["nasa_run"], family or env["z_image"].FAMILY)
+    if method is None:
+        m = env["apply"](mp, negative=[[negative, {}]], alpha=alpha)
+    else:
+        m = env["adapters"].apply_nasa(mp, negative=[[negative, {}]], alpha=alpha, method=method)
+    options = support.nasa_options(m, negative, alpha, env["nasa_run"], family or env["z_image"].FAMILY,
+                                   method=method)
     comfy.model_management.load_models_gpu([m])
     with torch.no_grad():
         return m.model.diffusion_model(x, t, context, context.shape[1], transformer_options=options, **extra)
@@ -114,11 +120,13 @@ def _self_layer(layer, h, ids, temb, config):
     return _finish(layer, h, _attn(_rotate(q, ids, config), _rotate(k, ids, config), v), g1, s2, g2)
 
 
-def _reference(dm, config, x, t, context, negative, alpha, pads_beside_positive=False):
+def _reference(dm, config, x, t, context, negative, alpha, pads_beside_positive=False, method=None):
     """Z-Image's forward with NASA from the paper's formula and the published structure, with the model's weights,
     attention and RoPE in float64; returns the main layers' image hidden states (B, tokens, dim) and ``temb``.
     ``pads_beside_positive``: the stream attends to the image padding keys at the distance they have from the
-    positive caption (their position 0 left as it is beside the negative placed before the positive's image)."""
+    positive caption (their position 0 left as it is beside the negative placed before the positive's image).
+    ``method``: None (NASA), ("nag", tau, blend) or ("vsf", bias) at strength ``alpha`` (support.steered_written_out;
+    VSF's one softmax sees all the positive's keys, its padding too, at their distances from the image)."""
     b, p = x.shape[0], config["patch_size"]
     th, tw = x.shape[-2] // p, x.shape[-1] // p
     temb = dm.t_embedder((1.0 - t) * config["time_scale"], dtype=x.dtype)
@@ -142,6 +150,8 @@ def _reference(dm, config, x, t, context, negative, alpha, pads_beside_positive=
         image_ids = image_ids.clone()
         image_ids[:, n_img:, 0] = N - P
     image = slice(P, P + n_img)
+    shifted = ids.clone()           # the positive's positions moved with the image: the same distances to it
+    shifted[..., 0] += N - P
     for layer in dm.layers:
         s1, g1, s2, g2 = _mods(layer, temb)
         q, k, v = _project(layer, h, s1, config)
@@ -149,7 +159,8 @@ def _reference(dm, config, x, t, context, negative, alpha, pads_beside_positive=
         o = _attn(_rotate(q, ids, config), _rotate(k, ids, config), v)
         qi, ki = _rotate(q[:, P:], image_ids, config), _rotate(k[:, P:], image_ids, config)
         nq, nk = _rotate(nq, neg_ids, config), _rotate(nk, neg_ids, config)
-        o[:, image] -= alpha * _attn(qi[:, :n_img], nk, nv)
+        o[:, image] = support.steered_written_out(method, o[:, image], *(u.transpose(1, 2) for u in (
+            qi[:, :n_img], _rotate(k, shifted, config), v, nk, nv)), alpha)
         no = _attn(nq, torch.cat((nk, ki), 1), torch.cat((nv, v[:, P:]), 1))
         h, neg = _finish(layer, h, o, g1, s2, g2), _finish(layer, neg, no, g1, s2, g2)
     return h[:, image], temb
@@ -198,6 +209,24 @@ def test_pixel_space_matches_independent_reference(env):
         want, base = (_pixel_out(dm, config, _reference(dm, config, x, t, context, negative, alpha)[0], x, t)
                       for alpha in (1.0, 0.0))
     support.check_close(got, want, base)
+
+
+@pytest.mark.parametrize("method", support.METHODS)
+def test_nag_and_vsf_equal_their_references(env, method):
+    """NAG and VSF on the main layers' image query rows (not the image padding's) equal the methods written out on
+    the reference (VSF's one softmax over the layer's caption, image and image padding keys and the negative
+    stream's); at zero strength the output is the unpatched model's, bit for bit."""
+    mp, config = env["model"](), env["config"]
+    dm = mp.model.diffusion_model
+    x, t, context, negative = _inputs(config)            # 15 image tokens + 1 pad; prompts padded to 24 and 32
+    obj, off = support.method_objects(env["core"], method)
+    got = _direct(env, mp, x, t, context, negative, obj.strength, method=obj)
+    with torch.no_grad():
+        want, base = (_latent_out(dm, config, *_reference(dm, config, x, t, context, negative, alpha, method=m), x)
+                      for alpha, m in ((obj.strength, method), (0.0, None)))
+        plain = dm(x, t, context, POS_LEN, transformer_options={})
+    support.check_close(got, want, base)
+    assert torch.equal(_direct(env, mp, x, t, context, negative, off.strength, method=off), plain)
 
 
 @pytest.mark.parametrize("h, w, neg_len", [(8, 8, NEG_LEN), (6, 10, 22)],
