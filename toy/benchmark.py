@@ -15,6 +15,7 @@ negative as the unconditional prompt, NASA-I}. kappa (CFG) and alpha (NASA-I) ar
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -86,7 +87,11 @@ class Bench:
     """Loads the shipped models once and samples any (sampler, method, pair) cell."""
 
     def __init__(self, weights_dir=models.WEIGHTS_DIR, seeds: int = 100, first_seed: int = 1000, log=print,
-                 names: Sequence[str] = (TEACHER, STUDENT)):
+                 names: Sequence[str] = (TEACHER, STUDENT), chunk: Optional[int] = None):
+        """``chunk``: sample every cell ``chunk`` seeds at a time, each chunk's sampler seed its first seed (as
+        ComfyUI's NAGuidance must always be sampled, :data:`CORE_NAG_CHUNK`), so a stochastic sampler's noise is the
+        same for every method of a study; None: all seeds in one batch."""
+        self.chunk = chunk
         self.loaded = {name: models.load_checkpoint(name, weights_dir) for name in names}
         self.clip = self.loaded[names[0]][1]
         self.vae = self.loaded[names[0]][2]
@@ -111,7 +116,6 @@ class Bench:
         """method: "none", "cfg" (value = kappa), "nasa" (value = alpha; ``nasa_options``: more
         :func:`..adapters.apply_nasa` keywords, e.g. blocks, guard, stream, method) or "core_nag" (ComfyUI's own
         NAGuidance node, value = (nag_scale, nag_alpha, nag_tau), the negative as the sampler's at cfg 1)."""
-        import comfy.sample
         model = self.loaded[sampler.model][0]
         negative, cfg = self.cond(""), sampler.base_cfg
         if method == "cfg":
@@ -123,32 +127,37 @@ class Bench:
             return self._core_nag_images(sampler, pair, *value)
         elif method != "none":
             raise ValueError(f"unknown method {method!r}")
-        latent = torch.zeros_like(self.noise)
-        out = comfy.sample.sample(model, self.noise, sampler.steps, cfg, sampler.sampler, sampler.scheduler,
-                                  self.cond(pair.positive), negative, latent, disable_pbar=True, seed=self.seeds[0])
+        out = self._sample(model, sampler, cfg, pair.positive, negative, self.chunk)
         return self.vae.decode(out).movedim(-1, 1).float().clamp(0, 1)
 
-    def _core_nag_images(self, sampler: Sampler, pair: world.PromptPair, scale: float, blend: float,
-                         tau: float) -> torch.Tensor:
-        """ComfyUI's NAGuidance node (the negative as the sampler's, cfg 1), sampled :data:`CORE_NAG_CHUNK` seeds at
-        a time (each chunk's sampler seed its first seed), each chunk checked to differ from the same chunk
-        without it: a node that did nothing is an error, not a measurement."""
+    def _sample(self, model, sampler: Sampler, cfg: float, positive: str, negative, chunk: Optional[int]):
+        """Latents of every seed, ``chunk`` seeds per batch (None: one batch), each batch's sampler seed its first."""
         import comfy.sample
+        step = chunk or len(self.seeds)
+        return torch.cat([comfy.sample.sample(model, self.noise[i:i + step], sampler.steps, cfg, sampler.sampler,
+                                              sampler.scheduler, self.cond(positive), negative,
+                                              torch.zeros_like(self.noise[i:i + step]), disable_pbar=True,
+                                              seed=self.seeds[i])
+                          for i in range(0, len(self.seeds), step)])
+
+    def _core_nag_images(self, sampler: Sampler, pair: world.PromptPair, scale: float, blend: float,
+                         tau: float, check: bool = True) -> torch.Tensor:
+        """ComfyUI's NAGuidance node (the negative as the sampler's, cfg 1), sampled :data:`CORE_NAG_CHUNK` seeds at
+        a time (each chunk's sampler seed its first seed). ``check``: the images are compared with the same chunks
+        sampled without it: a node that did nothing is an error, not a measurement (off: only the node's own
+        sampling runs, for timing it)."""
         from comfy_extras.nodes_nag import NAGuidance
         base = self.loaded[sampler.model][0]
         model = NAGuidance.execute(model=base, nag_scale=scale, nag_alpha=blend, nag_tau=tau).result[0]
-        chunks = []
-        for start in range(0, len(self.seeds), CORE_NAG_CHUNK):
-            noise = self.noise[start:start + CORE_NAG_CHUNK]
-            outs = [comfy.sample.sample(m, noise, sampler.steps, sampler.base_cfg, sampler.sampler, sampler.scheduler,
-                                        self.cond(pair.positive), self.cond(pair.negative if m is model else ""),
-                                        torch.zeros_like(noise), disable_pbar=True, seed=self.seeds[start])
-                    for m in (base, model)]
-            if torch.allclose(outs[0], outs[1], atol=1e-5):
-                raise RuntimeError("toy benchmark: ComfyUI's NAGuidance changed nothing (ComfyUI ran the cond and "
-                                   "uncond rows in separate batches?); lower CORE_NAG_CHUNK")
-            chunks.append(outs[1])
-        return self.vae.decode(torch.cat(chunks)).movedim(-1, 1).float().clamp(0, 1)
+        out = self._sample(model, sampler, sampler.base_cfg, pair.positive, self.cond(pair.negative), CORE_NAG_CHUNK)
+        if check:
+            plain = self._sample(base, sampler, sampler.base_cfg, pair.positive, self.cond(""), CORE_NAG_CHUNK)
+            changed = [not torch.allclose(a, b, atol=1e-5) for a, b in zip(plain.split(CORE_NAG_CHUNK),
+                                                                          out.split(CORE_NAG_CHUNK))]
+            if not all(changed):
+                raise RuntimeError("toy benchmark: ComfyUI's NAGuidance changed nothing in a batch (ComfyUI ran the "
+                                   "cond and uncond rows in separate batches?); lower CORE_NAG_CHUNK")
+        return self.vae.decode(out).movedim(-1, 1).float().clamp(0, 1)
 
     def cell(self, sampler: Sampler, pairs: Sequence[world.PromptPair], method: str, value=None,
              nasa_options: Optional[dict] = None) -> Tuple[Scores, list]:
@@ -156,25 +165,31 @@ class Bench:
         return Scores.mean(per_pair), per_pair
 
 
-def relative_cost(bench: Bench, sampler: Sampler, call: tuple, repeats: int = 3) -> dict:
-    """FLOPs and CPU time (min of ``repeats``) of one 1-step batch of ``sampler``'s model sampled with ``call`` =
-    (method, value, options) as :meth:`Bench.images` takes them, relative to the same batch without a negative."""
+def relative_cost(bench: Bench, sampler: Sampler, call: tuple, rounds: int = 7) -> dict:
+    """FLOPs and CPU time of one 1-step batch of ``sampler``'s model sampled with ``call`` = (method, value, options)
+    as :meth:`Bench.images` takes them, relative to the same batch without a negative: the time is the median over
+    ``rounds`` interleaved rounds of each round's ratio (one batch of toy images takes milliseconds, so single
+    timings swing). ComfyUI's NAGuidance is timed without its did-it-act check (only the node's own sampling)."""
     from ..nasa_core.flops import counted_flops
     one = Sampler(sampler.label, sampler.model, 1, sampler.sampler, sampler.scheduler, 1.0, (), ())
     pair = world.pairs("heldout")[0]
 
-    def measure(method, value, options):
-        flops = counted_flops(lambda: bench.images(one, pair, method, value, options))
+    def batch(method, value, options):
+        if method == "core_nag":
+            return lambda: bench._core_nag_images(one, pair, *value, check=False)
+        return lambda: bench.images(one, pair, method, value, options)
+    plain, steered = batch("none", None, None), batch(*call)
+    steered()                                                          # warm-up (and the FLOP count below)
+    flops = counted_flops(steered) / counted_flops(plain)
+    ratios = []
+    for _ in range(rounds):
         times = []
-        for _ in range(repeats):
+        for fn in (plain, steered):
             t0 = time.perf_counter()
-            bench.images(one, pair, method, value, options)
+            fn()
             times.append(time.perf_counter() - t0)
-        return flops, min(times)
-
-    f0, t0 = measure("none", None, None)
-    f1, t1 = measure(*call)
-    return {"flops": f1 / f0, "time": t1 / t0}
+        ratios.append(times[1] / times[0])
+    return {"flops": flops, "time": statistics.median(ratios)}
 
 
 def choose(bench: Bench, sampler: Sampler, method: str, values: Sequence[float], baseline: Scores,

@@ -97,9 +97,9 @@ def usable(baseline: benchmark.Scores, s: benchmark.Scores, defects: bool = True
             and (not defects or s.defects <= baseline.defects + DEFECT_SLACK))
 
 
-def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting, repeats: int = 3) -> dict:
+def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting) -> dict:
     """FLOPs and CPU time of one 1-step batch with ``setting`` at alpha 1, relative to no negative."""
-    return benchmark.relative_cost(bench, sampler, ("nasa", 1.0, setting.nasa_options()), repeats)
+    return benchmark.relative_cost(bench, sampler, ("nasa", 1.0, setting.nasa_options()))
 
 
 def run(bench: benchmark.Bench, world_name: str, log=print) -> dict:

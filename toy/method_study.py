@@ -68,9 +68,9 @@ def core_nag_available() -> Optional[str]:
     return None if available() else "this ComfyUI has no NAGuidance node (0.33+)"
 
 
-def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting, repeats: int = 3) -> dict:
+def cost(bench: benchmark.Bench, sampler: benchmark.Sampler, setting: Setting) -> dict:
     """FLOPs and CPU time of one 1-step batch with ``setting``, relative to no negative."""
-    return benchmark.relative_cost(bench, sampler, setting.call(), repeats)
+    return benchmark.relative_cost(bench, sampler, setting.call())
 
 
 def run(bench: benchmark.Bench, world_name: str, settings: Sequence[Setting] = SETTINGS, log=print) -> dict:
@@ -166,7 +166,8 @@ def main(worlds: Sequence[str], seeds: int, out, weights_dir=models.WEIGHTS_DIR,
     if unknown:
         raise ValueError(f"method-study: unknown world(s) {unknown}; expected some of {list(joint_study.WORLDS)}")
     names = sorted({joint_study.WORLDS[w].sampler.model for w in worlds}, key=list(models.ALL_FILES).index)
-    bench = benchmark.Bench(weights_dir, seeds=seeds, log=log, names=names) if names else None
+    bench = benchmark.Bench(weights_dir, seeds=seeds, log=log, names=names, chunk=benchmark.CORE_NAG_CHUNK) \
+        if names else None
     results = []
     for name in worlds:
         path = out / f"{name}.json"

@@ -53,8 +53,36 @@ def test_each_method_changes_the_toy_mmdit_image_and_core_nag_runs_a_second_batc
         out = bench.images(sampler, pair, *core_nag.call())
     finally:
         comfy.model_base.BaseModel.apply_model = forward
-    # the chunk without the node (its check that the node acted), then cond and uncond in one batch: a second batch
-    assert not torch.equal(out, plain) and batches == [plain.shape[0], 2 * plain.shape[0]]
+    # cond and uncond in one batch (a second batch), then the chunk without the node (its check that the node acted)
+    assert not torch.equal(out, plain) and batches == [2 * plain.shape[0], plain.shape[0]]
+
+
+def test_chunks_are_sampled_each_as_its_own_seeds(comfy):
+    """The study's bench samples CORE_NAG_CHUNK seeds at a time, as ComfyUI's NAGuidance must be: each chunk equals a
+    bench of its seeds alone, so a stochastic sampler (the UNet's 4-step LCM, whose noise depends on the batch)
+    gives every method of the study, the node included, the same noise."""
+    benchmark, js, world = (comfy.mod(m) for m in ("toy.benchmark", "toy.joint_study", "toy.world"))
+    sampler, pair = js.WORLDS["unet4"].sampler, world.pairs("heldout")[0]
+
+    def images(**kw):
+        return benchmark.Bench(names=(benchmark.STUDENT,), log=lambda s: None, **kw).images(sampler, pair, "none", None)
+    chunked = images(seeds=4, chunk=2)
+    torch.testing.assert_close(chunked, torch.cat([images(seeds=2, first_seed=s) for s in (1000, 1002)]))
+    assert not torch.allclose(chunked, images(seeds=4), atol=1e-3)      # the chunking is what makes them equal
+
+
+def test_costs_count_the_method_alone(comfy, ms, bench):
+    """FLOPs relative to no negative: NASA's few percent; ComfyUI's NAGuidance its second batch (at most 2x: the
+    VAE decode is shared), not the did-it-act check's extra plain sampling."""
+    js = comfy.mod("toy.joint_study")
+    sampler = js.WORLDS["mmdit"].sampler
+    nasa = ms.cost(bench, sampler, ms.Setting("nasa", 0.5))
+    assert 1.0 < nasa["flops"] < 1.5 and nasa["time"] > 0
+    if ms.core_nag_available() is not None:
+        assert "NAGuidance" in ms.core_nag_available()
+        return
+    core = ms.cost(bench, sampler, ms.Setting("core NAGuidance", 5.0, 1.5, 0.5))
+    assert 1.5 < core["flops"] <= 2.0 + 1e-9 and core["time"] > 0
 
 
 def test_tables_and_recommendation_follow_the_scores(ms, tmp_path):
