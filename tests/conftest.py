@@ -40,6 +40,7 @@ def load_standalone(name: str, rel_path: str):
 
 nasa_core = load_standalone("nasa_core", "nasa_core")
 nasa_toy = load_standalone("nasa_toy", "toy")     # the toy world's generator and judges are pure torch
+nasa_evaluation = load_standalone("nasa_evaluation", "evaluation")   # its pair files need no ComfyUI
 runner = load_standalone("nasa_runner", "runner")
 comfy_env = __import__("nasa_runner.comfy_env", fromlist=["x"])
 standins = __import__("nasa_runner.standins", fromlist=["x"])
