@@ -1,4 +1,4 @@
-"""Framework-agnostic NASA: the attention math (NASA, and NAG and VSF beside it) and validation helpers. Pure torch; imports nothing from ComfyUI."""
+"""Framework-agnostic NASA: the attention math (NASA, and NAG and VSF beside it), validation helpers, FLOP counts (:mod:`.flops`) and the evaluation metrics (:mod:`.metrics`). Pure torch; imports nothing from ComfyUI."""
 from .attention import (GUARD_MODES, Guard, NegativeTerm, additive_mask, attention, key_mask_of, nasa_attention,
                         reference_attention, reference_nasa_attention, row_index, steer)
 from .methods import METHODS, Nag, Vsf, check_method, reference_nag, reference_vsf, vsf_attention
