@@ -317,6 +317,93 @@ def _prompt_executor(execution, server):
     return execution.PromptExecutor(server, **kwargs)
 
 
+class WorkflowSession:
+    """ComfyUI brought up in this process once, and one executor kept across runs: a graph run many times with other
+    inputs (the evaluation harness) loads its models once, as ComfyUI's server keeps its node cache between queued
+    prompts. ``close()`` unloads the models (ComfyUI then restores weights that LoRAs patched in place)."""
+
+    def __init__(self, comfyui=None, cpu: Optional[bool] = None, quiet: bool = True):
+        self.report = Report(quiet)
+        self.nodes = _ensure_comfy(comfyui, cpu, self.report)       # SetupError (a WorkflowError) if it cannot
+        self._executor = None
+
+    def to_api(self, workflow: Union[dict, str, Path], sets: Iterable[str] = ()) -> tuple:
+        """(API prompt, format, notes of the ``--set`` changes, the loaded data) of a workflow file, dict or JSON."""
+        data = load_workflow(workflow)
+        prompt, fmt = to_api(data, self.nodes.NODE_CLASS_MAPPINGS,
+                             getattr(self.nodes, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+        return prompt, fmt, apply_sets(prompt, sets, self.nodes.NODE_CLASS_MAPPINGS), data
+
+    def random_weights(self, prompt: dict, spec: str) -> list:
+        """Swap the prompt's loaders for random weights of ``spec`` (``FAMILY[:SIZE]``) in place; the changes made."""
+        return apply_random_weights(self.nodes, prompt, spec, self.report)
+
+    def execute(self, prompt: dict, out_dir=None, extra_data: Optional[dict] = None, notes=(),
+                verbose_errors: bool = False, t0: Optional[float] = None) -> RunResult:
+        """Validate and execute an API ``prompt``; never raises for a workflow that fails. ``out_dir``: where its
+        output nodes write; an output node the executor cached in an earlier run (same id, same inputs) keeps the
+        folder it was made with, so a caller that changes folders gives its output nodes new ids."""
+        import execution
+        import folder_paths
+
+        t0 = time.perf_counter() if t0 is None else t0
+        notes = list(notes)
+        prompt_id = str(uuid.uuid4())
+        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        ok, error, good_outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
+        if not ok or node_errors:
+            return RunResult(False, prompt=prompt, error=_format_validation(error, node_errors, prompt),
+                             exit_code=EXIT_USAGE, node_errors=node_errors, notes=notes,
+                             elapsed=time.perf_counter() - t0)
+        previous_out = folder_paths.get_output_directory()
+        if out_dir is not None:
+            out = Path(out_dir).expanduser().resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            folder_paths.set_output_directory(str(out))
+        server = HeadlessServer(self.report, prompt)
+        server.last_prompt_id = prompt_id
+        restore_hook = _set_progress_hook(server)
+        self.report.info(f"executing {len(good_outputs)} output node(s): "
+                         + ", ".join(f"{o} ({prompt[o]['class_type']})" for o in sorted(good_outputs)))
+        try:
+            if self._executor is None:
+                self._executor = _prompt_executor(execution, server)
+            executor = self._executor
+            executor.server = server        # PromptExecutor reads its server from this attribute (0.3.64 - 0.33)
+            executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID, **(extra_data or {})}, list(good_outputs))
+            outputs = (getattr(executor, "history_result", None) or {}).get("outputs", {})
+            files = _collect_files(outputs)
+        finally:
+            restore_hook()
+            folder_paths.set_output_directory(previous_out)
+
+        elapsed = time.perf_counter() - t0
+        errors = server.errors or [(ev, d) for ev, d in executor.status_messages
+                                   if ev in ("execution_error", "execution_interrupted")]
+        if errors or not executor.success:
+            event, d = errors[0] if errors else ("execution_error", {})
+            node_id, node_type = d.get("node_id"), d.get("node_type")
+            if event == "execution_interrupted":
+                msg = f"execution interrupted at node {node_id} ({node_type})"
+            else:
+                exc = (d.get("exception_message") or "").strip()
+                etype = (d.get("exception_type") or "").rsplit(".", 1)[-1]
+                msg = f"node {node_id} ({node_type}) failed: {etype + ': ' if etype else ''}{exc}"
+                if verbose_errors and d.get("traceback"):
+                    msg += "\n" + "".join(d["traceback"]).rstrip()
+            return RunResult(False, images=files, prompt=prompt, error=msg, exit_code=EXIT_EXECUTION,
+                             failed_node=str(node_id) if node_id is not None else None, outputs=outputs,
+                             notes=notes, elapsed=elapsed)
+        return RunResult(True, images=files, prompt=prompt, outputs=outputs, notes=notes, elapsed=elapsed)
+
+    def close(self) -> None:
+        """Unload while this session's model patchers are alive: ComfyUI then restores the weights that LoRAs
+        patched in place. A patcher that dies loaded leaves its patches in a model a later run may share."""
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+        self._executor = None
+
+
 def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out_dir=None,
                  random_weights: Optional[str] = None, quiet: bool = True, *, comfyui=None,
                  cpu: Optional[bool] = None, verbose_errors: bool = False) -> RunResult:
@@ -327,81 +414,50 @@ def run_workflow(workflow: Union[dict, str, Path], sets: Iterable[str] = (), out
     ``random_weights``: ``FAMILY[:SIZE]`` to swap the workflow's loaders for random weights.
     Boots ComfyUI (``comfyui`` / ``cpu`` as for the CLI) unless this process already did.
     """
-    report = Report(quiet)
     t0 = time.perf_counter()
     prompt: dict = {}
     try:
-        nodes = _ensure_comfy(comfyui, cpu, report)
-        data = load_workflow(workflow)
-        prompt, fmt = to_api(data, nodes.NODE_CLASS_MAPPINGS, getattr(nodes, "NODE_DISPLAY_NAME_MAPPINGS", {}))
-        report.info(f"workflow: {fmt} format, {len(prompt)} nodes")
-        notes = apply_sets(prompt, sets, nodes.NODE_CLASS_MAPPINGS)
+        session = WorkflowSession(comfyui, cpu, quiet)
+        prompt, fmt, notes, data = session.to_api(workflow, sets)
+        session.report.info(f"workflow: {fmt} format, {len(prompt)} nodes")
         for n in notes:
-            report.info(f"  set {n}")
+            session.report.info(f"  set {n}")
         if random_weights:
-            notes += apply_random_weights(nodes, prompt, random_weights, report)
+            notes += session.random_weights(prompt, random_weights)
     except WorkflowError as e:
         return RunResult(False, prompt=prompt, error=str(e), exit_code=EXIT_USAGE,
                          elapsed=time.perf_counter() - t0)
-
-    import comfy.model_management
-    import execution
-    import folder_paths
-
-    prompt_id = str(uuid.uuid4())
-    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-    ok, error, good_outputs, node_errors = valid[0], valid[1], valid[2], valid[3]
-    if not ok or node_errors:
-        return RunResult(False, prompt=prompt, error=_format_validation(error, node_errors, prompt),
-                         exit_code=EXIT_USAGE, node_errors=node_errors, notes=notes,
-                         elapsed=time.perf_counter() - t0)
-
-    extra_data = {"client_id": CLIENT_ID}
+    extra_data = {}
     if fmt == "ui":
         extra_data["extra_pnginfo"] = {"workflow": data}  # SaveImage embeds it, as the frontend does
     elif fmt == "api-request" and isinstance((data.get("extra_data") or {}).get("extra_pnginfo"), dict):
         extra_data["extra_pnginfo"] = data["extra_data"]["extra_pnginfo"]  # a /prompt body carries its own
-    previous_out = folder_paths.get_output_directory()
-    if out_dir is not None:
-        out = Path(out_dir).expanduser().resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        folder_paths.set_output_directory(str(out))
-    server = HeadlessServer(report, prompt)
-    server.last_prompt_id = prompt_id
-    restore_hook = _set_progress_hook(server)
-    report.info(f"executing {len(good_outputs)} output node(s): "
-                + ", ".join(f"{o} ({prompt[o]['class_type']})" for o in sorted(good_outputs)))
     try:
-        executor = _prompt_executor(execution, server)
-        executor.execute(prompt, prompt_id, extra_data, list(good_outputs))
-        outputs = (getattr(executor, "history_result", None) or {}).get("outputs", {})
-        files = _collect_files(outputs)
+        return session.execute(prompt, out_dir, extra_data, notes, verbose_errors, t0)
     finally:
-        # Unload while this run's model patchers are alive: ComfyUI then restores the weights that
-        # LoRAs patched in place. A patcher that dies loaded (the executor's cache goes with this
-        # run) leaves its patches in a model that a later run in this process may share.
-        comfy.model_management.unload_all_models()
-        restore_hook()
-        folder_paths.set_output_directory(previous_out)
+        session.close()
 
-    elapsed = time.perf_counter() - t0
-    errors = server.errors or [(ev, d) for ev, d in executor.status_messages
-                               if ev in ("execution_error", "execution_interrupted")]
-    if errors or not executor.success:
-        event, d = errors[0] if errors else ("execution_error", {})
-        node_id, node_type = d.get("node_id"), d.get("node_type")
-        if event == "execution_interrupted":
-            msg = f"execution interrupted at node {node_id} ({node_type})"
-        else:
-            exc = (d.get("exception_message") or "").strip()
-            etype = (d.get("exception_type") or "").rsplit(".", 1)[-1]
-            msg = f"node {node_id} ({node_type}) failed: {etype + ': ' if etype else ''}{exc}"
-            if verbose_errors and d.get("traceback"):
-                msg += "\n" + "".join(d["traceback"]).rstrip()
-        return RunResult(False, images=files, prompt=prompt, error=msg, exit_code=EXIT_EXECUTION,
-                         failed_node=str(node_id) if node_id is not None else None, outputs=outputs,
-                         notes=notes, elapsed=elapsed)
-    return RunResult(True, images=files, prompt=prompt, outputs=outputs, notes=notes, elapsed=elapsed)
+
+def pack_command(submodule: str, argv: Sequence[str]) -> int:
+    """A pack command line that drives workflows (``scripts/nasa_eval.py``): ComfyUI brought up as the runner
+    brings it up (``--comfyui``, ``--cpu``/``--gpu``, ``--verbose`` read from ``argv``), then the pack's
+    ``<submodule>.main(argv, session)`` with the :class:`WorkflowSession`."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--comfyui", default=None)
+    pre.add_argument("--cpu", dest="cpu", action="store_true", default=None)
+    pre.add_argument("--gpu", dest="cpu", action="store_false")
+    pre.add_argument("--verbose", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    _setup_logging(False)
+    try:
+        session = WorkflowSession(known.comfyui, known.cpu, quiet=not known.verbose)
+    except WorkflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return comfy_env.pack_submodule(comfy_env.load_pack(session.nodes), submodule).main(list(argv), session)
+    finally:
+        session.close()
 
 
 # --- command line ------------------------------------------------------------------------------------

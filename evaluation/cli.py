@@ -1,0 +1,131 @@
+"""``python scripts/nasa_eval.py WORKFLOW --clip CLIP_FOLDER``: the paper's evaluation on your own model.
+
+Runs every prompt pair x seed x setting through the workflow (its sampler, prompt and negative text nodes, seed,
+cfg and Apply NASA Attention node found by structure), saves each image, scores it with the CLIP model in
+``--clip`` (CLIP+, CLIP-, zero-shot removal success) and writes ``<out>/table.md``, ``<out>/results.json`` (the
+table and every image's scores), ``<out>/grid.png`` (first seed: pairs x settings) and ``<out>/images/``.
+Interrupted runs resume: run the same command again.
+
+    python scripts/nasa_eval.py workflows/sdxl_dmd2_1step_nasa.json --clip ~/models/clip-vit-large-patch14 \\
+        --settings none cfg:2 nasa:0.25 nasa:0.5 nag:5 --seeds 4 --out output/eval_dmd2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import harness, pairs as pair_files, settings as setting_specs
+from .clip import ClipLoadError, ClipScorer
+from .graph import GraphError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasa_eval.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workflow", help="a workflow file (UI or API format) with one sampler and its text prompts")
+    p.add_argument("--pairs", default="builtin",
+                   help="a prompt-pair file (.jsonl, .json, .csv, .tsv, NegOpt .parquet) or 'builtin' (default: "
+                        "the pack's 18 pairs)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many pairs")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the random subset (default 0)")
+    p.add_argument("--settings", nargs="+", default=["none", "nasa:0.5"],
+                   help="what to compare: none, cfg:K, nasa:A, nag:S, vsf:S (default: none nasa:0.5)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per pair and setting: 0 .. N-1 (default 4)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--clip", default=None,
+                   help="a local transformers CLIP folder (e.g. a copy of openai/clip-vit-large-patch14); "
+                        "without it the images are made but NOT scored")
+    p.add_argument("--out", default="output/evaluation", help="output folder (default output/evaluation)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="change an input of the workflow before the evaluation (as the runner's --set)")
+    p.add_argument("--random-weights", default=None, metavar="FAMILY[:SIZE]",
+                   help="swap the workflow's loaders for random weights (a smoke test of the harness)")
+    p.add_argument("--comfyui", default=None, help="the ComfyUI checkout (default: as the runner finds it)")
+    dev = p.add_mutually_exclusive_group()
+    dev.add_argument("--cpu", dest="cpu", action="store_true", default=None)
+    dev.add_argument("--gpu", dest="cpu", action="store_false")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--verbose", action="store_true", help="ComfyUI's node-by-node progress too")
+    return p
+
+
+def write_grid(records: dict, jobs: Sequence[harness.Job], out: Path, seed: int) -> Optional[Path]:
+    """``grid.png``: the first seed's (first) images, one row per pair, one column per setting, labelled."""
+    from PIL import Image, ImageDraw
+    first = [j for j in jobs if j.seed == seed]
+    pair_ids = list(dict.fromkeys(j.pair.id for j in first))
+    keys = list(dict.fromkeys(j.setting.key for j in first))
+    if not first:
+        return None
+    with Image.open(out / harness.IMAGES / records[first[0].key]["images"][0]) as im:
+        w, h = im.size
+    if max(w, h) < 128:                          # small images (the toy world's) shown larger, pixel for pixel
+        w, h = w * -(-128 // max(w, h)), h * -(-128 // max(w, h))
+    head, side = 18, 110
+    grid = Image.new("RGB", (side + w * len(keys), head + h * len(pair_ids)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, key in enumerate(keys):
+        label = next(j.setting.label for j in first if j.setting.key == key).replace("α", "alpha")   # bitmap font
+        draw.text((side + c * w + 4, 3), label, fill="black")
+    for r, pid in enumerate(pair_ids):
+        draw.text((4, head + r * h + 4), pid[:16], fill="black")
+    for j in first:
+        with Image.open(out / harness.IMAGES / records[j.key]["images"][0]) as im:
+            grid.paste(im.convert("RGB").resize((w, h), Image.NEAREST if im.width < w else Image.BICUBIC),
+                       (side + keys.index(j.setting.key) * w, head + pair_ids.index(j.pair.id) * h))
+    grid.save(out / "grid.png")
+    return out / "grid.png"
+
+
+def main(argv: Optional[Sequence[str]], session) -> int:
+    """``session``: the runner's WorkflowSession, already up (scripts/nasa_eval.py makes it)."""
+    args = build_parser().parse_args(argv)
+    log = (lambda s: None) if args.quiet else print
+    try:
+        chosen = setting_specs.parse_all(args.settings)
+        pairs = list(pair_files.BUILTIN) if args.pairs == "builtin" else pair_files.load(args.pairs)
+        if args.limit is not None:
+            pairs = pair_files.subset(pairs, args.limit, args.subset_seed)
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+        scorer = harness.Scorer(ClipScorer.from_folder(args.clip, device=_device())) if args.clip else None
+        prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
+        if args.random_weights:
+            notes += session.random_weights(prompt, args.random_weights)
+    except (ValueError, GraphError, ClipLoadError) as e:        # pair files, settings, --set, the workflow
+        print(f"nasa_eval: {e}")
+        return 2
+    for n in notes:
+        log(f"evaluation: set {n}")
+    if scorer is None:
+        print("nasa_eval: NO --clip given: the images are made but not scored (give a local CLIP folder)")
+    out = Path(args.out)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    todo = harness.jobs(pairs, seeds, chosen)
+    try:
+        records = harness.run(session, prompt, todo, out, scorer, log)
+    except GraphError as e:
+        print(f"nasa_eval: {e}")
+        return 2
+    except RuntimeError as e:
+        print(f"nasa_eval: {e}")
+        return 1
+    rows = harness.summarize(records.values(), chosen)
+    text = harness.table(rows)
+    (out / "table.md").write_text(text + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": len(pairs),
+                                                  "seeds": seeds, "clip": args.clip, "table": rows,
+                                                  "images": [records[j.key] for j in todo]}, indent=1),
+                                      encoding="utf-8")
+    write_grid(records, todo, out, seeds[0])
+    print(text)
+    print(f"nasa_eval: {len(todo)} runs, {sum(len(records[j.key]['images']) for j in todo)} images; table.md, "
+          f"results.json, grid.png and images/ in {out}")
+    return 0
+
+
+def _device() -> str:
+    import comfy.model_management
+    return str(comfy.model_management.get_torch_device())

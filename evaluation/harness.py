@@ -1,0 +1,180 @@
+"""The evaluation loop: every prompt pair x seed x setting through the user's workflow, each image scored.
+
+One job per (pair, seed, setting) is made by :func:`.graph.evaluation_prompt` and executed in one ComfyUI session
+(its models load once); it makes the workflow's latent batch of images (B images from the one seed, as ComfyUI
+makes them). Its images are written to ``<out>/images/`` and its scores appended to ``<out>/records.jsonl`` as soon
+as it is done, so an interrupted run resumes where it stopped (a job already recorded is neither made nor scored
+again). :func:`summarize` turns the records into the table per setting.
+
+Scores per image (``nasa_core.metrics``), with the CLIP model the user points at:
+* ``clip_plus`` / ``clip_minus``: cosine similarity with the positive prompt and with the negative prompt;
+* ``p_present``: the zero-shot probability that the feature the negative names is in the image - the caption
+  "<positive>, with <gone>" against the positive alone, at CLIP's logit scale; ``removed``: below one half.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from ..nasa_core import metrics
+from . import graph
+from .pairs import Pair
+from .settings import Setting
+
+RECORDS = "records.jsonl"
+IMAGES = "images"
+
+
+@dataclass(frozen=True)
+class Job:
+    pair: Pair
+    seed: int
+    setting: Setting
+
+    @property
+    def key(self) -> str:
+        return f"{self.pair.id}|{self.seed}|{self.setting.key}"
+
+    def filename(self, index: int) -> str:
+        """The job's ``index``-th image (a workflow whose latent has a batch of B makes B images per job)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.pair.id)
+        return f"{safe}_s{self.seed}_{self.setting.key.replace(':', '-')}_{index}.png"
+
+
+def jobs(pairs: Sequence[Pair], seeds: Sequence[int], settings: Sequence[Setting]) -> List[Job]:
+    """Every image of the evaluation, pair by pair, seed by seed, setting by setting."""
+    return [Job(p, int(s), st) for p in pairs for s in seeds for st in settings]
+
+
+def present_caption(pair: Pair) -> str:
+    return f"{pair.positive}, with {pair.gone}"
+
+
+class Scorer:
+    """CLIP scores of one image for its pair (text embeddings cached: every pair's texts are embedded once)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+        self._texts: Dict[str, torch.Tensor] = {}
+
+    def _text(self, text: str) -> torch.Tensor:
+        if text not in self._texts:
+            self._texts[text] = self.clip.embed_texts([text])[0]
+        return self._texts[text]
+
+    def score(self, image: torch.Tensor, pair: Pair) -> dict:
+        emb = self.clip.embed_images(image[None])
+        plus, minus = metrics.clip_scores(emb, self._text(pair.positive), self._text(pair.negative))
+        p = metrics.present_probability(emb, self._text(present_caption(pair)), self._text(pair.positive),
+                                        self.clip.logit_scale)
+        return {"clip_plus": float(plus[0]), "clip_minus": float(minus[0]), "p_present": float(p[0]),
+                "removed": bool(metrics.removed(p)[0])}
+
+
+def load_records(out: Path) -> Dict[str, dict]:
+    """The records of earlier runs whose image is still there (a torn last line, from a kill, is dropped)."""
+    path, done = out / RECORDS, {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "key" in rec and rec.get("images") and \
+                all((out / IMAGES / name).is_file() for name in rec["images"]):
+            done[rec["key"]] = rec
+    return done
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """A saved PNG as a ComfyUI IMAGE row (H, W, 3) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer],
+        log: Callable[[str], None] = print) -> Dict[str, dict]:
+    """Make and score every job of ``todo`` not yet recorded in ``out``; returns every record of ``todo``.
+    ``session``: the runner's WorkflowSession (``nodes``, ``execute``); ``prompt``: the workflow in API format."""
+    out = Path(out)
+    (out / IMAGES).mkdir(parents=True, exist_ok=True)
+    classes = session.nodes.NODE_CLASS_MAPPINGS
+    roles = graph.find_roles(prompt, classes)
+    for what, where in graph.describe(prompt, roles).items():
+        log(f"evaluation: {what}: {where}")
+    done = load_records(out)
+    left = [j for j in todo if j.key not in done]
+    log(f"evaluation: {len(todo)} runs (pair x seed x setting), {len(todo) - len(left)} already done, "
+        f"{len(left)} to make")
+    t0 = time.perf_counter()
+    with (out / RECORDS).open("a", encoding="utf-8") as records, tempfile.TemporaryDirectory() as tmp:
+        for i, job in enumerate(left, 1):
+            # a save node of its own per run: ComfyUI's node cache would otherwise skip saving an image it made
+            # before, or reuse a save node object that still writes where an earlier run's output folder was
+            p = graph.evaluation_prompt(prompt, roles, job.pair.positive, job.pair.negative, job.seed, job.setting,
+                                        classes, save_id=f"{graph.OUTPUT_PREFIX}_{uuid.uuid4().hex[:12]}")
+            result = session.execute(p, out_dir=tmp)
+            if not result.ok:
+                raise RuntimeError(f"evaluation: {job.key}: the workflow failed: {result.error}")
+            if not result.images:
+                raise RuntimeError(f"evaluation: {job.key}: the workflow saved no image")
+            names = [job.filename(b) for b in range(len(result.images))]
+            for src, name in zip(sorted(result.images), names):      # SaveImage numbers a batch in order
+                shutil.move(str(src), out / IMAGES / name)
+            rec = {"key": job.key, "pair": job.pair.id, "category": job.pair.category, "seed": job.seed,
+                   "setting": job.setting.key, "images": names}
+            if scorer is not None:
+                scores = [scorer.score(load_image(out / IMAGES / name), job.pair) for name in names]
+                rec.update({k: [sc[k] for sc in scores] for k in scores[0]})
+            records.write(json.dumps(rec) + "\n")
+            records.flush()
+            done[job.key] = rec
+            rate = (time.perf_counter() - t0) / i
+            log(f"evaluation: {i}/{len(left)} {job.key} ({rate:.1f} s per run, about "
+                f"{rate * (len(left) - i) / 60:.1f} min left)")
+    return {j.key: done[j.key] for j in todo}
+
+
+def summarize(records: Iterable[dict], settings: Sequence[Setting]) -> List[dict]:
+    """Per setting, in the order given: images, mean CLIP+ / CLIP- with their 95% intervals, removal success."""
+    by: Dict[str, List[dict]] = {s.key: [] for s in settings}
+    for r in records:
+        if r["setting"] in by:
+            by[r["setting"]].append(r)
+    rows = []
+    for s in settings:
+        recs = by[s.key]
+        row = {"setting": s.key, "label": s.label, "images": sum(len(r["images"]) for r in recs)}
+        if recs and all("clip_plus" in r for r in recs):
+            for name in ("clip_plus", "clip_minus", "p_present"):
+                m = metrics.summarize(v for r in recs for v in r[name])
+                row[name], row[name + "_ci95"] = m.mean, m.ci95
+            row["removal"] = metrics.summarize(float(v) for r in recs for v in r["removed"]).mean
+        rows.append(row)
+    return rows
+
+
+def table(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`summarize`'s rows."""
+    out = ["| setting | images | CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "clip_plus" in r:
+            out.append(f"| {r['label']} | {r['images']} | {r['clip_plus']:.4f} ± {r['clip_plus_ci95']:.4f} | "
+                       f"{r['clip_minus']:.4f} ± {r['clip_minus_ci95']:.4f} | {100 * r['removal']:.1f}% | "
+                       f"{r['p_present']:.3f} |")
+        else:
+            out.append(f"| {r['label']} | {r['images']} | not scored | not scored | not scored | not scored |")
+    return "\n".join(out)

@@ -1,0 +1,191 @@
+"""The evaluation harness (evaluation/graph.py, harness.py, cli.py) on ComfyUI's real executor and the pack's example
+workflows: the roles it finds in every example workflow (or the reason it refuses one), the settings it writes, and
+a run on the toy workflow - NASA at alpha 0 is the no-negative image bit for bit, each setting changes the image,
+the scores are CLIP's, the table follows from the records, and an interrupted run resumes without redoing work."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import nasa_test_support as support
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+REFUSED = {   # example workflows the evaluation cannot run, and why (the error says so)
+    "sd15_1step_alpha_grid.json": "found no VAE decode",           # NASA Alpha Grid samples inside the node
+    "toy_1step_methods.json": "several samplers through Apply NASA Attention",
+    "sd15_1step_masked_negative.json": "has a negative of its own",
+    "sd15_1step_two_negatives.json": "has a negative of its own",
+    "hunyuan_video15_nasa.json": "makes video",
+    "ltx2_distilled_nasa.json": "makes video",
+    "wan21_causvid_4step_nasa.json": "makes video",
+    "wan21_vace_causvid_4step_nasa.json": "makes video",
+}
+
+
+@pytest.fixture(scope="module")
+def ev(comfy):
+    from nasa_runner.cli import WorkflowSession
+    session = WorkflowSession(cpu=True)
+    yield type("Ev", (), dict(session=session, graph=comfy.mod("evaluation.graph"),
+                              harness=comfy.mod("evaluation.harness"), settings=comfy.mod("evaluation.settings"),
+                              pairs=comfy.mod("evaluation.pairs"), cli=comfy.mod("evaluation.cli")))
+    session.close()
+
+
+def _api(ev, name):
+    return ev.session.to_api(WORKFLOWS / name)[0]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.json")))
+def test_roles_in_every_example_workflow(ev, name):
+    if name in support.EXAMPLE_WORKFLOWS:            # a family this ComfyUI lacks: its nodes are missing too
+        support.skip_missing_pipeline(support.EXAMPLE_WORKFLOWS[name])
+    prompt = _api(ev, name)
+    classes = ev.session.nodes.NODE_CLASS_MAPPINGS
+    if name in REFUSED:
+        with pytest.raises(ev.graph.GraphError, match=REFUSED[name]):
+            ev.graph.find_roles(prompt, classes)
+        return
+    roles = ev.graph.find_roles(prompt, classes)
+    assert prompt[roles.sampler]["class_type"] in ("KSampler", "SamplerCustom")
+    assert prompt[roles.nasa]["class_type"] in ("NASAApplyAttention", "NASAApplyAttentionAdvanced")
+    assert roles.positive_text[0] != roles.negative_text[0]
+    for nid, field in (roles.positive_text, roles.negative_text):
+        assert isinstance(prompt[nid]["inputs"][field], str) and "clip" in prompt[nid]["inputs"]
+    assert prompt[roles.image]["class_type"] in ("VAEDecode", "VAEDecodeTiled")
+    path, nid = [], roles.sampler                                   # the sampler's model path, walked here
+    while isinstance(prompt[nid]["inputs"].get("model"), list):
+        nid = prompt[nid]["inputs"]["model"][0]
+        path.append(nid)
+    assert roles.nasa in path
+
+
+def test_each_setting_is_written_into_a_copy(ev):
+    S = ev.settings
+    prompt = _api(ev, "sd15_1step_nasa.json")
+    before = json.dumps(prompt, sort_keys=True)
+    classes = ev.session.nodes.NODE_CLASS_MAPPINGS
+    roles = ev.graph.find_roles(prompt, classes)
+
+    def made(setting):
+        p = ev.graph.evaluation_prompt(prompt, roles, "a cat", "a dog", 7, S.parse(setting), classes)
+        n = p[roles.negative_text[0]]["inputs"][roles.negative_text[1]]
+        return p, n, p[roles.sampler]["inputs"]["cfg"], p[roles.nasa]
+    for setting, negative, cfg, alpha in (("none", "", 1.0, 0.0), ("cfg:4", "a dog", 4.0, 0.0),
+                                          ("nasa:0.3", "a dog", 1.0, 0.3)):
+        p, n, c, nasa = made(setting)
+        assert (n, c, nasa["inputs"]["alpha"], nasa["class_type"]) == (negative, cfg, alpha, "NASAApplyAttention")
+        assert p[roles.positive_text[0]]["inputs"][roles.positive_text[1]] == "a cat"
+        assert p[roles.seed[0]]["inputs"][roles.seed[1]] == 7
+        saves = [n for n in p.values() if n["class_type"] == "SaveImage"]
+        assert saves == [p["nasa_eval"]] and p["nasa_eval"]["inputs"]["images"] == [roles.image, 0]
+    for setting, inputs in (("nag:5", {"method": "nag", "nag_scale": 5.0}),
+                            ("vsf:2", {"method": "vsf", "vsf_scale": 2.0})):
+        _, n, _, nasa = made(setting)
+        assert nasa["class_type"] == "NASAApplyAttentionAdvanced" and n == "a dog"
+        assert inputs.items() <= nasa["inputs"].items() and nasa["inputs"]["use_sampler_negative"] is True
+    assert json.dumps(prompt, sort_keys=True) == before            # the workflow itself is untouched
+    no_nasa = {k: v for k, v in prompt.items() if v["class_type"] != "NASAApplyAttention"}
+    no_nasa[roles.sampler]["inputs"]["model"] = prompt[roles.nasa]["inputs"]["model"]
+    plain_roles = ev.graph.find_roles(no_nasa, classes)
+    with pytest.raises(ev.graph.GraphError, match="needs Apply NASA Attention"):
+        ev.graph.evaluation_prompt(no_nasa, plain_roles, "a", "b", 0, S.parse("nasa:0.5"), classes)
+
+
+class _Counting:
+    """The session, counting the runs it executes."""
+
+    def __init__(self, session):
+        self.session, self.nodes, self.runs = session, session.nodes, 0
+
+    def execute(self, prompt, **kw):
+        self.runs += 1
+        return self.session.execute(prompt, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(comfy, tmp_path_factory):
+    from transformers import CLIPConfig, CLIPModel
+    from nasa_evaluation.clip import ClipScorer
+    path = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8), projection_dim=16)).save_pretrained(path)
+    for name in ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copy(comfy.dir / "comfy" / "sd1_tokenizer" / name, path / name)
+    return ClipScorer.from_folder(path)
+
+
+def test_toy_run_scores_and_resumes(ev, tiny_clip, tmp_path):
+    """The toy workflow (a batch of 16 toy images per run): 1 pair x 1 seed x 4 settings."""
+    H, S = ev.harness, ev.settings
+    prompt = ev.session.to_api(WORKFLOWS / "toy_1step_nasa.json", ["EmptyLatentImage.batch_size=4"])[0]
+    pair = ev.pairs.Pair("t1", "a triangle", "green", "green")
+    settings = S.parse_all(["none", "nasa:0", "nasa:0.75", "vsf:2"])
+    todo = H.jobs([pair], [3], settings)
+    counting = _Counting(ev.session)
+    scorer = H.Scorer(tiny_clip)
+    records = H.run(counting, prompt, todo, tmp_path, scorer, log=lambda s: None)
+    assert counting.runs == 4 and len(records) == 4
+    imgs = {j.setting.key: torch.stack([H.load_image(tmp_path / "images" / n) for n in records[j.key]["images"]])
+            for j in todo}
+    assert all(t.shape == (4, 24, 24, 3) for t in imgs.values())
+    assert torch.equal(imgs["none"], imgs["nasa:0"])                # alpha 0 is the plain model, bit for bit
+    assert not torch.equal(imgs["none"], imgs["nasa:0.75"]) and not torch.equal(imgs["nasa:0.75"], imgs["vsf:2"])
+    # the scores are the CLIP model's own, for each image
+    rec = records[todo[2].key]
+    emb = tiny_clip.embed_images(imgs["nasa:0.75"])
+    pos, neg = tiny_clip.embed_texts(["a triangle", "green"])
+    plus = torch.nn.functional.cosine_similarity(emb, pos[None].expand_as(emb)).tolist()
+    minus = torch.nn.functional.cosine_similarity(emb, neg[None].expand_as(emb)).tolist()
+    assert rec["clip_plus"] == pytest.approx(plus, abs=1e-5) and rec["clip_minus"] == pytest.approx(minus, abs=1e-5)
+    assert rec["removed"] == [p < 0.5 for p in rec["p_present"]]
+    rows = H.summarize(records.values(), settings)
+    assert [r["images"] for r in rows] == [4, 4, 4, 4]
+    assert rows[2]["clip_minus"] == pytest.approx(sum(minus) / 4)
+    assert rows[0]["removal"] == pytest.approx(sum(records[todo[0].key]["removed"]) / 4)
+    assert "| NASA α 0.75 | 4 |" in H.table(rows)
+    # resume: nothing redone; a job whose image is gone, and a torn last line (a kill), are redone
+    again = H.run(counting, prompt, todo, tmp_path, scorer, log=lambda s: None)
+    assert counting.runs == 4 and again == records
+    (tmp_path / "images" / records[todo[1].key]["images"][2]).unlink()
+    with (tmp_path / "records.jsonl").open("a") as f:
+        f.write('{"key": "t1|3|vsf:2", "images": [')
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text("\n".join(l for l in lines if '"t1|3|vsf:2"' not in l) + "\n")
+    H.run(counting, prompt, todo, tmp_path, scorer, log=lambda s: None)
+    assert counting.runs == 6
+
+
+def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "t2", "positive": "a circle", "negative": "red"}) + "\n")
+    clip_dir = tmp_path / "clip"
+    tiny_clip.model.save_pretrained(clip_dir)
+    tiny_clip.tokenizer.save_pretrained(clip_dir)
+    out = tmp_path / "out"
+    argv = [str(WORKFLOWS / "toy_1step_nasa.json"), "--pairs", str(pairs), "--settings", "none", "nasa:0.75",
+            "--seeds", "1", "--clip", str(clip_dir), "--out", str(out), "--set", "EmptyLatentImage.batch_size=2",
+            "--quiet"]
+    assert ev.cli.main(argv, ev.session) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["setting"] for r in results["table"]] == ["none", "nasa:0.75"]
+    assert (out / "table.md").read_text().startswith("| setting | images | CLIP+")
+    from PIL import Image
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size == (110 + 2 * 144, 18 + 144)          # 24 px toy images shown at 144 px
+    for bad, message in ((["--settings", "nasa"], "needs a number after 'nasa:'"),
+                         (["--settings", "cfg:0"], "outside cfg's range"),
+                         (["--pairs", str(tmp_path / "none.jsonl")], "no such pair file"),
+                         (["--clip", str(tmp_path)], "not a transformers CLIP folder")):
+        assert ev.cli.main([str(WORKFLOWS / "toy_1step_nasa.json"), "--out", str(out), *bad], ev.session) == 2
+        assert message in capsys.readouterr().out
+    assert ev.cli.main([str(WORKFLOWS / "toy_1step_methods.json"), "--out", str(tmp_path / "g")], ev.session) == 2
+    assert "several samplers through Apply NASA Attention" in capsys.readouterr().out
