@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import harness, pairs as pair_files, settings as setting_specs
+from . import distributed, harness, pairs as pair_files, settings as setting_specs
 from .clip import ClipLoadError, ClipScorer
 from .graph import GraphError
 
@@ -82,7 +82,13 @@ def write_grid(records: dict, jobs: Sequence[harness.Job], out: Path, seed: int)
 def main(argv: Optional[Sequence[str]], session) -> int:
     """``session``: the runner's WorkflowSession, already up (scripts/nasa_eval.py makes it)."""
     args = build_parser().parse_args(argv)
-    log = (lambda s: None) if args.quiet else print
+    try:
+        rank, world = distributed.environment()
+    except ValueError as e:
+        print(f"nasa_eval: {e}")
+        return 2
+    tag = f"[rank {rank}/{world}] " if world > 1 else ""
+    log = (lambda s: None) if args.quiet else (lambda s: print(tag + s, flush=True))
     try:
         chosen = setting_specs.parse_all(args.settings)
         pairs = list(pair_files.BUILTIN) if args.pairs == "builtin" else pair_files.load(args.pairs)
@@ -99,23 +105,41 @@ def main(argv: Optional[Sequence[str]], session) -> int:
         return 2
     for n in notes:
         log(f"evaluation: set {n}")
-    if scorer is None:
+    if scorer is None and rank == 0:
         print("nasa_eval: NO --clip given: the images are made but not scored (give a local CLIP folder)")
     out = Path(args.out)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     todo = harness.jobs(pairs, seeds, chosen)
+    group = distributed.Group(world)
     try:
-        records = harness.run(session, prompt, todo, out, scorer, log)
-    except GraphError as e:
-        print(f"nasa_eval: {e}")
-        return 2
-    except RuntimeError as e:
-        print(f"nasa_eval: {e}")
+        code = 0
+        try:          # this process's share: every world-th job; the records file of its own
+            harness.run(session, prompt, todo[rank::world], out, scorer, log, rank, world)
+        except GraphError as e:
+            print(f"nasa_eval: {tag}{e}")
+            code = 2
+        except RuntimeError as e:
+            print(f"nasa_eval: {tag}{e}")
+            code = 1
+        code = group.all_ok(code)
+        if code or rank != 0:
+            return code
+        return _write_outputs(args, out, todo, chosen, len(pairs), seeds)
+    finally:
+        group.close()
+
+
+def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
+    """Rank 0, after every process finished: the table, results.json and the grid from every process's records."""
+    records = harness.load_records(out)
+    missing = [j.key for j in todo if j.key not in records]
+    if missing:
+        print(f"nasa_eval: {len(missing)} runs have no record (e.g. {missing[0]}): run the command again")
         return 1
-    rows = harness.summarize(records.values(), chosen)
+    rows = harness.summarize((records[j.key] for j in todo), chosen)
     text = harness.table(rows)
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": len(pairs),
+    (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,
                                                   "seeds": seeds, "clip": args.clip, "table": rows,
                                                   "images": [records[j.key] for j in todo]}, indent=1),
                                       encoding="utf-8")

@@ -30,7 +30,7 @@ from . import graph
 from .pairs import Pair
 from .settings import Setting
 
-RECORDS = "records.jsonl"
+RECORDS = "records.jsonl"          # one process; with several, records-<rank>.jsonl each (all read back)
 IMAGES = "images"
 
 
@@ -80,19 +80,24 @@ class Scorer:
                 "removed": bool(metrics.removed(p)[0])}
 
 
+def records_file(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """Where a process appends its records: ``records.jsonl`` alone, ``records-<rank>.jsonl`` among several."""
+    return out / (RECORDS if world == 1 else f"records-{rank}.jsonl")
+
+
 def load_records(out: Path) -> Dict[str, dict]:
-    """The records of earlier runs whose image is still there (a torn last line, from a kill, is dropped)."""
-    path, done = out / RECORDS, {}
-    if not path.is_file():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "key" in rec and rec.get("images") and \
-                all((out / IMAGES / name).is_file() for name in rec["images"]):
-            done[rec["key"]] = rec
+    """The records of earlier runs, by any number of processes, whose images are still there (a torn last line,
+    from a kill, is dropped)."""
+    done: Dict[str, dict] = {}
+    for path in sorted(Path(out).glob("records*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "key" in rec and rec.get("images") and \
+                    all((Path(out) / IMAGES / name).is_file() for name in rec["images"]):
+                done[rec["key"]] = rec
     return done
 
 
@@ -105,9 +110,10 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer],
-        log: Callable[[str], None] = print) -> Dict[str, dict]:
+        log: Callable[[str], None] = print, rank: int = 0, world: int = 1) -> Dict[str, dict]:
     """Make and score every job of ``todo`` not yet recorded in ``out``; returns every record of ``todo``.
-    ``session``: the runner's WorkflowSession (``nodes``, ``execute``); ``prompt``: the workflow in API format."""
+    ``session``: the runner's WorkflowSession (``nodes``, ``execute``); ``prompt``: the workflow in API format;
+    ``rank`` of ``world`` processes: which records file this one appends to (the caller shares out the jobs)."""
     out = Path(out)
     (out / IMAGES).mkdir(parents=True, exist_ok=True)
     classes = session.nodes.NODE_CLASS_MAPPINGS
@@ -119,7 +125,8 @@ def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer
     log(f"evaluation: {len(todo)} runs (pair x seed x setting), {len(todo) - len(left)} already done, "
         f"{len(left)} to make")
     t0 = time.perf_counter()
-    with (out / RECORDS).open("a", encoding="utf-8") as records, tempfile.TemporaryDirectory() as tmp:
+    with records_file(out, rank, world).open("a", encoding="utf-8") as records, \
+            tempfile.TemporaryDirectory() as tmp:
         for i, job in enumerate(left, 1):
             # a save node of its own per run: ComfyUI's node cache would otherwise skip saving an image it made
             # before, or reuse a save node object that still writes where an earlier run's output folder was

@@ -189,3 +189,59 @@ def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tmp_path, capsys):
         assert message in capsys.readouterr().out
     assert ev.cli.main([str(WORKFLOWS / "toy_1step_methods.json"), "--out", str(tmp_path / "g")], ev.session) == 2
     assert "several samplers through Apply NASA Attention" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_one_process_table(comfy, tiny_clip, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): the same table, scores and images as one process; and a run by
+    one process is resumed by two (its records are read, its runs not redone)."""
+    import os
+    import subprocess
+    import sys
+    import numpy as np
+    from PIL import Image
+    clip_dir = tmp_path / "clip"
+    tiny_clip.model.save_pretrained(clip_dir)
+    tiny_clip.tokenizer.save_pretrained(clip_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(p) for p in (
+        {"id": "t1", "positive": "a triangle", "negative": "green"},
+        {"id": "t2", "positive": "a circle", "negative": "red"})) + "\n")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "nasa_eval.py"
+    env = dict(os.environ, COMFYUI_PATH=str(comfy.dir), OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+
+    def evaluate(out, settings, procs):
+        args = [str(WORKFLOWS / "toy_1step_nasa.json"), "--pairs", str(pairs), "--settings", *settings,
+                "--seeds", "2", "--clip", str(clip_dir), "--out", str(out), "--cpu",
+                "--set", "EmptyLatentImage.batch_size=2"]
+        launch = [sys.executable, str(script)] if procs == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+             "--master_port", str(_free_port()), str(script)]
+        done = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+    settings = ["none", "nasa:0.75", "vsf:2"]
+    evaluate(tmp_path / "one", settings, 1)
+    log = evaluate(tmp_path / "two", settings, 2)
+    assert "[rank 1/2]" in log and sorted(p.name for p in (tmp_path / "two").glob("records*.jsonl")) == \
+        ["records-0.jsonl", "records-1.jsonl"]
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert (tmp_path / "one" / "table.md").read_text() == (tmp_path / "two" / "table.md").read_text()
+    assert one == two and len(one["images"]) == 12 and "clip_plus" in one["table"][0]
+    for rec in one["images"]:
+        for name in rec["images"]:
+            a, b = (np.asarray(Image.open(tmp_path / d / "images" / name)) for d in ("one", "two"))
+            assert np.array_equal(a, b), name
+    # one process made "none" only; two processes then add the rest and reuse its 4 runs
+    evaluate(tmp_path / "mixed", ["none"], 1)
+    log = evaluate(tmp_path / "mixed", settings, 2)
+    assert log.count("already done") == 2 and "6 runs (pair x seed x setting), 2 already done" in log
+    assert (tmp_path / "mixed" / "table.md").read_text() == (tmp_path / "one" / "table.md").read_text()
