@@ -10,7 +10,13 @@ for SD and U(0.5, 3) for PixArt-α, alpha ~ U(0, 1) per iteration, batch 64 / 64
 The networks come in through the same interfaces as the toy world's (:func:`.steering.comfy_eps`:
 ComfyUI's own ``apply_model`` and the family's NASA patches), so what the toy ablation measures is
 the code that runs here. Not wired: SBv2's clamped CLIP loss (the trainer takes ``align_fn``, but no
-CLIP image tower reaches our machines to test it with) and multi-GPU data parallelism.
+CLIP image tower reaches our machines to test it with).
+
+Several GPUs: run it under ``torchrun --nproc_per_node N`` (or ``accelerate launch``). Each process takes its
+share of every batch (``--batch`` stays the total, split evenly; ``--micro-batch`` slices each share), every random
+draw is the whole batch's on every process, the gradients are summed over the processes before clipping, so the
+update is the one-process update; rank 0 writes the checkpoints and the student, and every process resumes from the
+same ``trainer.ckpt``.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from typing import List
 import torch
 
 from . import steering as comfy_distill
-from ..nasa_core import vsd
+from ..nasa_core import processes, vsd
 
 NODE = "nasa_distill.py"
 
@@ -246,6 +252,13 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
             f"pass --precision fp32 on a CPU")
     pool = vsd.NegativePool(negatives)
     trainer = build_trainer(student_p, teacher_p, clip, pool, config)
+    rank, world = processes.environment()
+    group = processes.Group(world, "nccl" if trainer.device.type == "cuda" else "gloo")
+    if world > 1:       # each process its share of every batch; the gradients summed: the one-process update
+        trainer.data_parallel = vsd.DataParallel(rank, world, group.all_reduce)
+        trainer.data_parallel.share(config.batch)            # a batch that does not split is refused here
+        log(f"{NODE}: process {rank} of {world}: {config.batch // world} of each batch of {config.batch}")
+    main = rank == 0
     data = torch.Generator().manual_seed(config.seed + 1)
     ckpt = out_dir / "trainer.ckpt"
     if resume and ckpt.is_file():
@@ -256,23 +269,26 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
         trainer.load_state_dict(state["trainer"])
         data.set_state(state["data"])
         log(f"{NODE}: resumed at iteration {trainer.steps}")
-    bar = tqdm(total=config.iterations, initial=trainer.steps, disable=not progress, desc=f"{config.mode} {config.backbone}",
-               dynamic_ncols=True)
+    bar = tqdm(total=config.iterations, initial=trainer.steps, disable=not (progress and main),
+               desc=f"{config.mode} {config.backbone}", dynamic_ncols=True)
     t0, start = time.time(), trainer.steps
     while trainer.steps < config.iterations:
         idx = torch.randint(0, len(prompts), (config.batch,), generator=data)
         losses = trainer.step([prompts[i] for i in idx.tolist()])
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
-        if trainer.steps % config.checkpoint_every == 0 and trainer.steps < config.iterations:
+        if trainer.steps % config.checkpoint_every == 0 and trainer.steps < config.iterations and main:
             vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), data=data.get_state(), config=asdict(config))
     bar.close()
     info = {"mode": config.mode, "config": asdict(config), "iterations_this_run": trainer.steps - start,
-            "seconds_this_run": round(time.time() - t0, 1)}
-    path = save_student(out_dir / f"student_{config.mode}_{config.backbone}.safetensors", student_p, clip, vae,
-                        DTYPES[config.save_dtype], info)
-    if ckpt.is_file():
-        ckpt.unlink()
-    log(f"{NODE}: wrote {path}")
+            "seconds_this_run": round(time.time() - t0, 1), "processes": world}
+    path = out_dir / f"student_{config.mode}_{config.backbone}.safetensors"
+    if main:            # every process holds the same weights: one writes them
+        save_student(path, student_p, clip, vae, DTYPES[config.save_dtype], info)
+        if ckpt.is_file():
+            ckpt.unlink()
+        log(f"{NODE}: wrote {path}")
+    group.barrier()
+    group.close()
     return path
 

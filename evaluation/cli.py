@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import distributed, harness, pairs as pair_files, settings as setting_specs
+from ..nasa_core import processes
+from . import harness, pairs as pair_files, settings as setting_specs
 from .clip import ClipLoadError, ClipScorer
 from .graph import GraphError
 
@@ -83,7 +84,7 @@ def main(argv: Optional[Sequence[str]], session) -> int:
     """``session``: the runner's WorkflowSession, already up (scripts/nasa_eval.py makes it)."""
     args = build_parser().parse_args(argv)
     try:
-        rank, world = distributed.environment()
+        rank, world = processes.environment()
     except ValueError as e:
         print(f"nasa_eval: {e}")
         return 2
@@ -110,7 +111,7 @@ def main(argv: Optional[Sequence[str]], session) -> int:
     out = Path(args.out)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     todo = harness.jobs(pairs, seeds, chosen)
-    group = distributed.Group(world)
+    group = processes.Group(world)
     try:
         code = 0
         try:          # this process's share: every world-th job; the records file of its own

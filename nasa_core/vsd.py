@@ -252,6 +252,36 @@ class VSDConfig:
             raise ValueError("VSDConfig.align_weight and align_decay_steps must be >= 0")
 
 
+class DataParallel:
+    """The trainer's share of a batch in one of ``world`` processes (``rank``), and the sum of the processes'
+    gradients: every process draws the whole batch's randomness from the same generator (so the draws are the same
+    for any number of processes), runs the samples of its contiguous share of the batch, each weighted by its share
+    of the *whole* batch, and the gradients are summed over the processes before clipping - the one-process update
+    (up to float summation order). ``all_reduce``: sums a list of tensors in place across the processes
+    (torch.distributed's all_reduce in the recipe; anything equivalent in a test)."""
+
+    def __init__(self, rank: int, world: int, all_reduce: Callable[[List[torch.Tensor]], None]):
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"DataParallel: rank {rank} is not in 0 .. {world - 1}")
+        self.rank, self.world, self.all_reduce = rank, world, all_reduce
+
+    def share(self, n: int) -> slice:
+        """This process's samples of a batch of ``n`` (which the world size must divide)."""
+        if n % self.world:
+            raise ValueError(f"DataParallel: the batch of {n} does not split into {self.world} equal shares; use a "
+                             f"batch that is a multiple of the number of processes")
+        size = n // self.world
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def sum_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        self.all_reduce(grads)
+
+
 class SBv2Trainer:
     """One VSD iteration per :meth:`step`: a student update, then a LoRA-teacher update."""
 
@@ -259,8 +289,9 @@ class SBv2Trainer:
                  alphas_cumprod: torch.Tensor, sample_shape: Sequence[int], config: VSDConfig = VSDConfig(),
                  lora: Optional[LoRA] = None, device: Optional[torch.device] = None,
                  student_eps_fn: Optional[EpsOf] = None, negatives: Optional[NegativePool] = None,
-                 align_fn: Optional[AlignFn] = None):
+                 align_fn: Optional[AlignFn] = None, data_parallel: Optional[DataParallel] = None):
         self.config = config
+        self.data_parallel = data_parallel
         config.check(len(alphas_cumprod))
         if config.uses_negatives and negatives is None:
             raise ValueError("SBv2Trainer: NASA-T (teacher_negative / student_nasa / lora_negative) needs a "
@@ -415,6 +446,9 @@ class SBv2Trainer:
         """A warm-start iteration with the regression loss alone (not part of SBv2): needed when the
         student's parameterization differs from the teacher's (a v-prediction student initialised
         from an eps teacher). The student's timestep is drawn from ``student_timesteps``."""
+        if self.data_parallel is not None and self.data_parallel.world > 1:
+            raise ValueError("SBv2Trainer: the regression warm start runs in one process (it is not shared out); "
+                             "run it before launching several")
         pick = self._pick_timestep()
         loss = self.regression_loss(n, pick)
         self._update(self.student_opt, self.student.parameters(), loss)
@@ -424,8 +458,10 @@ class SBv2Trainer:
     # -- the iteration --------------------------------------------------------------------------
 
     def _chunks(self, n: int) -> List[slice]:
-        size = self.config.micro_batch or n
-        return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+        """The micro-batches this process runs: its share of the batch (all of it in one process), sliced."""
+        share = self.data_parallel.share(n) if self.data_parallel is not None else slice(0, n)
+        size = self.config.micro_batch or (share.stop - share.start)
+        return [slice(i, min(share.stop, i + size)) for i in range(share.start, share.stop, size)]
 
     def _plan(self, n: int) -> Dict[str, object]:
         """The student pass's draws (:meth:`_draw`) and the VSD iteration's: teacher timesteps, noise,
@@ -489,6 +525,8 @@ class SBv2Trainer:
         params = list(params)
         optimizer.zero_grad(set_to_none=True)
         accumulate()
+        if self.data_parallel is not None:
+            self.data_parallel.sum_grads(params)
         torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         optimizer.step()
 
@@ -533,6 +571,10 @@ class SBv2Trainer:
         for k in ("regression", "align"):
             if k in logs:
                 out[k] = logs[k]
+        if self.data_parallel is not None:          # each process logged its share: the batch's sums
+            values = torch.tensor([out[k] for k in out], dtype=torch.float64)
+            self.data_parallel.all_reduce([values])
+            out = dict(zip(out, values.tolist()))
         if alpha is not None:
             out["alpha"] = alpha
         return out

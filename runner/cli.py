@@ -449,10 +449,7 @@ def pack_command(submodule: str, argv: Sequence[str]) -> int:
     pre.add_argument("--verbose", action="store_true")
     known, _ = pre.parse_known_args(argv)
     _setup_logging(False)
-    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
-            and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        # one GPU per process under torchrun / accelerate: this process's, before ComfyUI initialises CUDA
-        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]
+    comfy_env.pin_local_rank_gpu()
     try:
         session = WorkflowSession(known.comfyui, known.cpu, quiet=not known.verbose)
     except WorkflowError as e:

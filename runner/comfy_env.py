@@ -172,6 +172,14 @@ def quiet_comfy_logging(level=logging.WARNING) -> None:
     logging.getLogger().setLevel(level)
 
 
+def pin_local_rank_gpu() -> None:
+    """Under torchrun / accelerate launch with several processes: each process sees the GPU of its local rank
+    (``CUDA_VISIBLE_DEVICES``, unless the user set it), before ComfyUI initialises CUDA and picks cuda:0."""
+    if "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]
+
+
 def pack_main(root, submodule: str, argv, *extra) -> int:
     """Bootstrap ComfyUI, load the pack at ``root`` as ComfyUI loads a custom-node folder, and call
     ``<submodule>.main(argv, *extra)`` (the scripts/ command lines)."""
@@ -179,6 +187,7 @@ def pack_main(root, submodule: str, argv, *extra) -> int:
     if comfy_dir is None:
         print(f"error: {how}", file=sys.stderr)
         return 2
+    pin_local_rank_gpu()
     nodes = bootstrap(comfy_dir)
     quiet_comfy_logging()
     pack = load_pack(nodes, root)

@@ -332,6 +332,44 @@ def check_ui_workflow(wf: dict) -> None:
                 "widgets_values"} <= set(n)
 
 
+# ----------------------------------------------------------------------------- several processes (torchrun on CPU)
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch(procs: int, script, args, timeout: int = 600, ok: bool = True, **env) -> str:
+    """Run ``script`` with ``args`` in one process, or in ``procs`` under ``torch.distributed.run`` on a free
+    loopback port (gloo on CPU); ``env``: extra variables (OMP_NUM_THREADS is 1). Its stdout; the exit status must
+    be 0 (``ok``) or not."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, str(script)] if procs == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port", str(port),
+         str(script)]
+    variables = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    variables.update(OMP_NUM_THREADS="1", **env)
+    done = subprocess.run(cmd + [str(a) for a in args], env=variables, capture_output=True, text=True,
+                          timeout=timeout)
+    assert (done.returncode == 0) == ok, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def load_by_path(name: str, path):
+    """Import the file ``path`` as module ``name`` (a test file, for a worker process to reuse its builders)."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # ----------------------------------------------------------------------------- reference building blocks
 
 def nag_written_out(pos, z_neg, weight, tau, blend):

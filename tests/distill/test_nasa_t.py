@@ -346,3 +346,33 @@ def test_nasa_t_workflow_runs(comfyui, tmp_path):
     graph = json.loads((PACK_ROOT / "workflows" / "toy_1step_nasat.json").read_text())
     loaders = [n for n in graph["nodes"] if n["type"] == "NASAToyModelLoader"]
     assert [n["widgets_values"][0] for n in loaders] == ["student NASA-T (one-step)"]
+
+
+def test_recipe_on_two_processes(comfyui, tmp_path):
+    """distill.recipe.run under torchrun --nproc_per_node 2 on CPU (gloo), batch 4 split 2 + 2: the student one
+    process trains with the whole batch, up to float summation order (AdamW's first steps turn the sign of a
+    near-zero gradient into a full step, so a few hundred of 13M weights differ by more than 1e-5); killed at the
+    third iteration and resumed by two new processes, the student of the straight two-process run, bit for bit."""
+    worker = Path(__file__).parent / "recipe_dp_worker.py"
+
+    def launch(procs, out, *extra, ok=True):
+        return support.launch(procs, worker, [tmp_path / out, 4, *extra], ok=ok, COMFYUI_PATH=str(comfyui.dir))
+    import comfy.utils
+
+    def student(out):
+        return comfy.utils.load_torch_file(str(tmp_path / out / "student_nasa-t_sd15.safetensors"))
+    launch(1, "one")
+    log = launch(2, "two")
+    assert "process 1 of 2: 2 of each batch of 4" in log
+    one, two = student("one"), student("two")
+    assert one.keys() == two.keys()
+    diffs = torch.cat([(one[k] - two[k]).abs().flatten() for k in one if one[k].is_floating_point()])
+    assert (diffs > 1e-5).float().mean() < 1e-3 and diffs.max() < 1e-3, (int((diffs > 1e-5).sum()), diffs.max())
+    meta = json.loads(comfy.utils.safetensors.safe_open(str(tmp_path / "two" / "student_nasa-t_sd15.safetensors"),
+                                                        "pt").metadata()["nasa_distill"])
+    assert meta["processes"] == 2
+    launch(2, "resumed", 3, ok=False)
+    assert (tmp_path / "resumed" / "trainer.ckpt").is_file()
+    assert "resumed at iteration 2" in launch(2, "resumed")
+    resumed = student("resumed")
+    assert all(torch.equal(two[k], resumed[k]) for k in two)

@@ -191,19 +191,9 @@ def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tmp_path, capsys):
     assert "several samplers through Apply NASA Attention" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_give_the_one_process_table(comfy, tiny_clip, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo): the same table, scores and images as one process; and a run by
     one process is resumed by two (its records are read, its runs not redone)."""
-    import os
-    import subprocess
-    import sys
     import numpy as np
     from PIL import Image
     clip_dir = tmp_path / "clip"
@@ -214,20 +204,11 @@ def test_two_processes_give_the_one_process_table(comfy, tiny_clip, tmp_path):
         {"id": "t1", "positive": "a triangle", "negative": "green"},
         {"id": "t2", "positive": "a circle", "negative": "red"})) + "\n")
     script = Path(__file__).resolve().parents[2] / "scripts" / "nasa_eval.py"
-    env = dict(os.environ, COMFYUI_PATH=str(comfy.dir), OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
 
     def evaluate(out, settings, procs):
-        args = [str(WORKFLOWS / "toy_1step_nasa.json"), "--pairs", str(pairs), "--settings", *settings,
-                "--seeds", "2", "--clip", str(clip_dir), "--out", str(out), "--cpu",
-                "--set", "EmptyLatentImage.batch_size=2"]
-        launch = [sys.executable, str(script)] if procs == 1 else \
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-             "--master_port", str(_free_port()), str(script)]
-        done = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout
+        return support.launch(procs, script, [WORKFLOWS / "toy_1step_nasa.json", "--pairs", pairs, "--settings",
+                                              *settings, "--seeds", 2, "--clip", clip_dir, "--out", out, "--cpu",
+                                              "--set", "EmptyLatentImage.batch_size=2"], COMFYUI_PATH=str(comfy.dir))
     settings = ["none", "nasa:0.75", "vsf:2"]
     evaluate(tmp_path / "one", settings, 1)
     log = evaluate(tmp_path / "two", settings, 2)

@@ -1,11 +1,12 @@
-"""Several evaluation processes under ``torchrun`` (or ``accelerate launch``): the rank and world size from the
-environment those launchers set, and a gloo process group for the one thing the processes share - the end of the
-run (every process reports whether its share succeeded; rank 0 then reads every process's records and writes the
-table). The images and records go to one output folder that every process can see."""
+"""Several processes under ``torchrun`` (or ``accelerate launch``), for the evaluation and NASA-T's recipe: the rank
+and world size from the environment those launchers set, and a process group for what the processes share (gloo on
+CPU, NCCL where the tensors to sum live on CUDA). Pure torch."""
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import List, Tuple
+
+import torch
 
 
 def environment() -> Tuple[int, int]:
@@ -21,14 +22,14 @@ def environment() -> Tuple[int, int]:
 
 
 class Group:
-    """A gloo process group while ``world`` > 1 (nothing for one process)."""
+    """The process group while ``world`` > 1 (nothing for one process). ``backend``: "gloo" or "nccl"."""
 
-    def __init__(self, world: int):
+    def __init__(self, world: int, backend: str = "gloo"):
         self.world = world
         if world > 1:
             import torch.distributed as dist
             if not dist.is_initialized():
-                dist.init_process_group(backend="gloo")
+                dist.init_process_group(backend=backend)
             self._dist = dist
 
     def all_ok(self, code: int) -> int:
@@ -38,6 +39,16 @@ class Group:
         codes = [None] * self.world
         self._dist.all_gather_object(codes, code)
         return max(codes)
+
+    def all_reduce(self, tensors: List[torch.Tensor]) -> None:
+        """Sum each tensor in place over the processes."""
+        if self.world > 1:
+            for t in tensors:
+                self._dist.all_reduce(t)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self._dist.barrier()
 
     def close(self) -> None:
         if self.world > 1 and self._dist.is_initialized():
