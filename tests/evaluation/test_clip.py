@@ -45,7 +45,8 @@ def test_images_are_prepared_as_clips_own_processor_does(folder):
     # PIL's bicubic on 8-bit pixels against torch's antialiased bicubic on floats: a few 8-bit levels apart
     assert (ours - theirs).abs().mean() < 0.02 and (ours - theirs).abs().max() < 0.25
     square = torch.rand(1, 32, 32, 3)           # already the model's size: only the normalisation
-    expected = (square.movedim(-1, 1) - torch.tensor(C.CLIP_MEAN)[:, None, None]) / torch.tensor(C.CLIP_STD)[:, None, None]
+    mean, std = (torch.tensor(v)[:, None, None] for v in (C.CLIP_MEAN, C.CLIP_STD))
+    expected = (square.movedim(-1, 1) - mean) / std
     torch.testing.assert_close(C.prepare_images(square, 32), expected)
 
 
@@ -70,7 +71,8 @@ def test_folders_that_are_not_clip_are_named(folder, tmp_path):
     with pytest.raises(C.ClipLoadError, match="no config.json"):
         C.ClipScorer.from_folder(tmp_path)
     from transformers import BertConfig
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path)
     with pytest.raises(C.ClipLoadError, match="not a CLIP configuration|not CLIP"):
         C.ClipScorer.from_folder(tmp_path)
     no_tokenizer = tmp_path / "no_tokenizer"
