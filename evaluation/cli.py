@@ -142,7 +142,8 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,
                                                   "seeds": seeds, "clip": args.clip, "table": rows,
-                                                  "images": [records[j.key] for j in todo]}, indent=1),
+                                                  "images": [{k: v for k, v in records[j.key].items()
+                                                              if k != "written"} for j in todo]}, indent=1),
                                       encoding="utf-8")
     write_grid(records, todo, out, seeds[0])
     print(text)

@@ -3,8 +3,8 @@
 One job per (pair, seed, setting) is made by :func:`.graph.evaluation_prompt` and executed in one ComfyUI session
 (its models load once); it makes the workflow's latent batch of images (B images from the one seed, as ComfyUI
 makes them). Its images are written to ``<out>/images/`` and its scores appended to ``<out>/records.jsonl`` as soon
-as it is done, so an interrupted run resumes where it stopped (a job already recorded is neither made nor scored
-again). :func:`summarize` turns the records into the table per setting.
+as it is done, so an interrupted run resumes where it stopped (a job already recorded is not made again; its
+images are scored again only when they were made without a CLIP model or scored by another one). :func:`summarize` turns the records into the table per setting.
 
 Scores per image (``nasa_core.metrics``), with the CLIP model the user points at:
 * ``clip_plus`` / ``clip_minus``: cosine similarity with the positive prompt and with the negative prompt;
@@ -71,6 +71,11 @@ class Scorer:
             self._texts[text] = self.clip.embed_texts([text])[0]
         return self._texts[text]
 
+    @property
+    def source(self) -> str:
+        """Which CLIP model scored: a record scored by another is scored again."""
+        return str(getattr(self.clip, "source", "CLIP model"))
+
     def score(self, image: torch.Tensor, pair: Pair) -> dict:
         emb = self.clip.embed_images(image[None])
         plus, minus = metrics.clip_scores(emb, self._text(pair.positive), self._text(pair.negative))
@@ -78,6 +83,11 @@ class Scorer:
                                         self.clip.logit_scale)
         return {"clip_plus": float(plus[0]), "clip_minus": float(minus[0]), "p_present": float(p[0]),
                 "removed": bool(metrics.removed(p)[0])}
+
+    def scores(self, out: Path, names: Sequence[str], pair: Pair) -> dict:
+        """A record's score fields for its saved images ``names``: one list per score, and the CLIP that made them."""
+        per_image = [self.score(load_image(out / IMAGES / name), pair) for name in names]
+        return {"clip": self.source, **{k: [sc[k] for sc in per_image] for k in per_image[0]}}
 
 
 def records_file(out: Path, rank: int = 0, world: int = 1) -> Path:
@@ -96,7 +106,8 @@ def load_records(out: Path) -> Dict[str, dict]:
             except json.JSONDecodeError:
                 continue
             if isinstance(rec, dict) and "key" in rec and rec.get("images") and \
-                    all((Path(out) / IMAGES / name).is_file() for name in rec["images"]):
+                    all((Path(out) / IMAGES / name).is_file() for name in rec["images"]) and \
+                    rec.get("written", 0) >= done.get(rec["key"], {}).get("written", 0):   # the newest wins
                 done[rec["key"]] = rec
     return done
 
@@ -122,11 +133,16 @@ def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer
         log(f"evaluation: {what}: {where}")
     done = load_records(out)
     left = [j for j in todo if j.key not in done]
+    rescore = [j for j in todo if j.key in done and scorer is not None and done[j.key].get("clip") != scorer.source]
     log(f"evaluation: {len(todo)} runs (pair x seed x setting), {len(todo) - len(left)} already done, "
-        f"{len(left)} to make")
+        f"{len(left)} to make" + (f", {len(rescore)} made earlier to score with {scorer.source}" if rescore else ""))
     t0 = time.perf_counter()
     with records_file(out, rank, world).open("a", encoding="utf-8") as records, \
             tempfile.TemporaryDirectory() as tmp:
+        for job in rescore:                    # made before without --clip, or scored by another CLIP model
+            rec = {**done[job.key], **scorer.scores(out, done[job.key]["images"], job.pair), "written": time.time()}
+            records.write(json.dumps(rec) + "\n")
+            done[job.key] = rec
         for i, job in enumerate(left, 1):
             # a save node of its own per run: ComfyUI's node cache would otherwise skip saving an image it made
             # before, or reuse a save node object that still writes where an earlier run's output folder was
@@ -143,8 +159,8 @@ def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer
             rec = {"key": job.key, "pair": job.pair.id, "category": job.pair.category, "seed": job.seed,
                    "setting": job.setting.key, "images": names}
             if scorer is not None:
-                scores = [scorer.score(load_image(out / IMAGES / name), job.pair) for name in names]
-                rec.update({k: [sc[k] for sc in scores] for k in scores[0]})
+                rec.update(scorer.scores(out, names, job.pair))
+            rec["written"] = time.time()
             records.write(json.dumps(rec) + "\n")
             records.flush()
             done[job.key] = rec

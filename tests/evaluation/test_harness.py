@@ -132,8 +132,13 @@ def test_toy_run_scores_and_resumes(ev, tiny_clip, tmp_path):
     todo = H.jobs([pair], [3], settings)
     counting = _Counting(ev.session)
     scorer = H.Scorer(tiny_clip)
-    records = H.run(counting, prompt, todo, tmp_path, scorer, log=lambda s: None)
-    assert counting.runs == 4 and len(records) == 4
+    unscored = H.run(counting, prompt, todo, tmp_path, None, log=lambda s: None)     # made without --clip first
+    assert counting.runs == 4 and not any("clip_plus" in r for r in unscored.values())
+    assert "not scored" in H.table(H.summarize(unscored.values(), settings))
+    logs = []
+    records = H.run(counting, prompt, todo, tmp_path, scorer, log=logs.append)      # scored later, not made again
+    assert counting.runs == 4 and len(records) == 4 and all(r["clip"] == scorer.source for r in records.values())
+    assert any("4 made earlier to score with" in line for line in logs)
     imgs = {j.setting.key: torch.stack([H.load_image(tmp_path / "images" / n) for n in records[j.key]["images"]])
             for j in todo}
     assert all(t.shape == (4, 24, 24, 3) for t in imgs.values())
@@ -154,7 +159,7 @@ def test_toy_run_scores_and_resumes(ev, tiny_clip, tmp_path):
     assert "| NASA α 0.75 | 4 |" in H.table(rows)
     # resume: nothing redone; a job whose image is gone, and a torn last line (a kill), are redone
     again = H.run(counting, prompt, todo, tmp_path, scorer, log=lambda s: None)
-    assert counting.runs == 4 and again == records
+    assert counting.runs == 4 and again == records                  # scored by this CLIP: nothing redone
     (tmp_path / "images" / records[todo[1].key]["images"][2]).unlink()
     with (tmp_path / "records.jsonl").open("a") as f:
         f.write('{"key": "t1|3|vsf:2", "images": [')
