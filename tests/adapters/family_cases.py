@@ -235,8 +235,8 @@ class Case:
     """The dtypes the family's tests sample in (bfloat16 with a bfloat16 compute dtype)."""
     scheduler: str = "simple"
     batch_atol: float = 1e-5
-    """Absolute tolerance of a batch-2 row against its batch-1 forward (rtol 1e-4); 1e-4 for the UNet, whose rows
-    already differ by ~1e-5 (outputs ~2) between a batch of 2 and of 1 without NASA."""
+    """Absolute tolerance of a batch-2 row against its batch-1 forward (rtol 1e-4); 1e-4 for the UNet and LTX-2,
+    whose rows already differ by ~1e-5 (outputs ~2 and ~5) between a batch of 2 and of 1 without NASA."""
     requires: Optional[Callable] = None
     """``requires()``: what the case needs of ComfyUI beyond its config class, as ``(ok, what)``; a ComfyUI where
     ``ok`` is False skips the case by name (e.g. Wan S2V, whose blocks get no transformer_options in 0.3.64)."""
@@ -355,7 +355,9 @@ _CASES = [
     # (the connectors' registers pad every prompt to at least 1024 tokens: a negative of 1100 makes its own pass)
     Case("ltx2", "adapters.ltx2", "LTXAV", "LTX-2 (LTXAV)", (1, 128, 2, 4, 4), 16, 1100, _key("caption_channels"),
          _ltx2_options, _indexed(video="transformer_blocks", audio="transformer_blocks"), prepare=_rms_in_range,
-         cfgs=(4.0,), audio=(1, 8, 5, 16), row_percents=(0.3, 0.3), embeds_text_in_conds=True),
+         cfgs=(4.0,), audio=(1, 8, 5, 16), row_percents=(0.3, 0.3), embeds_text_in_conds=True,
+         batch_atol=1e-4),   # its rows differ by up to 3.5e-5 (outputs ~5) between a batch of 2 and of 1 without
+                             # NASA on 2 CPU threads (1.4e-5 with it: over 1e-5), as the UNet's do
     # HiDream-I1: T5 tokens + pooled CLIP + Llama 3.1 layers' states per prompt (4 x 4 image tokens), on the dense
     # variant of the tiny model (DIT_FAMILIES "hidream_dense"). ComfyUI's MoE feed-forward (the published model's)
     # couples the rows of a batch at rounding level and graph-breaks torch.compile on its routing (nonzero) by
