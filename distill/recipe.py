@@ -288,7 +288,6 @@ def run(out_dir, prompts: List[str], negatives: List[str], config: RecipeConfig,
         if ckpt.is_file():
             ckpt.unlink()
         log(f"{NODE}: wrote {path}")
-    group.barrier()
     group.close()
     return path
 

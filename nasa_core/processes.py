@@ -51,5 +51,8 @@ class Group:
             self._dist.barrier()
 
     def close(self) -> None:
+        """Wait for every process (so none ends while rank 0 still writes the results: torchrun stops the others
+        when one ends badly), then the group is destroyed."""
         if self.world > 1 and self._dist.is_initialized():
+            self._dist.barrier()
             self._dist.destroy_process_group()

@@ -180,6 +180,18 @@ def pin_local_rank_gpu() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]
 
 
+def exit_process(code: int) -> None:
+    """End a command-line process with ``code``. Under torchrun / accelerate launch with several processes, stdout
+    and stderr are flushed and the interpreter's teardown is skipped (``os._exit``): after a gloo process group,
+    torch 2.13 sometimes aborts in that teardown ("terminate called without an active exception", SIGABRT; 2 of
+    30 two-process CPU runs), and torchrun then reports the whole finished run as failed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def pack_main(root, submodule: str, argv, *extra) -> int:
     """Bootstrap ComfyUI, load the pack at ``root`` as ComfyUI loads a custom-node folder, and call
     ``<submodule>.main(argv, *extra)`` (the scripts/ command lines)."""

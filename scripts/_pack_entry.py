@@ -26,3 +26,8 @@ def runner(submodule: str):
 def pack_main(submodule: str, argv) -> int:
     """Bootstrap ComfyUI, load the pack as a custom-node folder, run ``<submodule>.main(argv)``."""
     return runner("comfy_env").pack_main(ROOT, submodule, argv)
+
+
+def exit_process(code: int) -> None:
+    """End the script with ``code`` (under torchrun: without the interpreter teardown torch may abort in)."""
+    runner("comfy_env").exit_process(code)

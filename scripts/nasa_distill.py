@@ -13,4 +13,4 @@ import sys
 import _pack_entry
 
 if __name__ == "__main__":
-    sys.exit(_pack_entry.pack_main("distill.cli", sys.argv[1:]))
+    _pack_entry.exit_process(_pack_entry.pack_main("distill.cli", sys.argv[1:]))

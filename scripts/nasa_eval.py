@@ -11,4 +11,4 @@ import sys
 import _pack_entry
 
 if __name__ == "__main__":
-    sys.exit(_pack_entry.runner("cli").pack_command("evaluation.cli", sys.argv[1:]))
+    _pack_entry.exit_process(_pack_entry.runner("cli").pack_command("evaluation.cli", sys.argv[1:]))

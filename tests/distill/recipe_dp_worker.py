@@ -37,6 +37,7 @@ def main(out, iterations, die_at=None):
             return step(self, prompts)
         vsd.SBv2Trainer.step = dies
     recipe.run(out, tests.PROMPTS, tests.NEGATIVES, config, loaded=tests._loaded(rm), progress=False, log=print)
+    comfy_env.exit_process(0)                           # as scripts/nasa_distill.py ends under torchrun
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def main(out, steps, resume=None):
         Path(out + ".json").write_text(json.dumps(logs))
     dist.barrier()
     dist.destroy_process_group()
+    sys.modules["nasa_runner.comfy_env"].exit_process(0)    # as the pack's scripts end under torchrun
 
 
 if __name__ == "__main__":

@@ -476,3 +476,18 @@ def test_cli_subprocess_validation_error(comfy, tmp_path):
     both = r.stdout + r.stderr
     assert "node 10 (NASAApplyAttention" in both and "bigger than max" in both
     assert "Traceback" not in both
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_exit_process_flushes_and_skips_teardown_only_under_several_processes(world):
+    """scripts/nasa_eval.py and nasa_distill.py end through comfy_env.exit_process: with WORLD_SIZE > 1 the buffered
+    output is written and the exit code kept, but Python's teardown (atexit here; torch's gloo teardown, which can
+    abort a finished run) is skipped; one process ends as sys.exit does."""
+    code = ("import atexit, sys; sys.path.insert(0, sys.argv[1]); import _pack_entry; "
+            "atexit.register(lambda: print('teardown ran')); print('result written', end=''); "
+            "sys.stderr.write('warned'); _pack_entry.exit_process(3)")
+    env = {k: v for k, v in os.environ.items() if k not in support.LAUNCHER_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", code, str(PACK_ROOT / "scripts")], capture_output=True, text=True,
+                          env={**env, "WORLD_SIZE": world}, timeout=120)
+    assert done.returncode == 3 and done.stderr.endswith("warned"), done.stderr
+    assert done.stdout == ("result written" if world == "2" else "result writtenteardown ran\n")
