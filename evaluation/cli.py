@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from ..nasa_core import processes
 from . import harness, pairs as pair_files, settings as setting_specs
 from .clip import ClipLoadError, ClipScorer
+from .hps import load_hps
 from .graph import GraphError
 
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None,
                    help="a local transformers CLIP folder (e.g. a copy of openai/clip-vit-large-patch14); "
                         "without it the images are made but NOT scored")
+    p.add_argument("--hps", default=None, metavar="FILE",
+                   help="a local HPSv2 checkpoint (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt) for an HPSv2 "
+                        "column; needs --clip (its tokenizer); without it HPSv2 is reported as not measured")
     p.add_argument("--out", default="output/evaluation", help="output folder (default output/evaluation)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input of the workflow before the evaluation (as the runner's --set)")
@@ -97,7 +101,13 @@ def main(argv: Optional[Sequence[str]], session) -> int:
             pairs = pair_files.subset(pairs, args.limit, args.subset_seed)
         if args.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-        scorer = harness.Scorer(ClipScorer.from_folder(args.clip, device=_device())) if args.clip else None
+        if args.hps and not args.clip:
+            raise ClipLoadError(f"--hps {args.hps}: HPSv2 ships no tokenizer and scores beside CLIP; give --clip too "
+                                "(a transformers CLIP folder)")
+        scorer = None
+        if args.clip:
+            scorer = harness.Scorer(ClipScorer.from_folder(args.clip, device=_device()),
+                                    load_hps(args.hps, args.clip, device=_device()) if args.hps else None)
         prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
         if args.random_weights:
             notes += session.random_weights(prompt, args.random_weights)
@@ -138,15 +148,17 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
         print(f"nasa_eval: {len(missing)} runs have no record (e.g. {missing[0]}): run the command again")
         return 1
     rows = harness.summarize((records[j.key] for j in todo), chosen)
-    text = harness.table(rows)
-    (out / "table.md").write_text(text + "\n", encoding="utf-8")
+    skipped = harness.not_measured(rows)
+    text = harness.table(rows) + "\n\nNot measured:\n" + "".join(f"- {line}\n" for line in skipped)
+    (out / "table.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,
-                                                  "seeds": seeds, "clip": args.clip, "table": rows,
+                                                  "seeds": seeds, "clip": args.clip, "hps": args.hps,
+                                                  "table": rows, "not_measured": skipped,
                                                   "images": [{k: v for k, v in records[j.key].items()
                                                               if k != "written"} for j in todo]}, indent=1),
                                       encoding="utf-8")
     write_grid(records, todo, out, seeds[0])
-    print(text)
+    print(text, end="")
     print(f"nasa_eval: {len(todo)} runs, {sum(len(records[j.key]['images']) for j in todo)} images; table.md, "
           f"results.json, grid.png and images/ in {out}")
     return 0

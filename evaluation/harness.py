@@ -9,7 +9,8 @@ images are scored again only when they were made without a CLIP model or scored 
 Scores per image (``nasa_core.metrics``), with the CLIP model the user points at:
 * ``clip_plus`` / ``clip_minus``: cosine similarity with the positive prompt and with the negative prompt;
 * ``p_present``: the zero-shot probability that the feature the negative names is in the image - the caption
-  "<positive>, with <gone>" against the positive alone, at CLIP's logit scale; ``removed``: below one half.
+  "<positive>, with <gone>" against the positive alone, at CLIP's logit scale; ``removed``: below one half;
+* ``hps`` (with ``--hps``): HPSv2, the cosine of the image and the positive prompt in HPSv2's fine-tuned CLIP.
 """
 from __future__ import annotations
 
@@ -60,29 +61,36 @@ def present_caption(pair: Pair) -> str:
 
 
 class Scorer:
-    """CLIP scores of one image for its pair (text embeddings cached: every pair's texts are embedded once)."""
+    """The scores of one image for its pair: CLIP's, and HPSv2's with ``hps`` (an HPSv2 model as a
+    :class:`~.clip.ClipScorer`, :func:`.hps.load_hps`). Text embeddings are cached: each text is embedded once."""
 
-    def __init__(self, clip):
-        self.clip = clip
-        self._texts: Dict[str, torch.Tensor] = {}
+    def __init__(self, clip, hps=None):
+        self.clip, self.hps = clip, hps
+        self._texts: Dict[tuple, torch.Tensor] = {}
 
-    def _text(self, text: str) -> torch.Tensor:
-        if text not in self._texts:
-            self._texts[text] = self.clip.embed_texts([text])[0]
-        return self._texts[text]
+    def _text(self, text: str, model=None) -> torch.Tensor:
+        model = model or self.clip
+        if (id(model), text) not in self._texts:
+            self._texts[id(model), text] = model.embed_texts([text])[0]
+        return self._texts[id(model), text]
 
     @property
     def source(self) -> str:
-        """Which CLIP model scored: a record scored by another is scored again."""
-        return str(getattr(self.clip, "source", "CLIP model"))
+        """Which models scored: a record scored by others (or without HPSv2, now given) is scored again."""
+        names = [str(getattr(m, "source", "CLIP model")) for m in (self.clip, self.hps) if m is not None]
+        return " + ".join(names)
 
     def score(self, image: torch.Tensor, pair: Pair) -> dict:
         emb = self.clip.embed_images(image[None])
         plus, minus = metrics.clip_scores(emb, self._text(pair.positive), self._text(pair.negative))
         p = metrics.present_probability(emb, self._text(present_caption(pair)), self._text(pair.positive),
                                         self.clip.logit_scale)
-        return {"clip_plus": float(plus[0]), "clip_minus": float(minus[0]), "p_present": float(p[0]),
-                "removed": bool(metrics.removed(p)[0])}
+        out = {"clip_plus": float(plus[0]), "clip_minus": float(minus[0]), "p_present": float(p[0]),
+               "removed": bool(metrics.removed(p)[0])}
+        if self.hps is not None:     # HPSv2: the cosine of the image and the positive prompt in its own model
+            hps = metrics.cosine(self.hps.embed_images(image[None]), self._text(pair.positive, self.hps))
+            out["hps"] = float(hps[0])
+        return out
 
     def scores(self, out: Path, names: Sequence[str], pair: Pair) -> dict:
         """A record's score fields for its saved images ``names``: one list per score, and the CLIP that made them."""
@@ -185,19 +193,36 @@ def summarize(records: Iterable[dict], settings: Sequence[Setting]) -> List[dict
                 m = metrics.summarize(v for r in recs for v in r[name])
                 row[name], row[name + "_ci95"] = m.mean, m.ci95
             row["removal"] = metrics.summarize(float(v) for r in recs for v in r["removed"]).mean
+        if recs and all("hps" in r for r in recs):
+            m = metrics.summarize(v for r in recs for v in r["hps"])
+            row["hps"], row["hps_ci95"] = m.mean, m.ci95
         rows.append(row)
     return rows
 
 
 def table(rows: Sequence[dict]) -> str:
-    """Markdown table of :func:`summarize`'s rows."""
-    out = ["| setting | images | CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ |",
-           "|---|---|---|---|---|---|"]
+    """Markdown table of :func:`summarize`'s rows (an HPSv2 column where every row has it)."""
+    hps = bool(rows) and all("hps" in r for r in rows)
+    out = ["| setting | images | CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ |"
+           + (" HPSv2 ↑ |" if hps else ""), "|---|---|---|---|---|---|" + ("---|" if hps else "")]
     for r in rows:
         if "clip_plus" in r:
             out.append(f"| {r['label']} | {r['images']} | {r['clip_plus']:.4f} ± {r['clip_plus_ci95']:.4f} | "
                        f"{r['clip_minus']:.4f} ± {r['clip_minus_ci95']:.4f} | {100 * r['removal']:.1f}% | "
-                       f"{r['p_present']:.3f} |")
+                       f"{r['p_present']:.3f} |" + (f" {r['hps']:.4f} ± {r['hps_ci95']:.4f} |" if hps else ""))
         else:
-            out.append(f"| {r['label']} | {r['images']} | not scored | not scored | not scored | not scored |")
+            out.append(f"| {r['label']} | {r['images']} |" + " not scored |" * (5 if hps else 4))
     return "\n".join(out)
+
+
+def not_measured(rows: Sequence[dict]) -> List[str]:
+    """What the table does not show, and why: said under it, never left for the reader to guess."""
+    out = []
+    if not rows or not all("clip_plus" in r for r in rows):
+        out.append("CLIP+, CLIP-, removal: not measured for every setting (no --clip given when its images were "
+                   "made; run again with --clip to score them from the saved images)")
+    if not rows or not all("hps" in r for r in rows):
+        out.append("HPSv2: not measured (give --hps with a local HPS_v2_compressed.pt or HPS_v2.1_compressed.pt)")
+    out.append("ImageReward: not measured (this pack does not read ImageReward's BLIP model)")
+    out.append("removal by a detector or VQA model: not measured (this pack judges removal by zero-shot CLIP only)")
+    return out

@@ -19,7 +19,7 @@ from typing import List
 STANDIN_FLAG = "__nasa_standin__"
 PACKAGES = {
     "torchvision": ("transforms", "transforms.functional", "transforms.v2", "transforms.v2.functional",
-                    "models", "ops", "io", "utils", "datasets"),
+                    "models", "ops", "ops.misc", "io", "utils", "datasets"),
     "torchaudio": ("functional", "transforms", "io", "compliance", "compliance.kaldi", "models", "pipelines",
                    "utils"),
 }

@@ -169,7 +169,21 @@ def test_toy_run_scores_and_resumes(ev, tiny_clip, tmp_path):
     assert counting.runs == 6
 
 
-def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_hps(comfy, tmp_path_factory):
+    """An HPSv2-format file: a tiny random OpenCLIP ViT with ViT-H-14's 16 heads per tower, its state dict under
+    "state_dict" as HPS_v2_compressed.pt holds it."""
+    import open_clip
+    torch.manual_seed(1)
+    model = open_clip.model.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, head_width=2,
+                                                               patch_size=8),
+                                 text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=16, layers=1))
+    path = tmp_path_factory.mktemp("hps") / "HPS_v2.1_compressed.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tiny_hps, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"id": "t2", "positive": "a circle", "negative": "red"}) + "\n")
     clip_dir = tmp_path / "clip"
@@ -182,14 +196,31 @@ def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tmp_path, capsys):
     assert ev.cli.main(argv, ev.session) == 0
     results = json.loads((out / "results.json").read_text())
     assert [r["setting"] for r in results["table"]] == ["none", "nasa:0.75"]
-    assert (out / "table.md").read_text().startswith("| setting | images | CLIP+")
+    table = (out / "table.md").read_text()
+    assert table.startswith("| setting | images | CLIP+") and "HPSv2 ↑" not in table
+    assert "- HPSv2: not measured (give --hps" in table and "- ImageReward: not measured" in table
+    assert results["not_measured"][0].startswith("HPSv2: not measured") and "hps" not in results["images"][0]
+    # HPSv2 given later: the images are scored again (HPSv2 beside CLIP), not made again
+    assert ev.cli.main(argv + ["--hps", str(tiny_hps)], ev.session) == 0
+    results = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text()
+    assert "| CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ | HPSv2 ↑ |" in table
+    assert "HPSv2: not measured" not in table and "- ImageReward: not measured" in table
+    hps = ev.cli.load_hps(tiny_hps, clip_dir)
+    rec = results["images"][1]
+    images = torch.stack([ev.harness.load_image(out / "images" / n) for n in rec["images"]])
+    want = torch.nn.functional.cosine_similarity(hps.embed_images(images), hps.embed_texts(["a circle"])).tolist()
+    assert rec["hps"] == pytest.approx(want, abs=1e-5) and rec["clip"] == f"{clip_dir} + HPSv2 {tiny_hps.name}"
+    assert results["table"][1]["hps"] == pytest.approx(sum(want) / 2)
     from PIL import Image
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (110 + 2 * 144, 18 + 144)          # 24 px toy images shown at 144 px
     for bad, message in ((["--settings", "nasa"], "needs a number after 'nasa:'"),
                          (["--settings", "cfg:0"], "outside cfg's range"),
                          (["--pairs", str(tmp_path / "none.jsonl")], "no such pair file"),
-                         (["--clip", str(tmp_path)], "not a transformers CLIP folder")):
+                         (["--clip", str(tmp_path)], "not a transformers CLIP folder"),
+                         (["--hps", str(tiny_hps)], "HPSv2 ships no tokenizer and scores beside CLIP; give --clip"),
+                         (["--clip", str(clip_dir), "--hps", str(tmp_path / "no.pt")], "no such file")):
         assert ev.cli.main([str(WORKFLOWS / "toy_1step_nasa.json"), "--out", str(out), *bad], ev.session) == 2
         assert message in capsys.readouterr().out
     assert ev.cli.main([str(WORKFLOWS / "toy_1step_methods.json"), "--out", str(tmp_path / "g")], ev.session) == 2
