@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..nasa_core import processes
-from . import harness, pairs as pair_files, settings as setting_specs
+from . import graph, harness, pairs as pair_files, settings as setting_specs
 from .clip import ClipLoadError, ClipScorer
 from .hps import load_hps
 from .graph import GraphError
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="output/evaluation", help="output folder (default output/evaluation)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input of the workflow before the evaluation (as the runner's --set)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="the model file to evaluate, in place of the one the workflow's model loader names "
+                        "(CheckpointLoaderSimple, UNETLoader, a GGUF loader): a path anywhere, or a name in "
+                        "ComfyUI's models folders; the workflow gives the rest (sampler, steps, size, VAE, text "
+                        "encoders)")
     p.add_argument("--random-weights", default=None, metavar="FAMILY[:SIZE]",
                    help="swap the workflow's loaders for random weights (a smoke test of the harness)")
     p.add_argument("--comfyui", default=None, help="the ComfyUI checkout (default: as the runner finds it)")
@@ -54,6 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="ComfyUI's node-by-node progress too")
     return p
+
+
+MODEL_FOLDERS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models"}   # ComfyUI's folder_paths kinds
+
+
+def use_checkpoint(prompt: dict, value: str, classes) -> str:
+    """``--checkpoint``: the file the workflow's model loader loads, set to ``value`` (a path: its folder is added
+    to ComfyUI's model folders of that kind, first, for this process; or a name ComfyUI already lists)."""
+    import folder_paths
+    node, name = graph.model_file(prompt, graph.find_roles(prompt, classes).sampler)
+    kind = MODEL_FOLDERS.get(name)
+    if name == "unet_name" and value.lower().endswith(".gguf") and "unet_gguf" in folder_paths.folder_names_and_paths:
+        kind = "unet_gguf"                                  # ComfyUI-GGUF's own folder kind
+    if kind is None:
+        raise GraphError(f"--checkpoint {value}: the workflow's model loader {prompt[node]['class_type']} takes "
+                         f"its file in {name!r}, a kind of model folder this option does not know; use --set "
+                         f"{node}.{name}=FILE with FILE in ComfyUI's models folder")
+    path = Path(value).expanduser()
+    if path.is_file():
+        folder_paths.add_model_folder_path(kind, str(path.resolve().parent), is_default=True)
+        if path.name not in folder_paths.get_filename_list(kind):
+            raise GraphError(f"--checkpoint {value}: ComfyUI does not list it among its {kind} (a model file "
+                             f"ends in {', '.join(sorted(folder_paths.folder_names_and_paths[kind][1]))})")
+        value = path.name
+    elif value not in folder_paths.get_filename_list(kind):
+        raise GraphError(f"--checkpoint {value}: no such file, and not a name in ComfyUI's {kind} folders")
+    prompt[node]["inputs"][name] = value
+    return f"{node}.{name}={value} (--checkpoint)"
 
 
 def write_grid(records: dict, jobs: Sequence[harness.Job], out: Path, seed: int) -> Optional[Path]:
@@ -104,13 +137,17 @@ def main(argv: Optional[Sequence[str]], session) -> int:
         if args.hps and not args.clip:
             raise ClipLoadError(f"--hps {args.hps}: HPSv2 ships no tokenizer and scores beside CLIP; give --clip too "
                                 "(a transformers CLIP folder)")
+        if args.checkpoint and args.random_weights:
+            raise ValueError("--checkpoint and --random-weights both say where the weights come from; give one")
+        prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
+        if args.checkpoint:
+            notes.append(use_checkpoint(prompt, args.checkpoint, session.nodes.NODE_CLASS_MAPPINGS))
+        if args.random_weights:
+            notes += session.random_weights(prompt, args.random_weights)
         scorer = None
         if args.clip:
             scorer = harness.Scorer(ClipScorer.from_folder(args.clip, device=_device()),
                                     load_hps(args.hps, args.clip, device=_device()) if args.hps else None)
-        prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
-        if args.random_weights:
-            notes += session.random_weights(prompt, args.random_weights)
     except (ValueError, GraphError, ClipLoadError) as e:        # pair files, settings, --set, the workflow
         print(f"nasa_eval: {e}")
         return 2

@@ -220,6 +220,26 @@ def evaluation_prompt(prompt: dict, roles: Roles, positive: str, negative: str, 
     return p
 
 
+MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+def model_file(prompt: dict, sampler: str) -> Tuple[str, str]:
+    """(node id, input name) of the model file the sampler's model comes from: the loader at the top of its
+    ``model`` path (the node with no model input of its own: CheckpointLoaderSimple, UNETLoader, a GGUF loader),
+    and its one input holding a file name."""
+    top = [nid for nid in _upstream(prompt, sampler, lambda nid, n: ["model"])
+           if not _is_link(prompt[nid]["inputs"].get("model"))]
+    if len(top) != 1:
+        raise GraphError(f"evaluation: cannot tell which node loads the model of {_label(prompt, sampler)} "
+                         f"({len(top)} candidates)")
+    files = [name for name, v in prompt[top[0]]["inputs"].items()
+             if isinstance(v, str) and v.lower().endswith(MODEL_FILE_SUFFIXES)]
+    if len(files) != 1:
+        raise GraphError(f"evaluation: {_label(prompt, top[0])} loads the model, but has {len(files)} model-file "
+                         f"inputs ({', '.join(files) or 'none'}); set its file with --set NODE.INPUT=FILE instead")
+    return top[0], files[0]
+
+
 def describe(prompt: dict, roles: Roles) -> Dict[str, str]:
     """What the harness found, for its log."""
     return {"sampler": _label(prompt, roles.sampler), "seed": f"{_label(prompt, roles.seed[0])}.{roles.seed[1]}",

@@ -4,7 +4,8 @@ One job per (pair, seed, setting) is made by :func:`.graph.evaluation_prompt` an
 (its models load once); it makes the workflow's latent batch of images (B images from the one seed, as ComfyUI
 makes them). Its images are written to ``<out>/images/`` and its scores appended to ``<out>/records.jsonl`` as soon
 as it is done, so an interrupted run resumes where it stopped (a job already recorded is not made again; its
-images are scored again only when they were made without a CLIP model or scored by another one). :func:`summarize` turns the records into the table per setting.
+images are scored again only when they were made without a CLIP model or scored by other models).
+:func:`summarize` turns the records into the table per setting.
 
 Scores per image (``nasa_core.metrics``), with the CLIP model the user points at:
 * ``clip_plus`` / ``clip_minus``: cosine similarity with the positive prompt and with the negative prompt;

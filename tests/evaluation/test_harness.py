@@ -262,3 +262,42 @@ def test_two_processes_give_the_one_process_table(comfy, tiny_clip, tmp_path):
     log = evaluate(tmp_path / "mixed", settings, 2)
     assert log.count("already done") == 2 and "6 runs (pair x seed x setting), 2 already done" in log
     assert (tmp_path / "mixed" / "table.md").read_text() == (tmp_path / "one" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("name, node_class, field, kind", [
+    ("sd15_1step_nasa.json", "CheckpointLoaderSimple", "ckpt_name", "checkpoints"),
+    ("flux_schnell_1step_nasa.json", "UNETLoader", "unet_name", "diffusion_models")])
+def test_checkpoint_replaces_the_workflows_model_file(ev, tmp_path, name, node_class, field, kind, capsys):
+    """--checkpoint FILE: the loader at the top of the sampler's model path loads FILE (its folder registered with
+    ComfyUI, first, so ComfyUI's own validation lists it); bad files and loaders without one file input are named."""
+    import folder_paths
+    file = tmp_path / "my model.safetensors"
+    file.write_bytes(b"")
+    prompt = _api(ev, name)
+    try:
+        note = ev.cli.use_checkpoint(prompt, str(file), ev.session.nodes.NODE_CLASS_MAPPINGS)
+        loaders = [(nid, n) for nid, n in prompt.items() if n["class_type"] == node_class]
+        assert len(loaders) == 1 and loaders[0][1]["inputs"][field] == "my model.safetensors"
+        assert note == f"{loaders[0][0]}.{field}=my model.safetensors (--checkpoint)"
+        assert folder_paths.get_full_path(kind, "my model.safetensors") == str(file)
+        again = _api(ev, name)            # now a name ComfyUI lists is taken as it is
+        ev.cli.use_checkpoint(again, "my model.safetensors", ev.session.nodes.NODE_CLASS_MAPPINGS)
+        assert again == prompt
+    finally:
+        folder_paths.folder_names_and_paths[kind][0].remove(str(tmp_path))
+    with pytest.raises(ev.graph.GraphError, match="no such file, and not a name in ComfyUI's"):
+        ev.cli.use_checkpoint(_api(ev, name), str(tmp_path / "gone.safetensors"), ev.session.nodes.NODE_CLASS_MAPPINGS)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ev.graph.GraphError, match="does not list it among its"):
+        try:
+            ev.cli.use_checkpoint(_api(ev, name), str(tmp_path / "notes.txt"), ev.session.nodes.NODE_CLASS_MAPPINGS)
+        finally:
+            folder_paths.folder_names_and_paths[kind][0].remove(str(tmp_path))
+    # the toy workflow's model node has no model file: said, through the command line's exit code 2
+    out = tmp_path / "out"
+    assert ev.cli.main([str(WORKFLOWS / "toy_1step_nasa.json"), "--checkpoint", str(file), "--out", str(out)],
+                       ev.session) == 2
+    assert "has 0 model-file inputs (none); set its file with --set" in capsys.readouterr().out
+    assert ev.cli.main([str(WORKFLOWS / name), "--checkpoint", str(file), "--random-weights", "sd15",
+                        "--out", str(out)], ev.session) == 2
+    assert "give one" in capsys.readouterr().out
