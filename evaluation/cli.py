@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None,
                    help="a local transformers CLIP folder (e.g. a copy of openai/clip-vit-large-patch14); "
                         "without it the images are made but NOT scored")
+    p.add_argument("--clip-vision", default=None, metavar="FILE",
+                   help="instead of --clip: a CLIP vision file (ComfyUI's models/clip_vision, transformers layout), "
+                        "with --clip-text the text encoder of the same CLIP (e.g. clip_vision_g + SDXL's clip_g)")
+    p.add_argument("--clip-text", default=None, metavar="FILE", help="see --clip-vision")
     p.add_argument("--hps", default=None, metavar="FILE",
                    help="a local HPSv2 checkpoint (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt) for an HPSv2 "
-                        "column; needs --clip (its tokenizer); without it HPSv2 is reported as not measured")
+                        "column beside CLIP's; without it HPSv2 is reported as not measured")
     p.add_argument("--out", default="output/evaluation", help="output folder (default output/evaluation)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input of the workflow before the evaluation (as the runner's --set)")
@@ -134,9 +138,12 @@ def main(argv: Optional[Sequence[str]], session) -> int:
             pairs = pair_files.subset(pairs, args.limit, args.subset_seed)
         if args.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-        if args.hps and not args.clip:
-            raise ClipLoadError(f"--hps {args.hps}: HPSv2 ships no tokenizer and scores beside CLIP; give --clip too "
-                                "(a transformers CLIP folder)")
+        if bool(args.clip_vision) != bool(args.clip_text) or (args.clip and args.clip_vision):
+            raise ClipLoadError("give --clip FOLDER, or --clip-vision FILE with --clip-text FILE (the two halves of "
+                                "one CLIP), not both")
+        if args.hps and not (args.clip or args.clip_vision):
+            raise ClipLoadError(f"--hps {args.hps}: HPSv2 scores beside CLIP; give --clip (or --clip-vision and "
+                                "--clip-text) too")
         if args.checkpoint and args.random_weights:
             raise ValueError("--checkpoint and --random-weights both say where the weights come from; give one")
         prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
@@ -145,9 +152,11 @@ def main(argv: Optional[Sequence[str]], session) -> int:
         if args.random_weights:
             notes += session.random_weights(prompt, args.random_weights)
         scorer = None
-        if args.clip:
-            scorer = harness.Scorer(ClipScorer.from_folder(args.clip, device=_device()),
-                                    load_hps(args.hps, args.clip, device=_device()) if args.hps else None)
+        if args.clip or args.clip_vision:
+            tokenizer = args.clip or _comfy_tokenizer()
+            clip = ClipScorer.from_folder(args.clip, device=_device()) if args.clip else \
+                ClipScorer.from_files(args.clip_vision, args.clip_text, tokenizer, device=_device())
+            scorer = harness.Scorer(clip, load_hps(args.hps, tokenizer, device=_device()) if args.hps else None)
     except (ValueError, GraphError, ClipLoadError) as e:        # pair files, settings, --set, the workflow
         print(f"nasa_eval: {e}")
         return 2
@@ -189,7 +198,8 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
     text = harness.table(rows) + "\n\nNot measured:\n" + "".join(f"- {line}\n" for line in skipped)
     (out / "table.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,
-                                                  "seeds": seeds, "clip": args.clip, "hps": args.hps,
+                                                  "seeds": seeds, "hps": args.hps,
+                                                  "clip": args.clip or _halves(args),
                                                   "table": rows, "not_measured": skipped,
                                                   "images": [{k: v for k, v in records[j.key].items()
                                                               if k != "written"} for j in todo]}, indent=1),
@@ -199,6 +209,16 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
     print(f"nasa_eval: {len(todo)} runs, {sum(len(records[j.key]['images']) for j in todo)} images; table.md, "
           f"results.json, grid.png and images/ in {out}")
     return 0
+
+
+def _halves(args) -> Optional[list]:
+    return [args.clip_vision, args.clip_text] if args.clip_vision else None
+
+
+def _comfy_tokenizer() -> Path:
+    """CLIP's tokenizer files as ComfyUI ships them (for the CLIP halves and HPSv2, which carry none)."""
+    import comfy.sd1_clip
+    return Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer"
 
 
 def _device() -> str:

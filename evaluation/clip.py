@@ -9,8 +9,9 @@ truncated.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,8 +19,50 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+CLIP_LOGIT_SCALE = 100.0      # CLIP's trained logit scale (exp of its logit_scale); ComfyUI's files do not keep it
+# width -> (attention heads, activation) of each tower, as ComfyUI's configurations of ViT-B/L (OpenAI), H and bigG
+VISION_WIDTHS = {768: (12, "quick_gelu"), 1024: (16, "quick_gelu"), 1280: (16, "gelu"), 1664: (16, "gelu")}
+TEXT_WIDTHS = {512: (8, "quick_gelu"), 768: (12, "quick_gelu"), 1024: (16, "gelu"), 1280: (20, "gelu")}
+
+
 class ClipLoadError(ValueError):
     pass
+
+
+def load_tokenizer(folder, flag: str):
+    """CLIP's tokenizer from ``folder`` (vocab.json + merges.txt, or tokenizer.json); ``flag``: the option that
+    needs it, for the error."""
+    from transformers import CLIPTokenizerFast
+    folder = Path(folder) if folder else None
+    if folder is None or not ((folder / "tokenizer.json").is_file()
+                              or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
+        raise ClipLoadError(f"{flag}: no CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json) in "
+                            f"{folder}")
+    return CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
+
+
+def _state_file(path, flag: str, *needed: str) -> Dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ClipLoadError(f"{flag} {path}: no such file")
+    try:
+        from safetensors.torch import load_file
+        state = load_file(str(path)) if path.suffix in (".safetensors", ".sft") else \
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:          # a torn download, a pickle that is not plain tensors, another format
+        raise ClipLoadError(f"{flag} {path}: cannot read its weights ({type(e).__name__}: {e})") from None
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise ClipLoadError(f"{flag} {path}: not the {'vision' if 'vision' in flag else 'text'} half of a CLIP in "
+                            f"transformers' layout: no {', '.join(missing)}" + (
+                                " (a text encoder without CLIP's projection, as SD1.5 checkpoints keep it, cannot "
+                                "be compared with images)" if "text_projection.weight" in missing else ""))
+    return {k: v.float() for k, v in state.items()}
+
+
+def _count(state: Dict[str, torch.Tensor], tower: str) -> int:
+    prefix = f"{tower}.encoder.layers."
+    return 1 + max(int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix))
 
 
 def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -75,6 +118,59 @@ class ClipScorer:
             raise ClipLoadError(f"--clip {folder}: no CLIP weights (model.safetensors or pytorch_model.bin) "
                                 f"({e})") from None
         return cls(model, tokenizer, device, source=str(folder))
+
+    @classmethod
+    def from_files(cls, vision, text, tokenizer_folder, device="cpu", heads: Optional[Tuple[int, int]] = None,
+                   acts: Optional[Tuple[str, str]] = None) -> "ClipScorer":
+        """A CLIP put together from the two halves ComfyUI users keep as files: a CLIP vision model
+        (``models/clip_vision``: ``vision_model.*`` + ``visual_projection.weight``) and the text encoder of the same
+        CLIP (``models/text_encoders``: ``text_model.*`` + ``text_projection.weight``), e.g. ``clip_vision_g`` with
+        SDXL's ``clip_g``. The sizes come from the weights; the heads and activations (not in the weights) from
+        the width, as ComfyUI's own configurations give them (``heads``/``acts``: (vision, text) to override);
+        the logit scale is CLIP's 100 (the files do not keep it). ``tokenizer_folder``: CLIP's vocab.json +
+        merges.txt (ComfyUI's ``comfy/sd1_tokenizer``)."""
+        from transformers import CLIPConfig, CLIPModel
+        halves = [_state_file(vision, "--clip-vision", "vision_model.embeddings.patch_embedding.weight",
+                              "visual_projection.weight"),
+                  _state_file(text, "--clip-text", "text_model.embeddings.token_embedding.weight",
+                              "text_projection.weight")]
+        v, t = halves
+        v_width, t_width = v["visual_projection.weight"].shape[1], t["text_projection.weight"].shape[1]
+        if v["visual_projection.weight"].shape[0] != t["text_projection.weight"].shape[0]:
+            raise ClipLoadError(f"--clip-vision {vision} / --clip-text {text}: they project to "
+                                f"{v['visual_projection.weight'].shape[0]} and {t['text_projection.weight'].shape[0]} "
+                                "dimensions: not the two halves of one CLIP")
+        known = heads is not None and acts is not None
+        if not known and (v_width not in VISION_WIDTHS or t_width not in TEXT_WIDTHS):
+            raise ClipLoadError(f"--clip-vision {vision} / --clip-text {text}: a CLIP of widths {v_width} / "
+                                f"{t_width} is none of ViT-B, ViT-L, ViT-H, ViT-bigG; use a transformers CLIP folder "
+                                "with --clip")
+        heads = heads or (VISION_WIDTHS[v_width][0], TEXT_WIDTHS[t_width][0])
+        acts = acts or (VISION_WIDTHS[v_width][1], TEXT_WIDTHS[t_width][1])
+        patch = v["vision_model.embeddings.patch_embedding.weight"]
+        positions = v["vision_model.embeddings.position_embedding.weight"].shape[0]
+        config = CLIPConfig(
+            vision_config=dict(hidden_size=v_width, intermediate_size=v["vision_model.encoder.layers.0.mlp.fc1.weight"]
+                               .shape[0], patch_size=patch.shape[-1], num_hidden_layers=_count(v, "vision_model"),
+                               image_size=int(round((positions - 1) ** 0.5)) * patch.shape[-1],
+                               num_attention_heads=heads[0], hidden_act=acts[0]),
+            text_config=dict(hidden_size=t_width, intermediate_size=t["text_model.encoder.layers.0.mlp.fc1.weight"]
+                             .shape[0], vocab_size=t["text_model.embeddings.token_embedding.weight"].shape[0],
+                             max_position_embeddings=t["text_model.embeddings.position_embedding.weight"].shape[0],
+                             num_hidden_layers=_count(t, "text_model"), num_attention_heads=heads[1],
+                             hidden_act=acts[1], bos_token_id=49406, eos_token_id=49407),
+            projection_dim=v["visual_projection.weight"].shape[0],
+            logit_scale_init_value=math.log(CLIP_LOGIT_SCALE))
+        model = CLIPModel(config)
+        weights = {k: w for k, w in {**v, **t}.items() if k.startswith(("vision_model.", "text_model.",
+                                                                         "visual_projection.", "text_projection."))}
+        result = model.load_state_dict(weights, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("position_ids") and k != "logit_scale"]
+        if missing or result.unexpected_keys:
+            raise ClipLoadError(f"--clip-vision {vision} / --clip-text {text}: the weights do not fill a CLIP of "
+                                f"their own shape (missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+        return cls(model, load_tokenizer(tokenizer_folder, "--clip-text"), device,
+                   source=f"CLIP {Path(vision).name} + {Path(text).name}")
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:

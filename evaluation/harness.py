@@ -34,6 +34,7 @@ from .settings import Setting
 
 RECORDS = "records.jsonl"          # one process; with several, records-<rank>.jsonl each (all read back)
 IMAGES = "images"
+MADE = ("key", "pair", "category", "seed", "setting", "images")     # a record's fields that are not scores
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,8 @@ def run(session, prompt: dict, todo: Sequence[Job], out, scorer: Optional[Scorer
     with records_file(out, rank, world).open("a", encoding="utf-8") as records, \
             tempfile.TemporaryDirectory() as tmp:
         for job in rescore:                    # made before without --clip, or scored by another CLIP model
-            rec = {**done[job.key], **scorer.scores(out, done[job.key]["images"], job.pair), "written": time.time()}
+            made = {k: v for k, v in done[job.key].items() if k in MADE}     # the earlier scores all go
+            rec = {**made, **scorer.scores(out, made["images"], job.pair), "written": time.time()}
             records.write(json.dumps(rec) + "\n")
             done[job.key] = rec
         for i, job in enumerate(left, 1):

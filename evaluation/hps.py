@@ -5,19 +5,19 @@ HPSv2 and v2.1 are OpenCLIP ViT-H/14 models fine-tuned on human preferences; the
 is the cosine of the two embeddings (``HPS_v2_compressed.pt`` / ``HPS_v2.1_compressed.pt``: a torch file holding
 OpenCLIP's state dict, under ``"state_dict"`` or bare). The weights are renamed here into a ``transformers``
 CLIPModel of the same shape (OpenCLIP's ``in_proj`` split into q, k, v; its projections transposed), so the scorer
-is the evaluation's own :class:`~.clip.ClipScorer`. HPS ships no tokenizer: CLIP's (from the ``--clip`` folder,
-the same BPE vocabulary OpenCLIP uses) tokenizes the prompts. Images are prepared as OpenCLIP's validation
-transform does: the shorter side to 224 (bicubic), a centre crop, CLIP's mean and std.
+is the evaluation's own :class:`~.clip.ClipScorer`. HPS ships no tokenizer: CLIP's (the ``--clip`` folder's, or
+ComfyUI's ``comfy/sd1_tokenizer``: the BPE vocabulary OpenCLIP uses) tokenizes the prompts. Images are prepared
+as OpenCLIP's validation transform does: the shorter side to 224 (bicubic), a centre crop, CLIP's mean and std.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
-from .clip import ClipLoadError, ClipScorer
+from .clip import ClipLoadError, ClipScorer, load_tokenizer
 
 # OpenCLIP's ViT-H-14 (HPSv2's backbone): heads per tower and activation; not readable from the weights
 HPS_HEADS = (16, 16)                    # (vision, text)
@@ -117,9 +117,9 @@ def to_transformers(state: Dict[str, torch.Tensor], heads: Tuple[int, int] = HPS
 
 def load_hps(path, tokenizer_folder, device="cpu", heads: Tuple[int, int] = HPS_HEADS,
              act: str = HPS_ACT) -> ClipScorer:
-    """The HPSv2 checkpoint at ``path`` as a :class:`ClipScorer` (its ``source`` names the file); the tokenizer from
-    ``tokenizer_folder`` (a transformers CLIP folder, e.g. the one given to ``--clip``)."""
-    from transformers import CLIPModel, CLIPTokenizerFast
+    """The HPSv2 checkpoint at ``path`` as a :class:`ClipScorer` (its ``source`` names the file); CLIP's tokenizer
+    from ``tokenizer_folder`` (the ``--clip`` folder, or ComfyUI's ``comfy/sd1_tokenizer``)."""
+    from transformers import CLIPModel
     config, weights = to_transformers(open_clip_state(path), heads, act)
     model = CLIPModel(config)
     result = model.load_state_dict(weights, strict=False)
@@ -128,11 +128,5 @@ def load_hps(path, tokenizer_folder, device="cpu", heads: Tuple[int, int] = HPS_
     if missing or unexpected:
         raise ClipLoadError(f"--hps {path}: its weights do not fill a CLIP of their own shape (missing "
                             f"{missing[:4]}, unexpected {unexpected[:4]})")
-    folder: Optional[Path] = Path(tokenizer_folder) if tokenizer_folder else None
-    if folder is None or not ((folder / "tokenizer.json").is_file()
-                              or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
-        given = "" if folder is None else f", not {folder}"
-        raise ClipLoadError(f"--hps {path}: HPSv2 ships no tokenizer; give --clip a transformers CLIP folder (its "
-                            f"vocab.json + merges.txt tokenize the prompts){given}")
-    tokenizer = CLIPTokenizerFast.from_pretrained(folder, local_files_only=True)
+    tokenizer = load_tokenizer(tokenizer_folder, f"--hps {path}")
     return ClipScorer(model, tokenizer, device, source=f"HPSv2 {Path(path).name}")

@@ -92,3 +92,73 @@ def test_bad_images_and_texts_are_refused(folder):
         scorer.embed_images(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="takes a list of texts"):
         scorer.embed_texts("a cat")
+
+
+def halves(model, tmp_path, text_keys=("text_model.", "text_projection.")):
+    """The model saved as ComfyUI users keep CLIP: a clip_vision file and a text encoder file."""
+    from safetensors.torch import save_file
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    vision, text = tmp_path / "clip_vision_b.safetensors", tmp_path / "clip_text_b.safetensors"
+    save_file({k: v for k, v in state.items() if k.startswith(("vision_model.", "visual_projection."))}, vision)
+    save_file({k: v for k, v in state.items() if k.startswith(text_keys)}, text)
+    return vision, text
+
+
+def vit_b_widths():
+    """A CLIP of ViT-B/32's widths (768 / 512) with one layer per tower: the width table's heads and activation."""
+    from transformers import CLIPConfig, CLIPModel
+    torch.manual_seed(4)
+    return CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=8, max_position_embeddings=77, eos_token_id=49407,
+                         hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=768, intermediate_size=64, num_hidden_layers=1, num_attention_heads=12,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu"), projection_dim=16)).eval()
+
+
+def test_clip_from_comfyui_files_embeds_as_the_whole_model(comfy, tmp_path):
+    """A clip_vision file and a text encoder file (ViT-B's widths, 1 layer each: heads and activation from the
+    width table) are the transformers CLIP they came from, at CLIP's logit scale of 100; wrong pairs are named."""
+    model = vit_b_widths()
+    vision, text = halves(model, tmp_path)
+    tokenizer = comfy.dir / "comfy" / "sd1_tokenizer"
+    scorer = C.ClipScorer.from_files(vision, text, tokenizer)
+    assert scorer.logit_scale == pytest.approx(100.0) and scorer.image_size == 32
+    assert scorer.source == "CLIP clip_vision_b.safetensors + clip_text_b.safetensors"
+    images, texts = _images(), ["a red cube", "a photo of a dog"]
+    from transformers import CLIPTokenizerFast
+    with torch.no_grad():
+        want_img = model.get_image_features(pixel_values=C.prepare_images(images, 32))
+        want_txt = model.get_text_features(**CLIPTokenizerFast.from_pretrained(tokenizer)(texts, padding=True,
+                                                                                       return_tensors="pt"))
+    torch.testing.assert_close(scorer.embed_images(images), want_img)
+    torch.testing.assert_close(scorer.embed_texts(texts), want_txt)
+    # the width table matters: other heads embed otherwise
+    other = C.ClipScorer.from_files(vision, text, tokenizer, heads=(6, 8), acts=("quick_gelu", "quick_gelu"))
+    assert (other.embed_images(images) - want_img).abs().max() > 1e-3
+    with pytest.raises(C.ClipLoadError, match="--clip-text .*: not the text half of a CLIP .* no text_projection"
+                                              ".weight .a text encoder without CLIP's projection"):
+        (tmp_path / "no_projection").mkdir()
+        C.ClipScorer.from_files(vision, halves(model, tmp_path / "no_projection", ("text_model.",))[1], tokenizer)
+    with pytest.raises(C.ClipLoadError, match="--clip-vision .*: not the vision half"):
+        C.ClipScorer.from_files(text, text, tokenizer)
+    with pytest.raises(C.ClipLoadError, match="--clip-vision .*missing.safetensors: no such file"):
+        C.ClipScorer.from_files(tmp_path / "missing.safetensors", text, tokenizer)
+    with pytest.raises(C.ClipLoadError, match="--clip-text: no CLIP tokenizer files"):
+        C.ClipScorer.from_files(vision, text, tmp_path)
+
+
+def test_clip_halves_of_unknown_widths_or_two_models_are_refused(folder, tmp_path):
+    from transformers import CLIPModel
+    model = CLIPModel.from_pretrained(folder)
+    vision, text = halves(model, tmp_path)
+    with pytest.raises(C.ClipLoadError, match="widths 32 / 32 is none of ViT-B, ViT-L, ViT-H, ViT-bigG"):
+        C.ClipScorer.from_files(vision, text, folder)
+    from safetensors.torch import load_file, save_file
+    state = load_file(text)
+    state["text_projection.weight"] = torch.zeros(8, 32)
+    save_file(state, tmp_path / "other_text.safetensors")
+    with pytest.raises(C.ClipLoadError, match="project to 16 and 8 dimensions: not the two halves of one CLIP"):
+        C.ClipScorer.from_files(vision, tmp_path / "other_text.safetensors", folder)
+    scorer = C.ClipScorer.from_files(vision, text, folder, heads=(2, 2), acts=("quick_gelu", "quick_gelu"))
+    torch.testing.assert_close(scorer.embed_texts(["a cat"]), C.ClipScorer.from_folder(folder).embed_texts(["a cat"]))

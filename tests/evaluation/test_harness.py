@@ -32,7 +32,8 @@ def ev(comfy):
     session = WorkflowSession(cpu=True)
     yield type("Ev", (), dict(session=session, graph=comfy.mod("evaluation.graph"),
                               harness=comfy.mod("evaluation.harness"), settings=comfy.mod("evaluation.settings"),
-                              pairs=comfy.mod("evaluation.pairs"), cli=comfy.mod("evaluation.cli")))
+                              pairs=comfy.mod("evaluation.pairs"), cli=comfy.mod("evaluation.cli"),
+                              clip=comfy.mod("evaluation.clip")))
     session.close()
 
 
@@ -183,7 +184,7 @@ def tiny_hps(comfy, tmp_path_factory):
     return path
 
 
-def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tiny_hps, tmp_path, capsys):
+def test_cli_end_to_end_and_bad_input(comfy, ev, tiny_clip, tiny_hps, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"id": "t2", "positive": "a circle", "negative": "red"}) + "\n")
     clip_dir = tmp_path / "clip"
@@ -206,6 +207,23 @@ def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tiny_hps, tmp_path, capsys)
     table = (out / "table.md").read_text()
     assert "| CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ | HPSv2 ↑ |" in table
     assert "HPSv2: not measured" not in table and "- ImageReward: not measured" in table
+    # a CLIP from ComfyUI's two files (clip_vision + text encoder; ComfyUI's own tokenizer files): scored again
+    T = support.load_by_path("eval_clip_tests", Path(__file__).parent / "test_clip.py")
+    (tmp_path / "halves").mkdir()
+    whole = T.vit_b_widths()
+    vision, text = T.halves(whole, tmp_path / "halves")
+    assert ev.cli.main(argv[:8] + argv[10:] + ["--clip-vision", str(vision), "--clip-text", str(text)],
+                       ev.session) == 0
+    halves = json.loads((out / "results.json").read_text())
+    assert halves["clip"] == [str(vision), str(text)] and "hps" not in halves["images"][1]
+    assert halves["images"][1]["clip"] == "CLIP clip_vision_b.safetensors + clip_text_b.safetensors"
+    from transformers import CLIPTokenizerFast
+    tokens = CLIPTokenizerFast.from_pretrained(comfy.dir / "comfy" / "sd1_tokenizer")(["a circle"], return_tensors="pt")
+    shown = torch.stack([ev.harness.load_image(out / "images" / n) for n in halves["images"][1]["images"]])
+    with torch.no_grad():
+        plus = torch.nn.functional.cosine_similarity(
+            whole.get_image_features(pixel_values=ev.clip.prepare_images(shown, 32)), whole.get_text_features(**tokens))
+    assert halves["images"][1]["clip_plus"] == pytest.approx(plus.tolist(), abs=1e-5)
     hps = ev.cli.load_hps(tiny_hps, clip_dir)
     rec = results["images"][1]
     images = torch.stack([ev.harness.load_image(out / "images" / n) for n in rec["images"]])
@@ -219,7 +237,9 @@ def test_cli_end_to_end_and_bad_input(ev, tiny_clip, tiny_hps, tmp_path, capsys)
                          (["--settings", "cfg:0"], "outside cfg's range"),
                          (["--pairs", str(tmp_path / "none.jsonl")], "no such pair file"),
                          (["--clip", str(tmp_path)], "not a transformers CLIP folder"),
-                         (["--hps", str(tiny_hps)], "HPSv2 ships no tokenizer and scores beside CLIP; give --clip"),
+                         (["--hps", str(tiny_hps)], "HPSv2 scores beside CLIP; give --clip"),
+                         (["--clip-vision", str(tiny_hps)], "or --clip-vision FILE with --clip-text FILE"),
+                         (["--clip", str(clip_dir), "--clip-vision", "v", "--clip-text", "t"], "not both"),
                          (["--clip", str(clip_dir), "--hps", str(tmp_path / "no.pt")], "no such file")):
         assert ev.cli.main([str(WORKFLOWS / "toy_1step_nasa.json"), "--out", str(out), *bad], ev.session) == 2
         assert message in capsys.readouterr().out
