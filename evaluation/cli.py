@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from ..nasa_core import processes
 from . import graph, harness, pairs as pair_files, settings as setting_specs
 from .clip import ClipLoadError, ClipScorer
+from .detector import DEFAULT_THRESHOLD, Detector
 from .hps import load_hps
 from .graph import GraphError
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hps", default=None, metavar="FILE",
                    help="a local HPSv2 checkpoint (HPS_v2_compressed.pt or HPS_v2.1_compressed.pt) for an HPSv2 "
                         "column beside CLIP's; without it HPSv2 is reported as not measured")
+    p.add_argument("--detector", default=None, metavar="FOLDER",
+                   help="a local transformers OWL-ViT / OWLv2 folder: removal and keep judged by detection too, "
+                        "on the pairs that name objects; needs --clip")
+    p.add_argument("--detector-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"the detector's confidence from which a thing counts as present (default {DEFAULT_THRESHOLD})")
     p.add_argument("--out", default="output/evaluation", help="output folder (default output/evaluation)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input of the workflow before the evaluation (as the runner's --set)")
@@ -141,9 +147,10 @@ def main(argv: Optional[Sequence[str]], session) -> int:
         if bool(args.clip_vision) != bool(args.clip_text) or (args.clip and args.clip_vision):
             raise ClipLoadError("give --clip FOLDER, or --clip-vision FILE with --clip-text FILE (the two halves of "
                                 "one CLIP), not both")
-        if args.hps and not (args.clip or args.clip_vision):
-            raise ClipLoadError(f"--hps {args.hps}: HPSv2 scores beside CLIP; give --clip (or --clip-vision and "
-                                "--clip-text) too")
+        for flag, given, what in (("--hps", args.hps, "HPSv2"), ("--detector", args.detector, "the detector")):
+            if given and not (args.clip or args.clip_vision):
+                raise ClipLoadError(f"{flag} {given}: {what} scores beside CLIP; give --clip (or --clip-vision "
+                                    "and --clip-text) too")
         if args.checkpoint and args.random_weights:
             raise ValueError("--checkpoint and --random-weights both say where the weights come from; give one")
         prompt, _fmt, notes, _data = session.to_api(args.workflow, args.set)
@@ -156,7 +163,9 @@ def main(argv: Optional[Sequence[str]], session) -> int:
             tokenizer = args.clip or _comfy_tokenizer()
             clip = ClipScorer.from_folder(args.clip, device=_device()) if args.clip else \
                 ClipScorer.from_files(args.clip_vision, args.clip_text, tokenizer, device=_device())
-            scorer = harness.Scorer(clip, load_hps(args.hps, tokenizer, device=_device()) if args.hps else None)
+            scorer = harness.Scorer(clip, load_hps(args.hps, tokenizer, device=_device()) if args.hps else None,
+                                    Detector.from_folder(args.detector, _device(), args.detector_threshold)
+                                    if args.detector else None)
     except (ValueError, GraphError, ClipLoadError) as e:        # pair files, settings, --set, the workflow
         print(f"nasa_eval: {e}")
         return 2
@@ -198,7 +207,7 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
     text = harness.table(rows) + "\n\nNot measured:\n" + "".join(f"- {line}\n" for line in skipped)
     (out / "table.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,
-                                                  "seeds": seeds, "hps": args.hps,
+                                                  "seeds": seeds, "hps": args.hps, "detector": args.detector,
                                                   "clip": args.clip or _halves(args),
                                                   "table": rows, "not_measured": skipped,
                                                   "images": [{k: v for k, v in records[j.key].items()

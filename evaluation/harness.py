@@ -11,7 +11,9 @@ Scores per image (``nasa_core.metrics``), with the CLIP model the user points at
 * ``clip_plus`` / ``clip_minus``: cosine similarity with the positive prompt and with the negative prompt;
 * ``p_present``: the zero-shot probability that the feature the negative names is in the image - the caption
   "<positive>, with <gone>" against the positive alone, at CLIP's logit scale; ``removed``: below one half;
-* ``hps`` (with ``--hps``): HPSv2, the cosine of the image and the positive prompt in HPSv2's fine-tuned CLIP.
+* ``hps`` (with ``--hps``): HPSv2, the cosine of the image and the positive prompt in HPSv2's fine-tuned CLIP;
+* ``det_gone`` / ``det_removed`` / ``det_kept`` (with ``--detector``, pairs not of the quality category): the
+  detector's best-box confidence for ``gone``, below its threshold, and every ``keep`` found.
 """
 from __future__ import annotations
 
@@ -66,8 +68,8 @@ class Scorer:
     """The scores of one image for its pair: CLIP's, and HPSv2's with ``hps`` (an HPSv2 model as a
     :class:`~.clip.ClipScorer`, :func:`.hps.load_hps`). Text embeddings are cached: each text is embedded once."""
 
-    def __init__(self, clip, hps=None):
-        self.clip, self.hps = clip, hps
+    def __init__(self, clip, hps=None, detector=None):
+        self.clip, self.hps, self.detector = clip, hps, detector
         self._texts: Dict[tuple, torch.Tensor] = {}
 
     def _text(self, text: str, model=None) -> torch.Tensor:
@@ -79,7 +81,8 @@ class Scorer:
     @property
     def source(self) -> str:
         """Which models scored: a record scored by others (or without HPSv2, now given) is scored again."""
-        names = [str(getattr(m, "source", "CLIP model")) for m in (self.clip, self.hps) if m is not None]
+        names = [str(getattr(m, "source", "CLIP model")) for m in (self.clip, self.hps, self.detector)
+                 if m is not None]
         return " + ".join(names)
 
     def score(self, image: torch.Tensor, pair: Pair) -> dict:
@@ -92,6 +95,11 @@ class Scorer:
         if self.hps is not None:     # HPSv2: the cosine of the image and the positive prompt in its own model
             hps = metrics.cosine(self.hps.embed_images(image[None]), self._text(pair.positive, self.hps))
             out["hps"] = float(hps[0])
+        if self.detector is not None and pair.category != "quality":    # objects, not "blurry": none to box
+            found = self.detector.max_scores(image, [pair.gone, *pair.keep])
+            out["det_gone"], out["det_removed"] = float(found[0]), bool(found[0] < self.detector.threshold)
+            if pair.keep:               # every thing the pair must keep is found
+                out["det_kept"] = bool((found[1:] >= self.detector.threshold).all())
         return out
 
     def scores(self, out: Path, names: Sequence[str], pair: Pair) -> dict:
@@ -199,6 +207,10 @@ def summarize(records: Iterable[dict], settings: Sequence[Setting]) -> List[dict
         if recs and all("hps" in r for r in recs):
             m = metrics.summarize(v for r in recs for v in r["hps"])
             row["hps"], row["hps_ci95"] = m.mean, m.ci95
+        for name, key in (("det_removed", "removal_detector"), ("det_kept", "kept_detector")):
+            judged = [float(v) for r in recs for v in r.get(name, [])]      # the pairs the detector can judge
+            if judged:
+                row[key], row[key + "_images"] = metrics.summarize(judged).mean, len(judged)
         rows.append(row)
     return rows
 
@@ -206,15 +218,22 @@ def summarize(records: Iterable[dict], settings: Sequence[Setting]) -> List[dict
 def table(rows: Sequence[dict]) -> str:
     """Markdown table of :func:`summarize`'s rows (an HPSv2 column where every row has it)."""
     hps = bool(rows) and all("hps" in r for r in rows)
+    detector = [(key, head) for key, head in (("removal_detector", "removal, detector ↑"),
+                                              ("kept_detector", "kept, detector ↑")) if any(key in r for r in rows)]
+    extra = ["HPSv2 ↑"] * hps + [head for _, head in detector]
     out = ["| setting | images | CLIP+ ↑ | CLIP− ↓ | removal success ↑ | P(feature present) ↓ |"
-           + (" HPSv2 ↑ |" if hps else ""), "|---|---|---|---|---|---|" + ("---|" if hps else "")]
+           + "".join(f" {h} |" for h in extra), "|---|---|---|---|---|---|" + "---|" * len(extra)]
+
+    def share(r, key):
+        return f" {100 * r[key]:.1f}% ({r[key + '_images']}) |" if key in r else " n/a |"
     for r in rows:
         if "clip_plus" in r:
             out.append(f"| {r['label']} | {r['images']} | {r['clip_plus']:.4f} ± {r['clip_plus_ci95']:.4f} | "
                        f"{r['clip_minus']:.4f} ± {r['clip_minus_ci95']:.4f} | {100 * r['removal']:.1f}% | "
-                       f"{r['p_present']:.3f} |" + (f" {r['hps']:.4f} ± {r['hps_ci95']:.4f} |" if hps else ""))
+                       f"{r['p_present']:.3f} |" + (f" {r['hps']:.4f} ± {r['hps_ci95']:.4f} |" if hps else "")
+                       + "".join(share(r, key) for key, _ in detector))
         else:
-            out.append(f"| {r['label']} | {r['images']} |" + " not scored |" * (5 if hps else 4))
+            out.append(f"| {r['label']} | {r['images']} |" + " not scored |" * (4 + len(extra)))
     return "\n".join(out)
 
 
@@ -227,5 +246,8 @@ def not_measured(rows: Sequence[dict]) -> List[str]:
     if not rows or not all("hps" in r for r in rows):
         out.append("HPSv2: not measured (give --hps with a local HPS_v2_compressed.pt or HPS_v2.1_compressed.pt)")
     out.append("ImageReward: not measured (this pack does not read ImageReward's BLIP model)")
-    out.append("removal by a detector or VQA model: not measured (this pack judges removal by zero-shot CLIP only)")
+    if not any("removal_detector" in r for r in rows):
+        out.append("removal and keep by a detector: not measured (give --detector with a local OWL-ViT or OWLv2 "
+                   "folder; it judges the pairs that name objects, not the quality ones)")
+    out.append("VQA judgement: not measured (this pack reads no VQA model)")
     return out

@@ -33,7 +33,7 @@ def ev(comfy):
     yield type("Ev", (), dict(session=session, graph=comfy.mod("evaluation.graph"),
                               harness=comfy.mod("evaluation.harness"), settings=comfy.mod("evaluation.settings"),
                               pairs=comfy.mod("evaluation.pairs"), cli=comfy.mod("evaluation.cli"),
-                              clip=comfy.mod("evaluation.clip")))
+                              clip=comfy.mod("evaluation.clip"), detector=comfy.mod("evaluation.detector")))
     session.close()
 
 
@@ -224,6 +224,20 @@ def test_cli_end_to_end_and_bad_input(comfy, ev, tiny_clip, tiny_hps, tmp_path, 
         plus = torch.nn.functional.cosine_similarity(
             whole.get_image_features(pixel_values=ev.clip.prepare_images(shown, 32)), whole.get_text_features(**tokens))
     assert halves["images"][1]["clip_plus"] == pytest.approx(plus.tolist(), abs=1e-5)
+    # an OWL-ViT judge beside CLIP: the best box's confidence for the pair's gone, below the threshold = removed
+    D = support.load_by_path("eval_detector_tests", Path(__file__).parent / "test_detector.py")
+    owl = D.owl_folder("owlvit", tmp_path / "owl", comfy.dir)
+    assert ev.cli.main(argv + ["--detector", str(owl), "--detector-threshold", "0.6"], ev.session) == 0
+    judged = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text()
+    assert "| removal, detector ↑ |" in table and "kept, detector" not in table      # the pair keeps nothing
+    assert "removal and keep by a detector: not measured" not in table and judged["detector"] == str(owl)
+    detector = ev.detector.Detector.from_folder(owl, threshold=0.6)
+    rec = judged["images"][1]
+    want = [float(detector.max_scores(ev.harness.load_image(out / "images" / n), ["red"])[0]) for n in rec["images"]]
+    assert rec["det_gone"] == pytest.approx(want, abs=1e-6) and rec["det_removed"] == [w < 0.6 for w in want]
+    assert judged["table"][1]["removal_detector"] == pytest.approx(sum(w < 0.6 for w in want) / 2)
+    assert f"| {100 * judged['table'][1]['removal_detector']:.1f}% (2) |" in table
     hps = ev.cli.load_hps(tiny_hps, clip_dir)
     rec = results["images"][1]
     images = torch.stack([ev.harness.load_image(out / "images" / n) for n in rec["images"]])
@@ -238,6 +252,8 @@ def test_cli_end_to_end_and_bad_input(comfy, ev, tiny_clip, tiny_hps, tmp_path, 
                          (["--pairs", str(tmp_path / "none.jsonl")], "no such pair file"),
                          (["--clip", str(tmp_path)], "not a transformers CLIP folder"),
                          (["--hps", str(tiny_hps)], "HPSv2 scores beside CLIP; give --clip"),
+                         (["--detector", str(tmp_path)], "the detector scores beside CLIP; give --clip"),
+                         (["--clip", str(clip_dir), "--detector", str(tmp_path)], "not a transformers detector"),
                          (["--clip-vision", str(tiny_hps)], "or --clip-vision FILE with --clip-text FILE"),
                          (["--clip", str(clip_dir), "--clip-vision", "v", "--clip-text", "t"], "not both"),
                          (["--clip", str(clip_dir), "--hps", str(tmp_path / "no.pt")], "no such file")):
@@ -321,3 +337,23 @@ def test_checkpoint_replaces_the_workflows_model_file(ev, tmp_path, name, node_c
     assert ev.cli.main([str(WORKFLOWS / name), "--checkpoint", str(file), "--random-weights", "sd15",
                         "--out", str(out)], ev.session) == 2
     assert "give one" in capsys.readouterr().out
+
+
+def test_detector_judges_object_pairs_and_what_they_keep(comfy, ev, tiny_clip, tmp_path):
+    """The detector judges the pairs that name things (not the quality ones): gone below its threshold, and
+    every keep found at or above it."""
+    D = support.load_by_path("eval_detector_tests", Path(__file__).parent / "test_detector.py")
+    detector = ev.detector.Detector.from_folder(D.owl_folder("owlv2", tmp_path / "owl", comfy.dir),
+                                                threshold=0.55)
+    scorer = ev.harness.Scorer(tiny_clip, detector=detector)
+    image = D._image()
+    pair = ev.pairs.Pair("p", "a man on a bench", "glasses", keep=("a man", "a bench"))
+    found = detector.max_scores(image, ["glasses", "a man", "a bench"])
+    got = scorer.score(image, pair)
+    assert got["det_gone"] == pytest.approx(float(found[0])) and got["det_removed"] == bool(found[0] < 0.55)
+    assert got["det_kept"] == bool((found[1:] >= 0.55).all())
+    quality = scorer.score(image, ev.pairs.Pair("q", "a portrait", "blurry", category="quality"))
+    assert not any(k.startswith("det_") for k in quality) and "clip_plus" in quality
+    assert scorer.source.endswith("owlv2 owl @0.55") and "det_kept" not in scorer.score(
+        image, ev.pairs.Pair("n", "a cat", "a hat"))
+
