@@ -65,8 +65,9 @@ def present_caption(pair: Pair) -> str:
 
 
 class Scorer:
-    """The scores of one image for its pair: CLIP's, and HPSv2's with ``hps`` (an HPSv2 model as a
-    :class:`~.clip.ClipScorer`, :func:`.hps.load_hps`). Text embeddings are cached: each text is embedded once."""
+    """The scores of a run's images for their pair: CLIP's; HPSv2's with ``hps`` (an HPSv2 model as a
+    :class:`~.clip.ClipScorer`, :func:`.hps.load_hps`); the detector's with ``detector``
+    (:class:`~.detector.Detector`). Text embeddings are cached: each text is embedded once per model."""
 
     def __init__(self, clip, hps=None, detector=None):
         self.clip, self.hps, self.detector = clip, hps, detector
@@ -86,26 +87,32 @@ class Scorer:
         return " + ".join(names)
 
     def score(self, image: torch.Tensor, pair: Pair) -> dict:
-        emb = self.clip.embed_images(image[None])
+        """One image's scores (a row (H, W, 3))."""
+        return {k: v[0] for k, v in self.score_batch(image[None], pair).items()}
+
+    def score_batch(self, images: torch.Tensor, pair: Pair) -> Dict[str, list]:
+        """The scores of a batch of images (B, H, W, 3) of one pair: one list per score, one CLIP call per model."""
+        emb = self.clip.embed_images(images)
         plus, minus = metrics.clip_scores(emb, self._text(pair.positive), self._text(pair.negative))
         p = metrics.present_probability(emb, self._text(present_caption(pair)), self._text(pair.positive),
                                         self.clip.logit_scale)
-        out = {"clip_plus": float(plus[0]), "clip_minus": float(minus[0]), "p_present": float(p[0]),
-               "removed": bool(metrics.removed(p)[0])}
+        out = {"clip_plus": plus.tolist(), "clip_minus": minus.tolist(), "p_present": p.tolist(),
+               "removed": metrics.removed(p).tolist()}
         if self.hps is not None:     # HPSv2: the cosine of the image and the positive prompt in its own model
-            hps = metrics.cosine(self.hps.embed_images(image[None]), self._text(pair.positive, self.hps))
-            out["hps"] = float(hps[0])
+            out["hps"] = metrics.cosine(self.hps.embed_images(images), self._text(pair.positive, self.hps)).tolist()
         if self.detector is not None and pair.category != "quality":    # objects, not "blurry": none to box
-            found = self.detector.max_scores(image, [pair.gone, *pair.keep])
-            out["det_gone"], out["det_removed"] = float(found[0]), bool(found[0] < self.detector.threshold)
+            found = [self.detector.max_scores(image, [pair.gone, *pair.keep]) for image in images]
+            out["det_gone"] = [float(f[0]) for f in found]
+            out["det_removed"] = [bool(f[0] < self.detector.threshold) for f in found]
             if pair.keep:               # every thing the pair must keep is found
-                out["det_kept"] = bool((found[1:] >= self.detector.threshold).all())
+                out["det_kept"] = [bool((f[1:] >= self.detector.threshold).all()) for f in found]
         return out
 
     def scores(self, out: Path, names: Sequence[str], pair: Pair) -> dict:
-        """A record's score fields for its saved images ``names``: one list per score, and the CLIP that made them."""
-        per_image = [self.score(load_image(out / IMAGES / name), pair) for name in names]
-        return {"clip": self.source, **{k: [sc[k] for sc in per_image] for k in per_image[0]}}
+        """A record's score fields for its saved images ``names``: one list per score, and the models that made
+        them."""
+        return {"clip": self.source,
+                **self.score_batch(torch.stack([load_image(out / IMAGES / name) for name in names]), pair)}
 
 
 def records_file(out: Path, rank: int = 0, world: int = 1) -> Path:
