@@ -203,7 +203,7 @@ def _write_outputs(args, out: Path, todo, chosen, n_pairs: int, seeds) -> int:
         print(f"nasa_eval: {len(missing)} runs have no record (e.g. {missing[0]}): run the command again")
         return 1
     rows = harness.summarize((records[j.key] for j in todo), chosen)
-    skipped = harness.not_measured(rows)
+    skipped = harness.not_measured(rows, detector_given=bool(args.detector))
     text = harness.table(rows) + "\n\nNot measured:\n" + "".join(f"- {line}\n" for line in skipped)
     (out / "table.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"workflow": str(args.workflow), "pairs": n_pairs,

@@ -244,7 +244,7 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def not_measured(rows: Sequence[dict]) -> List[str]:
+def not_measured(rows: Sequence[dict], detector_given: bool = False) -> List[str]:
     """What the table does not show, and why: said under it, never left for the reader to guess."""
     out = []
     if not rows or not all("clip_plus" in r for r in rows):
@@ -254,7 +254,9 @@ def not_measured(rows: Sequence[dict]) -> List[str]:
         out.append("HPSv2: not measured (give --hps with a local HPS_v2_compressed.pt or HPS_v2.1_compressed.pt)")
     out.append("ImageReward: not measured (this pack does not read ImageReward's BLIP model)")
     if not any("removal_detector" in r for r in rows):
-        out.append("removal and keep by a detector: not measured (give --detector with a local OWL-ViT or OWLv2 "
-                   "folder; it judges the pairs that name objects, not the quality ones)")
+        out.append("removal and keep by a detector: not measured (" + (
+            "every pair is of the quality category, which a detector cannot judge)" if detector_given else
+            "give --detector with a local OWL-ViT or OWLv2 folder; it judges the pairs that name objects, not the "
+            "quality ones)"))
     out.append("VQA judgement: not measured (this pack reads no VQA model)")
     return out

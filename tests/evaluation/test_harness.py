@@ -354,6 +354,13 @@ def test_detector_judges_object_pairs_and_what_they_keep(comfy, ev, tiny_clip, t
     assert got["det_kept"] == bool((found[1:] >= 0.55).all())
     quality = scorer.score(image, ev.pairs.Pair("q", "a portrait", "blurry", category="quality"))
     assert not any(k.startswith("det_") for k in quality) and "clip_plus" in quality
+    # a run of quality pairs only: the detector was given but had nothing to judge, and the note says which
+    record = {"setting": "none", "images": ["a.png"], **{k: [v] for k, v in quality.items()}}
+    judged_none = ev.harness.summarize([record], [ev.settings.parse("none")])
+    H = ev.harness
+    said = H.not_measured(judged_none, detector_given=True)
+    assert "removal and keep by a detector: not measured (every pair is of the quality category" in said[-2]
+    assert "give --detector" in H.not_measured(judged_none)[-2]
     assert scorer.source.endswith("owlv2 owl @0.55") and "det_kept" not in scorer.score(
         image, ev.pairs.Pair("n", "a cat", "a hat"))
 
