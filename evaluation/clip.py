@@ -65,6 +65,37 @@ def _count(state: Dict[str, torch.Tensor], tower: str) -> int:
     return 1 + max(int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix))
 
 
+def model_from_state(state: Dict[str, torch.Tensor], heads: Tuple[int, int], acts: Tuple[str, str], what: str,
+                     logit_scale: Optional[float] = None):
+    """A transformers CLIPModel holding ``state`` (transformers' layout), its sizes read from the weights;
+    ``heads``/``acts``: (vision, text), which the weights do not hold; ``logit_scale``: for weights without one."""
+    from transformers import CLIPConfig, CLIPModel
+    patch = state["vision_model.embeddings.patch_embedding.weight"]
+    positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+    tokens = state["text_model.embeddings.token_embedding.weight"]
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=patch.shape[0], patch_size=patch.shape[-1],
+                           intermediate_size=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+                           image_size=int(round((positions - 1) ** 0.5)) * patch.shape[-1],
+                           num_hidden_layers=_count(state, "vision_model"), num_attention_heads=heads[0],
+                           hidden_act=acts[0]),
+        text_config=dict(hidden_size=tokens.shape[1], vocab_size=tokens.shape[0],
+                         intermediate_size=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+                         max_position_embeddings=state["text_model.embeddings.position_embedding.weight"].shape[0],
+                         num_hidden_layers=_count(state, "text_model"), num_attention_heads=heads[1],
+                         hidden_act=acts[1], bos_token_id=49406, eos_token_id=49407),
+        projection_dim=state["visual_projection.weight"].shape[0],
+        **({} if logit_scale is None else {"logit_scale_init_value": math.log(logit_scale)}))
+    model = CLIPModel(config)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys
+               if not k.endswith("position_ids") and not (k == "logit_scale" and logit_scale is not None)]
+    if missing or result.unexpected_keys:
+        raise ClipLoadError(f"{what}: the weights do not fill a CLIP of their own shape (missing {missing[:4]}, "
+                            f"unexpected {result.unexpected_keys[:4]})")
+    return model
+
+
 def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, 3) in [0, 1] -> CLIP pixel values (B, 3, size, size), float32."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != 3:
@@ -129,12 +160,9 @@ class ClipScorer:
         the width, as ComfyUI's own configurations give them (``heads``/``acts``: (vision, text) to override);
         the logit scale is CLIP's 100 (the files do not keep it). ``tokenizer_folder``: CLIP's vocab.json +
         merges.txt (ComfyUI's ``comfy/sd1_tokenizer``)."""
-        from transformers import CLIPConfig, CLIPModel
-        halves = [_state_file(vision, "--clip-vision", "vision_model.embeddings.patch_embedding.weight",
-                              "visual_projection.weight"),
-                  _state_file(text, "--clip-text", "text_model.embeddings.token_embedding.weight",
-                              "text_projection.weight")]
-        v, t = halves
+        v = _state_file(vision, "--clip-vision", "vision_model.embeddings.patch_embedding.weight",
+                        "visual_projection.weight")
+        t = _state_file(text, "--clip-text", "text_model.embeddings.token_embedding.weight", "text_projection.weight")
         v_width, t_width = v["visual_projection.weight"].shape[1], t["text_projection.weight"].shape[1]
         if v["visual_projection.weight"].shape[0] != t["text_projection.weight"].shape[0]:
             raise ClipLoadError(f"--clip-vision {vision} / --clip-text {text}: they project to "
@@ -147,28 +175,10 @@ class ClipScorer:
                                 "with --clip")
         heads = heads or (VISION_WIDTHS[v_width][0], TEXT_WIDTHS[t_width][0])
         acts = acts or (VISION_WIDTHS[v_width][1], TEXT_WIDTHS[t_width][1])
-        patch = v["vision_model.embeddings.patch_embedding.weight"]
-        positions = v["vision_model.embeddings.position_embedding.weight"].shape[0]
-        config = CLIPConfig(
-            vision_config=dict(hidden_size=v_width, intermediate_size=v["vision_model.encoder.layers.0.mlp.fc1.weight"]
-                               .shape[0], patch_size=patch.shape[-1], num_hidden_layers=_count(v, "vision_model"),
-                               image_size=int(round((positions - 1) ** 0.5)) * patch.shape[-1],
-                               num_attention_heads=heads[0], hidden_act=acts[0]),
-            text_config=dict(hidden_size=t_width, intermediate_size=t["text_model.encoder.layers.0.mlp.fc1.weight"]
-                             .shape[0], vocab_size=t["text_model.embeddings.token_embedding.weight"].shape[0],
-                             max_position_embeddings=t["text_model.embeddings.position_embedding.weight"].shape[0],
-                             num_hidden_layers=_count(t, "text_model"), num_attention_heads=heads[1],
-                             hidden_act=acts[1], bos_token_id=49406, eos_token_id=49407),
-            projection_dim=v["visual_projection.weight"].shape[0],
-            logit_scale_init_value=math.log(CLIP_LOGIT_SCALE))
-        model = CLIPModel(config)
         weights = {k: w for k, w in {**v, **t}.items() if k.startswith(("vision_model.", "text_model.",
                                                                          "visual_projection.", "text_projection."))}
-        result = model.load_state_dict(weights, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("position_ids") and k != "logit_scale"]
-        if missing or result.unexpected_keys:
-            raise ClipLoadError(f"--clip-vision {vision} / --clip-text {text}: the weights do not fill a CLIP of "
-                                f"their own shape (missing {missing[:4]}, unexpected {result.unexpected_keys[:4]})")
+        model = model_from_state(weights, heads, acts, f"--clip-vision {vision} / --clip-text {text}",
+                                 logit_scale=CLIP_LOGIT_SCALE)
         return cls(model, load_tokenizer(tokenizer_folder, "--clip-text"), device,
                    source=f"CLIP {Path(vision).name} + {Path(text).name}")
 

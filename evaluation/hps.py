@@ -17,7 +17,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .clip import ClipLoadError, ClipScorer, load_tokenizer
+from .clip import ClipLoadError, ClipScorer, load_tokenizer, model_from_state
 
 # OpenCLIP's ViT-H-14 (HPSv2's backbone): heads per tower and activation; not readable from the weights
 HPS_HEADS = (16, 16)                    # (vision, text)
@@ -67,30 +67,8 @@ def open_clip_state(path) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _layers(state: Dict[str, torch.Tensor], vision: bool) -> int:
-    found = {int(m.group(2)) for m in map(_BLOCK.match, state) if m and bool(m.group(1)) == vision}
-    return max(found) + 1 if found else 0
-
-
-def to_transformers(state: Dict[str, torch.Tensor], heads: Tuple[int, int] = HPS_HEADS, act: str = HPS_ACT):
-    """(CLIPConfig, state dict of transformers' CLIPModel) for an OpenCLIP ViT state dict; ``heads``: (vision,
-    text) attention heads, ``act``: the MLP activation ("gelu" for ViT-H-14, "quick_gelu" for OpenAI's models)."""
-    from transformers import CLIPConfig
-    conv, pos = state["visual.conv1.weight"], state["visual.positional_embedding"]
-    width, patch = conv.shape[0], conv.shape[-1]
-    grid = int(round((pos.shape[0] - 1) ** 0.5))
-    text_width = state["token_embedding.weight"].shape[1]
-    block = "visual.transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.0.mlp.c_fc.weight"
-    config = CLIPConfig(
-        vision_config=dict(hidden_size=width, intermediate_size=state[block[0]].shape[0], patch_size=patch,
-                           image_size=grid * patch, num_hidden_layers=_layers(state, True),
-                           num_attention_heads=heads[0], hidden_act=act),
-        text_config=dict(hidden_size=text_width, intermediate_size=state[block[1]].shape[0],
-                         vocab_size=state["token_embedding.weight"].shape[0],
-                         max_position_embeddings=state["positional_embedding"].shape[0],
-                         num_hidden_layers=_layers(state, False), num_attention_heads=heads[1], hidden_act=act,
-                         bos_token_id=49406, eos_token_id=49407),
-        projection_dim=state["text_projection"].shape[1])
+def to_transformers(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An OpenCLIP ViT state dict renamed into transformers' CLIPModel layout."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in _PLAIN:
@@ -112,21 +90,13 @@ def to_transformers(state: Dict[str, torch.Tensor], heads: Tuple[int, int] = HPS
         else:
             raise ClipLoadError(f"--hps: an OpenCLIP weight this reader does not know: {key} (an HPSv2 file is "
                                 "a plain ViT-H-14 CLIP)")
-    return config, out
+    return out
 
 
 def load_hps(path, tokenizer_folder, device="cpu", heads: Tuple[int, int] = HPS_HEADS,
              act: str = HPS_ACT) -> ClipScorer:
     """The HPSv2 checkpoint at ``path`` as a :class:`ClipScorer` (its ``source`` names the file); CLIP's tokenizer
     from ``tokenizer_folder`` (the ``--clip`` folder, or ComfyUI's ``comfy/sd1_tokenizer``)."""
-    from transformers import CLIPModel
-    config, weights = to_transformers(open_clip_state(path), heads, act)
-    model = CLIPModel(config)
-    result = model.load_state_dict(weights, strict=False)
-    unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ClipLoadError(f"--hps {path}: its weights do not fill a CLIP of their own shape (missing "
-                            f"{missing[:4]}, unexpected {unexpected[:4]})")
+    model = model_from_state(to_transformers(open_clip_state(path)), heads, (act, act), f"--hps {path}")
     tokenizer = load_tokenizer(tokenizer_folder, f"--hps {path}")
     return ClipScorer(model, tokenizer, device, source=f"HPSv2 {Path(path).name}")
