@@ -21,7 +21,7 @@ class NASAToyModelLoader(io.ComfyNode):
             node_id="NASAToyModelLoader",
             display_name="NASA Toy Model Loader",
             category="loaders/nasa",
-            description=("Loads the pack's tiny toy-world models (shipped, < 25 MB, no download): a 24x24-pixel "
+            description=("Loads the pack's tiny toy-world models (shipped, < 30 MB, no download): a 24x24-pixel "
                          "text-to-image UNet or FLUX-class MMDiT (ComfyUI's own Flux model class), ComfyUI's CLIP "
                          "with the real tokenizer, and the pixel-space VAE. "
                          "Use with the stock KSampler, VAEDecode and SaveImage; an EmptyLatentImage of 192x192 "
@@ -29,7 +29,9 @@ class NASAToyModelLoader(io.ComfyNode):
                          "position, background and defects (blurry, noisy, with a stray dot)."),
             inputs=[io.Combo.Input("model", options=list(models.ALL_FILES), default="student SBv2 (one-step)",
                                    tooltip="Which shipped toy model: the UNet's multi-step teacher, its one-step "
-                                           "SwiftBrush-v2 student or its NASA-T student, or the FLUX-class MMDiT's "
+                                           "students (v2: few defects at one step, keeps a little less of the "
+                                           "prompt than the teacher; the first SBv2 student, blurry at one step; its "
+                                           "NASA-T student), or the FLUX-class MMDiT's "
                                            "teacher or one-step student. The steps, sampler, scheduler and cfg each "
                                            "one is meant for are on the help page.")],
             outputs=[io.Model.Output(tooltip="The toy diffusion model: an SD1.5-type UNet in pixel space (the "

@@ -26,7 +26,10 @@ from ..adapters import apply_nasa
 from . import judges, models, world
 
 TEACHER = "teacher (multi-step)"
-STUDENT = "student SBv2 (one-step)"
+STUDENT = "student v2 (one-step)"
+"""The student the removal table measures (the one as clean as its teacher at one step; docs/toy-world.md)."""
+SBV2_STUDENT = "student SBv2 (one-step)"
+"""The first SBv2 student: what the joint and method studies (docs/joint-attention.md, docs/methods.md) measured."""
 
 
 @dataclass(frozen=True)

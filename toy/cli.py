@@ -3,6 +3,7 @@
     judges          accuracy of every judge against the generator's ground truth
     train-teacher   the multi-step teacher (writes toy_clip + toy_teacher)
     train-student   a one-step student distilled from the teacher image-free: SBv2 or NASA-T (--mode)
+    quality         the one-step student's own quality (no negative) next to the teacher's, and the bar it must meet
     benchmark       the removal table (markdown) and a labeled image grid
     joint-study     NASA's variants on the FLUX-class toy and the stability guard on both toy models (issue 9)
     method-study    NASA, NAG and VSF (and ComfyUI's NAGuidance) side by side on both toy models (issue 27)
@@ -45,7 +46,8 @@ def _config(cls, args):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str = "") -> argparse.ArgumentParser:
+    """The command line; with ``preset`` (a key of train.PRESETS) train-student's defaults are that recipe's."""
     p = argparse.ArgumentParser(prog="nasa_toy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     j = sub.add_parser("judges", help="judge accuracy on fresh generator images")
@@ -69,10 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sbv2 = none, teacher-neg, teacher-lora-neg, nasa-t (teacher + NASA student), nasa-t-lora")
             t.add_argument("--out-file", default="", help="student file name (default by mode)")
             t.add_argument("--weights", default=None, help="folder of the teacher and CLIP (default: --out)")
+            t.add_argument("--preset", choices=sorted(train.PRESETS), default="",
+                           help="a shipped student's recipe: v2 = fine-tune the SBv2 student into toy_student_v2 "
+                                "(its settings become the defaults; flags given still win)")
+            if preset:
+                _, target, values = train.PRESETS[preset]
+                t.set_defaults(out_file=models.MODEL_FILES[target], **{k: list(v) if isinstance(v, tuple) else v
+                                                                       for k, v in values.items()})
     a = sub.add_parser("ablation", help="the NASA-T ablation table (Table 5) from trained students")
     a.add_argument("--students", default="output/toy_ablation", help="folder of <mode>_s<seed>.safetensors")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     a.add_argument("--image-seeds", type=int, default=100, help="image seeds per prompt pair (default 100)")
+    q = sub.add_parser("quality", help="the student's defects and retention without a negative, next to the teacher's")
+    q.add_argument("--weights", default=str(models.WEIGHTS_DIR), help="folder of the teacher and CLIP (and student)")
+    q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped SBv2 student)")
+    q.add_argument("--seeds", type=_positive, default=100, help="seeds per prompt pair (default 100)")
+    q.add_argument("--split", choices=("heldout", "tune"), default="heldout", help="which prompt pairs' positives")
     b = sub.add_parser("benchmark", help="the removal benchmark: markdown table, image grid, results.json")
     b.add_argument("--weights", default=str(models.WEIGHTS_DIR))
     b.add_argument("--seeds", type=int, default=100, help="seeds per prompt pair (default 100)")
@@ -100,6 +114,11 @@ def _study(sub, name: str, help_text: str, worlds: list, out: str, out_help: str
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "preset", ""):
+        args = build_parser(args.preset).parse_args(argv)
+        if not args.init:       # the preset's starting student, from the teacher's folder
+            source = train.PRESETS[args.preset][0]
+            args.init = str(Path(args.weights or args.out) / models.MODEL_FILES[source])
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.command == "judges":
         acc = judges.judge_accuracy(args.n)
@@ -126,6 +145,10 @@ def main(argv=None) -> int:
     if args.command == "method-study":
         from . import method_study
         print(method_study.main(args.worlds, args.seeds, args.out, args.weights, resume=not args.no_resume, log=log))
+        return 0
+    if args.command == "quality":
+        from . import quality
+        print(quality.main(args.weights, args.seeds, args.student, args.split, log=log))
         return 0
     if args.command == "ablation":
         from . import ablation

@@ -72,7 +72,7 @@ class World:
 
 def _worlds() -> Dict[str, World]:
     S = benchmark.Sampler
-    mm, un = models.MMDIT_STUDENT, benchmark.STUDENT
+    mm, un = models.MMDIT_STUDENT, benchmark.SBV2_STUDENT
     joint = VARIANTS + tuple(Setting(PROPAGATED, g) for g in GUARDS)
     cross = (Setting(CROSS, "off"),) + tuple(Setting(CROSS, g) for g in GUARDS)
     return {

@@ -29,10 +29,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLIP_FILE = "toy_clip.safetensors"
 MODEL_FILES = {
     "teacher (multi-step)": "toy_teacher.safetensors",
+    "student v2 (one-step)": "toy_student_v2.safetensors",
     "student SBv2 (one-step)": "toy_student_sbv2.safetensors",
     "student NASA-T (one-step)": "toy_student_nasat.safetensors",
 }
-"""Loader choices -> UNet files. The CLIP file is shared by all of them."""
+"""Loader choices -> UNet files. The CLIP file is shared by all of them. "student v2" is the SBv2 student fine-tuned
+with a LoRA teacher that also adapts the convolutions (docs/toy-world.md, "The student's own quality"): few defects
+at one step, where the first SBv2 student's one-step images are blurry."""
 MMDIT_TEACHER = "MMDiT teacher (multi-step)"
 MMDIT_STUDENT = "MMDiT student SBv2 (one-step)"
 MMDIT_FILES = {
@@ -221,6 +224,8 @@ def load_checkpoint(choice: str, weights_dir=WEIGHTS_DIR):
         raise ValueError(f"unknown toy model {choice!r}; expected one of {list(ALL_FILES)}")
     weights_dir = Path(weights_dir)
     rebuild = "train-teacher" if "teacher" in choice else "train-student"
+    if choice == "student v2 (one-step)":
+        rebuild += " --preset v2"
     if choice in MMDIT_FILES:
         rebuild += " --arch mmdit"
     model, info = load_unet(weights_dir / ALL_FILES[choice], rebuild)

@@ -171,6 +171,17 @@ class StudentConfig:
         return next((m for m in vsd.MODES if vsd.mode_switches(m) == switches), "custom")
 
 
+PRESETS = {
+    # name -> (the student it fine-tunes, the student file it writes, the StudentConfig values it sets)
+    "v2": ("student SBv2 (one-step)", "student v2 (one-step)",
+           {"steps": 400, "regression_weight": 0.0, "lora_convs": True, "lora_scale": 8.0, "student_timesteps": (999,)}),
+}
+"""``train-student --preset NAME``: a shipped student's recipe as one command (docs/toy-world.md). "v2" fine-tunes the
+first SBv2 student at one step, with a LoRA teacher that also adapts the convolutions (rank 8, gamma 8): a LoRA on
+the Linear layers alone cannot follow the student's pixel-level statistics, so VSD neither removed the one-step blur
+nor, once DMD's regression loss was dropped, the noise that replaced it."""
+
+
 def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=None):
     """nasa_core's SBv2/NASA-T trainer on the toy models, through ComfyUI's own model path
     (:func:`..distill.steering.comfy_eps`): student = a ComfyUI model of the student's prediction type

@@ -65,7 +65,7 @@ def test_chunks_are_sampled_each_as_its_own_seeds(comfy):
     sampler, pair = js.WORLDS["unet4"].sampler, world.pairs("heldout")[0]
 
     def images(**kw):
-        return benchmark.Bench(names=(benchmark.STUDENT,), log=lambda s: None, **kw).images(sampler, pair, "none", None)
+        return benchmark.Bench(names=(sampler.model,), log=lambda s: None, **kw).images(sampler, pair, "none", None)
     chunked = images(seeds=4, chunk=2)
     torch.testing.assert_close(chunked, torch.cat([images(seeds=2, first_seed=s) for s in (1000, 1002)]))
     assert not torch.allclose(chunked, images(seeds=4), atol=1e-3)      # the chunking is what makes them equal
