@@ -27,7 +27,7 @@ from . import judges, models, world
 
 TEACHER = "teacher (multi-step)"
 STUDENT = "student v2 (one-step)"
-"""The student the removal table measures (the one as clean as its teacher at one step; docs/toy-world.md)."""
+"""The student the removal table measures (v2: few defects at one step; docs/toy-world.md)."""
 SBV2_STUDENT = "student SBv2 (one-step)"
 """The first SBv2 student: what the joint and method studies (docs/joint-attention.md, docs/methods.md) measured."""
 
@@ -76,12 +76,16 @@ class Scores:
 
 def score(images: torch.Tensor, pair: world.PromptPair) -> Scores:
     """Judge images (B, 3, H, W) in [0, 1] for one prompt pair."""
-    v = judges.judge(images)
+    return score_verdicts(judges.judge(images), pair)
+
+
+def score_verdicts(v: judges.Verdicts, pair: world.PromptPair) -> Scores:
+    """:func:`score` of images already judged."""
     present = v.has(*pair.target)
     kept = v.valid.clone()
     for attribute, value in pair.keep:
         kept &= v.has(attribute, value)
-    n = images.shape[0]
+    n = v.valid.shape[0]
     return Scores(n, float((v.valid & ~present).float().mean()), float(kept.float().mean()),
                   float(present.float().mean()), float(v.any_defect.float().mean()))
 

@@ -84,7 +84,7 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
     a.add_argument("--image-seeds", type=int, default=100, help="image seeds per prompt pair (default 100)")
     q = sub.add_parser("quality", help="the student's defects and retention without a negative, next to the teacher's")
     q.add_argument("--weights", default=str(models.WEIGHTS_DIR), help="folder of the teacher and CLIP (and student)")
-    q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped SBv2 student)")
+    q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped v2 student)")
     q.add_argument("--seeds", type=_positive, default=100, help="seeds per prompt pair (default 100)")
     q.add_argument("--split", choices=("heldout", "tune"), default="heldout", help="which prompt pairs' positives")
     b = sub.add_parser("benchmark", help="the removal benchmark: markdown table, image grid, results.json")

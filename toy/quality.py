@@ -46,14 +46,13 @@ def measure(bench: benchmark.Bench, sampler: benchmark.Sampler, pairs: Sequence[
     positives that leave the color (background) unnamed, the share in the shape's prior color (on black); the world
     draws both with 70%, a student collapsed onto the prior's mode approaches 100%."""
     kept, verdicts, prior_color, black = [], [], [], []
+    prior = torch.tensor([world.COLORS.index(world.PRIOR_COLOR[s]) for s in world.SHAPES])
     for pair in pairs:
-        images = bench.images(sampler, pair, "none", None)
-        kept.append(benchmark.score(images, pair).retention * images.shape[0])
-        v = judges.judge(images)
+        v = judges.judge(bench.images(sampler, pair, "none", None))
         verdicts.append(v)
+        kept.append(benchmark.score_verdicts(v, pair).retention * v.valid.shape[0])
         named = {attribute for attribute, _ in pair.keep}
         if "color" not in named:
-            prior = torch.tensor([world.COLORS.index(world.PRIOR_COLOR[s]) for s in world.SHAPES])
             prior_color.append(v.color[v.valid] == prior[v.shape[v.valid]])
         if "background" not in named:
             black.append(v.background[v.valid] == world.BACKGROUNDS.index("black"))
