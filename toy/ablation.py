@@ -1,8 +1,8 @@
 """The NASA-T ablation on the toy world (the paper's Table 5, section 6.3), measured with the judges.
 
 Students of every training mode (:data:`..nasa_core.vsd.MODES`) and several training seeds are each
-fine-tuned the same number of VSD steps from the same start (the shipped SBv2 student, so that
-every row differs only in where the negative prompt enters distillation), then sampled in one step
+fine-tuned the same number of VSD steps from the same start (the shipped v2 student with v2's recipe, so
+that every row differs only in where the negative prompt enters distillation), then sampled in one step
 through ComfyUI on the held-out prompt pairs:
 
 * without a negative at inference, and
@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import benchmark, models, world
 
@@ -47,12 +47,14 @@ def quality_pairs() -> List[world.PromptPair]:
     return [replace(p, negative=world.QUALITY_NEGATIVE, target=("defect", "blurry")) for p in world.pairs("heldout")]
 
 
-def evaluate(bench: benchmark.Bench, label: str, nasa: bool) -> dict:
-    """One student, one inference setting: held-out scores, quality defects, the alpha used."""
+def evaluate(bench: benchmark.Bench, label: str, nasa: bool, alpha: Optional[float] = None) -> dict:
+    """One student, one inference setting: held-out scores, quality defects, the alpha used (``alpha``: NASA-I at
+    that alpha instead of the one the benchmark's rule picks on the tuning pairs)."""
     sampler = replace(ONE_STEP, model=label)
     tune, held = world.pairs("tune"), world.pairs("heldout")
-    alpha = None
-    if nasa:
+    if not nasa:
+        alpha = None
+    elif alpha is None:
         base, _ = bench.cell(sampler, tune, "none")
         alpha, _ = benchmark.choose(bench, sampler, "nasa", sampler.alphas, base, tune)
     method = "nasa" if nasa else "none"
@@ -62,7 +64,7 @@ def evaluate(bench: benchmark.Bench, label: str, nasa: bool) -> dict:
 
 
 def run(folder, seeds: Sequence[int] = (0, 1), image_seeds: int = 100, weights_dir=models.WEIGHTS_DIR,
-        log=print) -> dict:
+        log=print, alpha: Optional[float] = None) -> dict:
     t0 = time.time()
     bench = benchmark.Bench(weights_dir, seeds=image_seeds, log=log)
     cells: Dict[str, list] = {}
@@ -72,9 +74,9 @@ def run(folder, seeds: Sequence[int] = (0, 1), image_seeds: int = 100, weights_d
             name = f"{mode}_s{seed}"
             if name not in bench.loaded:
                 bench.add_model(name, path)
-            cells.setdefault(label, []).append({"seed": seed, **evaluate(bench, name, nasa)})
+            cells.setdefault(label, []).append({"seed": seed, **evaluate(bench, name, nasa, alpha)})
         log(f"ablation: {label} done ({time.time() - t0:.0f} s)")
-    return {"seeds": list(seeds), "image_seeds": image_seeds, "seconds": round(time.time() - t0, 1),
+    return {"seeds": list(seeds), "image_seeds": image_seeds, "alpha": alpha, "seconds": round(time.time() - t0, 1),
             "rows": [{"label": label, "mode": mode, "nasa_i": nasa, "runs": cells[label]} for label, mode, nasa in ROWS]}
 
 
@@ -96,12 +98,16 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(folder, seeds, image_seeds, log=print) -> str:
+def main(folder, seeds, image_seeds, log=print, alpha: Optional[float] = None) -> str:
+    """The table (and ``folder``/ablation.json; with ``alpha``, every NASA-I row at that alpha, ablation_alpha<A>.json)."""
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"ablation: --alpha is NASA-I's strength for every student, above 0; got {alpha}")
     modes = dict.fromkeys(mode for _, mode, _ in ROWS)
     missing = [str(student_path(folder, m, s)) for m in modes for s in seeds if not student_path(folder, m, s).is_file()]
     if missing:
         raise FileNotFoundError("ablation: students missing (train them first, see docs/nasa-t.md): "
                                 + ", ".join(missing))
-    result = run(folder, seeds, image_seeds, log=log)
-    (Path(folder) / "ablation.json").write_text(json.dumps(result, indent=1))
+    result = run(folder, seeds, image_seeds, log=log, alpha=alpha)
+    name = "ablation.json" if alpha is None else f"ablation_alpha{alpha:g}.json"
+    (Path(folder) / name).write_text(json.dumps(result, indent=1))
     return table(result)

@@ -72,8 +72,9 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
             t.add_argument("--out-file", default="", help="student file name (default by mode)")
             t.add_argument("--weights", default=None, help="folder of the teacher and CLIP (default: --out)")
             t.add_argument("--preset", choices=sorted(train.PRESETS), default="",
-                           help="a shipped student's recipe: v2 = fine-tune the SBv2 student into toy_student_v2 "
-                                "(its settings become the defaults; flags given still win)")
+                           help="a shipped student's recipe: v2 = fine-tune the SBv2 student into toy_student_v2; "
+                                "nasa-t = fine-tune v2 with NASA-T into toy_student_nasat (its settings become the "
+                                "defaults; flags given, --mode too, still win)")
             if preset:
                 _, target, values = train.PRESETS[preset]
                 t.set_defaults(out_file=models.MODEL_FILES[target], **{k: list(v) if isinstance(v, tuple) else v
@@ -82,11 +83,18 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
     a.add_argument("--students", default="output/toy_ablation", help="folder of <mode>_s<seed>.safetensors")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     a.add_argument("--image-seeds", type=int, default=100, help="image seeds per prompt pair (default 100)")
+    a.add_argument("--alpha", type=float, default=None,
+                   help="NASA-I at this alpha for every student (default: the benchmark's rule picks it per student)")
     q = sub.add_parser("quality", help="the student's defects and retention without a negative, next to the teacher's")
     q.add_argument("--weights", default=str(models.WEIGHTS_DIR), help="folder of the teacher and CLIP (and student)")
     q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped v2 student)")
     q.add_argument("--seeds", type=_positive, default=100, help="seeds per prompt pair (default 100)")
     q.add_argument("--split", choices=("heldout", "tune"), default="heldout", help="which prompt pairs' positives")
+    q.add_argument("--arch", choices=("unet", "mmdit"), default="unet",
+                   help="unet (default) or mmdit: the FLUX-class toy's teacher and student (a --student of that kind)")
+    q.add_argument("--null-alpha", type=float, nargs="+", default=[], metavar="ALPHA",
+                   help="also the one-step student with NASA at ALPHA on the empty negative '' (names nothing): "
+                        "what the subtraction itself costs")
     b = sub.add_parser("benchmark", help="the removal benchmark: markdown table, image grid, results.json")
     b.add_argument("--weights", default=str(models.WEIGHTS_DIR))
     b.add_argument("--seeds", type=int, default=100, help="seeds per prompt pair (default 100)")
@@ -148,11 +156,12 @@ def main(argv=None) -> int:
         return 0
     if args.command == "quality":
         from . import quality
-        print(quality.main(args.weights, args.seeds, args.student, args.split, log=log))
+        print(quality.main(args.weights, args.seeds, args.student, args.split, log=log, arch=args.arch,
+                           null_alphas=args.null_alpha))
         return 0
     if args.command == "ablation":
         from . import ablation
-        print(ablation.main(args.students, args.seeds, args.image_seeds, log=log))
+        print(ablation.main(args.students, args.seeds, args.image_seeds, log=log, alpha=args.alpha))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

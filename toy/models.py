@@ -44,6 +44,14 @@ MMDIT_FILES = {
 }
 """Loader choices -> the FLUX-class toy model's files (:mod:`.mmdit`); same CLIP file."""
 ALL_FILES = {**MODEL_FILES, **MMDIT_FILES}
+REBUILD = {
+    "student v2 (one-step)": "train-student --preset v2",
+    "student NASA-T (one-step)": "train-student --preset nasa-t",
+    MMDIT_TEACHER: "train-teacher --arch mmdit",
+    MMDIT_STUDENT: "train-student --arch mmdit",
+}
+"""The ``scripts/nasa_toy.py`` command that rebuilds a loader choice, where it is not plain train-teacher or
+train-student (named in the error for a missing file; the presets are ``train.PRESETS``)."""
 
 UNET_CONFIG = {
     "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
@@ -223,11 +231,7 @@ def load_checkpoint(choice: str, weights_dir=WEIGHTS_DIR):
     if choice not in ALL_FILES:
         raise ValueError(f"unknown toy model {choice!r}; expected one of {list(ALL_FILES)}")
     weights_dir = Path(weights_dir)
-    rebuild = "train-teacher" if "teacher" in choice else "train-student"
-    if choice == "student v2 (one-step)":
-        rebuild += " --preset v2"
-    if choice in MMDIT_FILES:
-        rebuild += " --arch mmdit"
+    rebuild = REBUILD.get(choice, "train-teacher" if "teacher" in choice else "train-student")
     model, info = load_unet(weights_dir / ALL_FILES[choice], rebuild)
     clip_sd, _ = read_file(weights_dir / CLIP_FILE, "clip", "train-teacher")
     clip = build_clip(clip_sd)

@@ -171,15 +171,18 @@ class StudentConfig:
         return next((m for m in vsd.MODES if vsd.mode_switches(m) == switches), "custom")
 
 
+_V2_RECIPE = {"regression_weight": 0.0, "lora_convs": True, "lora_scale": 8.0, "student_timesteps": (999,)}
 PRESETS = {
     # name -> (the student it fine-tunes, the student file it writes, the StudentConfig values it sets)
-    "v2": ("student SBv2 (one-step)", "student v2 (one-step)",
-           {"steps": 400, "regression_weight": 0.0, "lora_convs": True, "lora_scale": 8.0, "student_timesteps": (999,)}),
+    "v2": ("student SBv2 (one-step)", "student v2 (one-step)", {"steps": 400, **_V2_RECIPE}),
+    "nasa-t": ("student v2 (one-step)", "student NASA-T (one-step)",
+               {"steps": 100, **_V2_RECIPE, "teacher_negative": True, "student_nasa": True}),   # --mode nasa-t
 }
 """``train-student --preset NAME``: a shipped student's recipe as one command (docs/toy-world.md). "v2" fine-tunes the
 first SBv2 student at one step, with a LoRA teacher that also adapts the convolutions (rank 8, gamma 8): a LoRA on
 the Linear layers alone cannot follow the student's pixel-level statistics, so VSD neither removed the one-step blur
-nor, once DMD's regression loss was dropped, the noise that replaced it."""
+nor, once DMD's regression loss was dropped, the noise that replaced it. "nasa-t" fine-tunes v2 100 steps more with
+v2's recipe in NASA-T mode (docs/nasa-t.md; with ``--mode`` the other rows of its ablation)."""
 
 
 def student_trainer(teacher_patcher, clip, config: StudentConfig, student_state=None):

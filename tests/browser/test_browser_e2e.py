@@ -50,7 +50,7 @@ NASA_TYPES = ("NASAApplyAttention", "NASAApplyAttentionAdvanced", "NASANegative"
 WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN", "STRING", "COMBO")
 UPDATE = os.environ.get("NASA_UPDATE_SCREENSHOTS") == "1"
 SCREENSHOTS = PACK_ROOT / "docs" / "screenshots"
-HELP_PICTURE = PACK_ROOT / "web" / "docs" / "images" / "toy_red_circle.png"
+HELP_PICTURE = PACK_ROOT / "web" / "docs" / "images" / "toy_green_triangle.png"
 HELP_PICTURE_CELLS = 4                  # the help pages show the first four seeds of the toy before/after image
 CELL = 4 * world.SIZE + 4               # side_by_side: each 24x24 image enlarged 4x with a 2-pixel border
 
@@ -365,8 +365,8 @@ def _check_toy_image(ui, server, workflow, saved, entry, save):
         red_without = int(judges.judge(rows[2 * panel]).has(attribute, value).sum())
         red_with = int(judges.judge(rows[2 * panel + 1]).has(attribute, value).sum())
         # The toy prompt's bias shows the attribute without NASA; NASA (the first panel) removes it from at least
-        # a quarter of the seeds (the shipped models remove it in 10/16 at alpha 0.75 for SBv2, 5/16 at alpha 0.5
-        # for NASA-T); each other method's panel (NAG, VSF) from some.
+        # a quarter of the seeds (the shipped v2 and NASA-T students remove it in 16/16 at alpha 0.75); each other
+        # method's panel (NAG, VSF) from some.
         assert red_without >= 12 and red_with <= red_without - (4 if panel == 0 else 1), \
             f"{workflow.name} panel {panel}: '{attribute}: {value}' in {red_without}/16 without and {red_with}/16 with"
 

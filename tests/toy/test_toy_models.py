@@ -94,6 +94,12 @@ def test_loader_error_names_the_rebuild_command(comfy, tmp_path):
         models.load_checkpoint("teacher (multi-step)", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"scripts/nasa_toy.py train-student --preset v2"):
         models.load_checkpoint("student v2 (one-step)", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"scripts/nasa_toy.py train-student --preset nasa-t"):
+        models.load_checkpoint("student NASA-T (one-step)", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"scripts/nasa_toy.py train-student --arch mmdit"):
+        models.load_checkpoint(models.MMDIT_STUDENT, tmp_path)
+    train = comfy.mod("toy.train")     # every preset's student names its preset
+    assert all(models.REBUILD[target] == f"train-student --preset {name}" for name, (_, target, _) in train.PRESETS.items())
     with pytest.raises(ValueError, match="unknown toy model"):
         models.load_checkpoint("student", tmp_path)
 
@@ -103,7 +109,7 @@ def test_demo_workflow_runs_and_reports(comfy, tmp_path):
     result = cli.run_workflow(PACK_ROOT / "workflows" / "toy_1step_nasa.json", out_dir=tmp_path)
     assert result.ok, result.error
     texts = cli.collect_texts(result.outputs)
-    assert len(texts) == 1 and "without NASA: 'color: red' removed in" in texts[0] and "with NASA" in texts[0]
+    assert len(texts) == 1 and "without NASA: 'color: green' removed in" in texts[0] and "with NASA" in texts[0]
     assert [p.name for p in result.images] == ["nasa_toy_side_by_side_00001_.png"]
     from PIL import Image
     assert Image.open(result.images[0]).size == (16 * (24 * 4 + 4), 2 * (24 * 4 + 4))

@@ -3,6 +3,7 @@ benchmark's own scores, and the command."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 def _row(quality, defects: float, retention: float, steps: int = 1):
@@ -45,23 +46,71 @@ def test_quality_command_prints_the_table_and_the_bar(comfy, capsys):
     assert "One-step bar: defects <=" in out and "retention >=" in out
 
 
+def test_quality_command_on_the_mmdit_measures_its_own_teacher_and_student(comfy, capsys):
+    cli, quality, models = comfy.mod("toy.cli"), comfy.mod("toy.quality"), comfy.mod("toy.models")
+    rows = quality.samplers("mine", "mmdit")
+    assert [r.model for r in rows] == [models.MMDIT_TEACHER, "mine", "mine"] and [r.steps for r in rows] == [8, 1, 4]
+    assert [r.model for r in quality.samplers(arch="mmdit")][1:] == [models.MMDIT_STUDENT] * 2
+    assert cli.main(["quality", "--arch", "mmdit", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| teacher 8-step |" in out and "| student 4-step |" in out and models.MMDIT_STUDENT in out
+    assert "One-step bar" in out
+
+
+def test_null_alpha_rows_are_nasa_on_the_empty_negative(comfy, capsys):
+    """--null-alpha adds the one-step student with NASA on "": the same images as the benchmark's NASA cell of the
+    positives with the negative "", and not the plain student's images."""
+    quality, benchmark, world, cli = (comfy.mod(m) for m in ("toy.quality", "toy.benchmark", "toy.world", "toy.cli"))
+    bench = benchmark.Bench(seeds=4, log=lambda s: None)
+    pairs = world.pairs("heldout")[:2]
+    one = quality.samplers()[1]
+    row = quality.measure(bench, one, pairs, null_alpha=1.5)
+    nulls = [__import__("dataclasses").replace(p, negative="") for p in pairs]
+    scores, _ = bench.cell(one, nulls, "nasa", 1.5)
+    assert row.label == "student 1-step, NASA α 1.5, negative ''" and row.steps == 1
+    assert row.defects == pytest.approx(scores.defects) and row.retention == pytest.approx(scores.retention)
+    assert not torch.equal(bench.images(one, nulls[0], "nasa", 1.5), bench.images(one, pairs[0], "none", None))
+    assert cli.main(["quality", "--seeds", "1", "--null-alpha", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| student 1-step, NASA α 1, negative '' |" in out and "One-step bar" in out
+    with pytest.raises(ValueError, match="--null-alpha takes alphas above 0"):
+        cli.main(["quality", "--seeds", "1", "--null-alpha", "0"])
+
+
 def test_quality_command_refuses_a_missing_student_file(comfy, tmp_path):
     cli = comfy.mod("toy.cli")
     with pytest.raises(FileNotFoundError, match="train-student"):
         cli.main(["quality", "--seeds", "1", "--student", str(tmp_path / "nope.safetensors")])
 
 
-def test_preset_v2_is_the_recipe_and_flags_given_still_win(comfy, tmp_path):
+@pytest.mark.parametrize("preset, out_file", [("v2", "toy_student_v2.safetensors"),
+                                              ("nasa-t", "toy_student_nasat.safetensors")])
+def test_preset_is_the_recipe_and_flags_given_still_win(comfy, preset, out_file):
     cli, train = comfy.mod("toy.cli"), comfy.mod("toy.train")
-    source, target, values = train.PRESETS["v2"]
-    args = cli.build_parser("v2").parse_args(["train-student", "--preset", "v2", "--steps", "7"])
+    source, target, values = train.PRESETS[preset]
+    args = cli.build_parser(preset).parse_args(["train-student", "--preset", preset, "--steps", "7"])
     config = cli._config(train.StudentConfig, args)
-    assert config.steps == 7 and args.out_file == "toy_student_v2.safetensors"
+    assert config.steps == 7 and args.out_file == out_file
     for key, value in values.items():
         if key != "steps":
             assert getattr(config, key) == value, key
     plain = cli._config(train.StudentConfig, cli.build_parser().parse_args(["train-student"]))
     assert [k for k in values if getattr(plain, k) == values[k]] == [], "the preset must change every value it names"
+    assert config.mode == ("nasa-t" if preset == "nasa-t" else "sbv2")
+
+
+def test_preset_nasa_t_starts_from_v2_and_mode_picks_another_ablation_row(comfy, tmp_path, monkeypatch):
+    """train-student --preset nasa-t --mode M: the v2 student as the start and v2's recipe, M's switches (the rows
+    of the NASA-T ablation, docs/nasa-t.md)."""
+    cli, train, models = comfy.mod("toy.cli"), comfy.mod("toy.train"), comfy.mod("toy.models")
+    seen = {}
+    monkeypatch.setattr(train, "train_student", lambda out, weights, config, **kw: seen.update(config=config, **kw))
+    assert cli.main(["train-student", "--preset", "nasa-t", "--mode", "teacher-neg", "--out", str(tmp_path),
+                     "--weights", str(models.WEIGHTS_DIR)]) == 0
+    config = seen["config"]
+    assert config.mode == "teacher-neg" and config.init == str(models.WEIGHTS_DIR / "toy_student_v2.safetensors")
+    assert (config.steps, config.regression_weight, config.lora_convs, config.student_timesteps) == (100, 0.0, True,
+                                                                                                     (999,))
 
 
 def test_preset_v2_trains_from_the_sbv2_student_into_its_own_file(comfy, tmp_path):
@@ -77,3 +126,24 @@ def test_preset_v2_trains_from_the_sbv2_student_into_its_own_file(comfy, tmp_pat
     assert info["config"]["init"] == str(models.WEIGHTS_DIR / "toy_student_sbv2.safetensors")
     assert info["config"]["lora_convs"] is True and info["config"]["student_timesteps"] == [999]
     assert model.model.model_type == __import__("comfy.model_base").model_base.ModelType.V_PREDICTION
+
+
+def test_ablation_at_a_fixed_alpha_runs_every_row_at_it(comfy, tmp_path):
+    """ablation --alpha A: every NASA-I row at A (no per-student choice); rows of the same student file at the same
+    setting agree, so a row is its student's measurement and nothing else."""
+    import json
+    import shutil
+    ablation, models = comfy.mod("toy.ablation"), comfy.mod("toy.models")
+    with pytest.raises(FileNotFoundError, match="students missing"):
+        ablation.main(tmp_path, [0], 2, log=lambda s: None)
+    for mode in ("sbv2", "teacher-neg", "teacher-lora-neg", "nasa-t"):
+        shutil.copyfile(models.WEIGHTS_DIR / "toy_student_v2.safetensors", ablation.student_path(tmp_path, mode, 0))
+    with pytest.raises(ValueError, match="--alpha is NASA-I's strength"):
+        ablation.main(tmp_path, [0], 2, log=lambda s: None, alpha=0.0)
+    table = ablation.main(tmp_path, [0], 2, log=lambda s: None, alpha=0.75)
+    result = json.loads((tmp_path / "ablation_alpha0.75.json").read_text())
+    assert result["alpha"] == 0.75 and len(table.splitlines()) == 2 + len(ablation.ROWS)
+    runs = {row["label"]: row["runs"][0] for row in result["rows"]}
+    assert {r["alpha"] for label, r in runs.items() if "NASA-I" in label} == {0.75}
+    assert runs["NASA-T + NASA-I"] == runs["plain SBv2 + NASA-I"] != runs["plain SBv2"]
+    assert runs["plain SBv2"]["alpha"] is None and runs["plain SBv2"] == runs["NASA-T (teacher + NASA student)"]
