@@ -90,7 +90,7 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
     q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped v2 student)")
     q.add_argument("--seeds", type=_positive, default=100, help="seeds per prompt pair (default 100)")
     q.add_argument("--split", choices=("heldout", "tune"), default="heldout", help="which prompt pairs' positives")
-    q.add_argument("--arch", choices=("unet", "mmdit"), default="unet",
+    q.add_argument("--arch", choices=train.ARCHS, default="unet",
                    help="unet (default) or mmdit: the FLUX-class toy's teacher and student (a --student of that kind)")
     q.add_argument("--null-alpha", type=float, nargs="+", default=[], metavar="ALPHA",
                    help="also the one-step student with NASA at ALPHA on the empty negative '' (names nothing): "

@@ -2,6 +2,8 @@
 benchmark's own scores, and the command."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -65,7 +67,7 @@ def test_null_alpha_rows_are_nasa_on_the_empty_negative(comfy, capsys):
     pairs = world.pairs("heldout")[:2]
     one = quality.samplers()[1]
     row = quality.measure(bench, one, pairs, null_alpha=1.5)
-    nulls = [__import__("dataclasses").replace(p, negative="") for p in pairs]
+    nulls = [dataclasses.replace(p, negative="") for p in pairs]
     scores, _ = bench.cell(one, nulls, "nasa", 1.5)
     assert row.label == "student 1-step, NASA α 1.5, negative ''" and row.steps == 1
     assert row.defects == pytest.approx(scores.defects) and row.retention == pytest.approx(scores.retention)
