@@ -27,10 +27,10 @@ class NASAToyModelLoader(io.ComfyNode):
                          "Use with the stock KSampler, VAEDecode and SaveImage; an EmptyLatentImage of 192x192 "
                          "is one 24x24 image. Prompts name shapes (circle, square, triangle), colors, size, "
                          "position, background and defects (blurry, noisy, with a stray dot)."),
-            inputs=[io.Combo.Input("model", options=list(models.ALL_FILES), default="student v2 (one-step)",
+            inputs=[io.Combo.Input("model", options=list(models.ALL_FILES), default="student v3 (one-step)",
                                    tooltip="Which shipped toy model: the UNet's multi-step teacher, its one-step "
-                                           "students (v2: few defects at one step, keeps a little less of the "
-                                           "prompt than the teacher; the first SBv2 student, blurry at one step; v2's "
+                                           "students (v3: few defects at one step, keeps 92% as much of the "
+                                           "prompt as the teacher; the first SBv2 student, blurry at one step; v3's "
                                            "NASA-T student), or the FLUX-class MMDiT's "
                                            "teacher or one-step student. The steps, sampler, scheduler and cfg each "
                                            "one is meant for are on the help page.")],

@@ -1,7 +1,7 @@
 """The NASA-T ablation on the toy world (the paper's Table 5, section 6.3), measured with the judges.
 
 Students of every training mode (:data:`..nasa_core.vsd.MODES`) and several training seeds are each
-fine-tuned the same number of VSD steps from the same start (the shipped v2 student with v2's recipe, so
+fine-tuned the same number of VSD steps from the same start (the shipped v3 student with v2's recipe, so
 that every row differs only in where the negative prompt enters distillation), then sampled in one step
 through ComfyUI on the held-out prompt pairs:
 

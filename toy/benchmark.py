@@ -26,8 +26,8 @@ from ..adapters import apply_nasa
 from . import judges, models, world
 
 TEACHER = "teacher (multi-step)"
-STUDENT = "student v2 (one-step)"
-"""The student the removal table measures (v2: few defects at one step; docs/toy-world.md)."""
+STUDENT = "student v3 (one-step)"
+"""The student the removal table measures (v3: few defects at one step; docs/toy-world.md)."""
 SBV2_STUDENT = "student SBv2 (one-step)"
 """The first SBv2 student: what the joint and method studies (docs/joint-attention.md, docs/methods.md) measured."""
 

@@ -73,11 +73,12 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
             t.add_argument("--weights", default=None, help="folder of the teacher and CLIP (default: --out)")
             t.add_argument("--preset", choices=sorted(train.PRESETS), default="",
                            help="a shipped student's recipe: v2 = fine-tune the SBv2 student into toy_student_v2; "
-                                "nasa-t = fine-tune v2 with NASA-T into toy_student_nasat (its settings become the "
+                                "v3 = fine-tune v2 at a lower learning rate into toy_student_v3; "
+                                "nasa-t = fine-tune v3 with NASA-T into toy_student_nasat (its settings become the "
                                 "defaults; flags given, --mode too, still win)")
             if preset:
                 _, target, values = train.PRESETS[preset]
-                t.set_defaults(out_file=models.MODEL_FILES[target], **{k: list(v) if isinstance(v, tuple) else v
+                t.set_defaults(out_file=models.TRAINED_FILES[target], **{k: list(v) if isinstance(v, tuple) else v
                                                                        for k, v in values.items()})
     a = sub.add_parser("ablation", help="the NASA-T ablation table (Table 5) from trained students")
     a.add_argument("--students", default="output/toy_ablation", help="folder of <mode>_s<seed>.safetensors")
@@ -87,7 +88,7 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
                    help="NASA-I at this alpha for every student (default: the benchmark's rule picks it per student)")
     q = sub.add_parser("quality", help="the student's defects and retention without a negative, next to the teacher's")
     q.add_argument("--weights", default=str(models.WEIGHTS_DIR), help="folder of the teacher and CLIP (and student)")
-    q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped v2 student)")
+    q.add_argument("--student", default=None, help="a toy student file to measure (default: the shipped v3 student)")
     q.add_argument("--seeds", type=_positive, default=100, help="seeds per prompt pair (default 100)")
     q.add_argument("--split", choices=("heldout", "tune"), default="heldout", help="which prompt pairs' positives")
     q.add_argument("--arch", choices=train.ARCHS, default="unet",
@@ -125,8 +126,15 @@ def main(argv=None) -> int:
     if getattr(args, "preset", ""):
         args = build_parser(args.preset).parse_args(argv)
         if not args.init:       # the preset's starting student, from the teacher's folder
-            source = train.PRESETS[args.preset][0]
-            args.init = str(Path(args.weights or args.out) / models.MODEL_FILES[source])
+            source = train.PRESETS[args.preset][0]     # from --out (an earlier preset's output) or --weights
+            where = [Path(d) / models.TRAINED_FILES[source] for d in dict.fromkeys((args.out, args.weights or args.out))]
+            found = [p for p in where if p.is_file()]
+            if not found:
+                raise FileNotFoundError(f"train-student --preset {args.preset} starts from the {source}, which is not "
+                                        f"at {' or '.join(map(str, where))}: build it first with `python "
+                                        f"scripts/nasa_toy.py {models.REBUILD.get(source, 'train-student')}` "
+                                        f"(the same --out), or give --init")
+            args.init = str(found[0])
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.command == "judges":
         acc = judges.judge_accuracy(args.n)

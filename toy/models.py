@@ -29,13 +29,18 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLIP_FILE = "toy_clip.safetensors"
 MODEL_FILES = {
     "teacher (multi-step)": "toy_teacher.safetensors",
-    "student v2 (one-step)": "toy_student_v2.safetensors",
+    "student v3 (one-step)": "toy_student_v3.safetensors",
     "student SBv2 (one-step)": "toy_student_sbv2.safetensors",
     "student NASA-T (one-step)": "toy_student_nasat.safetensors",
 }
-"""Loader choices -> UNet files. The CLIP file is shared by all of them. "student v2" is the SBv2 student fine-tuned
-with a LoRA teacher that also adapts the convolutions (docs/toy-world.md, "The student's own quality"): few defects
-at one step, where the first SBv2 student's one-step images are blurry."""
+"""Loader choices -> UNet files. The CLIP file is shared by all of them. "student v3" is the SBv2 student fine-tuned
+with a LoRA teacher that also adapts the convolutions (v2), then 200 steps more at a lower learning rate
+(docs/toy-world.md, "The student's own quality"): few defects at one step and most of the prompt kept, where the
+first SBv2 student's one-step images are blurry."""
+STAGE_FILES = {"student v2 (one-step)": "toy_student_v2.safetensors"}
+"""Students a preset builds on the way to a shipped one (``train.PRESETS``), not shipped (the toy set stays small)."""
+TRAINED_FILES = {**MODEL_FILES, **STAGE_FILES}
+"""Every UNet a ``train.PRESETS`` recipe starts from or writes -> its file name."""
 MMDIT_TEACHER = "MMDiT teacher (multi-step)"
 MMDIT_STUDENT = "MMDiT student SBv2 (one-step)"
 MMDIT_FILES = {
@@ -46,6 +51,7 @@ MMDIT_FILES = {
 ALL_FILES = {**MODEL_FILES, **MMDIT_FILES}
 REBUILD = {
     "student v2 (one-step)": "train-student --preset v2",
+    "student v3 (one-step)": "train-student --preset v2, then train-student --preset v3 (the same --out)",
     "student NASA-T (one-step)": "train-student --preset nasa-t",
     MMDIT_TEACHER: "train-teacher --arch mmdit",
     MMDIT_STUDENT: "train-student --arch mmdit",

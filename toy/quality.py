@@ -147,7 +147,7 @@ def table(rows: Sequence[Row]) -> str:
 
 def main(weights_dir, seeds: int, student_file: Optional[str] = None, split: str = "heldout", log=print,
          arch: str = "unet", null_alphas: Sequence[float] = ()) -> str:
-    """``arch``: "unet" (the removal benchmark's student, v2) or "mmdit" (the FLUX-class toy's SBv2 student).
+    """``arch``: "unet" (the removal benchmark's student, v3) or "mmdit" (the FLUX-class toy's SBv2 student).
     ``null_alphas``: also the one-step student with NASA at each alpha on the empty negative (:func:`measure`)."""
     if arch not in SAMPLERS:
         raise ValueError(f"quality: --arch must be one of {sorted(SAMPLERS)}, not {arch!r}")

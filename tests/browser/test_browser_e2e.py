@@ -365,7 +365,7 @@ def _check_toy_image(ui, server, workflow, saved, entry, save):
         red_without = int(judges.judge(rows[2 * panel]).has(attribute, value).sum())
         red_with = int(judges.judge(rows[2 * panel + 1]).has(attribute, value).sum())
         # The toy prompt's bias shows the attribute without NASA; NASA (the first panel) removes it from at least
-        # a quarter of the seeds (the shipped v2 and NASA-T students remove it in 16/16 at alpha 0.75); each other
+        # a quarter of the seeds (the shipped v3 and NASA-T students remove it in 16/16 at alpha 0.75); each other
         # method's panel (NAG, VSF) from some.
         assert red_without >= 12 and red_with <= red_without - (4 if panel == 0 else 1), \
             f"{workflow.name} panel {panel}: '{attribute}: {value}' in {red_without}/16 without and {red_with}/16 with"

@@ -86,6 +86,7 @@ def test_quality_command_refuses_a_missing_student_file(comfy, tmp_path):
 
 
 @pytest.mark.parametrize("preset, out_file", [("v2", "toy_student_v2.safetensors"),
+                                              ("v3", "toy_student_v3.safetensors"),
                                               ("nasa-t", "toy_student_nasat.safetensors")])
 def test_preset_is_the_recipe_and_flags_given_still_win(comfy, preset, out_file):
     cli, train = comfy.mod("toy.cli"), comfy.mod("toy.train")
@@ -101,8 +102,8 @@ def test_preset_is_the_recipe_and_flags_given_still_win(comfy, preset, out_file)
     assert config.mode == ("nasa-t" if preset == "nasa-t" else "sbv2")
 
 
-def test_preset_nasa_t_starts_from_v2_and_mode_picks_another_ablation_row(comfy, tmp_path, monkeypatch):
-    """train-student --preset nasa-t --mode M: the v2 student as the start and v2's recipe, M's switches (the rows
+def test_preset_nasa_t_starts_from_v3_and_mode_picks_another_ablation_row(comfy, tmp_path, monkeypatch):
+    """train-student --preset nasa-t --mode M: the v3 student as the start and v2's recipe, M's switches (the rows
     of the NASA-T ablation, docs/nasa-t.md)."""
     cli, train, models = comfy.mod("toy.cli"), comfy.mod("toy.train"), comfy.mod("toy.models")
     seen = {}
@@ -110,14 +111,15 @@ def test_preset_nasa_t_starts_from_v2_and_mode_picks_another_ablation_row(comfy,
     assert cli.main(["train-student", "--preset", "nasa-t", "--mode", "teacher-neg", "--out", str(tmp_path),
                      "--weights", str(models.WEIGHTS_DIR)]) == 0
     config = seen["config"]
-    assert config.mode == "teacher-neg" and config.init == str(models.WEIGHTS_DIR / "toy_student_v2.safetensors")
+    assert config.mode == "teacher-neg" and config.init == str(models.WEIGHTS_DIR / "toy_student_v3.safetensors")
     assert (config.steps, config.regression_weight, config.lora_convs, config.student_timesteps) == (100, 0.0, True,
                                                                                                      (999,))
 
 
-def test_preset_v2_trains_from_the_sbv2_student_into_its_own_file(comfy, tmp_path):
-    """The whole command on a tiny budget: it starts from the SBv2 student of --weights (no warm start, no pool)
-    and writes toy_student_v2, a v-prediction student the loader offers as "student v2 (one-step)"."""
+def test_presets_v2_then_v3_train_from_the_sbv2_student_into_their_own_files(comfy, tmp_path):
+    """The whole chain on a tiny budget: v2 starts from the SBv2 student of --weights (no warm start, no pool) and
+    writes toy_student_v2, a v-prediction student; v3 continues from that file into toy_student_v3 (the loader's
+    "student v3 (one-step)")."""
     import json
     cli, models = comfy.mod("toy.cli"), comfy.mod("toy.models")
     assert cli.main(["train-student", "--preset", "v2", "--steps", "2", "--batch", "2", "--out", str(tmp_path),
@@ -128,6 +130,45 @@ def test_preset_v2_trains_from_the_sbv2_student_into_its_own_file(comfy, tmp_pat
     assert info["config"]["init"] == str(models.WEIGHTS_DIR / "toy_student_sbv2.safetensors")
     assert info["config"]["lora_convs"] is True and info["config"]["student_timesteps"] == [999]
     assert model.model.model_type == __import__("comfy.model_base").model_base.ModelType.V_PREDICTION
+    # v3 continues from the v2 just written to --out (not the teacher's folder), at v3's learning rate
+    assert cli.main(["train-student", "--preset", "v3", "--steps", "1", "--batch", "2", "--out", str(tmp_path),
+                     "--weights", str(models.WEIGHTS_DIR)]) == 0
+    _, info = models.load_unet(tmp_path / "toy_student_v3.safetensors")
+    assert info["config"]["init"] == str(tmp_path / "toy_student_v2.safetensors")
+    assert info["config"]["student_lr"] == 3e-5 and info["config"]["steps"] == 1
+
+
+def test_preset_v3_without_v2_names_the_command_that_builds_it(comfy, tmp_path):
+    cli, models = comfy.mod("toy.cli"), comfy.mod("toy.models")
+    with pytest.raises(FileNotFoundError, match=r"--preset v3 starts from the student v2 .*train-student --preset v2"):
+        cli.main(["train-student", "--preset", "v3", "--out", str(tmp_path), "--weights", str(models.WEIGHTS_DIR)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_student_ema_is_written_and_follows_the_decay_rule(comfy, tmp_path):
+    """train-student --ema D writes the moving average, not the last weights: after one step with the decay's
+    warm-up (d = 2/11) it is init + 9/11 (last - init); a decay of ~0 writes the last weights exactly. (One large
+    step, so that the average stands out of the files' float16 rounding.)"""
+    from safetensors.torch import load_file
+    cli, models = comfy.mod("toy.cli"), comfy.mod("toy.models")
+    init = models.WEIGHTS_DIR / "toy_student_v3.safetensors"
+    common = ["train-student", "--preset", "v3", "--init", str(init), "--steps", "1", "--batch", "2",
+              "--student-lr", "1e-2", "--out", str(tmp_path), "--weights", str(models.WEIGHTS_DIR)]
+    files = {}
+    for name, ema in (("plain", []), ("tiny", ["--ema", "1e-30"]), ("ema", ["--ema", "0.999"])):
+        assert cli.main(common + ["--out-file", f"{name}.safetensors"] + ema) == 0
+        files[name] = load_file(str(tmp_path / f"{name}.safetensors"))
+    start = load_file(str(init))
+    assert all(torch.equal(files["tiny"][k], v) for k, v in files["plain"].items())
+    moved = [k for k in start if not torch.equal(start[k], files["plain"][k])]
+    assert moved
+    total_off = total_step = 0.0
+    for k in moved:
+        expected = start[k].float() + 9 / 11 * (files["plain"][k].float() - start[k].float())
+        off, step = (files["ema"][k].float() - expected).abs(), (files["plain"][k].float() - expected).abs()
+        assert bool((off <= expected.abs() * 2 ** -9 + 1e-5).all()), (k, off.max())      # files are float16
+        total_off, total_step = total_off + float(off.sum()), total_step + float(step.sum())
+    assert total_off < total_step / 10, (total_off, total_step)     # nearer the average than the last weights
 
 
 def test_ablation_at_a_fixed_alpha_runs_every_row_at_it(comfy, tmp_path):
@@ -139,7 +180,7 @@ def test_ablation_at_a_fixed_alpha_runs_every_row_at_it(comfy, tmp_path):
     with pytest.raises(FileNotFoundError, match="students missing"):
         ablation.main(tmp_path, [0], 2, log=lambda s: None)
     for mode in ("sbv2", "teacher-neg", "teacher-lora-neg", "nasa-t"):
-        shutil.copyfile(models.WEIGHTS_DIR / "toy_student_v2.safetensors", ablation.student_path(tmp_path, mode, 0))
+        shutil.copyfile(models.WEIGHTS_DIR / "toy_student_v3.safetensors", ablation.student_path(tmp_path, mode, 0))
     with pytest.raises(ValueError, match="--alpha is NASA-I's strength"):
         ablation.main(tmp_path, [0], 2, log=lambda s: None, alpha=0.0)
     table = ablation.main(tmp_path, [0], 2, log=lambda s: None, alpha=0.75)
