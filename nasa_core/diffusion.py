@@ -104,3 +104,11 @@ class EMA:
             e.lerp_(p.detach(), 1 - d)
         for e, b in zip(self.module.buffers(), module.buffers()):
             e.copy_(b)
+
+    def state_dict(self) -> dict:
+        """The average and its step count (the decay's warm-up), for a resumable checkpoint."""
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = state["steps"]

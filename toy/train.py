@@ -73,8 +73,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"])
-        ema.module.load_state_dict(state["ema"])
-        ema.steps = state["ema_steps"]
+        ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -108,7 +107,7 @@ def train_teacher(out_dir, config: TeacherConfig = TeacherConfig(), log: Log = p
             log(f"teacher step {step + 1}/{config.steps} loss {recent:.4f} ({rate:.2f} s/step, "
                 f"{rate * (config.steps - step - 1) / 60:.1f} min left)")
         if (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
-            vsd.save_checkpoint(ckpt, unet=unet.state_dict(), ema=ema.module.state_dict(), ema_steps=ema.steps,
+            vsd.save_checkpoint(ckpt, unet=unet.state_dict(), ema=ema.state_dict(),
                         opt=opt.state_dict(), generator=generator.get_state(), torch_rng=torch.get_rng_state(),
                         step=step + 1, losses=losses)
     info = {"kind": "teacher", "arch": arch, "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1),
@@ -264,8 +263,7 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
         prompts_rng.set_state(state["prompts_rng"])
         history = state["history"]
         if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-            ema.steps = state["ema_steps"]
+            ema.load_state_dict(state["ema"])
         log(f"student: resumed at step {trainer.steps}")
     elif warm_steps > 0 or config.regression_weight > 0:
         t_pool = time.time()
@@ -292,9 +290,8 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
             log(f"student ({config.mode}) step {s}/{config.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
                 + f" ({rate:.2f} s/step, {rate * (config.steps - s) / 60:.1f} min left)")
         if s % checkpoint_every == 0 and s < config.steps:
-            extra = {} if ema is None else {"ema": ema.module.state_dict(), "ema_steps": ema.steps}
             vsd.save_checkpoint(ckpt, trainer=trainer.state_dict(), prompts_rng=prompts_rng.get_state(), history=history,
-                                **extra)
+                                ema=None if ema is None else ema.state_dict())
     info = {"kind": f"student_{config.mode}", "config": asdict(config), "minutes": round((time.time() - t0) / 60, 1)}
     final = trainer.student.diffusion_model if ema is None else ema.module
     if config.arch == "mmdit":

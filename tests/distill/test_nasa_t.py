@@ -166,7 +166,7 @@ def test_init_must_match_the_prediction(comfyui, weights, tmp_path):
 def _train_args(out, weights):
     return ["train-student", "--mode", "nasa-t", "--steps", "6", "--batch", "2", "--pool-size", "4",
             "--pool-ode-steps", "2", "--init", str(SBV2), "--checkpoint-every", "1", "--weights", str(weights),
-            "--out", str(out), "--out-file", "s.safetensors"]
+            "--out", str(out), "--out-file", "s.safetensors", "--ema", "0.9"]   # the average resumes too
 
 
 def _train_cmd(out, weights):
@@ -175,7 +175,8 @@ def _train_cmd(out, weights):
 
 def test_resume_after_a_kill_gives_the_uninterrupted_weights(comfyui, weights, tmp_path):
     """A NASA-T run killed with SIGKILL mid-training and started again with the same command ends
-    with exactly the weights (and loss history) of a run that was never interrupted (same seed)."""
+    with exactly the weights (and loss history) of a run that was never interrupted (same seed); the file is the
+    weights' moving average (--ema), so its state must resume too."""
     from safetensors.torch import load_file
     env = {**os.environ, "COMFYUI_PATH": str(comfyui.dir)}
     assert comfyui.mod("toy.cli").main(_train_args(tmp_path / "straight", weights)) == 0   # the same command, here
