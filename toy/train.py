@@ -240,6 +240,9 @@ def train_student(out_dir, weights_dir=models.WEIGHTS_DIR, config: StudentConfig
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     _check_arch(config.arch)
+    if not 0.0 <= config.ema < 1.0:
+        raise ValueError(f"train-student: --ema is the moving average's decay, 0 (off) or between 0 and 1 "
+                         f"(e.g. 0.99), not {config.ema}")
     path = out_dir / (out_file or student_file(config))
     teacher, clip, _, _ = models.load_checkpoint(models.MMDIT_TEACHER if config.arch == "mmdit" else "teacher (multi-step)",
                                                  weights_dir)

@@ -145,6 +145,17 @@ def test_preset_v3_without_v2_names_the_command_that_builds_it(comfy, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flags, message", [(["--ema", "1"], r"--ema is the moving average's decay.*not 1\.0"),
+                                            (["--ema", "-0.5"], r"--ema is the moving average's decay.*not -0\.5"),
+                                            (["--t-low", "600", "--t-high", "500"], r"t_range \(600, 500\) must satisfy")])
+def test_student_training_refuses_a_bad_ema_or_noise_range(comfy, tmp_path, flags, message):
+    cli, models = comfy.mod("toy.cli"), comfy.mod("toy.models")
+    with pytest.raises(ValueError, match=message):
+        cli.main(["train-student", "--preset", "v3", "--init", str(models.WEIGHTS_DIR / "toy_student_v3.safetensors"),
+                  "--steps", "1", "--batch", "2", "--out", str(tmp_path), "--weights", str(models.WEIGHTS_DIR)] + flags)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
 def test_student_ema_is_written_and_follows_the_decay_rule(comfy, tmp_path):
     """train-student --ema D writes the moving average, not the last weights: after one step with the decay's
     warm-up (d = 2/11) it is init + 9/11 (last - init); a decay of ~0 writes the last weights exactly. (One large
