@@ -74,8 +74,9 @@ def build_parser(preset: str = "") -> argparse.ArgumentParser:
             t.add_argument("--preset", choices=sorted(train.PRESETS), default="",
                            help="a shipped student's recipe: v2 = fine-tune the SBv2 student into toy_student_v2; "
                                 "v3 = fine-tune v2 at a lower learning rate into toy_student_v3; "
-                                "nasa-t = fine-tune v3 with NASA-T into toy_student_nasat (its settings become the "
-                                "defaults; flags given, --mode too, still win)")
+                                "nasa-t = fine-tune v3 with NASA-T into toy_student_nasat; mmdit-v2, mmdit-v3 = the "
+                                "same two steps for the FLUX-class toy into toy_mmdit_student_v2, _v3 (its settings "
+                                "become the defaults; flags given, --mode too, still win)")
             if preset:
                 _, target, values = train.PRESETS[preset]
                 t.set_defaults(out_file=models.TRAINED_FILES[target], **{k: list(v) if isinstance(v, tuple) else v

@@ -37,24 +37,31 @@ MODEL_FILES = {
 with a LoRA teacher that also adapts the convolutions (v2), then 200 steps more at a lower learning rate
 (docs/toy-world.md, "The student's own quality"): few defects at one step and most of the prompt kept, where the
 first SBv2 student's one-step images are blurry."""
-STAGE_FILES = {"student v2 (one-step)": "toy_student_v2.safetensors"}
-"""Students a preset builds on the way to a shipped one (``train.PRESETS``), not shipped (the toy set stays small)."""
-TRAINED_FILES = {**MODEL_FILES, **STAGE_FILES}
-"""Every UNet a ``train.PRESETS`` recipe starts from or writes -> its file name."""
 MMDIT_TEACHER = "MMDiT teacher (multi-step)"
-MMDIT_STUDENT = "MMDiT student SBv2 (one-step)"
+MMDIT_STUDENT = "MMDiT student v3 (one-step)"
+MMDIT_SBV2, MMDIT_V2 = "MMDiT student SBv2 (one-step)", "MMDiT student v2 (one-step)"
 MMDIT_FILES = {
     MMDIT_TEACHER: "toy_mmdit_teacher.safetensors",
-    MMDIT_STUDENT: "toy_mmdit_student_sbv2.safetensors",
+    MMDIT_STUDENT: "toy_mmdit_student_v3.safetensors",
 }
-"""Loader choices -> the FLUX-class toy model's files (:mod:`.mmdit`); same CLIP file."""
+"""Loader choices -> the FLUX-class toy model's files (:mod:`.mmdit`); same CLIP file. "MMDiT student v3" is its
+first SBv2 student fine-tuned at one step without DMD's regression loss and with the LoRA teacher updated four
+times per student step (v2), then 200 steps more at a third of the learning rate (docs/toy-world.md): as few
+one-step defects as the teacher's 8-step images, where the first student's were blurry and noisy."""
+STAGE_FILES = {"student v2 (one-step)": "toy_student_v2.safetensors",
+               MMDIT_SBV2: "toy_mmdit_student_sbv2.safetensors", MMDIT_V2: "toy_mmdit_student_v2.safetensors"}
+"""Students a preset builds on the way to a shipped one (``train.PRESETS``), not shipped (the toy set stays small)."""
+TRAINED_FILES = {**MODEL_FILES, **MMDIT_FILES, **STAGE_FILES}
+"""Every model a ``train.PRESETS`` recipe starts from or writes -> its file name."""
 ALL_FILES = {**MODEL_FILES, **MMDIT_FILES}
 REBUILD = {
     "student v2 (one-step)": "train-student --preset v2",
     "student v3 (one-step)": "train-student --preset v2, then train-student --preset v3 (the same --out)",
     "student NASA-T (one-step)": "train-student --preset nasa-t",
     MMDIT_TEACHER: "train-teacher --arch mmdit",
-    MMDIT_STUDENT: "train-student --arch mmdit",
+    MMDIT_SBV2: "train-student --arch mmdit --steps 500 --warm-steps 100 --batch 24 --pool-size 512",
+    MMDIT_V2: "train-student --preset mmdit-v2",
+    MMDIT_STUDENT: "train-student --preset mmdit-v2, then train-student --preset mmdit-v3 (the same --out)",
 }
 """The ``scripts/nasa_toy.py`` command that rebuilds a loader choice, where it is not plain train-teacher or
 train-student (named in the error for a missing file; the presets are ``train.PRESETS``)."""
@@ -222,7 +229,7 @@ def read_file(path, kind: str, rebuild: str):
 
 def load_unet(path, rebuild: str = "train-student"):
     """``(model, info)``: a toy diffusion model file (UNet or MMDiT) as a ComfyUI ModelPatcher (frozen)."""
-    unet_sd, meta = read_file(path, "unet", rebuild)
+    unet_sd, meta = read_file(path, "model", rebuild)
     if meta["nasa_toy"] == "mmdit":
         model = mmdit.build_model(unet_sd, flux_config=json.loads(meta["flux_config"]))
     else:

@@ -118,9 +118,15 @@ def test_mmdit_trainers_run_and_write_loadable_files(comfy, tmp_path):
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     assert info["arch"] == "mmdit" and (tmp_path / models.CLIP_FILE).read_bytes() == (WEIGHTS / models.CLIP_FILE).read_bytes()
     config = train.StudentConfig(arch="mmdit", steps=2, warm_steps=1, batch=2, pool_size=2, pool_ode_steps=2)
-    train.train_student(tmp_path, tmp_path, config, log=logs.append)
+    train.train_student(tmp_path, tmp_path, config, log=logs.append)       # the first SBv2 student (a preset stage)
+    assert (tmp_path / models.TRAINED_FILES[models.MMDIT_SBV2]).is_file()
+    cli = comfy.mod("toy.cli")     # then the shipped student's two presets, each from the file the last one wrote
+    for preset in ("mmdit-v2", "mmdit-v3"):
+        assert cli.main(["train-student", "--preset", preset, "--steps", "1", "--batch", "2", "--out", str(tmp_path)]) == 0
     model, _, _, student_info = models.load_checkpoint(models.MMDIT_STUDENT, tmp_path)
     assert student_info["kind"] == "student_sbv2" and student_info["config"]["arch"] == "mmdit"
+    assert student_info["config"]["init"] == str(tmp_path / models.TRAINED_FILES[models.MMDIT_V2])
+    assert (student_info["config"]["lora_updates"], student_info["config"]["student_lr"]) == (4, 3e-5)
     assert type(model.model.diffusion_model).__name__ == "Flux"
     with pytest.raises(ValueError, match="is a unet file but --arch is 'mmdit'"):
         train.train_student(tmp_path, tmp_path, train.StudentConfig(arch="mmdit", init=str(WEIGHTS / "toy_teacher.safetensors")))

@@ -12,7 +12,7 @@ PACK_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = PACK_ROOT / "toy" / "weights"
 SHIPPED = ("toy_clip.safetensors", "toy_teacher.safetensors", "toy_student_v3.safetensors",
            "toy_student_sbv2.safetensors", "toy_student_nasat.safetensors", "toy_mmdit_teacher.safetensors",
-           "toy_mmdit_student_sbv2.safetensors")
+           "toy_mmdit_student_v3.safetensors")
 
 
 def test_shipped_weights_are_small_and_present():
@@ -96,7 +96,7 @@ def test_loader_error_names_the_rebuild_command(comfy, tmp_path):
         models.load_checkpoint("student v3 (one-step)", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"scripts/nasa_toy.py train-student --preset nasa-t"):
         models.load_checkpoint("student NASA-T (one-step)", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"scripts/nasa_toy.py train-student --arch mmdit"):
+    with pytest.raises(FileNotFoundError, match=r"train-student --preset mmdit-v2, then train-student --preset mmdit-v3"):
         models.load_checkpoint(models.MMDIT_STUDENT, tmp_path)
     train = comfy.mod("toy.train")     # every preset's student names its preset, last after the presets it needs first
     for name, (_, target, _) in train.PRESETS.items():

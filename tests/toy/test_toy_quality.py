@@ -87,7 +87,9 @@ def test_quality_command_refuses_a_missing_student_file(comfy, tmp_path):
 
 @pytest.mark.parametrize("preset, out_file", [("v2", "toy_student_v2.safetensors"),
                                               ("v3", "toy_student_v3.safetensors"),
-                                              ("nasa-t", "toy_student_nasat.safetensors")])
+                                              ("nasa-t", "toy_student_nasat.safetensors"),
+                                              ("mmdit-v2", "toy_mmdit_student_v2.safetensors"),
+                                              ("mmdit-v3", "toy_mmdit_student_v3.safetensors")])
 def test_preset_is_the_recipe_and_flags_given_still_win(comfy, preset, out_file):
     cli, train = comfy.mod("toy.cli"), comfy.mod("toy.train")
     source, target, values = train.PRESETS[preset]
