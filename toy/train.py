@@ -173,9 +173,9 @@ class StudentConfig:
         return next((m for m in vsd.MODES if vsd.mode_switches(m) == switches), "custom")
 
 
-_V2_RECIPE = {"regression_weight": 0.0, "lora_convs": True, "lora_scale": 8.0, "student_timesteps": (999,)}
-_MMDIT_RECIPE = {"arch": "mmdit", "batch": 24, "regression_weight": 0.0, "lora_scale": 8.0, "lora_updates": 4,
-                 "student_timesteps": (999,)}
+_ONE_STEP = {"regression_weight": 0.0, "lora_scale": 8.0, "student_timesteps": (999,)}   # VSD alone, at t = 999
+_V2_RECIPE = {**_ONE_STEP, "lora_convs": True}
+_MMDIT_RECIPE = {**_ONE_STEP, "arch": "mmdit", "batch": 24, "lora_updates": 4}
 PRESETS = {
     # name -> (the student it fine-tunes, the student file it writes, the StudentConfig values it sets)
     "v2": ("student SBv2 (one-step)", "student v2 (one-step)", {"steps": 400, **_V2_RECIPE}),
